@@ -1,0 +1,278 @@
+"""The `backup-agent` command: parses arguments, calls the modules that do the work, maps outcomes to
+exit codes (0 ok, 1 a run or check failed, 2 usage or configuration error).
+
+With --json, stdout holds only JSON; every message goes to stderr. Heavy modules are imported inside the
+commands that need them, so a no-change backup is not dominated by start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, List, Optional
+
+from agent import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def _load(args: argparse.Namespace):
+    from agent.config import load_config
+
+    config = load_config(args.config)
+    for warning in config.warnings:
+        _err(f"warning: {warning}")
+    return config
+
+
+def _open_repo(config):
+    from agent.store import Repository, RepositoryError
+
+    try:
+        return Repository.open(config.repository)
+    except RepositoryError as exc:
+        raise UsageError(str(exc)) from None
+
+
+# --- commands ---------------------------------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if args.json:
+        _print_json({"config": config.path, "host": config.host, "repository": config.repository,
+                     "jobs": [{"name": job.name, "type": job.type, "target": job.target,
+                               "schedule": job.schedule, "every": job.every.text, "file": job.source}
+                              for job in config.jobs]})
+        return EXIT_OK
+    print(f"{config.path}: ok, {len(config.jobs)} jobs, host {config.host}, repository {config.repository}")
+    width = max((len(job.name) for job in config.jobs), default=4)
+    for job in config.jobs:
+        print(f"  {job.name:<{width}}  {job.type:<7}  {job.target}  ({job.schedule})")
+    return EXIT_OK
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from agent.runner import run_job
+
+    config = _load(args)
+    if args.all and args.jobs:
+        raise UsageError("give job names or --all, not both")
+    if not args.all and not args.jobs:
+        raise UsageError("name the jobs to back up, or give --all")
+    names = [job.name for job in config.jobs] if args.all else args.jobs
+    unknown = [name for name in names if name not in {job.name for job in config.jobs}]
+    if unknown:
+        raise UsageError(f"unknown job(s): {', '.join(unknown)} (known: "
+                         f"{', '.join(job.name for job in config.jobs)})")
+    reports = []
+    for name in names:
+        report = run_job(config, config.job(name), trigger="manual")
+        reports.append(report)
+        if not args.json:
+            _print_report(report)
+    if args.json:
+        _print_json([report.to_json() for report in reports])
+    return EXIT_OK if all(report.ok for report in reports) else EXIT_FAILED
+
+
+def _print_report(report) -> None:
+    if report.ok and not report.changed:
+        state = "unchanged"
+    else:
+        state = report.status
+    snap = f" snapshot {report.snapshot[:12]}" if report.snapshot else ""
+    print(f"{report.job}: {state}{snap}, {report.files} files, {_size(report.bytes)}, "
+          f"{_size(report.new_bytes)} new")
+    for warning in report.warnings:
+        print(f"  note: {warning}")
+    for error in report.errors:
+        print(f"  error: {error}")
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from agent.store import Repository
+
+    if not Repository(config.repository).exists():
+        snaps = []
+    else:
+        snaps = _open_repo(config).snapshots(args.job)
+    rows = [{"id": snap.id, "job": snap.job, "time": snap.time, "trigger": snap.trigger,
+             "files": snap.files, "bytes": snap.bytes} for snap in snaps]
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    if not rows:
+        print("no snapshots")
+    for row in rows:
+        print(f"{row['id'][:12]}  {row['time'][:19].replace('T', ' ')}  {row['job']:<24} {row['trigger']:<9}"
+              f" {row['files']:>7} files  {_size(row['bytes'])}")
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from agent.store import RepositoryError
+    from agent.store.restore import restore_snapshot
+
+    config = _load(args)
+    repo = _open_repo(config)
+    with repo.lock(exclusive=False, purpose="restore"):
+        try:
+            snapshot = repo.find_snapshot(args.snapshot)
+        except RepositoryError as exc:
+            raise UsageError(str(exc)) from None
+        result = restore_snapshot(repo, snapshot, os.path.abspath(args.target), args.paths)
+    for error in result.errors:
+        _err(f"error: {error}")
+    _err(f"restored {result.files} files ({_size(result.bytes)}) of snapshot {snapshot.id[:12]} "
+         f"({snapshot.job}, {snapshot.time}) into {args.target}")
+    return EXIT_FAILED if result.errors else EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from agent.store import Repository
+    from agent.store.verify import verify_repository
+
+    config = _load(args)
+    if not Repository(config.repository).exists():
+        _err(f"{config.repository}: no repository yet, nothing to verify")
+        if args.json:
+            _print_json({"ok": True, "snapshots": 0, "packs": 0, "blobs": 0, "damaged": [], "problems": []})
+        return EXIT_OK
+    repo = _open_repo(config)
+    with repo.lock(exclusive=False, purpose="verify"):
+        result = verify_repository(repo, read_data=args.read_data)
+    if args.json:
+        _print_json({"ok": result.ok, "snapshots": result.snapshots, "packs": result.packs,
+                     "blobs": result.blobs, "problems": result.problems,
+                     "damaged": [{"object": key, "reason": reason, "affects": result.affected.get(key, [])}
+                                 for key, reason in sorted(result.damaged.items())]})
+    else:
+        for key, reason in sorted(result.damaged.items()):
+            print(f"damaged: {key}: {reason}")
+            for where in result.affected.get(key, []):
+                print(f"  affects {where}")
+        for problem in result.problems:
+            print(f"damaged: {problem}")
+        mode = "read and re-hashed" if args.read_data else "checked"
+        verdict = "ok" if result.ok else "DAMAGED"
+        print(f"{verdict}: {result.snapshots} snapshots, {result.blobs} blobs in {result.packs} packs {mode}")
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from agent.store.prune import prune_repository
+
+    config = _load(args)
+    repo = _open_repo(config)
+    policies = {job.name: job.retention for job in config.jobs}
+    with repo.lock(exclusive=True, purpose="prune"):
+        result = prune_repository(repo, policies, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    if args.json:
+        _print_json({"dry_run": args.dry_run,
+                     "removed": [snap.id for snap in result.removed], "kept": [snap.id for snap in result.kept],
+                     "unknown_jobs": result.unknown_jobs, "packs_deleted": result.packs_deleted,
+                     "packs_rewritten": result.packs_rewritten, "bytes_freed": result.bytes_freed})
+        return EXIT_OK
+    for snap in result.removed:
+        print(f"{verb} {snap.id[:12]}  {snap.time[:19].replace('T', ' ')}  {snap.job}")
+    for job in result.unknown_jobs:
+        print(f"kept every snapshot of {job}: no such job in the configuration")
+    print(f"{len(result.kept)} snapshots kept, {len(result.removed)} {verb}"
+          + ("" if args.dry_run else f"; {result.packs_deleted} packs deleted, {result.packs_rewritten} "
+                                     f"rewritten, {_size(result.bytes_freed)} freed"))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent.demo import run_demo
+
+    return run_demo(args.dir)
+
+
+# --- parser -----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="backup-agent",
+        description="Change-triggered, deduplicated, verifiable backups for Enstratius nodes.")
+    parser.add_argument("--version", action="version", version=f"backup-agent {__version__}")
+    parser.add_argument("--config", metavar="FILE",
+                        help="agent.toml (default: $BACKUP_AGENT_CONFIG, else /etc/backup-agent/agent.toml)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def command(name: str, func, help_text: str, listing: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        if listing:
+            p.add_argument("--json", action="store_true", help="print JSON on stdout, messages on stderr")
+        return p
+
+    command("check-config", cmd_check_config, "validate the configuration and list the jobs")
+    p = command("backup", cmd_backup, "back up jobs now")
+    p.add_argument("jobs", nargs="*", metavar="JOB")
+    p.add_argument("--all", action="store_true", help="every configured job")
+    p = command("snapshots", cmd_snapshots, "list snapshots, oldest first")
+    p.add_argument("job", nargs="?", metavar="JOB")
+    p = command("restore", cmd_restore, "restore a snapshot, or some paths of it", listing=False)
+    p.add_argument("snapshot", metavar="SNAPSHOT", help="an id, a unique id prefix, or JOB:latest")
+    p.add_argument("--target", required=True, metavar="DIR", help="restore the job's path as DIR itself")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="paths relative to the job's path")
+    p = command("verify", cmd_verify, "check that every snapshot is complete")
+    p.add_argument("--read-data", action="store_true", help="read and re-hash every stored object")
+    p = command("prune", cmd_prune, "forget snapshots beyond retention and delete unneeded data")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    p = command("demo", cmd_demo, "back up a sandbox /services tree and restore it", listing=False)
+    p.add_argument("--dir", metavar="DIR", help="where to build the sandbox (default: a new temp dir)")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from agent.config import ConfigError
+
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            _err(problem)
+        return EXIT_USAGE
+    except UsageError as exc:
+        _err(f"backup-agent: {exc}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

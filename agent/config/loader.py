@@ -1,0 +1,338 @@
+"""Load agent.toml and the job files of jobs_dir, collecting every problem before reporting any.
+
+Each problem reads `FILE: jobs.NAME.KEY: what is wrong`, so an operator can fix all of them in one pass.
+Paths that do not exist yet are warnings, not errors: the daemon picks them up when they appear.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import socket
+import sys
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from agent.config.durations import parse_duration, parse_interval
+from agent.config.model import JOB_TYPES, CollectorSettings, Config, Job, Retention
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on older interpreters only
+    import tomli as tomllib
+
+DEFAULT_CONFIG = "/etc/backup-agent/agent.toml"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `problems` holds one line per problem."""
+
+    def __init__(self, problems: List[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def default_config_path() -> str:
+    return os.environ.get("BACKUP_AGENT_CONFIG") or DEFAULT_CONFIG
+
+
+# --- value checkers: each returns the parsed value or raises ValueError with a short reason ---------------
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"must be a non-empty string, not {value!r}")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, not {value!r}")
+    return value
+
+
+def _abspath(value: Any) -> str:
+    text = _string(value)
+    if not os.path.isabs(text):
+        raise ValueError(f"must be an absolute path, not {text!r}")
+    return os.path.normpath(text)
+
+
+def _string_list(value: Any) -> Tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError("must be a list of strings")
+    return tuple(value)
+
+
+def _argv(value: Any) -> Tuple[str, ...]:
+    items = _string_list(value)
+    if not items or not items[0]:
+        raise ValueError("must be a non-empty list: the program and its arguments (no shell)")
+    return items
+
+
+def _abspath_list(value: Any) -> Tuple[str, ...]:
+    items = _string_list(value)
+    if not items:
+        raise ValueError("must list at least one path")
+    return tuple(_abspath(item) for item in items)
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"must be a duration such as \"30s\" or \"10m\", not {value!r}")
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise ValueError("must be longer than zero")
+        return float(value)
+    return parse_duration(value)
+
+
+def _interval(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a duration such as \"24h\" or a range such as \"4h..6h\", not {value!r}")
+    return parse_interval(value)
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"must be a whole number >= 0, not {value!r}")
+    return value
+
+
+def _positive(value: Any) -> int:
+    if _count(value) < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+Checker = Callable[[Any], Any]
+
+_HOOKS: Dict[str, Checker] = {"before": _argv, "after": _argv, "timeout": _duration}
+_COMMON: Dict[str, Checker] = {"type": _string, "every": _interval, "retention": dict}
+JOB_KEYS: Dict[str, Dict[str, Checker]] = {
+    "fs": {
+        "path": _abspath, "on_change": _bool, "quiet": _duration, "max_delay": _duration,
+        "exclude": _string_list, **_HOOKS,
+    },
+    "mysql": {
+        "database": _string, "options_file": _abspath, "dump_command": _string,
+        "extra_args": _string_list, "timeout": _duration,
+    },
+    "riak": {"paths": _abspath_list, "exclude": _string_list, **_HOOKS},
+    "command": {"argv": _argv, "timeout": _duration},
+    "sqlite": {"path": _abspath},
+}
+REQUIRED_KEYS: Dict[str, Tuple[str, ...]] = {
+    "fs": ("path",), "mysql": ("database",), "riak": ("paths",), "command": ("argv",), "sqlite": ("path",),
+}
+_RETENTION_KEYS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly")
+_AGENT_KEYS = ("host", "repository", "state_dir", "jobs_dir", "retention", "collector", "jobs",
+               "max_concurrent_runs")
+_COLLECTOR_KEYS = {"url": _string, "token_file": _abspath, "ca_file": _abspath}
+
+
+@dataclass
+class _Problems:
+    errors: List[str] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+
+    def error(self, source: str, where: str, message: str) -> None:
+        self.errors.append(f"{source}: {where}: {message}")
+
+    def warn(self, source: str, where: str, message: str) -> None:
+        self.warnings.append(f"{source}: {where}: {message}")
+
+
+def _read_toml(path: str, problems: _Problems) -> Optional[Dict[str, Any]]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        problems.errors.append(f"{path}: file not found")
+    except PermissionError:
+        problems.errors.append(f"{path}: permission denied")
+    except tomllib.TOMLDecodeError as exc:
+        problems.errors.append(f"{path}: invalid TOML: {exc}")
+    return None
+
+
+def _retention(table: Any, base: Retention, source: str, where: str, problems: _Problems) -> Retention:
+    if not isinstance(table, dict):
+        problems.error(source, where, "must be a table")
+        return base
+    values = {}
+    for key, value in table.items():
+        if key not in _RETENTION_KEYS:
+            problems.error(source, f"{where}.{key}", f"unknown key (known: {', '.join(_RETENTION_KEYS)})")
+            continue
+        try:
+            values[key] = _count(value)
+        except ValueError as exc:
+            problems.error(source, f"{where}.{key}", str(exc))
+    return replace(base, **values)
+
+
+def _job(name: str, table: Any, source: str, defaults: Retention, problems: _Problems) -> Optional[Job]:
+    where = f"jobs.{name}"
+    if not isinstance(table, dict):
+        problems.error(source, where, "must be a table")
+        return None
+    job_type = table.get("type")
+    if job_type not in JOB_TYPES:
+        problems.error(source, f"{where}.type", f"must be one of {', '.join(JOB_TYPES)}, not {job_type!r}"
+                       if job_type is not None else f"missing (one of {', '.join(JOB_TYPES)})")
+        return None
+    checkers = {**_COMMON, **JOB_KEYS[job_type]}
+    values: Dict[str, Any] = {}
+    for key, value in table.items():
+        if key == "type":
+            continue
+        if key not in checkers:
+            problems.error(source, f"{where}.{key}",
+                           f"unknown key for a {job_type} job (known: {', '.join(sorted(checkers))})")
+            continue
+        if key == "retention":
+            values[key] = _retention(value, defaults, source, f"{where}.retention", problems)
+            continue
+        try:
+            values[key] = checkers[key](value)
+        except ValueError as exc:
+            problems.error(source, f"{where}.{key}", str(exc))
+    ok = True
+    for key in ("every", *REQUIRED_KEYS[job_type]):
+        if key not in table:
+            problems.error(source, f"{where}.{key}", "missing")
+            ok = False
+    if not ok or any(key not in values for key in table if key != "type" and key in checkers):
+        return None
+    if "paths" in values:
+        values["paths"] = tuple(values["paths"])
+    job = Job(name=name, type=job_type, source=source, retention=values.pop("retention", defaults), **values)
+    if job.on_change and job.quiet > job.max_delay:
+        problems.error(source, f"{where}.quiet", "must not be longer than max_delay")
+        return None
+    _warn_missing_paths(job, problems)
+    return job
+
+
+def _warn_missing_paths(job: Job, problems: _Problems) -> None:
+    where = f"jobs.{job.name}"
+    for key, path in (("path", job.path), ("options_file", job.options_file)):
+        if path and not os.path.exists(path):
+            problems.warn(job.source, f"{where}.{key}", f"{path} does not exist (yet)")
+    for path in job.paths:
+        if not os.path.exists(path):
+            problems.warn(job.source, f"{where}.paths", f"{path} does not exist (yet)")
+    if job.options_file and os.path.exists(job.options_file):
+        try:
+            if os.stat(job.options_file).st_mode & 0o004:
+                problems.warn(job.source, f"{where}.options_file",
+                              f"{job.options_file} is readable by every user: it holds a password (chmod 600)")
+        except OSError:
+            pass
+
+
+def _collector(table: Any, source: str, problems: _Problems) -> Optional[CollectorSettings]:
+    if not isinstance(table, dict):
+        problems.error(source, "collector", "must be a table")
+        return None
+    values = {}
+    for key, value in table.items():
+        if key not in _COLLECTOR_KEYS:
+            problems.error(source, f"collector.{key}", f"unknown key (known: {', '.join(_COLLECTOR_KEYS)})")
+            continue
+        try:
+            values[key] = _COLLECTOR_KEYS[key](value)
+        except ValueError as exc:
+            problems.error(source, f"collector.{key}", str(exc))
+    if "url" not in table:
+        problems.error(source, "collector.url", "missing")
+        return None
+    url = values.get("url", "")
+    if url and not url.startswith(("http://", "https://")):
+        problems.error(source, "collector.url", "must start with http:// or https://")
+        return None
+    return CollectorSettings(**values) if "url" in values else None
+
+
+def _collect_jobs(tables: Any, source: str, defaults: Retention, seen: Dict[str, str],
+                  problems: _Problems) -> List[Job]:
+    jobs: List[Job] = []
+    if not isinstance(tables, dict):
+        problems.error(source, "jobs", "must be a table of [jobs.NAME] tables")
+        return jobs
+    for name, table in tables.items():
+        if name in seen:
+            problems.error(source, f"jobs.{name}", f"defined twice: here and in {seen[name]}")
+            continue
+        seen[name] = source
+        job = _job(name, table, source, defaults, problems)
+        if job is not None:
+            jobs.append(job)
+    return jobs
+
+
+def load_config(path: Optional[str] = None) -> Config:
+    """Read and validate the configuration; raises ConfigError listing every problem."""
+    path = os.path.abspath(path or default_config_path())
+    problems = _Problems()
+    data = _read_toml(path, problems)
+    if data is None:
+        raise ConfigError(problems.errors)
+
+    for key in data:
+        if key not in _AGENT_KEYS:
+            problems.error(path, key, f"unknown key (known: {', '.join(_AGENT_KEYS)})")
+
+    def absolute(key: str, default: Optional[str]) -> str:
+        if key not in data:
+            if default is None:
+                problems.error(path, key, "missing")
+                return ""
+            return default
+        try:
+            return _abspath(data[key])
+        except ValueError as exc:
+            problems.error(path, key, str(exc))
+            return ""
+
+    host = data.get("host") or socket.gethostname()
+    if not isinstance(host, str):
+        problems.error(path, "host", "must be a string")
+        host = socket.gethostname()
+    repository = absolute("repository", None)
+    state_dir = absolute("state_dir", "/var/lib/backup-agent")
+    jobs_dir_value = data.get("jobs_dir", "conf.d")
+    if not isinstance(jobs_dir_value, str) or not jobs_dir_value:
+        problems.error(path, "jobs_dir", "must be a path (relative to agent.toml or absolute)")
+        jobs_dir_value = "conf.d"
+    jobs_dir = os.path.normpath(os.path.join(os.path.dirname(path), jobs_dir_value))
+    retention = _retention(data.get("retention", {}), Retention(), path, "retention", problems)
+    collector = _collector(data["collector"], path, problems) if "collector" in data else None
+    max_runs = 1
+    if "max_concurrent_runs" in data:
+        try:
+            max_runs = _positive(data["max_concurrent_runs"])
+        except ValueError as exc:
+            problems.error(path, "max_concurrent_runs", str(exc))
+
+    seen: Dict[str, str] = {}
+    jobs = _collect_jobs(data.get("jobs", {}), path, retention, seen, problems)
+    if os.path.isdir(jobs_dir):
+        for job_file in sorted(glob.glob(os.path.join(jobs_dir, "*.toml"))):
+            job_data = _read_toml(job_file, problems)
+            if job_data is None:
+                continue
+            for key in job_data:
+                if key != "jobs":
+                    problems.error(job_file, key, "unknown key (a job file holds only [jobs.NAME] tables)")
+            jobs.extend(_collect_jobs(job_data.get("jobs", {}), job_file, retention, seen, problems))
+    elif "jobs_dir" in data:
+        problems.warn(path, "jobs_dir", f"{jobs_dir} does not exist (yet)")
+
+    if problems.errors:
+        raise ConfigError(problems.errors)
+    return Config(path=path, host=host, repository=repository, state_dir=state_dir, jobs_dir=jobs_dir,
+                  retention=retention, jobs=tuple(jobs), collector=collector,
+                  max_concurrent_runs=max_runs, warnings=tuple(problems.warnings))

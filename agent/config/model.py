@@ -1,0 +1,89 @@
+"""The validated configuration: frozen values shared by the CLI, the runner and the daemon."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+from agent.config.durations import Interval, format_duration
+
+JOB_TYPES = ("fs", "mysql", "riak", "command", "sqlite")
+
+
+@dataclass(frozen=True)
+class Retention:
+    keep_last: int = 3
+    keep_daily: int = 7
+    keep_weekly: int = 4
+    keep_monthly: int = 6
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    type: str
+    every: Interval
+    source: str  # the file that defined the job, for messages
+    retention: Retention = field(default_factory=Retention)
+    # fs and sqlite: the tree or database file; riak: several trees in `paths`
+    path: Optional[str] = None
+    paths: Tuple[str, ...] = ()
+    exclude: Tuple[str, ...] = ()
+    on_change: bool = False
+    quiet: float = 30.0
+    max_delay: float = 600.0
+    before: Tuple[str, ...] = ()
+    after: Tuple[str, ...] = ()
+    timeout: float = 3600.0
+    # mysql
+    database: Optional[str] = None
+    options_file: Optional[str] = None
+    dump_command: Optional[str] = None
+    extra_args: Tuple[str, ...] = ()
+    # command
+    argv: Tuple[str, ...] = ()
+
+    @property
+    def target(self) -> str:
+        """What the job backs up, in one short phrase for listings."""
+        if self.type in ("fs", "sqlite"):
+            return str(self.path)
+        if self.type == "riak":
+            return ", ".join(self.paths)
+        if self.type == "mysql":
+            return f"database {self.database}"
+        return " ".join(self.argv)
+
+    @property
+    def schedule(self) -> str:
+        text = f"every {self.every.text}"
+        if self.on_change:
+            text += f", on change (quiet {format_duration(self.quiet)}, max delay {format_duration(self.max_delay)})"
+        return text
+
+
+@dataclass(frozen=True)
+class CollectorSettings:
+    url: str
+    token_file: Optional[str] = None
+    ca_file: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    host: str
+    repository: str
+    state_dir: str
+    jobs_dir: str
+    retention: Retention
+    jobs: Tuple[Job, ...]
+    collector: Optional[CollectorSettings] = None
+    max_concurrent_runs: int = 1
+    warnings: Tuple[str, ...] = ()
+
+    def job(self, name: str) -> Job:
+        for job in self.jobs:
+            if job.name == name:
+                return job
+        raise KeyError(name)

@@ -1,0 +1,1 @@
+"""Filesystem snapshots: walking a tree, the files cache, and the entry stream stored as a snapshot's tree."""

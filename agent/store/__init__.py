@@ -1,0 +1,16 @@
+"""The repository: packs of deduplicated blobs, an index, snapshot manifests, lock, prune and verify."""
+
+from agent.store.index import KIND_DATA, KIND_TREE
+from agent.store.lock import LockTimeout, RepositoryLock
+from agent.store.repository import (
+    BlobWriter,
+    DamagedBlobError,
+    Repository,
+    RepositoryError,
+    Snapshot,
+)
+
+__all__ = [
+    "KIND_DATA", "KIND_TREE", "BlobWriter", "DamagedBlobError", "LockTimeout", "Repository",
+    "RepositoryError", "RepositoryLock", "Snapshot",
+]

@@ -1,0 +1,136 @@
+"""Prune: forget snapshots beyond each job's retention, then delete the data no snapshot needs.
+
+Order matters for crash safety: manifests are removed first, then the packs holding still-needed blobs
+next to garbage are rewritten and a complete new index is written, and only then are old index files and
+packs deleted. A crash between any two steps leaves a repository that verifies. The exclusive repository
+lock keeps backups out while this runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Dict, List, Optional, Set, Tuple
+
+from agent.config import Retention
+from agent.store.index import BlobLocation
+from agent.store.pack import TARGET_SIZE, PackWriter
+from agent.store.repository import Repository, Snapshot
+from agent.store.tree import read_tree
+
+_REPACK_IF_UNUSED = 0.2
+
+
+def _local(snapshot: Snapshot) -> time.struct_time:
+    stamp = datetime.fromisoformat(snapshot.time.replace("Z", "+00:00")).timestamp()
+    return time.localtime(stamp)
+
+
+def select_kept(snapshots: List[Snapshot], policy: Retention) -> Set[str]:
+    """Ids to keep: the newest keep_last, and the newest of each of the last N days, weeks and months
+    (local time), like restic's `forget --keep-*`."""
+    newest_first = sorted(snapshots, key=lambda snap: (snap.time, snap.id), reverse=True)
+    keep = {snap.id for snap in newest_first[: policy.keep_last]}
+    buckets = (
+        (policy.keep_daily, lambda t: time.strftime("%Y-%m-%d", t)),
+        (policy.keep_weekly, lambda t: time.strftime("%G-%V", t)),
+        (policy.keep_monthly, lambda t: time.strftime("%Y-%m", t)),
+    )
+    for count, bucket_of in buckets:
+        seen: List[str] = []
+        for snap in newest_first:
+            if len(seen) >= count:
+                break
+            bucket = bucket_of(_local(snap))
+            if bucket not in seen:
+                seen.append(bucket)
+                keep.add(snap.id)
+    return keep
+
+
+@dataclass
+class PruneResult:
+    removed: List[Snapshot] = field(default_factory=list)
+    kept: List[Snapshot] = field(default_factory=list)
+    unknown_jobs: List[str] = field(default_factory=list)
+    packs_deleted: int = 0
+    packs_rewritten: int = 0
+    bytes_freed: int = 0
+
+
+def prune_repository(repo: Repository, policies: Dict[str, Retention], dry_run: bool = False) -> PruneResult:
+    result = PruneResult()
+    by_job: Dict[str, List[Snapshot]] = {}
+    for snap in repo.snapshots():
+        by_job.setdefault(snap.job, []).append(snap)
+    for job, snaps in sorted(by_job.items()):
+        policy: Optional[Retention] = policies.get(job)
+        if policy is None:
+            result.unknown_jobs.append(job)  # never delete what the configuration does not describe
+            result.kept.extend(snaps)
+            continue
+        keep = select_kept(snaps, policy)
+        for snap in snaps:
+            (result.kept if snap.id in keep else result.removed).append(snap)
+    if dry_run:
+        return result
+    for snap in result.removed:
+        repo.delete_snapshot(snap.id)
+    _collect_garbage(repo, result)
+    return result
+
+
+def _collect_garbage(repo: Repository, result: PruneResult) -> None:
+    repo.index.reload()
+    used: Set[bytes] = set()
+    for snap in result.kept:
+        used.update(bytes.fromhex(blob) for blob in snap.tree)
+        for entry in read_tree(repo, snap.tree):
+            used.update(entry.chunks)
+    by_pack: Dict[bytes, List[Tuple[bytes, BlobLocation]]] = {}
+    for blob_id, loc in repo.index.blobs.items():
+        by_pack.setdefault(loc.pack, []).append((blob_id, loc))
+
+    new_index: List[Tuple[bytes, BlobLocation]] = []
+    writer = PackWriter(repo.data_dir, repo.tmp_dir)
+    for pack, blobs in by_pack.items():
+        live = [(blob_id, loc) for blob_id, loc in blobs if blob_id in used]
+        dead_bytes = sum(loc.length for blob_id, loc in blobs if blob_id not in used)
+        total = sum(loc.length for _, loc in blobs)
+        if not live:
+            continue  # deleted below: no new index names it
+        if dead_bytes > _REPACK_IF_UNUSED * total:
+            with open(repo.pack_path(pack), "rb") as handle:
+                data = handle.read()
+            for blob_id, loc in live:
+                writer.add(blob_id, data[loc.offset: loc.offset + loc.length], loc.raw_length, loc.flags)
+                if writer.size >= TARGET_SIZE:
+                    new_index.extend(writer.finish())
+                    writer = PackWriter(repo.data_dir, repo.tmp_dir)
+            result.packs_rewritten += 1
+        else:
+            new_index.extend(live)
+    if len(writer):
+        new_index.extend(writer.finish())
+    old_index_files = list(repo.index.files)
+    new_name = repo.index.write(new_index)
+    for name in old_index_files:
+        if name != new_name:
+            os.unlink(os.path.join(repo.index_dir, name))
+    indexed = {loc.pack for _, loc in new_index}
+    for pack in repo.list_packs():
+        if pack not in indexed:  # obsolete, or orphaned by a crash before its index was written
+            path = repo.pack_path(pack)
+            result.bytes_freed += os.path.getsize(path)
+            os.unlink(path)
+            result.packs_deleted += 1
+    for name in os.listdir(repo.tmp_dir):
+        path = os.path.join(repo.tmp_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+    repo.index.reload()

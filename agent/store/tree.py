@@ -1,0 +1,75 @@
+"""A snapshot's tree: one JSON line per entry, stored as content-defined blobs so that a snapshot of a
+tree where little changed shares nearly all of its tree blobs with the previous one.
+
+Paths are relative to the job's path, '/'-separated; names that are not UTF-8 keep their bytes as
+surrogate escapes (\\udcXX in the JSON), which round-trip exactly through os.fsencode.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Iterable, Iterator, List, NamedTuple, Tuple
+
+import xxhash
+
+from agent.store.index import KIND_TREE
+from agent.store.repository import BlobWriter, Repository
+
+
+class Entry(NamedTuple):
+    path: str
+    type: str  # "file", "dir" or "symlink"
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    size: int = 0
+    chunks: Tuple[bytes, ...] = ()
+    target: str = ""
+
+
+def encode_entry(entry: Entry) -> bytes:
+    record = {"path": entry.path, "type": entry.type, "mode": entry.mode, "uid": entry.uid,
+              "gid": entry.gid, "mtime_ns": entry.mtime_ns}
+    if entry.type == "file":
+        record["size"] = entry.size
+        record["chunks"] = [chunk.hex() for chunk in entry.chunks]
+    elif entry.type == "symlink":
+        record["target"] = entry.target
+    return json.dumps(record, separators=(",", ":")).encode("ascii") + b"\n"
+
+
+def decode_entry(line: bytes) -> Entry:
+    record = json.loads(line)
+    return Entry(record["path"], record["type"], int(record["mode"]), int(record["uid"]),
+                 int(record["gid"]), int(record["mtime_ns"]), int(record.get("size", 0)),
+                 tuple(bytes.fromhex(chunk) for chunk in record.get("chunks", ())),
+                 record.get("target", ""))
+
+
+def fingerprint_update(hasher: xxhash.xxh3_128, entry: Entry) -> None:
+    """Feed what makes a snapshot different into `hasher`; timestamps are left out on purpose, so a
+    file rewritten with the same content (configuration management) does not make a new snapshot."""
+    hasher.update(f"{entry.path}\0{entry.type}\0{entry.mode}\0{entry.uid}\0{entry.gid}\0{entry.size}\0"
+                  f"{entry.target}\0".encode("utf-8", "surrogateescape"))
+    hasher.update(b"".join(entry.chunks))
+
+
+def write_tree(writer: BlobWriter, entries: Iterable[Entry]) -> Tuple[str, ...]:
+    data = b"".join(encode_entry(entry) for entry in entries)
+    blob_ids = []
+    for piece in writer.repo.chunker.split(data):
+        blob_id, _ = writer.save(piece, KIND_TREE)
+        blob_ids.append(blob_id.hex())
+    return tuple(blob_ids)
+
+
+def read_tree(repo: Repository, tree: Iterable[str]) -> Iterator[Entry]:
+    data = b"".join(repo.read_blob(bytes.fromhex(blob_id)) for blob_id in tree)
+    for line in data.splitlines():
+        if line:
+            yield decode_entry(line)
+
+
+def tree_entries(repo: Repository, tree: Iterable[str]) -> List[Entry]:
+    return list(read_tree(repo, tree))

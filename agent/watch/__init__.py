@@ -1,0 +1,1 @@
+"""Watching trees: ignore rules now; the observer and debouncer live beside them."""

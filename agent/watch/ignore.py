@@ -1,0 +1,34 @@
+"""Gitignore-style exclusion rules of a job, shared by the snapshot walk and the watcher.
+
+One set of rules decides both what is never stored and which events never trigger a backup, so a busy
+catalina.out can neither enter a snapshot nor start one.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pathspec
+import xxhash
+
+
+class IgnoreRules:
+    def __init__(self, patterns: Sequence[str]) -> None:
+        self.patterns = tuple(patterns)
+        self._spec = pathspec.GitIgnoreSpec.from_lines(self.patterns) if self.patterns else None
+        # Lets the files cache know whether its record of "included last time" still holds.
+        self.digest = xxhash.xxh3_64_hexdigest("\0".join(self.patterns).encode())
+
+    def excludes(self, relpath: str, is_dir: bool) -> bool:
+        """Whether `relpath` (relative to the job's path, '/'-separated) is excluded."""
+        if self._spec is None or not relpath or relpath == ".":
+            return False
+        return self._spec.match_file(relpath + "/" if is_dir else relpath)
+
+    def excludes_any_parent(self, relpath: str) -> bool:
+        """Whether `relpath` or one of its parent directories is excluded (for single events)."""
+        parts = relpath.split("/")
+        for depth in range(1, len(parts)):
+            if self.excludes("/".join(parts[:depth]), True):
+                return True
+        return False
