@@ -257,7 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # argparse cannot give positionals that follow an option (restore X --target D PATH...) to an
+    # earlier nargs="*" positional, so restore collects them from the leftovers.
+    args, extra = parser.parse_known_args(argv)
+    if extra and (args.command != "restore" or any(item.startswith("-") for item in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.paths = [*args.paths, *extra]
     from agent.config import ConfigError
 
     try:

@@ -1,0 +1,33 @@
+"""Fixtures: a temp configuration for the real command, and a guard against leaked threads."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from tests.helpers import Agent
+
+
+@pytest.fixture
+def agent(tmp_path) -> Agent:
+    base = str(tmp_path / "agent")
+    os.makedirs(os.path.join(base, "conf.d"))
+    config = os.path.join(base, "agent.toml")
+    repository = os.path.join(base, "repo")
+    state_dir = os.path.join(base, "state")
+    with open(config, "w") as handle:
+        handle.write(f'host = "test-node"\nrepository = "{repository}"\nstate_dir = "{state_dir}"\n')
+    return Agent(base, config, repository, state_dir)
+
+
+@pytest.fixture(autouse=True)
+def no_thread_leaks():
+    before = set(threading.enumerate())
+    yield
+    leaked = [thread for thread in threading.enumerate() if thread not in before and thread.is_alive()]
+    for thread in leaked:
+        thread.join(timeout=5)
+    still = [thread.name for thread in leaked if thread.is_alive()]
+    assert not still, f"threads leaked by the test: {still}"

@@ -1,0 +1,280 @@
+"""End-to-end: the real `backup-agent` command backing up and restoring real temp trees."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import time
+
+import pytest
+
+from tests.helpers import Link, fs_job, make_tree, read_tree
+
+TOMCAT_EXCLUDE = ["logs/", "*.log", "*.log.*", "catalina.out*", "temp/", "work/"]
+
+
+def restore(agent, ref: str, target: str, *paths: str) -> None:
+    agent.run("restore", ref, "--target", target, *paths, check=0)
+
+
+def test_backup_report_fields_and_restore_equality(agent, tmp_path):
+    src = str(tmp_path / "api")
+    make_tree(src, {
+        "tomcat/conf/server.xml": "<Server/>", "tomcat/conf/empty.xml": "",
+        "tomcat/lib/a.jar": os.urandom(300_000), "tomcat/webapps/ROOT/WEB-INF/classes/app.properties": "x=1",
+        "tomcat/bin/startup.sh": "#!/bin/sh\n", "emptydir/": None, "tomcat/current": Link("conf/server.xml"),
+    })
+    os.chmod(os.path.join(src, "tomcat/bin/startup.sh"), 0o750)
+    os.utime(os.path.join(src, "tomcat/conf/server.xml"), ns=(1_600_000_000_123_456_789,) * 2)
+    agent.write_jobs(fs_job("services-api", src))
+    [report] = agent.backup("services-api")
+    assert set(report) >= {"id", "host", "job", "type", "trigger", "status", "changed", "snapshot",
+                           "started_at", "finished_at", "files", "bytes", "new_bytes", "errors"}
+    assert report["status"] == "ok" and report["changed"] is True and report["trigger"] == "manual"
+    assert report["host"] == "test-node" and report["type"] == "fs" and report["errors"] == []
+    assert report["files"] == 5 and report["bytes"] == report["new_bytes"] == 300_000 + 9 + 3 + 10
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", report["id"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", report["started_at"])
+
+    target = str(tmp_path / "restored")
+    restore(agent, "services-api:latest", target)
+    assert read_tree(target) == read_tree(src)
+    snaps = agent.snapshots()
+    assert [s["id"] for s in snaps] == [report["snapshot"]]
+    assert set(snaps[0]) == {"id", "job", "time", "trigger", "files", "bytes"}
+
+
+def test_excluded_paths_are_never_stored_and_negation_and_dir_only_work(agent, tmp_path):
+    src = str(tmp_path / "svc")
+    make_tree(src, {
+        "tomcat/logs/catalina.out": "secret log", "tomcat/logs/keep.txt": "in excluded dir",
+        "tomcat/conf/app.log": "log", "tomcat/conf/app.log.1": "rotated", "tomcat/conf/important.log": "kept",
+        "tomcat/temp/x": "tmp", "tomcat/work/Catalina/y": "work", "tomcat/catalina.out.2026-11-01": "old",
+        "tomcat/conf/work": "a FILE named work: dir-only pattern must not exclude it",
+        "tomcat/conf/server.xml": "<Server/>",
+    })
+    agent.write_jobs(fs_job("svc", src, TOMCAT_EXCLUDE + ["!important.log"]))
+    [report] = agent.backup()
+    target = str(tmp_path / "out")
+    restore(agent, "svc:latest", target)
+    restored = {os.fsdecode(p) for p in read_tree(target)}
+    assert "tomcat/conf/server.xml" in restored and "tomcat/conf/important.log" in restored
+    assert "tomcat/conf/work" in restored
+    assert not any(p.startswith(("tomcat/logs", "tomcat/temp", "tomcat/work")) for p in restored)
+    assert "tomcat/conf/app.log" not in restored and "tomcat/conf/app.log.1" not in restored
+    assert "tomcat/catalina.out.2026-11-01" not in restored
+    # and the excluded bytes are nowhere in the repository
+    for directory, _, files in os.walk(agent.repository):
+        for name in files:
+            with open(os.path.join(directory, name), "rb") as handle:
+                assert b"secret log" not in handle.read()
+    assert report["files"] == 3
+
+
+def test_no_change_run_makes_no_snapshot(agent, tmp_path):
+    src = str(tmp_path / "svc")
+    make_tree(src, {"a.txt": "a", "b/c.txt": "c"})
+    agent.write_jobs(fs_job("svc", src))
+    [first] = agent.backup()
+    [second] = agent.backup()
+    assert second["status"] == "ok" and second["changed"] is False and second["new_bytes"] == 0
+    assert second["snapshot"] == first["snapshot"]
+    assert len(agent.snapshots()) == 1
+    # a log write under an excluded path is not a change either
+    agent.write_jobs(fs_job("svc", src, ["*.log"]))
+    agent.backup()
+    count = len(agent.snapshots())
+    with open(os.path.join(src, "busy.log"), "a") as handle:
+        handle.write("line\n" * 1000)
+    [third] = agent.backup()
+    assert third["changed"] is False and len(agent.snapshots()) == count
+
+
+def test_touched_but_same_content_makes_no_snapshot_and_real_change_does(agent, tmp_path):
+    src = str(tmp_path / "svc")
+    make_tree(src, {"conf/app.properties": "x=1\n", "conf/other.xml": "<a/>"})
+    past = time.time_ns() - 3_600_000_000_000
+    for name in ("conf/app.properties", "conf/other.xml"):
+        os.utime(os.path.join(src, name), ns=(past, past))
+    agent.write_jobs(fs_job("svc", src))
+    agent.backup()
+    # configuration management rewrites the file with identical content: new mtime, ctime, maybe inode
+    path = os.path.join(src, "conf/app.properties")
+    os.unlink(path)
+    with open(path, "w") as handle:
+        handle.write("x=1\n")
+    [report] = agent.backup()
+    assert report["changed"] is False and len(agent.snapshots()) == 1
+    with open(path, "w") as handle:
+        handle.write("x=2\n")
+    [report] = agent.backup()
+    assert report["changed"] is True and report["new_bytes"] == 4 and len(agent.snapshots()) == 2
+
+
+def test_symlink_loops_are_stored_as_links_not_followed(agent, tmp_path):
+    src = str(tmp_path / "svc")
+    make_tree(src, {"a/file": "x", "a/loop": Link(".."), "a/self": Link("self"), "abs": Link("/etc/passwd")})
+    agent.write_jobs(fs_job("svc", src))
+    [report] = agent.backup()
+    assert report["status"] == "ok" and report["files"] == 1
+    target = str(tmp_path / "out")
+    restore(agent, "svc:latest", target)
+    assert os.readlink(os.path.join(target, "a/loop")) == ".."
+    assert os.readlink(os.path.join(target, "abs")) == "/etc/passwd"
+    assert read_tree(target) == read_tree(src)
+
+
+def test_non_utf8_names_empty_files_and_special_files(agent, tmp_path):
+    src = str(tmp_path / "svc")
+    os.makedirs(src)
+    weird = os.path.join(os.fsencode(src), b"caf\xe9-\xff.conf")
+    with open(weird, "wb") as handle:
+        handle.write(b"latin-1 name")
+    open(os.path.join(src, "zero"), "wb").close()
+    os.mkfifo(os.path.join(src, "pipe"))
+    agent.write_jobs(fs_job("svc", src))
+    [report] = agent.backup()
+    assert report["status"] == "ok", report
+    assert any("pipe" in w and "fifo" in w for w in report["warnings"])
+    target = str(tmp_path / "out")
+    restore(agent, "svc:latest", target)
+    with open(os.path.join(os.fsencode(target), b"caf\xe9-\xff.conf"), "rb") as handle:
+        assert handle.read() == b"latin-1 name"
+    assert os.path.getsize(os.path.join(target, "zero")) == 0
+    assert not os.path.exists(os.path.join(target, "pipe"))
+
+
+def _unprivileged() -> list:
+    if os.geteuid() != 0:
+        return []
+    if not shutil.which("setpriv"):
+        pytest.skip("needs setpriv to drop root for a permission test")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def test_unreadable_file_fails_the_run_but_stores_the_rest(agent, tmp_path):
+    user = _unprivileged()
+    src = str(tmp_path / "svc")
+    make_tree(src, {"ok.txt": "fine", "secret/locked.txt": "no", "private.key": "no"})
+    os.chmod(os.path.join(src, "private.key"), 0o000)
+    os.chmod(os.path.join(src, "secret"), 0o000)
+    agent.write_jobs(fs_job("svc", src))
+    if user:  # the whole test area must belong to the unprivileged user
+        for directory, dirs, files in os.walk(str(tmp_path)):
+            for name in dirs + files + [""]:
+                os.lchown(os.path.join(directory, name), 65534, 65534)
+        # pytest's base temp dirs are 0700: let the unprivileged user traverse them
+        for parent in [tmp_path, *tmp_path.parents][:4]:
+            os.chmod(parent, os.stat(parent).st_mode | 0o011)
+    result = agent.run("backup", "svc", "--json", user=user)
+    assert result.returncode == 1, result.stderr
+    [report] = json.loads(result.stdout)
+    assert report["status"] == "failed"
+    assert any("private.key" in e for e in report["errors"]) and any("secret" in e for e in report["errors"])
+    assert report["files"] == 1 and report["snapshot"]
+    os.chmod(os.path.join(src, "secret"), 0o755)
+    target = str(tmp_path / "out")
+    agent.run("restore", "svc:latest", "--target", target, check=0, user=user)
+    assert open(os.path.join(target, "ok.txt")).read() == "fine"
+
+
+def test_file_bigger_than_memory_bound_streams(agent, tmp_path):
+    src = str(tmp_path / "svc")
+    os.makedirs(src)
+    size = 400 * 1024 * 1024
+    with open(os.path.join(src, "big.dump"), "wb") as handle:
+        block = os.urandom(1024 * 1024)
+        for i in range(size // len(block)):
+            handle.write(i.to_bytes(8, "little") + block[8:])
+    agent.write_jobs(fs_job("svc", src))
+    argv = ["/usr/bin/time", "-f", "%M"] if os.path.exists("/usr/bin/time") else None
+    if argv is None:
+        pytest.skip("needs /usr/bin/time to measure peak RSS")
+    result = agent.run("backup", "svc", "--json", user=argv, check=0)
+    peak_kib = int(result.stderr.strip().splitlines()[-1])
+    assert peak_kib < 200 * 1024, f"peak RSS {peak_kib} KiB for a {size >> 20} MiB file"
+    target = str(tmp_path / "out")
+    restore(agent, "svc:latest", target)
+    assert os.path.getsize(os.path.join(target, "big.dump")) == size
+    assert subprocess.run(["cmp", os.path.join(src, "big.dump"), os.path.join(target, "big.dump")]).returncode == 0
+
+
+def test_restore_selected_paths_creates_target(agent, tmp_path):
+    src = str(tmp_path / "svc")
+    make_tree(src, {"tomcat/conf/server.xml": "s", "tomcat/conf/web.xml": "w", "tomcat/lib/a.jar": "j"})
+    agent.write_jobs(fs_job("svc", src))
+    agent.backup()
+    target = str(tmp_path / "deep" / "new" / "dir")
+    restore(agent, "svc:latest", target, "tomcat/conf/server.xml", "tomcat/lib")
+    assert {os.fsdecode(p) for p in read_tree(target)} == {
+        "tomcat", "tomcat/conf", "tomcat/conf/server.xml", "tomcat/lib", "tomcat/lib/a.jar"}
+    missing = agent.run("restore", "svc:latest", "--target", target, "no/such/file")
+    assert missing.returncode == 1 and "no/such/file" in missing.stderr
+
+
+def test_restore_refuses_to_follow_symlink_planted_in_target(agent, tmp_path):
+    src = str(tmp_path / "svc")
+    make_tree(src, {"conf/server.xml": "<Server/>"})
+    agent.write_jobs(fs_job("svc", src))
+    agent.backup()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = tmp_path / "target"
+    target.mkdir()
+    os.symlink(str(outside), str(target / "conf"))
+    restore(agent, "svc:latest", str(target))
+    assert list(outside.iterdir()) == []
+    assert not os.path.islink(target / "conf") and (target / "conf" / "server.xml").read_text() == "<Server/>"
+
+
+def test_repository_files_are_private(agent, tmp_path):
+    src = str(tmp_path / "svc")
+    make_tree(src, {"a": "a"})
+    agent.write_jobs(fs_job("svc", src))
+    agent.backup()
+    for directory, dirs, files in os.walk(agent.repository):
+        assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700, directory
+        for name in files:
+            assert stat.S_IMODE(os.stat(os.path.join(directory, name)).st_mode) == 0o600, name
+
+
+def test_json_output_is_only_json_and_backup_exit_codes(agent, tmp_path):
+    src = str(tmp_path / "svc")
+    make_tree(src, {"a": "a"})
+    agent.write_jobs(fs_job("svc", src) + fs_job("gone", str(tmp_path / "missing")))
+    result = agent.run("backup", "--all", "--json")
+    assert result.returncode == 1
+    reports = json.loads(result.stdout)
+    assert [r["status"] for r in reports] == ["ok", "failed"]
+    assert "does not exist" in reports[1]["errors"][0]
+    assert agent.run("backup", "nosuchjob").returncode == 2
+    assert agent.run("backup").returncode == 2
+    for command in (["snapshots"], ["verify"], ["check-config"], ["prune", "--dry-run"]):
+        json.loads(agent.run(*command, "--json", check=0).stdout)
+
+
+def test_verify_of_new_repository_and_flipped_byte(agent, tmp_path):
+    assert agent.run("verify", "--read-data").returncode == 0  # no repository yet
+    src = str(tmp_path / "svc")
+    make_tree(src, {"conf/server.xml": "<Server port='8005'/>" * 100, "lib/x.jar": os.urandom(100_000)})
+    agent.write_jobs(fs_job("svc", src))
+    [report] = agent.backup()
+    assert agent.run("verify", "--read-data").returncode == 0
+    packs = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(agent.repository, "data")) for f in fs]
+    biggest = max(packs, key=os.path.getsize)
+    with open(biggest, "r+b") as handle:
+        handle.seek(5000)
+        byte = handle.read(1)
+        handle.seek(5000)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    assert agent.run("verify").returncode == 0  # structure intact: only reading the data finds it
+    result = agent.run("verify", "--read-data")
+    assert result.returncode == 1
+    assert "damaged" in result.stdout and "lib/x.jar" in result.stdout
+    assert report["snapshot"][:12] in result.stdout
+    broken = agent.run("restore", "svc:latest", "--target", str(tmp_path / "out"))
+    assert broken.returncode == 1 and "does not match" in broken.stderr

@@ -1,0 +1,92 @@
+"""Shared test helpers: declarative trees on disk and the real `backup-agent` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Union
+
+
+@dataclass(frozen=True)
+class Link:
+    target: str
+
+
+TreeSpec = Dict[str, Union[str, bytes, Link, None]]
+
+
+def make_tree(root: str, spec: TreeSpec) -> None:
+    """Create files (str/bytes content), directories (key ending in '/' or value None) and symlinks."""
+    os.makedirs(root, exist_ok=True)
+    for rel, value in spec.items():
+        path = os.path.join(os.fsencode(root), os.fsencode(rel.rstrip("/")))
+        if rel.endswith("/") or value is None:
+            os.makedirs(path, exist_ok=True)
+            continue
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if isinstance(value, Link):
+            os.symlink(value.target, path)
+        else:
+            with open(path, "wb") as handle:
+                handle.write(value.encode() if isinstance(value, str) else value)
+
+
+def agent_command() -> List[str]:
+    script = os.path.join(os.path.dirname(sys.executable), "backup-agent")
+    return [script] if os.path.exists(script) else [sys.executable, "-m", "agent"]
+
+
+@dataclass
+class Agent:
+    """A configuration in a temp dir and a way to run the real command against it."""
+
+    base: str
+    config: str
+    repository: str
+    state_dir: str
+
+    def run(self, *args: str, check: Optional[int] = None, timeout: float = 120,
+            user: Optional[Sequence[str]] = None) -> subprocess.CompletedProcess:
+        argv = [*(user or ()), *agent_command(), "--config", self.config, *args]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if check is not None:
+            assert result.returncode == check, (result.returncode, result.stdout, result.stderr)
+        return result
+
+    def backup(self, *jobs: str, expect: int = 0) -> List[dict]:
+        result = self.run("backup", *(jobs or ("--all",)), "--json", check=expect)
+        return json.loads(result.stdout)
+
+    def snapshots(self, job: Optional[str] = None) -> List[dict]:
+        return json.loads(self.run("snapshots", *([job] if job else []), "--json", check=0).stdout)
+
+    def write_jobs(self, text: str, name: str = "jobs.toml") -> None:
+        with open(os.path.join(self.base, "conf.d", name), "w") as handle:
+            handle.write(text)
+
+
+def fs_job(name: str, path: str, exclude: Sequence[str] = (), extra: str = "") -> str:
+    return (f'[jobs.{name}]\ntype = "fs"\npath = "{path}"\nevery = "24h"\n'
+            f"exclude = {json.dumps(list(exclude))}\n{extra}\n")
+
+
+def read_tree(root: str) -> Dict[bytes, tuple]:
+    """Everything about a tree that a restore must reproduce: type, mode, mtime, content or target."""
+    found: Dict[bytes, tuple] = {}
+    root_b = os.fsencode(root)
+    for directory, dirs, files in os.walk(root_b):
+        for name in dirs + files:
+            path = os.path.join(directory, name)
+            rel = os.path.relpath(path, root_b)
+            st = os.lstat(path)
+            if os.path.islink(path):
+                found[rel] = ("link", os.readlink(path))
+            elif os.path.isdir(path):
+                found[rel] = ("dir", st.st_mode & 0o7777)
+            else:
+                with open(path, "rb") as handle:
+                    found[rel] = ("file", st.st_mode & 0o7777, st.st_mtime_ns, handle.read())
+    return found
