@@ -51,7 +51,8 @@ class Agent:
     def run(self, *args: str, check: Optional[int] = None, timeout: float = 120,
             user: Optional[Sequence[str]] = None) -> subprocess.CompletedProcess:
         argv = [*(user or ()), *agent_command(), "--config", self.config, *args]
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        env = {**os.environ, "TZ": "UTC"}  # retention buckets are local days: make them predictable
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
         if check is not None:
             assert result.returncode == check, (result.returncode, result.stdout, result.stderr)
         return result

@@ -1,0 +1,177 @@
+"""Crash safety, locking, tampered manifests and prune: the repository must stay verifiable."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from datetime import datetime, timedelta, timezone
+
+from agent.store import KIND_TREE, Repository, Snapshot
+from agent.store.tree import Entry, encode_entry
+from tests.helpers import agent_command, fs_job, make_tree
+
+
+def _big_tree(root: str, files: int = 300) -> None:
+    rng = random.Random(7)
+    for number in range(files):
+        path = os.path.join(root, f"d{number % 17}", f"f{number}.bin")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(rng.randbytes(rng.randint(1, 400_000)))
+
+
+def test_kill_9_at_random_points_leaves_a_verifiable_repository(agent, tmp_path):
+    src = str(tmp_path / "svc")
+    _big_tree(src)
+    agent.write_jobs(fs_job("svc", src))
+    rng = random.Random(42)
+    for attempt in range(6):
+        # a fresh change each time, so every run has something to write when it is killed
+        with open(os.path.join(src, f"new-{attempt}.bin"), "wb") as handle:
+            handle.write(os.urandom(3_000_000))
+        proc = subprocess.Popen([*agent_command(), "--config", agent.config, "backup", "svc"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, 1.2))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        verify = agent.run("verify", "--read-data")
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+    [report] = agent.backup()
+    assert report["status"] == "ok"
+    assert agent.run("verify", "--read-data").returncode == 0
+    target = str(tmp_path / "out")
+    agent.run("restore", "svc:latest", "--target", target, check=0)
+    assert subprocess.run(["diff", "-r", src, target]).returncode == 0
+
+
+def test_second_writer_waits_for_the_lock_and_a_dead_holder_does_not_block(agent, tmp_path):
+    src = str(tmp_path / "svc")
+    make_tree(src, {"a": "a"})
+    agent.write_jobs(fs_job("svc", src))
+    agent.backup()
+    repo = Repository.open(agent.repository)
+    lock = repo.lock(exclusive=True, purpose="test holder")
+    lock.acquire()
+    try:
+        proc = subprocess.Popen([*agent_command(), "--config", agent.config, "backup", "svc", "--json"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        assert proc.poll() is None, "the second writer must wait while the lock is held"
+    finally:
+        lock.release()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "waiting for the repository lock" in err and "test holder" in err
+    json.loads(out)
+    # a holder killed with SIGKILL leaves its lock file behind; the kernel released the lock itself
+    holder = subprocess.Popen([*agent_command(), "--config", agent.config, "backup", "svc"])
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert agent.run("backup", "svc", timeout=30).returncode == 0
+
+
+def _save_tree(repo: Repository, entries) -> tuple:
+    writer = repo.writer()
+    blob_id, _ = writer.save(b"".join(encode_entry(entry) for entry in entries), KIND_TREE)
+    writer.flush()
+    return (blob_id.hex(),)
+
+
+def test_tampered_manifest_cannot_write_outside_the_target(agent, tmp_path):
+    src = str(tmp_path / "svc")
+    make_tree(src, {"conf/server.xml": "x"})
+    agent.write_jobs(fs_job("svc", src))
+    agent.backup()
+    repo = Repository.open(agent.repository)
+    writer = repo.writer()
+    payload, _ = writer.save(b"owned")
+    writer.flush()
+    evil = [
+        Entry(".", "dir", 0o755, 0, 0, 0),
+        Entry("../escaped", "file", 0o644, 0, 0, 0, 5, (payload,)),
+        Entry(str(tmp_path / "absolute"), "file", 0o644, 0, 0, 0, 5, (payload,)),
+        Entry("sub/../../dotdot", "file", 0o644, 0, 0, 0, 5, (payload,)),
+        Entry("link", "symlink", 0o777, 0, 0, 0, target=str(tmp_path)),
+        Entry("link/through-link", "file", 0o644, 0, 0, 0, 5, (payload,)),
+        Entry("fine", "file", 0o644, 0, 0, 0, 5, (payload,)),
+    ]
+    snap = repo.save_snapshot(Snapshot(job="svc", type="fs", host="evil", time="2099-01-01T00:00:00.000000Z",
+                                       trigger="manual", tree=_save_tree(repo, evil), files=5, bytes=25,
+                                       fingerprint="x"))
+    target = tmp_path / "target"
+    result = agent.run("restore", snap.id, "--target", str(target))
+    assert result.returncode == 1
+    assert (target / "fine").read_text() == "owned"
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "absolute").exists()
+    assert not (tmp_path / "dotdot").exists() and not (tmp_path / "through-link").exists()
+    # the inconsistent link/through-link pair: the link is replaced by a real directory, never followed
+    assert not os.path.islink(target / "link") and (target / "link" / "through-link").read_text() == "owned"
+    assert "unsafe path" in result.stderr
+
+
+def _fake_snapshot(repo: Repository, tree: tuple, when: datetime, job: str = "svc") -> Snapshot:
+    return repo.save_snapshot(Snapshot(job=job, type="fs", host="h", trigger="schedule", tree=tree, files=1,
+                                       bytes=1, fingerprint=when.isoformat(),
+                                       time=when.isoformat(timespec="microseconds").replace("+00:00", "Z")))
+
+
+def test_prune_keeps_exactly_what_the_policy_says(agent, tmp_path):
+    src = str(tmp_path / "svc")
+    make_tree(src, {"a": "a"})
+    agent.write_jobs(fs_job("svc", src, extra="retention = { keep_last = 2, keep_daily = 3, "
+                                               "keep_weekly = 2, keep_monthly = 2 }"))
+    agent.backup()
+    repo = Repository.open(agent.repository)
+    tree = repo.snapshots()[0].tree
+    for snap in repo.snapshots():
+        repo.delete_snapshot(snap.id)
+    start = datetime(2026, 9, 1, 12, 0, tzinfo=timezone.utc)
+    made = [_fake_snapshot(repo, tree, start + timedelta(hours=12 * n)) for n in range(120)]  # 60 days
+    orphan_job = _fake_snapshot(repo, tree, start, job="removed-job")
+    env_keep = {s.id for s in made[-2:]}  # keep_last 2: Oct 30 12:00 and Oct 31 00:00
+    # daily: newest of Oct 31, Oct 30, Oct 29; weekly: newest of ISO weeks 44 and 43; monthly: Oct, Sep
+    by_day = {}
+    for snap in made:
+        by_day[snap.time[:10]] = snap.id
+    env_keep |= {by_day["2026-10-30"], by_day["2026-10-29"], by_day["2026-10-31"]}
+    week43 = [s for s in made if datetime.fromisoformat(s.time[:19]).isocalendar()[1] == 43][-1]
+    env_keep |= {week43.id, by_day["2026-09-30"]}
+    dry = json.loads(agent.run("prune", "--dry-run", "--json", check=0).stdout)
+    assert len(repo.snapshots()) == 121
+    kept = set(dry["kept"]) - {orphan_job.id}
+    assert kept == env_keep, (sorted(s.time for s in made if s.id in kept),
+                             sorted(s.time for s in made if s.id in env_keep))
+    assert orphan_job.id in dry["kept"] and dry["unknown_jobs"] == ["removed-job"]
+    agent.run("prune", check=0)
+    assert {s.id for s in repo.snapshots()} == env_keep | {orphan_job.id}
+    assert agent.run("verify", "--read-data").returncode == 0
+
+
+def test_prune_deletes_unreferenced_data_and_keeps_restorable(agent, tmp_path):
+    src = str(tmp_path / "svc")
+    os.makedirs(src)
+    agent.write_jobs(fs_job("svc", src, extra="retention = { keep_last = 1, keep_daily = 0, "
+                                               "keep_weekly = 0, keep_monthly = 0 }"))
+    for round_ in range(3):
+        with open(os.path.join(src, "data.bin"), "wb") as handle:
+            handle.write(os.urandom(2_000_000))
+        with open(os.path.join(src, "keep.txt"), "w") as handle:
+            handle.write(f"round {round_}")
+        agent.backup()
+
+    def repo_size() -> int:
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(agent.repository) for f in fs)
+
+    before = repo_size()
+    agent.run("prune", check=0)
+    assert len(agent.snapshots()) == 1
+    assert repo_size() < before - 3_500_000
+    assert agent.run("verify", "--read-data").returncode == 0
+    target = str(tmp_path / "out")
+    agent.run("restore", "svc:latest", "--target", target, check=0)
+    assert subprocess.run(["diff", "-r", src, target]).returncode == 0
+    [report] = agent.backup()  # the files cache must not point at pruned data
+    assert report["status"] == "ok" and report["changed"] is False
