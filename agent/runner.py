@@ -67,6 +67,7 @@ def _record_last_run(config: Config, report: RunReport) -> None:
     directory = os.path.join(config.state_dir, "runs")
     try:
         make_private_dirs(directory)
-        atomic_write(os.path.join(directory, f"{report.job}.json"), json.dumps(report.to_json()).encode())
+        atomic_write(os.path.join(directory, f"{report.job}.json"), json.dumps(report.to_json()).encode(),
+                     durable=False)
     except OSError as exc:
         _say(f"warning: cannot record the run of {report.job} in {directory}: {exc.strerror}")

@@ -10,15 +10,23 @@ from __future__ import annotations
 
 import marshal
 import os
+import struct
 from dataclasses import dataclass, field
 from typing import Dict, Set, Tuple
 
 from agent.store.fsutil import atomic_write, make_private_dirs
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
-# size, mtime_ns, ctime_ns, inode, xxh3-128 of the content, chunk ids
-CachedFile = Tuple[int, int, int, int, bytes, Tuple[bytes, ...]]
+# stat key (size, mtime_ns, ctime_ns, inode packed; b"" when not to be trusted), xxh3-128 of the content,
+# the chunk ids joined, and the file's share of the snapshot fingerprint. Flat bytes keep loading a
+# 100k-file cache fast.
+CachedFile = Tuple[bytes, bytes, bytes, bytes]
+_STAT_KEY = struct.Struct("<qqqQ")
+
+
+def stat_key(st: os.stat_result) -> bytes:
+    return _STAT_KEY.pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 @dataclass
@@ -47,7 +55,7 @@ class FilesCache:
         make_private_dirs(os.path.dirname(self.path))
         header = {"version": CACHE_VERSION, "repo": self.repo_id, "snapshot": self.snapshot,
                   "fingerprint": self.fingerprint, "rules": self.rules}
-        atomic_write(self.path, marshal.dumps((header, self.files, self.others)))
+        atomic_write(self.path, marshal.dumps((header, self.files, self.others)), durable=False)
 
 
 def cache_path(state_dir: str, job: str) -> str:

@@ -35,8 +35,12 @@ def make_private_dirs(path: str) -> None:
         fsync_dir(os.path.dirname(directory))
 
 
-def atomic_write(path: str, data: bytes, tmp_dir: str | None = None) -> None:
-    """Write `data` to `path` so that readers and crashes see the old or the new content, nothing between."""
+def atomic_write(path: str, data: bytes, tmp_dir: str | None = None, durable: bool = True) -> None:
+    """Write `data` to `path` so that readers and crashes see the old or the new content, nothing between.
+
+    durable=False skips the fsyncs, for state that is only an optimisation (caches, last-run records):
+    after a power loss such a file may be old or empty, and its readers treat both as "start afresh".
+    """
     directory = os.path.dirname(path)
     tmp = os.path.join(tmp_dir or directory, f".tmp-{secrets.token_hex(8)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
@@ -45,13 +49,16 @@ def atomic_write(path: str, data: bytes, tmp_dir: str | None = None) -> None:
         while view:
             written = os.write(fd, view)
             view = view[written:]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         os.unlink(tmp)
         raise
     os.close(fd)
     os.rename(tmp, path)
+    if not durable:
+        return
     fsync_dir(directory)
     if tmp_dir and tmp_dir != directory:
         fsync_dir(tmp_dir)

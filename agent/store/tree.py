@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 from typing import Iterable, Iterator, List, NamedTuple, Tuple
 
-import xxhash
-
 from agent.store.index import KIND_TREE
 from agent.store.repository import BlobWriter, Repository
 
@@ -45,14 +43,6 @@ def decode_entry(line: bytes) -> Entry:
                  int(record["gid"]), int(record["mtime_ns"]), int(record.get("size", 0)),
                  tuple(bytes.fromhex(chunk) for chunk in record.get("chunks", ())),
                  record.get("target", ""))
-
-
-def fingerprint_update(hasher: xxhash.xxh3_128, entry: Entry) -> None:
-    """Feed what makes a snapshot different into `hasher`; timestamps are left out on purpose, so a
-    file rewritten with the same content (configuration management) does not make a new snapshot."""
-    hasher.update(f"{entry.path}\0{entry.type}\0{entry.mode}\0{entry.uid}\0{entry.gid}\0{entry.size}\0"
-                  f"{entry.target}\0".encode("utf-8", "surrogateescape"))
-    hasher.update(b"".join(entry.chunks))
 
 
 def write_tree(writer: BlobWriter, entries: Iterable[Entry]) -> Tuple[str, ...]:

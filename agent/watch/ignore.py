@@ -28,7 +28,4 @@ class IgnoreRules:
     def excludes_any_parent(self, relpath: str) -> bool:
         """Whether `relpath` or one of its parent directories is excluded (for single events)."""
         parts = relpath.split("/")
-        for depth in range(1, len(parts)):
-            if self.excludes("/".join(parts[:depth]), True):
-                return True
-        return False
+        return any(self.excludes("/".join(parts[:depth]), True) for depth in range(1, len(parts)))

@@ -179,7 +179,8 @@ def test_unreadable_file_fails_the_run_but_stores_the_rest(agent, tmp_path):
     os.chmod(os.path.join(src, "secret"), 0o755)
     target = str(tmp_path / "out")
     agent.run("restore", "svc:latest", "--target", target, check=0, user=user)
-    assert open(os.path.join(target, "ok.txt")).read() == "fine"
+    with open(os.path.join(target, "ok.txt")) as handle:
+        assert handle.read() == "fine"
 
 
 def test_file_bigger_than_memory_bound_streams(agent, tmp_path):
@@ -236,7 +237,7 @@ def test_repository_files_are_private(agent, tmp_path):
     make_tree(src, {"a": "a"})
     agent.write_jobs(fs_job("svc", src))
     agent.backup()
-    for directory, dirs, files in os.walk(agent.repository):
+    for directory, _dirs, files in os.walk(agent.repository):
         assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700, directory
         for name in files:
             assert stat.S_IMODE(os.stat(os.path.join(directory, name)).st_mode) == 0o600, name
