@@ -68,7 +68,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    from agent.runner import run_job
+    from agent.runner import open_repository, run_job
 
     config = _load(args)
     if args.all and args.jobs:
@@ -81,8 +81,13 @@ def cmd_backup(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown job(s): {', '.join(unknown)} (known: "
                          f"{', '.join(job.name for job in config.jobs)})")
     reports = []
+    repo = None
+    try:
+        repo = open_repository(config)  # shared by the runs: the index is loaded once
+    except Exception:
+        pass  # each run reports the problem in its own report
     for name in names:
-        report = run_job(config, config.job(name), trigger="manual")
+        report = run_job(config, config.job(name), trigger="manual", repo=repo)
         reports.append(report)
         if not args.json:
             _print_report(report)

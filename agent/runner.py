@@ -1,9 +1,13 @@
 """Runs one job now and turns whatever happens into a RunReport: the only place that decides a run's
-status. Nothing a job does can escape as an exception; a crash of the job is a failed report."""
+status. Nothing a job does escapes as an exception; a crash of the job is a failed report.
+
+Locking: a per-job lock (one run of a job at a time: the daemon and a manual `backup` of the same job
+queue up, the second saying so) and a shared repository lock (backups of different jobs write disjoint,
+content-named files and may overlap; prune takes the repository lock exclusively).
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -12,9 +16,12 @@ from typing import Callable, Optional
 from agent.config import Config, Job
 from agent.report import RunReport, new_run_id, utc_now
 from agent.snapshot.cache import FilesCache, cache_path
-from agent.snapshot.fs import backup_tree
+from agent.snapshot.changes import ChangeSet
+from agent.snapshot.fs import Aborted, backup_tree
+from agent.state import StateDir
 from agent.store import Repository
-from agent.store.fsutil import atomic_write, make_private_dirs
+from agent.store.lock import LockTimeout, RepositoryLock
+from agent.store.fsutil import make_private_dirs
 from agent.watch.ignore import IgnoreRules
 
 
@@ -26,8 +33,17 @@ def open_repository(config: Config) -> Repository:
     return Repository.open(config.repository, create=True)
 
 
-def run_job(config: Config, job: Job, trigger: str = "manual",
-            on_wait: Callable[[str], None] = _say, stop: Optional[threading.Event] = None) -> RunReport:
+def job_lock(config: Config, job: str) -> RepositoryLock:
+    directory = os.path.join(config.state_dir, "locks")
+    make_private_dirs(directory)
+    return RepositoryLock(os.path.join(directory, f"{job}.lock"), exclusive=True, purpose=f"backup {job}",
+                          label=f"the lock of job {job}")
+
+
+def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional[ChangeSet] = None,
+            on_wait: Callable[[str], None] = _say, stop: Optional[threading.Event] = None,
+            repo: Optional[Repository] = None) -> RunReport:
+    """Run `job` once. Pass `repo` to share one opened repository (and its loaded index) across runs."""
     run_id = new_run_id()
     started = utc_now()
 
@@ -36,7 +52,10 @@ def run_job(config: Config, job: Job, trigger: str = "manual",
                            status=status, changed=bool(values.pop("changed", False)),
                            snapshot=values.pop("snapshot", None), started_at=started, finished_at=utc_now(),
                            errors=tuple(errors), **values)  # type: ignore[arg-type]
-        _record_last_run(config, result)
+        try:
+            StateDir(config.state_dir).record(result)
+        except OSError as exc:
+            _say(f"warning: cannot record the run of {job.name} in {config.state_dir}: {exc.strerror}")
         return result
 
     if job.type != "fs":
@@ -45,16 +64,16 @@ def run_job(config: Config, job: Job, trigger: str = "manual",
     if not os.path.isdir(job.path):
         return report("failed", (f"{job.path} does not exist or is not a directory",))
     try:
-        repo = open_repository(config)
-        lock = repo.lock(exclusive=True, purpose=f"backup {job.name}")
-        lock.acquire(on_wait=on_wait, stop=stop)
-        try:
+        repo = repo or open_repository(config)
+        with _held(job_lock(config, job.name), on_wait, stop), \
+                _held(repo.lock(exclusive=False, purpose=f"backup {job.name}"), on_wait, stop):
             cache = FilesCache.load(cache_path(config.state_dir, job.name))
             result = backup_tree(repo, job.path, IgnoreRules(job.exclude), cache, job=job.name,
-                                 job_type=job.type, host=config.host, trigger=trigger, now=started)
-        finally:
-            lock.release()
-            repo.close()
+                                 job_type=job.type, host=config.host, trigger=trigger, now=started,
+                                 changes=changes, stop=stop)
+        repo.close()
+    except (Aborted, LockTimeout):
+        return report("failed", ("aborted: the agent was stopping; nothing of this run was committed",))
     except Exception as exc:  # the run failed as a whole; the report carries why
         return report("failed", (f"{type(exc).__name__}: {exc}",))
     return report("failed" if result.errors else "ok", result.errors, changed=result.changed,
@@ -62,12 +81,16 @@ def run_job(config: Config, job: Job, trigger: str = "manual",
                   bytes=result.bytes, new_bytes=result.new_bytes, warnings=result.warnings)
 
 
-def _record_last_run(config: Config, report: RunReport) -> None:
-    """Keep the newest report per job in state_dir; `status` and the scheduler read it."""
-    directory = os.path.join(config.state_dir, "runs")
-    try:
-        make_private_dirs(directory)
-        atomic_write(os.path.join(directory, f"{report.job}.json"), json.dumps(report.to_json()).encode(),
-                     durable=False)
-    except OSError as exc:
-        _say(f"warning: cannot record the run of {report.job} in {directory}: {exc.strerror}")
+class _held:
+    """Hold a lock for a `with` block, telling `on_wait` if it has to wait and giving up on `stop`."""
+
+    def __init__(self, lock: RepositoryLock, on_wait: Callable[[str], None],
+                 stop: Optional[threading.Event]) -> None:
+        self.lock, self.on_wait, self.stop = lock, on_wait, stop
+
+    def __enter__(self) -> RepositoryLock:
+        self.lock.acquire(on_wait=self.on_wait, stop=self.stop)
+        return self.lock
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()

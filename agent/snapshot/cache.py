@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import marshal
 import os
+import secrets
 import struct
 from dataclasses import dataclass, field
 from typing import Dict, Set, Tuple
 
 from agent.store.fsutil import atomic_write, make_private_dirs
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 # stat key (size, mtime_ns, ctime_ns, inode packed; b"" when not to be trusted), xxh3-128 of the content,
 # the chunk ids joined, and the file's share of the snapshot fingerprint. Flat bytes keep loading a
@@ -38,6 +39,9 @@ class FilesCache:
     rules: str = ""
     files: Dict[str, CachedFile] = field(default_factory=dict)
     others: Set[str] = field(default_factory=set)  # directories and symlinks included last time
+    # Seeds the xxh3 content and fingerprint hashes: a user who can write under /services cannot aim a
+    # crafted collision at a hash whose seed lives in a 0600 file of the agent's.
+    seed: int = field(default_factory=lambda: secrets.randbits(64))
 
     @classmethod
     def load(cls, path: str) -> FilesCache:
@@ -47,14 +51,14 @@ class FilesCache:
             if header.get("version") != CACHE_VERSION:
                 return cls(path)
             return cls(path, header["repo"], header["snapshot"], header["fingerprint"], header["rules"],
-                       files, others)
+                       files, others, header["seed"])
         except (OSError, ValueError, EOFError, TypeError, KeyError):
             return cls(path)  # a missing or damaged cache only costs a full read
 
     def save(self) -> None:
         make_private_dirs(os.path.dirname(self.path))
         header = {"version": CACHE_VERSION, "repo": self.repo_id, "snapshot": self.snapshot,
-                  "fingerprint": self.fingerprint, "rules": self.rules}
+                  "fingerprint": self.fingerprint, "rules": self.rules, "seed": self.seed}
         atomic_write(self.path, marshal.dumps((header, self.files, self.others)), durable=False)
 
 

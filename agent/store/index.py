@@ -9,8 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, Tuple
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Set, Tuple
 
 from agent.store.fsutil import atomic_write
 
@@ -26,8 +25,7 @@ def kind_of(flags: int) -> int:
     return flags >> 4
 
 
-@dataclass(frozen=True)
-class BlobLocation:
+class BlobLocation(NamedTuple):
     pack: bytes
     offset: int
     length: int
@@ -64,22 +62,34 @@ class Index:
         self.directory = directory
         self.tmp_dir = tmp_dir
         self._blobs: Dict[bytes, BlobLocation] | None = None
-        self.files: List[str] = []
+        self._loaded: Set[str] = set()
+
+    @property
+    def files(self) -> List[str]:
+        return sorted(self._loaded)
 
     @property
     def blobs(self) -> Dict[bytes, BlobLocation]:
         if self._blobs is None:
-            self.reload()
+            self.refresh()
         assert self._blobs is not None
         return self._blobs
 
     def reload(self) -> None:
-        blobs: Dict[bytes, BlobLocation] = {}
-        self.files = sorted(name for name in os.listdir(self.directory) if not name.startswith("."))
-        for name in self.files:
+        self._blobs = None
+        self._loaded = set()
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Load index files written since the last look (by this or another process); start over if
+        some disappeared (prune consolidated them)."""
+        names = {name for name in os.listdir(self.directory) if not name.startswith(".")}
+        if self._blobs is None or not self._loaded <= names:
+            self._blobs, self._loaded = {}, set()
+        for name in sorted(names - self._loaded):
             with open(os.path.join(self.directory, name), "rb") as handle:
-                blobs.update(decode_index(handle.read()))
-        self._blobs = blobs
+                self._blobs.update(decode_index(handle.read()))
+            self._loaded.add(name)
 
     def __contains__(self, blob_id: bytes) -> bool:
         return blob_id in self.blobs
@@ -94,5 +104,5 @@ class Index:
         atomic_write(os.path.join(self.directory, name), data, self.tmp_dir)
         if self._blobs is not None:
             self._blobs.update(entries)
-            self.files.append(name)
+            self._loaded.add(name)
         return name

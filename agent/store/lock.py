@@ -23,8 +23,9 @@ class LockTimeout(Exception):
 
 
 class RepositoryLock:
-    def __init__(self, path: str, exclusive: bool, purpose: str) -> None:
+    def __init__(self, path: str, exclusive: bool, purpose: str, label: str = "the repository lock") -> None:
         self.path = path
+        self.label = label
         self.exclusive = exclusive
         self.purpose = purpose
         self._fd: Optional[int] = None
@@ -45,7 +46,7 @@ class RepositoryLock:
         try:
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except BlockingIOError:
-            on_wait(f"waiting for the repository lock held by {self._holder()}")
+            on_wait(f"waiting for {self.label} held by {self._holder()}")
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
                 try:
@@ -54,7 +55,7 @@ class RepositoryLock:
                 except BlockingIOError:
                     if deadline is not None and time.monotonic() > deadline:
                         os.close(fd)
-                        raise LockTimeout(f"repository is locked by {self._holder()}") from None
+                        raise LockTimeout(f"{self.label} is held by {self._holder()}") from None
                     # flock has no timed wait; polling keeps the wait interruptible by `stop`
                     if (stop or threading.Event()).wait(0.1):
                         os.close(fd)

@@ -80,6 +80,7 @@ class BlobWriter:
 
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
+        repo.index.refresh()  # another process may have added blobs since this repository was opened
         self._pack = PackWriter(repo.data_dir, repo.tmp_dir)
         self._pending: List[Tuple[bytes, BlobLocation]] = []
         self._in_pack: Dict[bytes, int] = {}

@@ -1,0 +1,75 @@
+"""The timer module: when each job is next due, and with which trigger.
+
+Pure functions of (job, host, state, clock) so that tests drive them with any clock. Rules:
+- the next run is due at the last success plus an interval inside the job's range, chosen per host and
+  job (a fleet does not dump its databases at the same minute) and never beyond the range's high end;
+- a failed run is retried with backoff (5 min, doubling, capped below the interval);
+- a job that never succeeded runs within minutes of start-up, staggered;
+- a due time that passed while the agent was down runs soon after start-up, staggered, as "catch-up".
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Optional
+
+from agent.config import Job
+from agent.state import JobState
+
+FIRST_RUN_WITHIN = 180.0      # a fresh install backs each job up within three minutes
+CATCH_UP_WITHIN = 120.0       # overdue jobs start within two minutes of start-up, staggered
+RETRY_FIRST = 300.0
+RETRY_CAP = 3600.0
+
+
+def spread(host: str, job: str, salt: str = "") -> float:
+    """A stable number in [0, 1) for this host and job."""
+    digest = hashlib.sha256(f"{host}\0{job}\0{salt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def interval(job: Job, host: str) -> float:
+    low, high = job.every.low, job.every.high
+    return low + (high - low) * spread(host, job.name, "interval")
+
+
+def retry_delay(job: Job, failures: int) -> float:
+    cap = min(RETRY_CAP, job.every.low / 2)
+    return max(60.0, min(RETRY_FIRST * 2 ** max(failures - 1, 0), cap))
+
+
+@dataclass(frozen=True)
+class Due:
+    at: float
+    trigger: str  # "schedule", "retry" or "catch-up"
+
+
+def next_due(job: Job, host: str, state: JobState, started_at: float) -> Due:
+    """When `job` should run next, given its state and when the agent started."""
+    last_ok = state.last_ok_at
+    last_run = state.last_run_at
+    if state.failures and last_run is not None:
+        at = last_run + retry_delay(job, state.failures)
+        if last_ok is not None:
+            at = min(at, last_ok + interval(job, host))
+        trigger = "retry"
+    elif last_ok is not None:
+        at, trigger = last_ok + interval(job, host), "schedule"
+    else:
+        return Due(started_at + 10 + FIRST_RUN_WITHIN * spread(host, job.name, "first"), "schedule")
+    if at < started_at:
+        # missed while the agent was down: run soon, staggered so overdue jobs do not start together
+        return Due(started_at + 15 + CATCH_UP_WITHIN * spread(host, job.name, "catch-up"), "catch-up")
+    return Due(at, trigger)
+
+
+def due_in_words(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    if seconds <= 0:
+        return "now"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"in {minutes} min"
+    return f"in {minutes // 60} h {minutes % 60} min"

@@ -1,0 +1,122 @@
+"""Per-job state kept in state_dir: the last run's report, the last success, consecutive failures, and
+pause requests. Written by every run (command line or daemon), read by the scheduler and `status`.
+
+Each job has its own small JSON file, updated under a per-job flock so that a manual `backup` and the
+daemon never lose each other's updates.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Dict, Iterator, Optional
+
+from agent.report import RunReport
+from agent.store.fsutil import FILE_MODE, atomic_write, make_private_dirs
+
+
+def parse_time(text: Optional[str]) -> Optional[float]:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+@dataclass(frozen=True)
+class JobState:
+    last_run: Optional[dict] = None      # the newest run report, as JSON
+    last_ok: Optional[str] = None        # finished_at of the newest successful run
+    failures: int = 0                    # consecutive failed runs
+
+    @property
+    def last_run_at(self) -> Optional[float]:
+        return parse_time(self.last_run.get("finished_at")) if self.last_run else None
+
+    @property
+    def last_ok_at(self) -> Optional[float]:
+        return parse_time(self.last_ok)
+
+
+class StateDir:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.jobs_dir = os.path.join(path, "jobs")
+
+    def _file(self, job: str) -> str:
+        return os.path.join(self.jobs_dir, f"{job}.json")
+
+    @contextmanager
+    def _locked(self, job: str) -> Iterator[None]:
+        make_private_dirs(self.jobs_dir)
+        fd = os.open(os.path.join(self.jobs_dir, f".{job}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def job(self, job: str) -> JobState:
+        try:
+            with open(self._file(job), encoding="utf-8") as handle:
+                data = json.load(handle)
+            return JobState(data.get("last_run"), data.get("last_ok"), int(data.get("failures", 0)))
+        except (OSError, ValueError):
+            return JobState()
+
+    def record(self, report: RunReport) -> JobState:
+        with self._locked(report.job):
+            old = self.job(report.job)
+            new = JobState(report.to_json(), report.finished_at if report.ok else old.last_ok,
+                           0 if report.ok else old.failures + 1)
+            data = {"last_run": new.last_run, "last_ok": new.last_ok, "failures": new.failures}
+            # Not fsynced: after a power loss the worst case is one extra run of the job.
+            atomic_write(self._file(report.job), json.dumps(data).encode(), durable=False)
+            return new
+
+    def mtime(self) -> float:
+        try:
+            return os.stat(self.jobs_dir).st_mtime
+        except OSError:
+            return 0.0
+
+    # --- pauses ---------------------------------------------------------------------------------------
+
+    @property
+    def _pause_file(self) -> str:
+        return os.path.join(self.path, "paused.json")
+
+    def pauses(self, now: Optional[float] = None) -> Dict[str, float]:
+        """Active pauses: job name (or "*" for all) -> until (epoch seconds); expired ones are dropped."""
+        now = time.time() if now is None else now
+        try:
+            with open(self._pause_file, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except (OSError, ValueError):
+            return {}
+        return {job: float(until) for job, until in data.items() if float(until) > now}
+
+    def set_pause(self, job: Optional[str], until: Optional[float]) -> None:
+        make_private_dirs(self.path)
+        with self._locked("_pause"):
+            pauses = self.pauses()
+            key = job or "*"
+            if until is None:
+                pauses.pop(key, None)
+                if job is None:
+                    pauses.clear()  # `resume` without a job lifts every pause
+            else:
+                pauses[key] = until
+            atomic_write(self._pause_file, json.dumps(pauses).encode())
+
+    def pause_mtime(self) -> float:
+        try:
+            return os.stat(self._pause_file).st_mtime_ns / 1e9
+        except OSError:
+            return 0.0
+
+    def daemon_file(self) -> str:
+        return os.path.join(self.path, "daemon.json")
