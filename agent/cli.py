@@ -215,6 +215,110 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.daemon import Daemon, install_signal_handlers
+    from agent.logs import setup_logging
+
+    setup_logging(args.verbose)
+    daemon = Daemon(args.config)
+    install_signal_handlers(daemon)
+    return daemon.run_forever()
+
+
+def _iso(epoch: Optional[float]) -> Optional[str]:
+    if epoch is None:
+        return None
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import time
+
+    from agent.daemon import running_daemon
+    from agent.schedule import next_due
+    from agent.state import StateDir
+
+    config = _load(args)
+    state = StateDir(config.state_dir)
+    pid, modes, started_at = running_daemon(config.state_dir)
+    now = time.time()
+    pauses = state.pauses(now)
+    rows = []
+    for job in config.jobs:
+        job_state = state.job(job.name)
+        last = job_state.last_run or {}
+        due = next_due(job, config.host, job_state, started_at if pid else now)
+        paused_until = pauses.get(job.name, pauses.get("*"))
+        watch = modes.get(job.name, "off") if pid else "off"
+        rows.append({"name": job.name, "type": job.type, "last_run": last.get("finished_at"),
+                     "last_ok": job_state.last_ok, "last_status": last.get("status"),
+                     "last_trigger": last.get("trigger"), "last_changed": last.get("changed"),
+                     "next_due": _iso(due.at), "next_trigger": due.trigger, "watch": watch,
+                     "paused_until": _iso(paused_until) if job.on_change and paused_until else None,
+                     "failures": job_state.failures})
+    if args.json:
+        _print_json({"agent": {"running": pid is not None, "pid": pid, "host": config.host}, "jobs": rows})
+        return EXIT_OK
+    print(f"agent: {'running, pid ' + str(pid) if pid else 'not running'}; host {config.host}")
+    width = max((len(row["name"]) for row in rows), default=4)
+    for row in rows:
+        last = "never" if not row["last_run"] else (
+            f"{row['last_run'][:19].replace('T', ' ')} {row['last_status']} ({row['last_trigger']}"
+            f"{', unchanged' if row['last_changed'] is False else ''})")
+        paused = f", paused until {row['paused_until'][11:16]}" if row["paused_until"] else ""
+        print(f"  {row['name']:<{width}}  {row['type']:<7} last {last}; next {row['next_due'][:16].replace('T', ' ')}"
+              f" ({row['next_trigger']}); watch {row['watch']}{paused}")
+    return EXIT_OK
+
+
+def _nudge_daemon(config) -> None:
+    import signal
+
+    from agent.daemon import running_daemon
+
+    pid, _, _ = running_daemon(config.state_dir)
+    if pid:
+        try:
+            os.kill(pid, signal.SIGUSR1)
+        except OSError:
+            pass
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    import time
+
+    from agent.config import parse_duration
+    from agent.state import StateDir
+
+    config = _load(args)
+    if args.job and args.job not in {job.name for job in config.jobs}:
+        raise UsageError(f"unknown job: {args.job}")
+    try:
+        seconds = parse_duration(args.duration)
+    except ValueError as exc:
+        raise UsageError(f"--for: {exc}") from None
+    until = time.time() + seconds
+    StateDir(config.state_dir).set_pause(args.job, until)
+    _nudge_daemon(config)
+    print(f"change-triggered backups of {args.job or 'every job'} paused until {_iso(until)}; "
+          "`backup-agent resume` takes one backup")
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from agent.state import StateDir
+
+    config = _load(args)
+    if args.job and args.job not in {job.name for job in config.jobs}:
+        raise UsageError(f"unknown job: {args.job}")
+    StateDir(config.state_dir).set_pause(args.job, None)
+    _nudge_daemon(config)
+    print(f"change-triggered backups of {args.job or 'every job'} resumed")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from agent.demo import run_demo
 
@@ -255,6 +359,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--read-data", action="store_true", help="read and re-hash every stored object")
     p = command("prune", cmd_prune, "forget snapshots beyond retention and delete unneeded data")
     p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    p = command("run", cmd_run, "run the agent: watch trees, run jobs on their schedule", listing=False)
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    command("status", cmd_status, "per job: last run, last success, next due, watcher mode")
+    p = command("pause", cmd_pause, "hold change-triggered backups (during a deployment)", listing=False)
+    p.add_argument("job", nargs="?", metavar="JOB", help="one job (default: every job)")
+    p.add_argument("--for", dest="duration", default="1h", metavar="DURATION",
+                   help="expire by itself after this long (default 1h)")
+    p = command("resume", cmd_resume, "lift a pause and take one backup", listing=False)
+    p.add_argument("job", nargs="?", metavar="JOB")
     p = command("demo", cmd_demo, "back up a sandbox /services tree and restore it", listing=False)
     p.add_argument("--dir", metavar="DIR", help="where to build the sandbox (default: a new temp dir)")
     return parser

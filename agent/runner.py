@@ -20,8 +20,8 @@ from agent.snapshot.changes import ChangeSet
 from agent.snapshot.fs import Aborted, backup_tree
 from agent.state import StateDir
 from agent.store import Repository
-from agent.store.lock import LockTimeout, RepositoryLock
 from agent.store.fsutil import make_private_dirs
+from agent.store.lock import LockTimeout, RepositoryLock
 from agent.watch.ignore import IgnoreRules
 
 
@@ -46,6 +46,7 @@ def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional
     """Run `job` once. Pass `repo` to share one opened repository (and its loaded index) across runs."""
     run_id = new_run_id()
     started = utc_now()
+    incremental = False
 
     def report(status: str, errors: tuple = (), **values: object) -> RunReport:
         result = RunReport(id=run_id, host=config.host, job=job.name, type=job.type, trigger=trigger,
@@ -53,7 +54,7 @@ def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional
                            snapshot=values.pop("snapshot", None), started_at=started, finished_at=utc_now(),
                            errors=tuple(errors), **values)  # type: ignore[arg-type]
         try:
-            StateDir(config.state_dir).record(result)
+            StateDir(config.state_dir).record(result, full_scan=not incremental)
         except OSError as exc:
             _say(f"warning: cannot record the run of {job.name} in {config.state_dir}: {exc.strerror}")
         return result
@@ -76,6 +77,7 @@ def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional
         return report("failed", ("aborted: the agent was stopping; nothing of this run was committed",))
     except Exception as exc:  # the run failed as a whole; the report carries why
         return report("failed", (f"{type(exc).__name__}: {exc}",))
+    incremental = result.incremental
     return report("failed" if result.errors else "ok", result.errors, changed=result.changed,
                   snapshot=result.snapshot.id if result.snapshot else None, files=result.files,
                   bytes=result.bytes, new_bytes=result.new_bytes, warnings=result.warnings)

@@ -47,7 +47,7 @@ class Due:
 
 def next_due(job: Job, host: str, state: JobState, started_at: float) -> Due:
     """When `job` should run next, given its state and when the agent started."""
-    last_ok = state.last_ok_at
+    last_ok = state.last_full_at
     last_run = state.last_run_at
     if state.failures and last_run is not None:
         at = last_run + retry_delay(job, state.failures)

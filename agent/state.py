@@ -31,6 +31,7 @@ class JobState:
     last_run: Optional[dict] = None      # the newest run report, as JSON
     last_ok: Optional[str] = None        # finished_at of the newest successful run
     failures: int = 0                    # consecutive failed runs
+    last_full: Optional[str] = None      # finished_at of the newest successful full scan (the timer's base)
 
     @property
     def last_run_at(self) -> Optional[float]:
@@ -39,6 +40,10 @@ class JobState:
     @property
     def last_ok_at(self) -> Optional[float]:
         return parse_time(self.last_ok)
+
+    @property
+    def last_full_at(self) -> Optional[float]:
+        return parse_time(self.last_full)
 
 
 class StateDir:
@@ -63,16 +68,21 @@ class StateDir:
         try:
             with open(self._file(job), encoding="utf-8") as handle:
                 data = json.load(handle)
-            return JobState(data.get("last_run"), data.get("last_ok"), int(data.get("failures", 0)))
+            return JobState(data.get("last_run"), data.get("last_ok"), int(data.get("failures", 0)),
+                            data.get("last_full"))
         except (OSError, ValueError):
             return JobState()
 
-    def record(self, report: RunReport) -> JobState:
+    def record(self, report: RunReport, full_scan: bool = True) -> JobState:
+        """Store a finished run. An incremental (change-triggered) run does not move the timer's base:
+        the daily full scan still happens however often the tree changes."""
         with self._locked(report.job):
             old = self.job(report.job)
             new = JobState(report.to_json(), report.finished_at if report.ok else old.last_ok,
-                           0 if report.ok else old.failures + 1)
-            data = {"last_run": new.last_run, "last_ok": new.last_ok, "failures": new.failures}
+                           0 if report.ok else old.failures + 1,
+                           report.finished_at if report.ok and full_scan else old.last_full)
+            data = {"last_run": new.last_run, "last_ok": new.last_ok, "failures": new.failures,
+                    "last_full": new.last_full}
             # Not fsynced: after a power loss the worst case is one extra run of the job.
             atomic_write(self._file(report.job), json.dumps(data).encode(), durable=False)
             return new

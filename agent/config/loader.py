@@ -128,7 +128,7 @@ REQUIRED_KEYS: Dict[str, Tuple[str, ...]] = {
 }
 _RETENTION_KEYS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly")
 _AGENT_KEYS = ("host", "repository", "state_dir", "jobs_dir", "retention", "collector", "jobs",
-               "max_concurrent_runs")
+               "max_concurrent_runs", "poll_interval")
 _COLLECTOR_KEYS = {"url": _string, "token_file": _abspath, "ca_file": _abspath}
 
 
@@ -317,6 +317,13 @@ def load_config(path: Optional[str] = None) -> Config:
         except ValueError as exc:
             problems.error(path, "max_concurrent_runs", str(exc))
 
+    poll_interval = 30.0
+    if "poll_interval" in data:
+        try:
+            poll_interval = _duration(data["poll_interval"])
+        except ValueError as exc:
+            problems.error(path, "poll_interval", str(exc))
+
     seen: Dict[str, str] = {}
     jobs = _collect_jobs(data.get("jobs", {}), path, retention, seen, problems)
     if os.path.isdir(jobs_dir):
@@ -335,4 +342,4 @@ def load_config(path: Optional[str] = None) -> Config:
         raise ConfigError(problems.errors)
     return Config(path=path, host=host, repository=repository, state_dir=state_dir, jobs_dir=jobs_dir,
                   retention=retention, jobs=tuple(jobs), collector=collector,
-                  max_concurrent_runs=max_runs, warnings=tuple(problems.warnings))
+                  max_concurrent_runs=max_runs, poll_interval=poll_interval, warnings=tuple(problems.warnings))

@@ -80,6 +80,7 @@ class Config:
     jobs: Tuple[Job, ...]
     collector: Optional[CollectorSettings] = None
     max_concurrent_runs: int = 1
+    poll_interval: float = 30.0
     warnings: Tuple[str, ...] = ()
 
     def job(self, name: str) -> Job:

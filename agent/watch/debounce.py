@@ -62,10 +62,14 @@ class Debouncer:
         deadlines = [d for d in (self.deadline(job) for job in list(self._bursts)) if d is not None]
         return min(deadlines) if deadlines else None
 
-    def take_ready(self, now: float, busy: frozenset = frozenset()) -> List[Tuple[str, ChangeSet]]:
-        """Bursts that have settled, removed from the debouncer; jobs in `busy` keep theirs for later."""
+    def take_ready(self, now: float, busy: frozenset = frozenset(), limit: int = 1 << 30
+                   ) -> List[Tuple[str, ChangeSet]]:
+        """Up to `limit` bursts that have settled (oldest deadline first), removed from the debouncer;
+        jobs in `busy` keep theirs for later."""
         ready = []
-        for job in list(self._bursts):
+        for job in sorted(list(self._bursts), key=lambda name: self.deadline(name) or 0.0):
+            if len(ready) >= limit:
+                break
             deadline = self.deadline(job)
             if job in busy or deadline is None or deadline > now:
                 continue
