@@ -24,7 +24,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import xxhash
 
-from agent.snapshot.cache import CachedFile, FilesCache, stat_key
+from agent.snapshot.cache import UNTRUSTED, FilesCache, stat_key, stat_key_mtime
 from agent.snapshot.changes import ChangeSet
 from agent.store import BlobWriter, Repository, Snapshot
 from agent.store.tree import Entry, read_tree, write_tree
@@ -83,18 +83,19 @@ class TreeBackup:
         self.seed = cache.seed
         self.stop = stop or threading.Event()
         self.trusted = cache.repo_id == repo.id and bool(cache.snapshot) and repo.has_snapshot(cache.snapshot)
-        self.old_files = cache.files if self.trusted else {}
-        self.known_included = cache.others | cache.files.keys() if self.trusted and cache.rules == rules.digest \
-            else set()
-        self.new_files: Dict[str, CachedFile] = {}
-        # rel -> (kind, meta, chunk ids joined or link target, fingerprint piece)
-        self.records: Dict[str, Tuple[str, object, bytes, bytes]] = {}
+        # what the cache knows is only used while it describes a snapshot that still exists
+        self.cached = cache if self.trusted else FilesCache(cache.path, seed=cache.seed)
+        self.rules_unchanged = self.trusted and cache.rules == rules.digest
+        # rel -> (kind, meta, chunk ids joined or link target, fingerprint piece, stat key, content digest);
+        # a file kept from the cache is (kind, meta, None, piece, its number in the cache, None) and is
+        # resolved only if a snapshot or a new cache is written
+        self.records: Dict[str, tuple] = {}
+        self.dirty = False  # whether the files cache must be rewritten
         self.errors: List[str] = []
         self.warnings: List[str] = []
         self.writer: Optional[BlobWriter] = None
         self.racy_before_ns = time.time_ns() - _RACY_NS
         self.incremental = False
-        self._visited = 0
 
     def _piece(self, rel: str, kind: str, meta, extra: bytes) -> bytes:
         """An entry's share of the snapshot fingerprint: everything but timestamps, so a file rewritten
@@ -113,9 +114,12 @@ class TreeBackup:
         self._walk_below(self.root, "")
 
     def _walk_below(self, top: str, top_rel: str) -> None:
-        known = self.known_included
+        cached = self.cached
+        index, others = cached.index, cached.others
+        if not self.rules_unchanged:
+            index, others = {}, set()  # "included last time" says nothing under other rules
         excludes = self.rules.excludes
-        old_files = self.old_files
+        records, cache_key, cache_piece, lookup = self.records, cached.key, cached.piece, cached.lookup
         stack: List[Tuple[str, str]] = [(top, top_rel)]
         while stack:
             if self.stop.is_set():
@@ -139,18 +143,20 @@ class TreeBackup:
                     continue
                 mode = st.st_mode
                 if stat.S_ISREG(mode):
-                    if rel in known or not excludes(rel, False):
-                        cached = old_files.get(rel)
-                        if cached is not None and cached[0] == stat_key(st):
-                            self._keep_file(rel, st, cached)
+                    number = index.get(rel)
+                    if number is not None or not excludes(rel, False):
+                        if number is None:
+                            number = lookup(rel)
+                        if number is not None and cache_key(number) == stat_key(st):
+                            records[rel] = ("file", st, None, cache_piece(number), number, None)
                         else:
-                            self._file(child.path, rel, st, cached)
+                            self._file(child.path, rel, st, number)
                 elif stat.S_ISDIR(mode):
-                    if rel in known or not excludes(rel, True):
+                    if rel in others or not excludes(rel, True):
                         self._other(rel, "dir", st, b"")
                         stack.append((child.path, rel))
                 elif stat.S_ISLNK(mode):
-                    if rel in known or not excludes(rel, False):
+                    if rel in others or not excludes(rel, False):
                         self._symlink(child.path, rel, st)
                 elif not excludes(rel, False):
                     self.warnings.append(f"{rel}: skipped special file ({_kind(mode)})")
@@ -161,18 +167,23 @@ class TreeBackup:
         """Start from the previous snapshot and re-examine only what `changes` names."""
         self.incremental = True
         previous = self.repo.load_snapshot(self.old.snapshot)
+        cached = self.cached
         for entry in read_tree(self.repo, previous.tree):
-            extra = b"".join(entry.chunks) if entry.type == "file" else entry.target.encode("utf-8", "surrogateescape")
             mtime = entry.mtime_ns
-            cached = self.old_files.get(entry.path)
-            if cached is not None and cached[0]:
-                mtime = stat_key_mtime(cached[0])  # the snapshot may predate a touch that changed nothing
+            number = cached.lookup(entry.path) if entry.type == "file" else None
+            if number is not None:
+                key = cached.key(number)
+                if key != UNTRUSTED:
+                    mtime = stat_key_mtime(key)  # the snapshot may predate a touch that changed nothing
+                meta = Meta(entry.mode, entry.uid, entry.gid, mtime, entry.size)
+                self.records[entry.path] = ("file", meta, cached.chunks(number), cached.piece(number), key,
+                                            cached.digest(number))
+                continue
+            extra = b"".join(entry.chunks) if entry.type == "file" else \
+                entry.target.encode("utf-8", "surrogateescape")
             meta = Meta(entry.mode, entry.uid, entry.gid, mtime, entry.size)
-            piece = cached[3] if cached is not None and entry.type == "file" else \
-                self._piece(entry.path, entry.type, meta, extra)
-            self.records[entry.path] = (entry.type, meta, extra, piece)
-            if cached is not None:
-                self.new_files[entry.path] = cached
+            self.records[entry.path] = (entry.type, meta, extra, self._piece(entry.path, entry.type, meta, extra),
+                                        UNTRUSTED, b"")
         for path in sorted(changes.paths | changes.trees):
             if self.stop.is_set():
                 raise Aborted()
@@ -195,7 +206,7 @@ class TreeBackup:
         prefix = rel + "/"
         for key in [key for key in self.records if key == rel or key.startswith(prefix)]:
             del self.records[key]
-            self.new_files.pop(key, None)
+            self.dirty = True
 
     def _reexamine(self, path: str, rel: str, whole: bool) -> None:
         # A path whose parent directory is not in the snapshot came with a directory the events did not
@@ -230,11 +241,11 @@ class TreeBackup:
         if self.rules.excludes(rel, False):
             return
         if stat.S_ISREG(st.st_mode):
-            cached = self.old_files.get(rel)
-            if cached is not None and cached[0] == stat_key(st):
-                self._keep_file(rel, st, cached)
+            number = self.cached.lookup(rel)
+            if number is not None and self.cached.key(number) == stat_key(st):
+                self.records[rel] = ("file", st, None, self.cached.piece(number), number, None)
             else:
-                self._file(path, rel, st, cached)
+                self._file(path, rel, st, number)
         elif stat.S_ISLNK(st.st_mode):
             self._symlink(path, rel, st)
         else:
@@ -243,7 +254,7 @@ class TreeBackup:
     # --- entries ------------------------------------------------------------------------------------
 
     def _other(self, rel: str, kind: str, st, target: bytes) -> None:
-        self.records[rel] = (kind, st, target, self._piece(rel, kind, st, target))
+        self.records[rel] = (kind, st, target, self._piece(rel, kind, st, target), b"", b"")
 
     def _symlink(self, path: str, rel: str, st: os.stat_result) -> None:
         try:
@@ -253,17 +264,18 @@ class TreeBackup:
             return
         self._other(rel, "symlink", st, target.encode("utf-8", "surrogateescape"))
 
-    def _keep_file(self, rel: str, st, cached: CachedFile) -> None:
-        self.records[rel] = ("file", st, cached[2], cached[3])
-        self.new_files[rel] = cached
-        self._visited += 1
-        if not self._visited & 255 and self.stop.is_set():
-            raise Aborted()
+    def _resolved(self, record: tuple) -> tuple:
+        """(chunk ids joined, stat key, digest) of a file record, from the cache if it was kept."""
+        if record[2] is None:
+            number = record[4]
+            return self.cached.chunks(number), self.cached.key(number), self.cached.digest(number)
+        return record[2], record[4], record[5]
 
-    def _file(self, path: str, rel: str, st: os.stat_result, cached: Optional[CachedFile]) -> None:
+    def _file(self, path: str, rel: str, st: os.stat_result, number: Optional[int]) -> None:
+        self.dirty = True
         for _ in range(_ATTEMPTS):
             try:
-                st, digest, chunks = self._read(path, cached)
+                st, digest, chunks = self._read(path, number)
                 break
             except ChangedWhileReading:
                 continue
@@ -276,10 +288,11 @@ class TreeBackup:
             self.errors.append(f"{rel}: changed while being read ({_ATTEMPTS} attempts); not stored")
             return
         trusted = max(st.st_mtime_ns, st.st_ctime_ns) < self.racy_before_ns
-        key = stat_key(st) if trusted else b""
-        self._keep_file(rel, st, (key, digest, chunks, self._piece(rel, "file", st, chunks)))
+        key = stat_key(st) if trusted else UNTRUSTED
+        meta = Meta(st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_size)  # a tenth of a stat_result
+        self.records[rel] = ("file", meta, chunks, self._piece(rel, "file", meta, chunks), key, digest)
 
-    def _read(self, path: str, cached: Optional[CachedFile]) -> Tuple[os.stat_result, bytes, bytes]:
+    def _read(self, path: str, number: Optional[int]) -> Tuple[os.stat_result, bytes, bytes]:
         fd = _open_noatime(path)
         try:
             before = os.fstat(fd)
@@ -288,8 +301,8 @@ class TreeBackup:
             if before.st_size <= _WHOLE_FILE:
                 data = _read_all(fd, before.st_size)
                 digest = xxhash.xxh3_128_digest(data, self.seed)
-                if cached is not None and cached[1] == digest:
-                    chunks = cached[2]
+                if number is not None and self.cached.digest(number) == digest:
+                    chunks = self.cached.chunks(number)
                 else:
                     chunks = b"".join(self._save(piece) for piece in self.repo.chunker.split(data))
                 size = len(data)
@@ -330,9 +343,11 @@ class TreeBackup:
     def entries(self) -> List[Entry]:
         result = []
         for rel in sorted(self.records, key=lambda key: () if key == "." else tuple(key.split("/"))):
-            kind, meta, extra, _ = self.records[rel]
+            record = self.records[rel]
+            kind, meta, extra = record[:3]
             base = (rel, kind, stat.S_IMODE(meta.st_mode), meta.st_uid, meta.st_gid, meta.st_mtime_ns)
             if kind == "file":
+                extra = self._resolved(record)[0]
                 chunks = tuple(extra[i:i + _ID] for i in range(0, len(extra), _ID))
                 result.append(Entry(*base, meta.st_size, chunks))
             elif kind == "symlink":
@@ -364,17 +379,19 @@ class TreeBackup:
         others = {rel for rel, record in self.records.items() if record[0] != "file" and rel != "."}
         # The cache is saved only after the manifest is durable: it must never name blobs that no
         # snapshot holds. Rewriting an identical cache is skipped: that is most runs.
-        if not (unchanged and self.new_files == self.old_files and others == cache.others
-                and cache.rules == self.rules.digest):
+        if self.dirty or not unchanged or len(files) != len(self.cached) or others != self.cached.others \
+                or not self.rules_unchanged:
             cache.repo_id, cache.snapshot, cache.fingerprint = self.repo.id, snapshot.id, fingerprint
-            cache.rules, cache.files, cache.others = self.rules.digest, self.new_files, others
+            cache.rules, cache.seed = self.rules.digest, self.seed
+            files_now = []
+            for rel, record in self.records.items():
+                if record[0] == "file":
+                    chunks, key, digest = self._resolved(record)
+                    files_now.append((rel, key, digest, chunks, record[3]))
+            cache.replace(files_now, others)
             cache.save()
         return TreeResult(snapshot, not unchanged, len(files), total_bytes, new_bytes,
                           tuple(self.errors), tuple(self.warnings), self.incremental)
-
-
-def stat_key_mtime(key: bytes) -> int:
-    return int.from_bytes(key[8:16], "little", signed=True)
 
 
 def _open_noatime(path: str) -> int:

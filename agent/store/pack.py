@@ -11,6 +11,7 @@ import hashlib
 import os
 import secrets
 import struct
+import threading
 from typing import List, Optional, Tuple
 
 import zstandard
@@ -41,12 +42,15 @@ class Compressor:
         return packed, FLAG_ZSTD
 
 
-_decompressor = zstandard.ZstdDecompressor()
+_local = threading.local()  # zstd (de)compressor objects must not be shared between threads
 
 
-def decode_blob(stored: bytes, flags: int, raw_length: int) -> bytes:
+def decode_blob(stored: bytes | memoryview, flags: int, raw_length: int) -> bytes | memoryview:
     if flags & FLAG_ZSTD:
-        return _decompressor.decompress(stored, max_output_size=raw_length)
+        decompressor = getattr(_local, "decompressor", None)
+        if decompressor is None:
+            decompressor = _local.decompressor = zstandard.ZstdDecompressor()
+        return decompressor.decompress(stored, max_output_size=raw_length)
     return stored
 
 
@@ -56,35 +60,35 @@ class PackWriter:
     def __init__(self, data_dir: str, tmp_dir: str) -> None:
         self.data_dir = data_dir
         self.tmp_dir = tmp_dir
-        self._parts: List[bytes | memoryview] = [MAGIC]
-        self._size = len(MAGIC)
-        self._entries: List[Tuple[bytes, int, int, int, int]] = []
+        # One growing buffer, not a list of blobs: zstd's output objects keep their worst-case allocation,
+        # so holding them would cost ~2.5x the pack size in memory.
+        self._buffer = bytearray(MAGIC)
+        self._trailer = bytearray()  # the blob list, packed as it grows: 1 object, not 5 per blob
+        self._count = 0
 
     @property
     def size(self) -> int:
-        return self._size
+        return len(self._buffer)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._count
 
     def add(self, blob_id: bytes, stored: bytes | memoryview, raw_length: int, flags: int) -> None:
-        self._entries.append((blob_id, flags, self._size, len(stored), raw_length))
-        self._parts.append(bytes(stored))
-        self._size += len(stored)
+        self._trailer += _TRAILER_ENTRY.pack(blob_id, flags, len(self._buffer), len(stored), raw_length)
+        self._count += 1
+        self._buffer += stored
 
     def finish(self) -> List[Tuple[bytes, BlobLocation]]:
         """Write the pack (temp, fsync, rename, fsync dir); returns its blobs' locations."""
-        trailer = b"".join(_TRAILER_ENTRY.pack(*entry) for entry in self._entries)
-        self._parts.append(trailer + struct.pack("<I", len(self._entries)) + TRAILER_MAGIC)
-        hasher = hashlib.sha256()
+        self._buffer += self._trailer
+        self._buffer += struct.pack("<I", self._count) + TRAILER_MAGIC
+        hasher = hashlib.sha256(self._buffer)
         tmp = os.path.join(self.tmp_dir, f"pack-{secrets.token_hex(8)}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         try:
-            for part in self._parts:
-                hasher.update(part)
-                view = memoryview(part)
-                while view:
-                    view = view[os.write(fd, view):]
+            view = memoryview(self._buffer)
+            while view:
+                view = view[os.write(fd, view):]
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -96,7 +100,7 @@ class PackWriter:
         os.rename(tmp, os.path.join(target_dir, pack_id.hex()))
         fsync_dir(target_dir)
         return [(blob_id, BlobLocation(pack_id, offset, length, raw, flags))
-                for blob_id, flags, offset, length, raw in self._entries]
+                for blob_id, flags, offset, length, raw in _TRAILER_ENTRY.iter_unpack(self._trailer)]
 
 
 def read_trailer(data: bytes) -> Optional[List[Tuple[bytes, int, int, int, int]]]:
