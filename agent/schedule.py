@@ -19,6 +19,7 @@ from agent.state import JobState
 
 FIRST_RUN_WITHIN = 180.0      # a fresh install backs each job up within three minutes
 CATCH_UP_WITHIN = 120.0       # overdue jobs start within two minutes of start-up, staggered
+START_DELAY = 15.0            # ... but not in the very first seconds, while the node boots
 RETRY_FIRST = 300.0
 RETRY_CAP = 3600.0
 
@@ -57,11 +58,18 @@ def next_due(job: Job, host: str, state: JobState, started_at: float) -> Due:
     elif last_ok is not None:
         at, trigger = last_ok + interval(job, host), "schedule"
     else:
-        return Due(started_at + 10 + FIRST_RUN_WITHIN * spread(host, job.name, "first"), "schedule")
+        window = min(FIRST_RUN_WITHIN, job.every.low / 10)
+        return Due(started_at + _start_delay(job) + window * spread(host, job.name, "first"), "schedule")
     if at < started_at:
         # missed while the agent was down: run soon, staggered so overdue jobs do not start together
-        return Due(started_at + 15 + CATCH_UP_WITHIN * spread(host, job.name, "catch-up"), "catch-up")
+        window = min(CATCH_UP_WITHIN, job.every.low / 10)
+        return Due(started_at + _start_delay(job) + window * spread(host, job.name, "catch-up"), "catch-up")
     return Due(at, trigger)
+
+
+def _start_delay(job: Job) -> float:
+    # short intervals (tests, demos) scale the delays down with them
+    return min(START_DELAY, job.every.low / 40)
 
 
 def due_in_words(seconds: Optional[float]) -> str:
