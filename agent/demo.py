@@ -84,5 +84,48 @@ def run_demo(directory: Optional[str] = None) -> int:
 
     _step("backup-agent verify --read-data")
     verified = main([*cli, "verify", "--read-data"])
-    print(f"\nDone. Try: backup-agent --config {config} snapshots")
-    return 0 if code == 0 and verified == 0 and same and not logs else 1
+
+    watched = _daemon_demo(base, config)
+    print(f"\nDone. Try: backup-agent --config {config} snapshots   (or: ... run, status, pause, resume)")
+    return 0 if code == 0 and verified == 0 and same and not logs and watched else 1
+
+
+def _daemon_demo(base: str, config: str) -> bool:
+    """Run the agent for a few seconds and show a change-triggered backup."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from agent.store import Repository
+
+    _step("backup-agent run   (the daemon: watches the trees; quiet 2s in this sandbox)")
+    repo = Repository.open(os.path.join(base, "repository"))
+    before = len(repo.snapshots("services-worker"))
+    log_path = os.path.join(base, "daemon.log")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "agent", "--config", config, "run"], stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + 20
+            while not os.path.exists(os.path.join(base, "state", "daemon.json")) and time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+            time.sleep(1.0)
+            properties = os.path.join(base, "services", "worker", "tomcat", "webapps", "ROOT", "WEB-INF", "classes",
+                                      "worker.properties")
+            print("  editing services/worker/.../worker.properties while the agent runs ...", flush=True)
+            with open(properties, "a") as handle:
+                handle.write("db.pool.size=40\n")
+            while len(repo.snapshots("services-worker")) == before and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)
+    with open(log_path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if "services-worker" in line or "running" in line:
+                print("  " + line.rstrip())
+    taken = len(repo.snapshots("services-worker")) > before
+    print(f"  change-triggered snapshot taken: {taken}")
+    return taken
