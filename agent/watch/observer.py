@@ -73,6 +73,11 @@ class _TreeHandler(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in _READ_ONLY_EVENTS:
             return
+        if event.is_directory and event.event_type == "modified":
+            # A directory's "modified" is what watchdog reports for any entry created or removed in it,
+            # excluded ones included (a new *.log beside the configs). The entries have events of their
+            # own; the directory's own mode/owner changes are left to the daily full scan.
+            return
         src = os.fsdecode(event.src_path)
         dest = os.fsdecode(event.dest_path) if event.dest_path else ""
         paths, trees = set(), set()

@@ -314,3 +314,35 @@ def test_pause_holds_change_backups_and_resume_takes_one(agent, daemon, tmp_path
     time.sleep(QUIET * 4)
     assert snapshot_count(agent) == 2
     assert d.stop() == 0
+
+
+def test_systemd_notify_readiness_watchdog_and_journal_format(agent, tmp_path):
+    import socket
+
+    src = str(tmp_path / "svc")
+    make_tree(src, {"a": "a"})
+    watched_job(agent, src)
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(15)
+    env = {**os.environ, "NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000", "JOURNAL_STREAM": "8:1234"}
+    proc = subprocess.Popen([*agent_command(), "--config", agent.config, "run"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        messages = []
+        while "WATCHDOG=1" not in messages or "READY=1" not in messages:
+            messages.append(sock.recv(4096).decode())
+        assert messages.index("READY=1") < messages.index("WATCHDOG=1")
+        proc.send_signal(signal.SIGTERM)
+        while "STOPPING=1" not in messages:
+            messages.append(sock.recv(4096).decode())
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
+    assert proc.returncode == 0
+    lines = [line for line in err.splitlines() if line]
+    assert lines and all(line.startswith(("<6>", "<4>", "<3>")) for line in lines), lines[:5]
+    assert not any(line[3:7].isdigit() for line in lines)  # no timestamp of our own under journald
