@@ -141,6 +141,7 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from agent.dumps.restore import STREAM_TYPES
     from agent.store import RepositoryError
     from agent.store.restore import restore_snapshot
 
@@ -151,12 +152,41 @@ def cmd_restore(args: argparse.Namespace) -> int:
             snapshot = repo.find_snapshot(args.snapshot)
         except RepositoryError as exc:
             raise UsageError(str(exc)) from None
+        if snapshot.type in STREAM_TYPES:
+            return _restore_dump(args, config, repo, snapshot)
+        if args.to_database:
+            raise UsageError(f"--to-database restores mysql snapshots; {snapshot.id[:12]} is {snapshot.type}")
+        if not args.target:
+            raise UsageError("give --target DIR")
         result = restore_snapshot(repo, snapshot, os.path.abspath(args.target), args.paths)
     for error in result.errors:
         _err(f"error: {error}")
     _err(f"restored {result.files} files ({_size(result.bytes)}) of snapshot {snapshot.id[:12]} "
          f"({snapshot.job}, {snapshot.time}) into {args.target}")
     return EXIT_FAILED if result.errors else EXIT_OK
+
+
+def _restore_dump(args: argparse.Namespace, config, repo, snapshot) -> int:
+    from agent.dumps.restore import RestoreRefused, restore_to_database, restore_to_file
+
+    try:
+        if args.to_database:
+            try:
+                job = config.job(snapshot.job)
+            except KeyError:
+                raise UsageError(f"job {snapshot.job} is not in the configuration: its client settings "
+                                 "are needed to load the dump") from None
+            size = restore_to_database(repo, snapshot, job, args.to_database, args.options_file, args.force)
+            _err(f"loaded {_size(size)} dump of {snapshot.job} ({snapshot.time}) into database {args.to_database}")
+            return EXIT_OK
+        if not args.target:
+            raise UsageError("give --target FILE (or --to-database NAME for a mysql snapshot)")
+        size = restore_to_file(repo, snapshot, os.path.abspath(args.target), args.force)
+    except RestoreRefused as exc:
+        _err(f"error: {exc}")
+        return EXIT_FAILED
+    _err(f"restored the {_size(size)} dump of {snapshot.job} ({snapshot.time}) to {args.target}")
+    return EXIT_OK
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -353,7 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", nargs="?", metavar="JOB")
     p = command("restore", cmd_restore, "restore a snapshot, or some paths of it", listing=False)
     p.add_argument("snapshot", metavar="SNAPSHOT", help="an id, a unique id prefix, or JOB:latest")
-    p.add_argument("--target", required=True, metavar="DIR", help="restore the job's path as DIR itself")
+    p.add_argument("--target", metavar="DIR", help="restore the job's path as DIR itself (a dump: to FILE)")
+    p.add_argument("--to-database", metavar="NAME", help="load a mysql dump into database NAME")
+    p.add_argument("--options-file", metavar="FILE", help="client options file for --to-database "
+                                                           "(default: the job's)")
+    p.add_argument("--force", action="store_true", help="replace an existing file / load into a non-empty database")
     p.add_argument("paths", nargs="*", metavar="PATH", help="paths relative to the job's path")
     p = command("verify", cmd_verify, "check that every snapshot is complete")
     p.add_argument("--read-data", action="store_true", help="read and re-hash every stored object")

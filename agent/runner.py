@@ -11,13 +11,16 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import Callable, Optional
+from dataclasses import replace
+from typing import Callable, List, Optional, Tuple
 
 from agent.config import Config, Job
+from agent.dumps.dumping import backup_dump, backup_sqlite
+from agent.execute import run_hook
 from agent.report import RunReport, new_run_id, utc_now
 from agent.snapshot.cache import FilesCache, cache_path
 from agent.snapshot.changes import ChangeSet
-from agent.snapshot.fs import Aborted, backup_tree
+from agent.snapshot.fs import Aborted, TreeResult, backup_tree
 from agent.state import StateDir
 from agent.store import Repository
 from agent.store.fsutil import make_private_dirs
@@ -59,19 +62,13 @@ def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional
             _say(f"warning: cannot record the run of {job.name} in {config.state_dir}: {exc.strerror}")
         return result
 
-    if job.type != "fs":
-        return report("failed", (f"{job.type} jobs are not implemented yet",))
-    assert job.path is not None
-    if not os.path.isdir(job.path):
+    if job.type == "fs" and not os.path.isdir(str(job.path)):
         return report("failed", (f"{job.path} does not exist or is not a directory",))
     try:
         repo = repo or open_repository(config)
         with _held(job_lock(config, job.name), on_wait, stop), \
                 _held(repo.lock(exclusive=False, purpose=f"backup {job.name}"), on_wait, stop):
-            cache = FilesCache.load(cache_path(config.state_dir, job.name))
-            result = backup_tree(repo, job.path, IgnoreRules(job.exclude), cache, job=job.name,
-                                 job_type=job.type, host=config.host, trigger=trigger, now=started,
-                                 changes=changes, stop=stop)
+            result = _with_hooks(job, stop, lambda: _backup(config, job, repo, trigger, started, changes, stop))
         repo.close()
     except (Aborted, LockTimeout):
         return report("failed", ("aborted: the agent was stopping; nothing of this run was committed",))
@@ -81,6 +78,64 @@ def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional
     return report("failed" if result.errors else "ok", result.errors, changed=result.changed,
                   snapshot=result.snapshot.id if result.snapshot else None, files=result.files,
                   bytes=result.bytes, new_bytes=result.new_bytes, warnings=result.warnings)
+
+
+def _with_hooks(job: Job, stop: Optional[threading.Event], backup: Callable[[], TreeResult]) -> TreeResult:
+    """`before`, the backup, then `after` whatever happened; a failing hook fails the run."""
+    errors: List[str] = []
+    result: Optional[TreeResult] = None
+    try:
+        if job.before:
+            done = run_hook(job.before, job.timeout, stop=stop)
+            if not done.ok:
+                errors.append(f"before: {done.describe()}")
+        if not errors:
+            result = backup()
+    finally:
+        if job.after:
+            done = run_hook(job.after, job.timeout, stop=stop)
+            if not done.ok:
+                errors.append(f"after: {done.describe()}")
+    if result is None:
+        return TreeResult(None, False, 0, 0, 0, tuple(errors), ())
+    if errors:
+        result = replace(result, errors=result.errors + tuple(errors))
+    return result
+
+
+def riak_rules(paths: Tuple[str, ...], exclude: Tuple[str, ...]) -> IgnoreRules:
+    """Rules that, walking from /, include only `paths`. gitignore cannot re-include anything below an
+    excluded directory, so level by level: exclude the children of each ancestor, re-include the next
+    level's ancestors and targets."""
+    targets = {path.strip("/") for path in paths}
+    levels: dict = {}
+    for target in targets:
+        parts = target.split("/")
+        for depth in range(1, len(parts) + 1):
+            levels.setdefault(depth, set()).add("/".join(parts[:depth]))
+    patterns = ["/*"]
+    for depth in sorted(levels):
+        if depth > 1:
+            patterns += [f"/{parent}/*" for parent in sorted(levels[depth - 1]) if parent not in targets]
+        patterns += [f"!/{prefix}/" if prefix not in targets else f"!/{prefix}" for prefix in sorted(levels[depth])]
+    return IgnoreRules([*patterns, *exclude])
+
+
+def _backup(config: Config, job: Job, repo: Repository, trigger: str, started: str,
+            changes: Optional[ChangeSet], stop: Optional[threading.Event]) -> TreeResult:
+    names = {"job": job.name, "job_type": job.type, "host": config.host, "trigger": trigger, "now": started}
+    if job.type in ("fs", "riak"):
+        cache = FilesCache.load(cache_path(config.state_dir, job.name))
+        if job.type == "riak":
+            missing = [path for path in job.paths if not os.path.exists(path)]
+            if missing:
+                return TreeResult(None, False, 0, 0, 0, tuple(f"{path} does not exist" for path in missing), ())
+            return backup_tree(repo, "/", riak_rules(job.paths, job.exclude), cache, stop=stop, **names)
+        return backup_tree(repo, str(job.path), IgnoreRules(job.exclude), cache, changes=changes, stop=stop,
+                           **names)
+    if job.type == "sqlite":
+        return backup_sqlite(repo, job, config.state_dir, stop, names)
+    return backup_dump(repo, job, stop, names)
 
 
 class _held:

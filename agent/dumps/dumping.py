@@ -1,0 +1,70 @@
+"""The mechanics shared by every dump engine: run the tool, stream its stdout into the repository, judge
+the finished dump, commit a snapshot only if it is good."""
+
+from __future__ import annotations
+
+import os
+import secrets as random_names
+import sqlite3
+import threading
+from typing import Dict, Optional
+
+from agent.config import Job
+from agent.dumps import engine
+from agent.execute import StreamingCommand, mask
+from agent.snapshot.fs import TreeResult
+from agent.snapshot.stream import commit_stream, store_stream
+from agent.store import Repository
+from agent.store.fsutil import make_private_dirs
+
+
+def backup_dump(repo: Repository, job: Job, stop: Optional[threading.Event], names: Dict[str, str]) -> TreeResult:
+    module = engine(job.type)
+    secret_values = module.secrets(job)
+    try:
+        argv = module.dump_argv(job)
+    except Exception as exc:  # the tool is missing: a clear failed run
+        return TreeResult(None, False, 0, 0, 0, (str(exc),), ())
+    try:
+        with StreamingCommand(argv, job.timeout, secret_values, stop) as command:
+            stored = store_stream(repo, command.stdout, stop)
+            finished = command.finish()
+    except OSError as exc:
+        # disk full in the repository, or the tool could not start: never a snapshot
+        return TreeResult(None, False, 0, 0, 0, (mask(f"{type(exc).__name__}: {exc}", secret_values),), ())
+    errors = module.judge(finished, stored.tail)
+    if not errors and stored.size == 0:
+        errors = ["the dump is empty"]
+    if errors:
+        return TreeResult(None, False, 0, stored.size, 0, tuple(mask(e, secret_values) for e in errors), ())
+    snapshot, changed = commit_stream(repo, stored, module.dump_name(job), source=job.target, **names)
+    return TreeResult(snapshot, changed, 1, stored.size, stored.writer.new_bytes, (), ())
+
+
+def backup_sqlite(repo: Repository, job: Job, state_dir: str, stop: Optional[threading.Event],
+                  names: Dict[str, str]) -> TreeResult:
+    """A consistent copy through SQLite's online backup API, then stored like a dump."""
+    if not os.path.exists(str(job.path)):
+        return TreeResult(None, False, 0, 0, 0, (f"{job.path} does not exist",), ())
+    tmp_dir = os.path.join(state_dir, "tmp")
+    make_private_dirs(tmp_dir)
+    copy = os.path.join(tmp_dir, f"sqlite-{random_names.token_hex(6)}.db")
+    try:
+        os.close(os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        source = sqlite3.connect(f"file:{job.path}?mode=ro", uri=True)
+        target = sqlite3.connect(copy)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+            source.close()
+        with open(copy, "rb") as handle:
+            stored = store_stream(repo, handle, stop)
+    except sqlite3.Error as exc:
+        return TreeResult(None, False, 0, 0, 0, (f"sqlite backup of {job.path} failed: {exc}",), ())
+    finally:
+        if os.path.exists(copy):
+            os.unlink(copy)
+    snapshot, changed = commit_stream(repo, stored, os.path.basename(str(job.path)), source=str(job.path),
+                                      **names)
+    return TreeResult(snapshot, changed, 1, stored.size, stored.writer.new_bytes, (), ())
