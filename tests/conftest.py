@@ -31,3 +31,12 @@ def no_thread_leaks():
         thread.join(timeout=5)
     still = [thread.name for thread in leaked if thread.is_alive()]
     assert not still, f"threads leaked by the test: {still}"
+
+
+@pytest.fixture(scope="session")
+def mariadb(tmp_path_factory):
+    from tests.fixtures.mariadb import start_mariadb
+
+    server = start_mariadb(str(tmp_path_factory.mktemp("mariadb")))
+    yield server
+    server.stop()
