@@ -27,7 +27,7 @@ import xxhash
 from agent.snapshot.cache import UNTRUSTED, FilesCache, stat_key, stat_key_mtime
 from agent.snapshot.changes import ChangeSet
 from agent.store import BlobWriter, Repository, Snapshot
-from agent.store.tree import Entry, read_tree, write_tree
+from agent.store.tree import Entry, encode_records, read_tree, write_encoded
 from agent.watch.ignore import IgnoreRules
 
 # Files up to this size are read whole: one read, one xxhash, no streaming machinery.
@@ -340,21 +340,29 @@ class TreeBackup:
             total += int.from_bytes(record[3], "little")
         return f"{total & _MASK128:032x}-{len(self.records)}"
 
-    def entries(self) -> List[Entry]:
+    def tree_records(self) -> List[dict]:
+        """The manifest's entries in path order, straight to the dicts the tree encoder writes."""
         result = []
-        for rel in sorted(self.records, key=lambda key: () if key == "." else tuple(key.split("/"))):
-            record = self.records[rel]
-            kind, meta, extra = record[:3]
-            base = (rel, kind, stat.S_IMODE(meta.st_mode), meta.st_uid, meta.st_gid, meta.st_mtime_ns)
+        records = self.records
+        for rel in sorted(records, key=lambda key: () if key == "." else tuple(key.split("/"))):
+            record = records[rel]
+            kind, meta = record[0], record[1]
+            item = {"path": rel, "type": kind, "mode": meta.st_mode & 0o7777, "uid": meta.st_uid,
+                    "gid": meta.st_gid, "mtime_ns": meta.st_mtime_ns}
             if kind == "file":
-                extra = self._resolved(record)[0]
-                chunks = tuple(extra[i:i + _ID] for i in range(0, len(extra), _ID))
-                result.append(Entry(*base, meta.st_size, chunks))
+                joined = record[2] if record[2] is not None else self.cached.chunks(record[4])
+                item["size"] = meta.st_size
+                hexed = joined.hex()
+                item["chunks"] = [hexed[i:i + 2 * _ID] for i in range(0, len(hexed), 2 * _ID)]
             elif kind == "symlink":
-                result.append(Entry(*base, target=extra.decode("utf-8", "surrogateescape")))
-            else:
-                result.append(Entry(*base))
+                item["target"] = record[2].decode("utf-8", "surrogateescape")
+            result.append(item)
         return result
+
+    def entries(self) -> List[Entry]:
+        return [Entry(item["path"], item["type"], item["mode"], item["uid"], item["gid"], item["mtime_ns"],
+                      item.get("size", 0), tuple(bytes.fromhex(c) for c in item.get("chunks", ())),
+                      item.get("target", "")) for item in self.tree_records()]
 
     def commit(self, job: str, job_type: str, host: str, trigger: str, now: str, cache: FilesCache) -> TreeResult:
         if self.stop.is_set():
@@ -370,7 +378,7 @@ class TreeBackup:
         else:
             if self.writer is None:
                 self.writer = self.repo.writer()
-            tree = write_tree(self.writer, self.entries())
+            tree = write_encoded(self.writer, encode_records(self.tree_records()))
             self.writer.flush()
             snapshot = self.repo.save_snapshot(Snapshot(
                 job=job, type=job_type, host=host, time=now, trigger=trigger, tree=tree, files=len(files),
