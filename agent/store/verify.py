@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Set, Tuple
 
@@ -32,12 +33,12 @@ class VerifyResult:
         return not self.damaged and not self.problems
 
 
-def _check_pack(repo: Repository, pack: bytes, blobs: List[Tuple[bytes, BlobLocation]]
+def _check_pack(path: str, pack: bytes, blobs: List[Tuple[bytes, BlobLocation]]
                 ) -> Tuple[Dict[str, str], List[str]]:
-    """Damaged blobs and problems of one pack, read whole (runs in a worker thread)."""
+    """Damaged blobs and problems of one pack, read whole (runs in a worker process)."""
     damaged: Dict[str, str] = {}
     try:
-        with open(repo.pack_path(pack), "rb") as handle:
+        with open(path, "rb") as handle:
             data = handle.read()
     except FileNotFoundError:
         return {blob_id.hex(): f"its pack {pack.hex()} is missing" for blob_id, _ in blobs}, []
@@ -82,45 +83,60 @@ def verify_repository(repo: Repository, read_data: bool = False) -> VerifyResult
         by_pack[loc.pack].append((blob_id, loc))
     result.packs = len(by_pack)
     result.blobs = len(repo.index.blobs)
+    pool = None
+    futures = []
     if read_data:
-        # hashing and decompression release the GIL: packs are checked on every core
-        with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
-            for damaged, problems in pool.map(lambda item: _check_pack(repo, *item), by_pack.items()):
-                result.damaged.update(damaged)
-                result.problems.extend(problems)
+        # 100k small blobs are mostly per-blob interpreter work: one process per core, not threads;
+        # the file lists below are read meanwhile
+        workers = max(1, min(4, os.cpu_count() or 1))
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+        futures = [pool.submit(_check_pack, repo.pack_path(pack), pack, blobs) for pack, blobs in by_pack.items()]
     else:
         for pack, blobs in by_pack.items():
             _check_structure(repo, pack, blobs, result)
 
+    references: List[Tuple[str, object, Set[str]]] = []
     checked_trees: Set[Tuple[str, ...]] = set()
     for snapshot in repo.snapshots():
         result.snapshots += 1
         where = f"snapshot {snapshot.id[:12]} ({snapshot.job} {snapshot.time})"
-        tree_damage = [blob for blob in snapshot.tree
+        if snapshot.tree in checked_trees:
+            references.append((where, snapshot, set()))  # same file list as one already read
+            continue
+        checked_trees.add(snapshot.tree)
+        referenced: Set[str] = set()
+        try:
+            text = b"".join(repo.read_blob(bytes.fromhex(blob)) for blob in snapshot.tree)
+            for record in json.loads(b"[" + text.rstrip(b"\n").replace(b"\n", b",") + b"]"):  # one C-level parse
+                referenced.update(record.get("chunks", ()))
+        except Exception as exc:  # damaged tree blobs are named below; other trouble is reported here
+            referenced = set()
+            if all(bytes.fromhex(blob) in repo.index for blob in snapshot.tree):
+                result.problems.append(f"{where}: file list unreadable: {exc}")
+        references.append((where, snapshot, referenced))
+
+    if pool is not None:
+        for future in futures:
+            damaged, problems = future.result()
+            result.damaged.update(damaged)
+            result.problems.extend(problems)
+        pool.shutdown()
+
+    for where, snapshot, referenced in references:
+        tree_damage = [blob for blob in snapshot.tree  # type: ignore[attr-defined]
                        if blob in result.damaged or bytes.fromhex(blob) not in repo.index]
         if tree_damage:
             for blob in tree_damage:
                 result.damaged.setdefault(blob, "tree blob missing from the index")
                 result.affected[blob].append(f"{where}: its file list")
             continue
-        if snapshot.tree in checked_trees:
-            continue  # the same file list as a snapshot already checked (a no-change snapshot of another job)
-        checked_trees.add(snapshot.tree)
-        try:
-            text = b"".join(repo.read_blob(bytes.fromhex(blob)) for blob in snapshot.tree)
-        except Exception as exc:
-            result.problems.append(f"{where}: file list unreadable: {exc}")
-            continue
-        referenced: Set[str] = set()
-        for record in json.loads(b"[" + text.rstrip(b"\n").replace(b"\n", b",") + b"]"):  # one C-level parse
-            referenced.update(record.get("chunks", ()))
         missing = [blob for blob in referenced if blob in result.damaged or bytes.fromhex(blob) not in repo.index]
         if not missing:
             continue
         for blob in missing:
             result.damaged.setdefault(blob, "missing from the index")
         wanted = set(missing)
-        for entry in read_tree(repo, snapshot.tree):
+        for entry in read_tree(repo, snapshot.tree):  # type: ignore[attr-defined]
             for chunk in entry.chunks:
                 if chunk.hex() in wanted:
                     result.affected[chunk.hex()].append(f"{where}: {entry.path}")
