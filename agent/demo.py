@@ -37,6 +37,17 @@ def build_sandbox(base: str) -> str:
         jobs += [f"[jobs.services-{name}]", 'type = "fs"', f'path = "{base}/services/{name}"', 'every = "24h"',
                  "on_change = true", 'quiet = "2s"', 'max_delay = "10s"', f"exclude = {EXCLUDE}", ""]
     _write(os.path.join(base, "conf.d", "services.toml"), "\n".join(jobs).encode())
+    # a SQLite database stands in for the MySQL ones: no server needed, same dump path
+    import sqlite3
+
+    database = os.path.join(base, "db", "console.db")
+    os.makedirs(os.path.dirname(database), exist_ok=True)
+    with sqlite3.connect(database) as connection:
+        connection.execute("CREATE TABLE IF NOT EXISTS accounts (id INTEGER PRIMARY KEY, name TEXT, region TEXT)")
+        connection.executemany("INSERT INTO accounts (name, region) VALUES (?, ?)",
+                               [(f"account-{n}", ("us-east", "eu-west")[n % 2]) for n in range(5000)])
+    _write(os.path.join(base, "conf.d", "databases.toml"),
+           f'[jobs.db-console]\ntype = "sqlite"\npath = "{database}"\nevery = "24h"\n'.encode())
     config = os.path.join(base, "agent.toml")
     _write(config, (f'host = "demo-node"\nrepository = "{base}/repository"\nstate_dir = "{base}/state"\n'
                     'jobs_dir = "conf.d"\n').encode())
