@@ -235,6 +235,7 @@ class Daemon:
         self._log_report(report)
         with self._lock:
             self.states.pop(job.name, None)
+        release_memory()
         self.wake.set()
 
     @staticmethod
@@ -297,6 +298,17 @@ class Daemon:
             except (OSError, ValueError):
                 pass
         log.info("stopped")
+
+
+def release_memory() -> None:
+    """Hand memory freed by a run back to the system: an idle agent should be small, and glibc keeps
+    freed heap pages otherwise."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def install_signal_handlers(daemon: Daemon) -> None:

@@ -148,7 +148,9 @@ class TreeBackup:
                         if number is None:
                             number = lookup(rel)
                         if number is not None and cache_key(number) == stat_key(st):
-                            records[rel] = ("file", st, None, cache_piece(number), number, None)
+                            # a small tuple, not the stat_result: a long-running agent's memory
+                            records[rel] = ("file", Meta(st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns,
+                                                         st.st_size), None, cache_piece(number), number, None)
                         else:
                             self._file(child.path, rel, st, number)
                 elif stat.S_ISDIR(mode):
@@ -254,7 +256,8 @@ class TreeBackup:
     # --- entries ------------------------------------------------------------------------------------
 
     def _other(self, rel: str, kind: str, st, target: bytes) -> None:
-        self.records[rel] = (kind, st, target, self._piece(rel, kind, st, target), b"", b"")
+        meta = Meta(st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_size)
+        self.records[rel] = (kind, meta, target, self._piece(rel, kind, meta, target), b"", b"")
 
     def _symlink(self, path: str, rel: str, st: os.stat_result) -> None:
         try:

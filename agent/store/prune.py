@@ -91,7 +91,7 @@ def _collect_garbage(repo: Repository, result: PruneResult) -> None:
         for entry in read_tree(repo, snap.tree):
             used.update(entry.chunks)
     by_pack: Dict[bytes, List[Tuple[bytes, BlobLocation]]] = {}
-    for blob_id, loc in repo.index.blobs.items():
+    for blob_id, loc in repo.index.items():
         by_pack.setdefault(loc.pack, []).append((blob_id, loc))
 
     new_index: List[Tuple[bytes, BlobLocation]] = []

@@ -79,10 +79,10 @@ def verify_repository(repo: Repository, read_data: bool = False) -> VerifyResult
         result.problems.append(f"index: {exc}")
         return result
     by_pack: Dict[bytes, List[Tuple[bytes, BlobLocation]]] = defaultdict(list)
-    for blob_id, loc in repo.index.blobs.items():
+    for blob_id, loc in repo.index.items():
         by_pack[loc.pack].append((blob_id, loc))
     result.packs = len(by_pack)
-    result.blobs = len(repo.index.blobs)
+    result.blobs = len(repo.index)
     pool = None
     futures = []
     if read_data:
