@@ -36,6 +36,7 @@ log = logging.getLogger("backup-agent")
 
 SHUTDOWN_GRACE = 8.0    # a running backup may finish within this; then it is aborted (10 s in all)
 IDLE_WAKE = 30.0        # upper bound of one wait when nothing is due (cheap: a few stats)
+IDLE_RELEASE = 120.0    # after this long without a run, the repository index is let go (reloaded on use)
 
 
 @dataclass
@@ -66,6 +67,7 @@ class Daemon:
         self._lock = threading.Lock()
         self.watcher: Optional[TreeWatcher] = None
         self.repo = None
+        self.last_activity = self.clock()
 
     # --- events from other threads ----------------------------------------------------------------------
 
@@ -217,6 +219,13 @@ class Daemon:
         deadline = self.debouncer.next_deadline()
         if deadline is not None:
             waits.append(max(deadline - now, 0.05))
+        if self.running or deadline is not None:
+            self.last_activity = now
+        elif now - self.last_activity > IDLE_RELEASE and self.repo is not None and self.repo.index.loaded:
+            # hot while a deployment writes, small while nothing happens
+            self.repo.index.drop()
+            self.repo.close()
+            release_memory()
         return max(min([IDLE_WAKE, *waits]), 0.05)
 
     def _start(self, job: Job, trigger: str, changes: Optional[ChangeSet], lane: str) -> None:

@@ -65,11 +65,13 @@ def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional
     if job.type == "fs" and not os.path.isdir(str(job.path)):
         return report("failed", (f"{job.path} does not exist or is not a directory",))
     try:
+        shared = repo is not None
         repo = repo or open_repository(config)
         with _held(job_lock(config, job.name), on_wait, stop), \
                 _held(repo.lock(exclusive=False, purpose=f"backup {job.name}"), on_wait, stop):
             result = _with_hooks(job, stop, lambda: _backup(config, job, repo, trigger, started, changes, stop))
-        repo.close()
+        if not shared:
+            repo.close()  # a shared repository's open packs may be in use by another run
     except (Aborted, LockTimeout):
         return report("failed", ("aborted: the agent was stopping; nothing of this run was committed",))
     except Exception as exc:  # the run failed as a whole; the report carries why

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import threading
 from typing import Dict, Iterable, Iterator, List, NamedTuple, Set, Tuple
 
 from agent.store.fsutil import atomic_write
@@ -72,6 +73,8 @@ class Index:
         self._packs: List[bytes] = []
         self._pack_numbers: Dict[bytes, int] = {}
         self._loaded: Set[str] = set()
+        # runs of different jobs share one Repository (daemon lanes, `backup --all`)
+        self._lock = threading.RLock()
 
     @property
     def files(self) -> List[str]:
@@ -97,6 +100,15 @@ class Index:
         """Every blob's location, decoded (verify and prune walk them all)."""
         return dict(self.items())
 
+    def drop(self) -> None:
+        """Forget the loaded index (it is reloaded on next use): an idle agent need not hold it."""
+        with self._lock:
+            self._blobs, self._loaded, self._packs, self._pack_numbers = None, set(), [], {}
+
+    @property
+    def loaded(self) -> bool:
+        return self._blobs is not None
+
     def reload(self) -> None:
         self._blobs = None
         self._loaded = set()
@@ -119,6 +131,10 @@ class Index:
     def refresh(self) -> None:
         """Load index files written since the last look (by this or another process); start over if
         some disappeared (prune consolidated them)."""
+        with self._lock:
+            self._refresh()
+
+    def _refresh(self) -> None:
         names = {name for name in os.listdir(self.directory) if not name.startswith(".")}
         if self._blobs is None or not self._loaded <= names:
             self._blobs, self._loaded, self._packs, self._pack_numbers = {}, set(), [], {}
@@ -151,10 +167,12 @@ class Index:
         data = encode_index(entries)
         name = hashlib.sha256(data).hexdigest()
         atomic_write(os.path.join(self.directory, name), data, self.tmp_dir)
-        if self._blobs is not None:
+        with self._lock:
+            if self._blobs is None:
+                return name
             packs = sorted({loc.pack for _, loc in entries})
             local = {pack: number for number, pack in enumerate(packs)}
             self._add(((blob_id, local[loc.pack], loc.offset, loc.length, loc.raw_length, loc.flags)
                        for blob_id, loc in entries), packs)
             self._loaded.add(name)
-        return name
+            return name

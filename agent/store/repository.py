@@ -209,15 +209,21 @@ class Repository:
                     if len(name) == 64:
                         yield bytes.fromhex(name)
 
-    def _pack_fd(self, pack_id: bytes) -> int:
+    def _pread(self, pack_id: bytes, length: int, offset: int) -> bytes:
+        """Read from a pack through a cached descriptor. Cached descriptors are never closed while the
+        repository is in use (another thread may be reading through one); past the cache's size a
+        read opens and closes its own."""
         with self._fd_lock:
             fd = self._pack_fds.get(pack_id)
-            if fd is None:
-                if len(self._pack_fds) > 64:
-                    self.close()
-                fd = os.open(self.pack_path(pack_id), os.O_RDONLY | os.O_CLOEXEC)
-                self._pack_fds[pack_id] = fd
-            return fd
+            if fd is None and len(self._pack_fds) < 256:
+                fd = self._pack_fds[pack_id] = os.open(self.pack_path(pack_id), os.O_RDONLY | os.O_CLOEXEC)
+        if fd is not None:
+            return os.pread(fd, length, offset)
+        own = os.open(self.pack_path(pack_id), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.pread(own, length, offset)
+        finally:
+            os.close(own)
 
     def read_blob(self, blob_id: bytes) -> bytes:
         """The blob's content, checked against its id: damage is an error, never silently restored."""
@@ -225,7 +231,7 @@ class Repository:
         if loc is None:
             raise DamagedBlobError(blob_id, "missing from the index")
         try:
-            stored = os.pread(self._pack_fd(loc.pack), loc.length, loc.offset)
+            stored = self._pread(loc.pack, loc.length, loc.offset)
         except FileNotFoundError:
             raise DamagedBlobError(blob_id, f"pack {loc.pack.hex()} is missing") from None
         if len(stored) != loc.length:
@@ -239,9 +245,10 @@ class Repository:
         return data
 
     def close(self) -> None:
-        for fd in self._pack_fds.values():
-            os.close(fd)
-        self._pack_fds.clear()
+        with self._fd_lock:
+            for fd in self._pack_fds.values():
+                os.close(fd)
+            self._pack_fds.clear()
 
     # --- snapshots ----------------------------------------------------------------------------------
 

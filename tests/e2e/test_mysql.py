@@ -166,10 +166,11 @@ def test_server_killed_mid_dump_fails_without_snapshot(agent, tmp_path):
 def test_big_dump_streams_with_bounded_memory(agent, mariadb, tmp_path):
     if not os.path.exists("/usr/bin/time"):
         pytest.skip("needs /usr/bin/time")
-    fill(mariadb, "bigdb", 900_000, width=100)  # ~150 MB of dump text
+    fill(mariadb, "bigdb", 1_500_000, width=100)  # ~260 MB of dump text
     mysql_job(agent, "db-big", "bigdb", mariadb.options_file)
     result = agent.run("backup", "db-big", "--json", user=["/usr/bin/time", "-f", "%M"], check=0, timeout=600)
     peak_kib = int(result.stderr.strip().splitlines()[-1])
     [report] = json.loads(result.stdout)
-    assert report["bytes"] > 120_000_000
-    assert peak_kib * 1024 < report["bytes"] / 2, (peak_kib, report["bytes"])
+    assert report["bytes"] > 240_000_000
+    # the bound is the chunk window and one pack buffer, whatever the dump's size
+    assert peak_kib < 120 * 1024, (peak_kib, report["bytes"])
