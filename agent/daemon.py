@@ -312,6 +312,9 @@ class Daemon:
 def release_memory() -> None:
     """Hand memory freed by a run back to the system: an idle agent should be small, and glibc keeps
     freed heap pages otherwise."""
+    import gc
+
+    gc.collect()  # cycles left by a run would keep whole arenas alive
     try:
         import ctypes
 
