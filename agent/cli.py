@@ -247,12 +247,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if "PYTHONMALLOC" not in os.environ:
-        # A long-running agent allocates and frees a tree's worth of small objects per run. With the
-        # system allocator, memory freed after a run goes back to the system (malloc_trim); Python's
-        # arena allocator keeps it, fragmented: measured 61 MiB idle instead of about 30.
-        os.execve(sys.executable, [sys.executable, "-m", "agent", *sys.argv[1:]],
-                  {**os.environ, "PYTHONMALLOC": "malloc"})
     from agent.daemon import Daemon, install_signal_handlers
     from agent.logs import setup_logging
 
