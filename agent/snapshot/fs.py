@@ -347,7 +347,7 @@ class TreeBackup:
         """The manifest's entries in path order, straight to the dicts the tree encoder writes."""
         result = []
         records = self.records
-        for rel in sorted(records, key=lambda key: () if key == "." else tuple(key.split("/"))):
+        for rel in sorted(records, key=lambda key: [] if key == "." else key.split("/")):
             record = records[rel]
             kind, meta = record[0], record[1]
             item = {"path": rel, "type": kind, "mode": meta.st_mode & 0o7777, "uid": meta.st_uid,
@@ -356,7 +356,8 @@ class TreeBackup:
                 joined = record[2] if record[2] is not None else self.cached.chunks(record[4])
                 item["size"] = meta.st_size
                 hexed = joined.hex()
-                item["chunks"] = [hexed[i:i + 2 * _ID] for i in range(0, len(hexed), 2 * _ID)]
+                item["chunks"] = [hexed] if len(hexed) == 2 * _ID else \
+                    [hexed[i:i + 2 * _ID] for i in range(0, len(hexed), 2 * _ID)]
             elif kind == "symlink":
                 item["target"] = record[2].decode("utf-8", "surrogateescape")
             result.append(item)
