@@ -15,7 +15,6 @@ from dataclasses import replace
 from typing import Callable, List, Optional, Tuple
 
 from agent.config import Config, Job
-from agent.dumps.dumping import backup_dump, backup_sqlite
 from agent.execute import run_hook
 from agent.report import RunReport, new_run_id, utc_now
 from agent.snapshot.cache import FilesCache, cache_path
@@ -135,6 +134,8 @@ def _backup(config: Config, job: Job, repo: Repository, trigger: str, started: s
             return backup_tree(repo, "/", riak_rules(job.paths, job.exclude), cache, stop=stop, **names)
         return backup_tree(repo, str(job.path), IgnoreRules(job.exclude), cache, changes=changes, stop=stop,
                            **names)
+    from agent.dumps.dumping import backup_dump, backup_sqlite  # fs-only agents never load the dump code
+
     if job.type == "sqlite":
         return backup_sqlite(repo, job, config.state_dir, stop, names)
     return backup_dump(repo, job, stop, names)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import secrets as random_names
-import sqlite3
 import threading
 from typing import Dict, Optional
 
@@ -44,6 +43,7 @@ def backup_dump(repo: Repository, job: Job, stop: Optional[threading.Event], nam
 def backup_sqlite(repo: Repository, job: Job, state_dir: str, stop: Optional[threading.Event],
                   names: Dict[str, str]) -> TreeResult:
     """A consistent copy through SQLite's online backup API, then stored like a dump."""
+    import sqlite3  # only agents with a sqlite job pay for the module
     if not os.path.exists(str(job.path)):
         return TreeResult(None, False, 0, 0, 0, (f"{job.path} does not exist",), ())
     tmp_dir = os.path.join(state_dir, "tmp")
