@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import secrets as random_names
 from typing import Iterator, List, Optional
 
 from agent.config import Job
 from agent.dumps import mysql
 from agent.execute import feed_command, run_hook
 from agent.store import Repository, Snapshot
+from agent.store.fsutil import write_temp
 from agent.store.tree import Entry, read_tree
 
 STREAM_TYPES = ("mysql", "command", "sqlite")
@@ -39,20 +39,7 @@ def restore_to_file(repo: Repository, snapshot: Snapshot, target: str, force: bo
         raise RestoreRefused(f"{target} exists (give --force to replace it)")
     directory = os.path.dirname(os.path.abspath(target))
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".restore-{random_names.token_hex(6)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        for data in _content(repo, entry):
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.rename(tmp, target)
+    os.rename(write_temp(directory, _content(repo, entry), prefix=".restore-"), target)
     return entry.size
 
 

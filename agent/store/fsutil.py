@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from typing import Iterable
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -35,20 +36,16 @@ def make_private_dirs(path: str) -> None:
         fsync_dir(os.path.dirname(directory))
 
 
-def atomic_write(path: str, data: bytes, tmp_dir: str | None = None, durable: bool = True) -> None:
-    """Write `data` to `path` so that readers and crashes see the old or the new content, nothing between.
-
-    durable=False skips the fsyncs, for state that is only an optimisation (caches, last-run records):
-    after a power loss such a file may be old or empty, and its readers treat both as "start afresh".
-    """
-    directory = os.path.dirname(path)
-    tmp = os.path.join(tmp_dir or directory, f".tmp-{secrets.token_hex(8)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+def write_temp(directory: str, pieces: Iterable[bytes], prefix: str = ".tmp-", durable: bool = True) -> str:
+    """Write `pieces` to a new private file in `directory` (fsynced if durable); the caller renames it
+    into place. On any error the temp file is removed."""
+    tmp = os.path.join(directory, f"{prefix}{secrets.token_hex(8)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        for piece in pieces:
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(fd, view):]
         if durable:
             os.fsync(fd)
     except BaseException:
@@ -56,6 +53,17 @@ def atomic_write(path: str, data: bytes, tmp_dir: str | None = None, durable: bo
         os.unlink(tmp)
         raise
     os.close(fd)
+    return tmp
+
+
+def atomic_write(path: str, data: bytes, tmp_dir: str | None = None, durable: bool = True) -> None:
+    """Write `data` to `path` so that readers and crashes see the old or the new content, nothing between.
+
+    durable=False skips the fsyncs, for state that is only an optimisation (caches, last-run records):
+    after a power loss such a file may be old or empty, and its readers treat both as "start afresh".
+    """
+    directory = os.path.dirname(path)
+    tmp = write_temp(tmp_dir or directory, [data], durable=durable)
     os.rename(tmp, path)
     if not durable:
         return

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import struct
 import threading
 from typing import List, Optional, Tuple
 
 import zstandard
 
-from agent.store.fsutil import FILE_MODE, fsync_dir
+from agent.store.fsutil import fsync_dir, write_temp
 from agent.store.index import FLAG_ZSTD, BlobLocation
 
 MAGIC = b"BAPK\x01"
@@ -83,18 +82,7 @@ class PackWriter:
         self._buffer += self._trailer
         self._buffer += struct.pack("<I", self._count) + TRAILER_MAGIC
         hasher = hashlib.sha256(self._buffer)
-        tmp = os.path.join(self.tmp_dir, f"pack-{secrets.token_hex(8)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-        try:
-            view = memoryview(self._buffer)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
+        tmp = write_temp(self.tmp_dir, [self._buffer], prefix="pack-")
         pack_id = hasher.digest()
         target_dir = os.path.join(self.data_dir, pack_id.hex()[:2])
         os.rename(tmp, os.path.join(target_dir, pack_id.hex()))
