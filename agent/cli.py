@@ -94,7 +94,28 @@ def cmd_backup(args: argparse.Namespace) -> int:
             _print_report(report)
     if args.json:
         _print_json([report.to_json() for report in reports])
+    if config.collector is not None:
+        _deliver_briefly(config)
     return EXIT_OK if all(report.ok for report in reports) else EXIT_FAILED
+
+
+BRIEF_DELIVERY = 5.0  # a one-shot backup tries this long; the daemon (or `reports --flush`) does the rest
+
+
+def _deliver_briefly(config) -> None:
+    import time
+
+    from agent.report.sender import Sender
+    from agent.runner import spool_for
+
+    sender = Sender(spool_for(config), config.collector, timeout=3.0, patient=False)
+    try:
+        result = sender.drain(deadline=time.monotonic() + BRIEF_DELIVERY)
+    finally:
+        sender.close()
+    if result.remaining:
+        _err(f"note: {result.remaining} report(s) not delivered to the collector yet: they stay spooled "
+             "(`backup-agent reports`)")
 
 
 def _print_report(report) -> None:
@@ -350,6 +371,100 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_reports(args: argparse.Namespace) -> int:
+    import time
+
+    from agent.runner import spool_for
+
+    config = _load(args)
+    spool = spool_for(config)
+    flushed = None
+    if args.flush:
+        if config.collector is None:
+            raise UsageError(f"{config.path}: no [collector] is configured; reports stay local")
+        from agent.report.sender import Sender
+
+        sender = Sender(spool, config.collector, timeout=10.0, max_backoff=min(config.collector.max_backoff, 5.0))
+        try:
+            flushed = sender.drain(deadline=time.monotonic() + args.timeout)
+        finally:
+            sender.close()
+    pending = [_spooled(spool, entry, None) for entry in spool.pending()]
+    dead = [_spooled(spool, entry, reason) for entry, reason in spool.dead()]
+    if args.json:
+        data = {"collector": config.collector.url if config.collector else None, "pending": pending,
+                "dead": dead, "dropped": spool.dropped()}
+        if flushed is not None:
+            data["flush"] = {"delivered": flushed.delivered, "dead": flushed.dead, "blocked": flushed.blocked}
+        _print_json(data)
+    else:
+        where = f"collector {config.collector.url}" if config.collector else "no collector configured: kept locally"
+        if flushed is not None:
+            print(f"delivered {flushed.delivered}, dead-lettered {flushed.dead}"
+                  + (f"; refused: {flushed.blocked}" if flushed.blocked else ""))
+        print(f"{len(pending)} pending ({where}), {len(dead)} dead-lettered, {spool.dropped()} dropped by the "
+              "spool's bounds")
+        for row in pending:
+            print(f"  pending #{row['seq']}  {row['finished_at'][:19].replace('T', ' ')}  {row['job']}  "
+                  f"{row['status']}")
+        for row in dead:
+            print(f"  dead    #{row['seq']}  {row['finished_at'][:19].replace('T', ' ')}  {row['job']}  "
+                  f"{row['status']}: {row['reason']}")
+    if flushed is not None and (pending or flushed.blocked):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _spooled(spool, entry, reason: Optional[str]) -> dict:
+    raw = spool.read(entry, dead=reason is not None)
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError:
+        data = {}
+    row = {"seq": entry.seq, "id": data.get("id"), "job": data.get("job"), "status": entry.status,
+           "finished_at": data.get("finished_at") or "", "bytes": entry.size}
+    if reason is not None:
+        row["reason"] = reason
+    return row
+
+
+def cmd_collector_serve(args: argparse.Namespace) -> int:
+    from agent.collector.serve import ServeOptions, parse_listen, serve
+    from agent.collector.storage import StorageError
+    from agent.config import parse_duration
+
+    try:
+        parse_listen(args.listen)
+        grace = parse_duration(args.grace)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    db = args.db or f"sqlite:///{os.path.abspath(os.path.join(args.state_dir, 'collector.db'))}"
+    try:
+        return serve(ServeOptions(listen=args.listen, db=db, tokens=os.path.abspath(args.tokens), grace=grace,
+                                  read_auth=args.require_read_token, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                                  access_log=args.access_log))
+    except (StorageError, OSError) as exc:
+        _err(f"backup-agent collector: {exc}")
+        return EXIT_FAILED
+
+
+def cmd_collector_token(args: argparse.Namespace) -> int:
+    from agent.collector.schema import HOST
+    from agent.collector.tokens import TokenFileError, create_token
+
+    if not HOST.fullmatch(args.host):
+        raise UsageError(f"{args.host!r} is not a host name")
+    try:
+        token = create_token(args.tokens, args.host, reader=args.reader)
+    except (TokenFileError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+    what = "reader" if args.reader else "host"
+    _err(f"token for {what} {args.host} stored (as a hash) in {args.tokens}; any earlier token of {args.host} "
+         "no longer works. It is shown once:")
+    print(token, flush=True)
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from agent.demo import run_demo
 
@@ -403,6 +518,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="expire by itself after this long (default 1h)")
     p = command("resume", cmd_resume, "lift a pause and take one backup", listing=False)
     p.add_argument("job", nargs="?", metavar="JOB")
+    p = command("reports", cmd_reports, "run reports waiting for the collector, and rejected ones")
+    p.add_argument("--flush", action="store_true", help="deliver pending reports now (exit 1 if some remain)")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="how long --flush may try (default 60)")
+    p = command("collector", lambda _: EXIT_USAGE, "the central collector: serve it, make tokens", listing=False)
+    csub = p.add_subparsers(dest="collector_command", metavar="COMMAND")
+    csub.required = True
+    p = csub.add_parser("serve", help="receive reports and show the fleet (HTTP)",
+                        description="receive reports and show the fleet (HTTP)")
+    p.set_defaults(func=cmd_collector_serve)
+    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="e.g. 0.0.0.0:8443 (port 0: any free)")
+    p.add_argument("--tokens", required=True, metavar="FILE", help="the token file (`collector token`)")
+    p.add_argument("--db", metavar="URL", help="sqlite:///PATH (default: STATE_DIR/collector.db) or "
+                                               "postgresql://USER@HOST/DB (password in ~/.pgpass or PGPASSWORD)")
+    p.add_argument("--state-dir", default="/var/lib/backup-agent-collector", metavar="DIR",
+                   help="where the default SQLite database lives (default /var/lib/backup-agent-collector)")
+    p.add_argument("--grace", default="1h", metavar="DURATION", help="beyond a job's policy before it is "
+                                                                     "overdue (default 1h)")
+    p.add_argument("--require-read-token", action="store_true",
+                   help="pages, status, reports and metrics require a token too (Bearer, or Basic password)")
+    p.add_argument("--tls-cert", metavar="FILE")
+    p.add_argument("--tls-key", metavar="FILE")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p = csub.add_parser("token", help="create or rotate a host's token; prints it once, last line",
+                        description="create or rotate a host's token; prints it once, as the last line")
+    p.set_defaults(func=cmd_collector_token)
+    p.add_argument("host", metavar="HOST")
+    p.add_argument("--tokens", required=True, metavar="FILE")
+    p.add_argument("--reader", action="store_true", help="a read-only token (for --require-read-token)")
     p = command("demo", cmd_demo, "back up a sandbox /services tree and restore it", listing=False)
     p.add_argument("--dir", metavar="DIR", help="where to build the sandbox (default: a new temp dir)")
     return parser

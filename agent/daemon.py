@@ -22,7 +22,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from agent.config import Config, ConfigError, Job, load_config
 from agent.report import RunReport
-from agent.runner import open_repository, run_job
+from agent.report.sender import DeliveryLoop, Sender
+from agent.runner import open_repository, run_job, spool_for
 from agent.schedule import Due, next_due
 from agent.snapshot.changes import ChangeSet
 from agent.state import JobState, StateDir
@@ -66,6 +67,7 @@ class Daemon:
         self._state_mtime = -1.0
         self._lock = threading.Lock()
         self.watcher: Optional[TreeWatcher] = None
+        self.delivery: Optional[DeliveryLoop] = None
         self.repo = None
         self.last_activity = self.clock()
 
@@ -101,11 +103,25 @@ class Daemon:
             log.error("repository %s: %s", self.config.repository, exc)
         self.watcher = TreeWatcher(self._on_change, self._on_events_lost, self.config.poll_interval)
         self.watcher.start()
+        self._start_delivery()
         for job in self.config.jobs:
             self._arm(job)
         self._write_daemon_file()
         log.info("backup-agent running: %d jobs, host %s, repository %s", len(self.config.jobs),
                  self.config.host, self.config.repository)
+
+    def _start_delivery(self) -> None:
+        """The report sender follows the [collector] settings; without them reports stay in the spool."""
+        assert self.config is not None
+        if self.delivery is not None:
+            self.delivery.close()
+            self.delivery = None
+        settings = self.config.collector
+        if settings is None:
+            return
+        spool = spool_for(self.config)
+        self.delivery = DeliveryLoop(lambda stop: Sender(spool, settings, stop)).start()
+        log.info("delivering run reports to %s", settings.url)
 
     def _arm(self, job: Job) -> None:
         assert self.watcher is not None
@@ -141,7 +157,11 @@ class Daemon:
             if old.get(name) != job:
                 self._disarm(name)
                 self._arm(job)
+        collector_changed = (self.config.collector if self.config else None) != new.collector \
+            or (self.config.state_dir if self.config else None) != new.state_dir
         self.config = new
+        if collector_changed:
+            self._start_delivery()
         self._write_daemon_file()
         log.info("reloaded configuration: %d jobs (%d added, %d removed, %d changed)", len(fresh),
                  len(fresh.keys() - old.keys()), len(old.keys() - fresh.keys()),
@@ -240,12 +260,18 @@ class Daemon:
         what = "changes" if changes is not None and not changes.full else "full scan"
         log.info("%s: backup started (%s, %s)", job.name, trigger, what)
         report = run_job(self.config, job, trigger=trigger, changes=changes, repo=self.repo,
-                         on_wait=lambda message: log.info("%s: %s", job.name, message), stop=self.abort_runs)
+                         on_wait=lambda message: log.info("%s: %s", job.name, message), stop=self.abort_runs,
+                         on_report=self._on_report)
         self._log_report(report)
         with self._lock:
             self.states.pop(job.name, None)
         release_memory()
         self.wake.set()
+
+    def _on_report(self, report: RunReport) -> None:
+        delivery = self.delivery
+        if delivery is not None:
+            delivery.kick()
 
     @staticmethod
     def _log_report(report: RunReport) -> None:
@@ -296,6 +322,8 @@ class Daemon:
                 run.thread.join(2.0)
         if self.watcher is not None:
             self.watcher.stop()
+        if self.delivery is not None:
+            self.delivery.close()  # whatever is undelivered stays spooled for the next start
         if self.repo is not None:
             self.repo.close()
         if self.config is not None:

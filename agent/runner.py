@@ -17,6 +17,7 @@ from typing import Callable, List, Optional, Tuple
 from agent.config import Config, Job
 from agent.execute import run_hook
 from agent.report import RunReport, new_run_id, utc_now
+from agent.report.spool import Spool
 from agent.snapshot.cache import FilesCache, cache_path
 from agent.snapshot.changes import ChangeSet
 from agent.snapshot.fs import Aborted, TreeResult, backup_tree
@@ -35,6 +36,12 @@ def open_repository(config: Config) -> Repository:
     return Repository.open(config.repository, create=True)
 
 
+def spool_for(config: Config) -> Spool:
+    if config.collector is None:
+        return Spool(config.state_dir)
+    return Spool(config.state_dir, config.collector.spool_max_reports, config.collector.spool_max_bytes)
+
+
 def job_lock(config: Config, job: str) -> RepositoryLock:
     directory = os.path.join(config.state_dir, "locks")
     make_private_dirs(directory)
@@ -44,8 +51,10 @@ def job_lock(config: Config, job: str) -> RepositoryLock:
 
 def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional[ChangeSet] = None,
             on_wait: Callable[[str], None] = _say, stop: Optional[threading.Event] = None,
-            repo: Optional[Repository] = None) -> RunReport:
-    """Run `job` once. Pass `repo` to share one opened repository (and its loaded index) across runs."""
+            repo: Optional[Repository] = None,
+            on_report: Optional[Callable[[RunReport], None]] = None) -> RunReport:
+    """Run `job` once. Pass `repo` to share one opened repository (and its loaded index) across runs;
+    `on_report` is told when the report is spooled (the daemon's sender wakes up)."""
     run_id = new_run_id()
     started = utc_now()
     incremental = False
@@ -54,11 +63,18 @@ def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional
         result = RunReport(id=run_id, host=config.host, job=job.name, type=job.type, trigger=trigger,
                            status=status, changed=bool(values.pop("changed", False)),
                            snapshot=values.pop("snapshot", None), started_at=started, finished_at=utc_now(),
-                           errors=tuple(errors), **values)  # type: ignore[arg-type]
+                           errors=tuple(errors), every_low=job.every.low, every_high=job.every.high,
+                           **values)  # type: ignore[arg-type]
+        try:
+            result = spool_for(config).add(result)
+        except OSError as exc:  # reporting never fails a backup; the run is still recorded below
+            _say(f"warning: cannot spool the report of {job.name} in {config.state_dir}: {exc}")
         try:
             StateDir(config.state_dir).record(result, full_scan=not incremental)
         except OSError as exc:
             _say(f"warning: cannot record the run of {job.name} in {config.state_dir}: {exc.strerror}")
+        if on_report is not None:
+            on_report(result)
         return result
 
     if job.type == "fs" and not os.path.isdir(str(job.path)):

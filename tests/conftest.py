@@ -40,3 +40,39 @@ def mariadb(tmp_path_factory):
     server = start_mariadb(str(tmp_path_factory.mktemp("mariadb")))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    from tests.fixtures.postgres import start_postgres
+
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def collector_db(request, tmp_path) -> str:
+    """A fresh, empty collector database URL on each backend: one suite, both engines."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/collector.db"
+    server = request.getfixturevalue("postgres")
+    return server.create_database(f"collector_{len(server.databases)}")
+
+
+@pytest.fixture
+def start_collector(tmp_path):
+    """start_collector(db=None, port=0, extra=()) -> a running collector process; all are stopped after."""
+    from tests.fixtures.collector import Collector
+
+    started = []
+    tokens = str(tmp_path / "tokens.toml")
+
+    def start(db=None, port: int = 0, extra=()):
+        collector = Collector(str(tmp_path), tokens, db or f"sqlite:///{tmp_path}/collector.db", port, list(extra))
+        started.append(collector)
+        return collector.start()
+
+    yield start
+    for collector in started:
+        collector.stop()

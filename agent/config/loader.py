@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import socket
 import sys
 from dataclasses import dataclass, field, replace
@@ -126,10 +127,13 @@ JOB_KEYS: Dict[str, Dict[str, Checker]] = {
 REQUIRED_KEYS: Dict[str, Tuple[str, ...]] = {
     "fs": ("path",), "mysql": ("database",), "riak": ("paths",), "command": ("argv",), "sqlite": ("path",),
 }
+# Job names become file names in state_dir and labels at the collector
+JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _RETENTION_KEYS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly")
 _AGENT_KEYS = ("host", "repository", "state_dir", "jobs_dir", "retention", "collector", "jobs",
                "max_concurrent_runs", "poll_interval")
-_COLLECTOR_KEYS = {"url": _string, "token_file": _abspath, "ca_file": _abspath}
+_COLLECTOR_KEYS = {"url": _string, "token_file": _abspath, "ca_file": _abspath, "max_backoff": _duration,
+                   "spool_max_reports": _positive, "spool_max_bytes": _positive}
 
 
 @dataclass
@@ -263,6 +267,10 @@ def _collect_jobs(tables: Any, source: str, defaults: Retention, seen: Dict[str,
         problems.error(source, "jobs", "must be a table of [jobs.NAME] tables")
         return jobs
     for name, table in tables.items():
+        if not JOB_NAME.fullmatch(name):
+            problems.error(source, f"jobs.{name}", "a job name is 1-64 letters, digits, '.', '_' or '-', "
+                                                   "starting with a letter or digit")
+            continue
         if name in seen:
             problems.error(source, f"jobs.{name}", f"defined twice: here and in {seen[name]}")
             continue

@@ -67,6 +67,9 @@ class CollectorSettings:
     url: str
     token_file: Optional[str] = None
     ca_file: Optional[str] = None
+    max_backoff: float = 300.0           # longest wait between two delivery attempts (401/403: 3x this)
+    spool_max_reports: int = 10_000      # the spool's bounds; beyond them the oldest successful
+    spool_max_bytes: int = 64 * 1024 * 1024  # reports are dropped (never a failed run, never a job's newest)
 
 
 @dataclass(frozen=True)

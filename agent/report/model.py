@@ -38,6 +38,11 @@ class RunReport:
     new_bytes: int = 0
     errors: Tuple[str, ...] = ()
     warnings: Tuple[str, ...] = field(default=())
+    # The job's policy, so that the collector judges freshness without the node's configuration
+    every_low: float = 0.0
+    every_high: float = 0.0
+    # Per host, assigned when the report enters the spool: a gap at the collector is a lost report
+    seq: int = 0
 
     @property
     def ok(self) -> bool:
@@ -47,11 +52,15 @@ class RunReport:
         data = asdict(self)
         data["errors"] = list(self.errors)
         data["warnings"] = list(self.warnings)
+        data["every"] = {"low": data.pop("every_low"), "high": data.pop("every_high")}
         return data
 
     @classmethod
     def from_json(cls, data: dict) -> RunReport:
         known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        every = data.get("every") or {}
+        known["every_low"] = float(every.get("low", 0.0))
+        known["every_high"] = float(every.get("high", 0.0))
         known["errors"] = tuple(known.get("errors", ()))
         known["warnings"] = tuple(known.get("warnings", ()))
         return cls(**known)

@@ -1,0 +1,259 @@
+"""The collector's ASGI app (Starlette): the report intake, the fleet view as HTML, JSON and Prometheus.
+
+Intake order for `POST /api/v1/reports`, each step before the next:
+  413  the body is over MAX_BODY (told by Content-Length, or found while streaming: never read whole)
+  401  no or unknown bearer token
+  400  not JSON
+  403  the report's `host` is not the token's host (whatever else it holds)
+  422  the schema (agent.collector.schema) says what is wrong
+  200  stored, or already stored (idempotent on the report id)
+
+Writes are grouped: each post hands its report to one writer thread, which commits whatever has queued
+up in one transaction, then answers all of them. Reads run in the thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable, List, Optional, Tuple
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from agent.collector import pages
+from agent.collector.freshness import DEFAULT_GRACE, fleet, iso
+from agent.collector.schema import Report, validate
+from agent.collector.storage import Storage
+from agent.collector.tokens import Principal, TokenStore
+
+log = logging.getLogger("backup-agent.collector")
+
+MAX_BODY = 256 * 1024
+MAX_BATCH = 500
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BatchWriter:
+    """One thread that owns the writes: takes what queued up, commits it at once, resolves each post."""
+
+    def __init__(self, storage: Storage, clock: Callable[[], float]) -> None:
+        self.storage = storage
+        self.clock = clock
+        self.queue: queue.Queue[Optional[Tuple[Report, Future]]] = queue.Queue()
+        self.thread = threading.Thread(target=self._loop, name="collector-writer", daemon=True)
+        self.thread.start()
+
+    def submit(self, report: Report) -> Future:
+        future: Future = Future()
+        self.queue.put((report, future))
+        return future
+
+    def step(self, first: Tuple[Report, Future]) -> None:
+        batch = [first]
+        while len(batch) < MAX_BATCH:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self.queue.put(None)
+                break
+            batch.append(item)
+        try:
+            results = self.storage.insert_many([report for report, _ in batch], self.clock())
+        except Exception as exc:  # the whole batch failed: every poster gets a 5xx and its agent retries
+            log.error("storing %d report(s) failed: %s", len(batch), exc)
+            for _, future in batch:
+                future.set_exception(exc)
+            return
+        for (_, future), new in zip(batch, results):
+            future.set_result(new)
+
+    def _loop(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            self.step(item)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(10)
+
+
+@dataclass
+class Settings:
+    grace: float = DEFAULT_GRACE
+    read_auth: bool = False  # pages, status, reports and metrics require a token too
+
+
+def _bearer(request: Request) -> Optional[str]:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if scheme.lower() == "basic" and value.strip():  # browsers: any user name, the token as password
+        try:
+            return base64.b64decode(value.strip()).decode().partition(":")[2] or None
+        except (ValueError, UnicodeDecodeError):
+            return None
+    return None
+
+
+def _problem(status: int, message: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise _TooLarge
+    chunks: List[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(storage: Storage, tokens: TokenStore, settings: Optional[Settings] = None,
+               clock: Callable[[], float] = time.time) -> Starlette:
+    settings = settings or Settings()
+    writer: Optional[BatchWriter] = None
+
+    def reader_allowed(request: Request) -> Optional[Response]:
+        if not settings.read_auth:
+            return None
+        token = _bearer(request)
+        if token and tokens.lookup(token) is not None:
+            return None
+        return _problem(401, "this collector requires a token to read", **{"WWW-Authenticate": 'Basic realm="backup"'})
+
+    async def post_report(request: Request) -> Response:
+        try:
+            raw = await _read_body(request)
+        except _TooLarge:
+            return _problem(413, f"a report is at most {MAX_BODY} bytes", Connection="close")
+        token = _bearer(request)
+        principal: Optional[Principal] = tokens.lookup(token) if token else None
+        if principal is None or principal.role != "host":
+            return _problem(401, "missing or unknown token", **{"WWW-Authenticate": "Bearer"})
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return _problem(400, "the body is not JSON")
+        if not isinstance(body, dict) or body.get("host") != principal.name:
+            return _problem(403, f"this token may post reports of host {principal.name} only")
+        report, problems = validate(body)
+        if report is None:
+            return _problem(422, "; ".join(problems[:10]))
+        assert writer is not None
+        try:
+            new = await asyncio.wrap_future(writer.submit(report))
+        except Exception:
+            return _problem(503, "storage unavailable, retry later", **{"Retry-After": "5"})
+        return JSONResponse({"id": report.id, "stored": bool(new), "duplicate": not new})
+
+    def _fleet(request: Request) -> tuple:
+        now = clock()
+        jobs, views = fleet(storage.jobs(), storage.hosts(), tokens.hosts(), now, settings.grace)
+        return now, jobs, views
+
+    async def status(request: Request) -> Response:
+        denied = reader_allowed(request)
+        if denied:
+            return denied
+        now, _, views = await run_in_threadpool(_fleet, request)
+        return JSONResponse({
+            "now": iso(now), "grace": settings.grace,
+            "hosts": [{"host": view.host, "state": view.state, "last_seen": iso(view.last_seen),
+                       "missing_reports": view.missing} for view in views],
+            "jobs": [{**cell.to_json(), "host_state": view.state} for view in views for cell in view.cells],
+        })
+
+    async def list_reports(request: Request) -> Response:
+        denied = reader_allowed(request)
+        if denied:
+            return denied
+        try:
+            limit = min(max(int(request.query_params.get("limit", "100")), 1), 1000)
+        except ValueError:
+            return _problem(400, "limit must be a number")
+        rows = await run_in_threadpool(storage.reports, request.query_params.get("host"),
+                                       request.query_params.get("job"), limit)
+        return JSONResponse(rows)
+
+    async def dashboard(request: Request) -> Response:
+        denied = reader_allowed(request)
+        if denied:
+            return denied
+        now, jobs, views = await run_in_threadpool(_fleet, request)
+        return HTMLResponse(pages.dashboard(now, jobs, views, request.query_params.get("state")))
+
+    async def history(request: Request) -> Response:
+        denied = reader_allowed(request)
+        if denied:
+            return denied
+        host, job = request.path_params["host"], request.path_params["job"]
+
+        def load() -> tuple:
+            return storage.reports(host, job, 500), storage.missing_seqs(host)
+
+        rows, gaps = await run_in_threadpool(load)
+        if not rows:
+            return HTMLResponse(pages.not_found(host, job), status_code=404)
+        return HTMLResponse(pages.history(clock(), host, job, rows, gaps))
+
+    async def metrics(request: Request) -> Response:
+        denied = reader_allowed(request)
+        if denied:
+            return denied
+        from agent.collector.metrics import render
+
+        body, content_type = await run_in_threadpool(
+            lambda: render(*_fleet(request), storage.count_reports(), settings.grace))
+        return Response(body, media_type=content_type)
+
+    async def healthz(request: Request) -> Response:
+        try:
+            await run_in_threadpool(storage.ping)
+        except Exception as exc:
+            return PlainTextResponse(f"storage unavailable: {type(exc).__name__}\n", status_code=503)
+        return PlainTextResponse("ok\n")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        nonlocal writer
+        writer = BatchWriter(storage, clock)
+        try:
+            yield
+        finally:
+            writer.close()
+
+    routes = [
+        Route("/", dashboard),
+        Route("/hosts/{host}/jobs/{job}", history),
+        Route("/api/v1/reports", post_report, methods=["POST"]),
+        Route("/api/v1/reports", list_reports, methods=["GET"]),
+        Route("/api/v1/status", status),
+        Route("/metrics", metrics),
+        Route("/healthz", healthz),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

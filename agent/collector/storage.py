@@ -1,0 +1,317 @@
+"""Where the collector keeps reports: SQLite (one collector, the default) or PostgreSQL (several
+collector processes sharing one database). One SQL text serves both; only connecting, the parameter
+style and the migration lock differ.
+
+Besides every report, two small summary tables are kept up to date in the same transaction, so that the
+fleet view costs one read of (hosts x jobs) rows however many reports are stored:
+  jobs   per host/job: newest run (time, status, first error), newest success, the policy
+  hosts  per host: last time anything arrived, and sequence numbers seen (min, max, count: the gaps)
+
+Writes go through `insert_many`, which commits a whole batch at once (the collector's writer groups
+concurrent posts): one fsync for many reports keeps SQLite durable and fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
+
+from agent.collector.schema import Report
+
+SCHEMA_VERSION = 1
+
+# Versioned migrations: index i holds the statements that take the schema from version i to i+1.
+MIGRATIONS: List[List[str]] = [
+    [
+        """CREATE TABLE reports (
+            id TEXT PRIMARY KEY, host TEXT NOT NULL, job TEXT NOT NULL, seq BIGINT NOT NULL,
+            status TEXT NOT NULL, trigger_name TEXT NOT NULL, job_type TEXT NOT NULL,
+            started_ts DOUBLE PRECISION NOT NULL, finished_ts DOUBLE PRECISION NOT NULL,
+            files BIGINT NOT NULL, bytes BIGINT NOT NULL, new_bytes BIGINT NOT NULL,
+            received_ts DOUBLE PRECISION NOT NULL, body TEXT NOT NULL)""",
+        "CREATE INDEX reports_by_job ON reports (host, job, finished_ts)",
+        """CREATE TABLE jobs (
+            host TEXT NOT NULL, job TEXT NOT NULL, job_type TEXT NOT NULL,
+            last_run_ts DOUBLE PRECISION NOT NULL, last_status TEXT NOT NULL, last_error TEXT,
+            last_trigger TEXT NOT NULL, last_ok_ts DOUBLE PRECISION,
+            every_low DOUBLE PRECISION NOT NULL, every_high DOUBLE PRECISION NOT NULL,
+            runs BIGINT NOT NULL, PRIMARY KEY (host, job))""",
+        """CREATE TABLE hosts (
+            host TEXT PRIMARY KEY, last_seen_ts DOUBLE PRECISION NOT NULL,
+            min_seq BIGINT NOT NULL, max_seq BIGINT NOT NULL, seq_count BIGINT NOT NULL)""",
+    ],
+]
+
+INSERT_REPORT = """INSERT INTO reports (id, host, job, seq, status, trigger_name, job_type, started_ts, finished_ts,
+    files, bytes, new_bytes, received_ts, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (id) DO NOTHING"""
+
+# A report may arrive after a newer one (the backlog drains after each job's newest): each column
+# moves only forward in time.
+UPSERT_JOB = """INSERT INTO jobs (host, job, job_type, last_run_ts, last_status, last_error, last_trigger, last_ok_ts,
+    every_low, every_high, runs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
+    ON CONFLICT (host, job) DO UPDATE SET
+      job_type = CASE WHEN excluded.last_run_ts >= jobs.last_run_ts THEN excluded.job_type ELSE jobs.job_type END,
+      last_status = CASE WHEN excluded.last_run_ts >= jobs.last_run_ts THEN excluded.last_status
+                    ELSE jobs.last_status END,
+      last_error = CASE WHEN excluded.last_run_ts >= jobs.last_run_ts THEN excluded.last_error ELSE jobs.last_error END,
+      last_trigger = CASE WHEN excluded.last_run_ts >= jobs.last_run_ts THEN excluded.last_trigger
+                     ELSE jobs.last_trigger END,
+      every_low = CASE WHEN excluded.last_run_ts >= jobs.last_run_ts THEN excluded.every_low ELSE jobs.every_low END,
+      every_high = CASE WHEN excluded.last_run_ts >= jobs.last_run_ts THEN excluded.every_high
+                   ELSE jobs.every_high END,
+      last_run_ts = CASE WHEN excluded.last_run_ts >= jobs.last_run_ts THEN excluded.last_run_ts
+                    ELSE jobs.last_run_ts END,
+      last_ok_ts = CASE WHEN excluded.last_ok_ts IS NOT NULL
+                        AND (jobs.last_ok_ts IS NULL OR excluded.last_ok_ts > jobs.last_ok_ts)
+                   THEN excluded.last_ok_ts ELSE jobs.last_ok_ts END,
+      runs = jobs.runs + 1"""
+
+UPSERT_HOST = """INSERT INTO hosts (host, last_seen_ts, min_seq, max_seq, seq_count) VALUES (?, ?, ?, ?, 1)
+    ON CONFLICT (host) DO UPDATE SET
+      last_seen_ts = CASE WHEN excluded.last_seen_ts > hosts.last_seen_ts THEN excluded.last_seen_ts
+                     ELSE hosts.last_seen_ts END,
+      min_seq = CASE WHEN excluded.min_seq < hosts.min_seq THEN excluded.min_seq ELSE hosts.min_seq END,
+      max_seq = CASE WHEN excluded.max_seq > hosts.max_seq THEN excluded.max_seq ELSE hosts.max_seq END,
+      seq_count = hosts.seq_count + 1"""
+
+
+@dataclass(frozen=True)
+class JobRow:
+    host: str
+    job: str
+    type: str
+    last_run_ts: float
+    last_status: str
+    last_error: Optional[str]
+    last_trigger: str
+    last_ok_ts: Optional[float]
+    every_low: float
+    every_high: float
+    runs: int
+
+
+@dataclass(frozen=True)
+class HostRow:
+    host: str
+    last_seen_ts: float
+    min_seq: int
+    max_seq: int
+    seq_count: int
+
+    @property
+    def missing(self) -> int:
+        """Reports lost on the way: sequence numbers never received between the first and the newest."""
+        return max(self.max_seq - self.min_seq + 1 - self.seq_count, 0)
+
+
+class StorageError(Exception):
+    pass
+
+
+class Storage:
+    """The storage interface the app uses; one implementation per engine below."""
+
+    placeholder = "?"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._local = threading.local()
+        self._connections: List[Any] = []
+        self._connections_lock = threading.Lock()
+
+    # --- engine specifics --------------------------------------------------------------------------
+
+    def _connect(self) -> Any:
+        raise NotImplementedError
+
+    def _lock_for_migration(self, cursor: Any) -> None:
+        raise NotImplementedError
+
+    # --- shared -----------------------------------------------------------------------------------------
+
+    def _sql(self, text: str) -> str:
+        return text if self.placeholder == "?" else text.replace("?", self.placeholder)
+
+    def connection(self) -> Any:
+        """One connection per thread (SQLite connections must stay in their thread)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for conn in self._connections:
+                try:
+                    conn.close()
+                except Exception:
+                    pass
+            self._connections.clear()
+        self._local = threading.local()
+
+    def migrate(self) -> int:
+        """Bring the schema to SCHEMA_VERSION; returns the version found before. Refuses a newer one."""
+        conn = self.connection()
+        cur = conn.cursor()
+        self._lock_for_migration(cur)
+        cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        cur.execute("SELECT version FROM schema_version")
+        row = cur.fetchone()
+        found = row[0] if row else 0
+        if found > SCHEMA_VERSION:
+            conn.rollback()
+            raise StorageError(f"{self.describe()}: schema version {found} is newer than this collector "
+                               f"understands ({SCHEMA_VERSION}); upgrade the collector")
+        for version in range(found, SCHEMA_VERSION):
+            for statement in MIGRATIONS[version]:
+                cur.execute(statement)
+        if row is None:
+            cur.execute(self._sql("INSERT INTO schema_version (version) VALUES (?)"), (SCHEMA_VERSION,))
+        elif found != SCHEMA_VERSION:
+            cur.execute(self._sql("UPDATE schema_version SET version = ?"), (SCHEMA_VERSION,))
+        conn.commit()
+        return found
+
+    def describe(self) -> str:
+        return self.url.split("@")[-1]  # never the password of a postgresql:// URL
+
+    def insert_many(self, reports: Sequence[Report], received_ts: float) -> List[bool]:
+        """Store a batch in one transaction; per report, True if it was new (False: a re-sent id)."""
+        conn = self.connection()
+        cur = conn.cursor()
+        results = []
+        try:
+            for report in reports:
+                results.append(self._insert(cur, report, received_ts))
+            conn.commit()
+        except Exception:
+            conn.rollback()
+            raise
+        return results
+
+    def _insert(self, cur: Any, report: Report, received_ts: float) -> bool:
+        cur.execute(self._sql(INSERT_REPORT), (
+            report.id, report.host, report.job, report.seq, report.status, report.trigger, report.type,
+            report.started_ts, report.finished_ts, report.files, report.bytes, report.new_bytes, received_ts,
+            json.dumps(report.body, separators=(",", ":"))))
+        if cur.rowcount != 1:
+            return False
+        cur.execute(self._sql(UPSERT_JOB), (
+            report.host, report.job, report.type, report.finished_ts, report.status, report.first_error,
+            report.trigger, report.finished_ts if report.status == "ok" else None, report.every_low,
+            report.every_high))
+        cur.execute(self._sql(UPSERT_HOST), (report.host, received_ts, report.seq, report.seq))
+        return True
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> List[tuple]:
+        conn = self.connection()
+        cur = conn.cursor()
+        try:
+            cur.execute(self._sql(sql), tuple(params))
+            rows = cur.fetchall()
+        finally:
+            conn.rollback()  # end the read transaction: the next read sees new reports
+        return rows
+
+    def jobs(self) -> List[JobRow]:
+        return [JobRow(*row) for row in self._query(
+            "SELECT host, job, job_type, last_run_ts, last_status, last_error, last_trigger, last_ok_ts, every_low, "
+            "every_high, runs FROM jobs ORDER BY host, job")]
+
+    def hosts(self) -> List[HostRow]:
+        return [HostRow(*row) for row in self._query(
+            "SELECT host, last_seen_ts, min_seq, max_seq, seq_count FROM hosts ORDER BY host")]
+
+    def reports(self, host: Optional[str] = None, job: Optional[str] = None, limit: int = 100) -> List[dict]:
+        """Stored reports, newest first (by finish time)."""
+        where, params = [], []
+        if host is not None:
+            where.append("host = ?")
+            params.append(host)
+        if job is not None:
+            where.append("job = ?")
+            params.append(job)
+        sql = "SELECT body, received_ts FROM reports"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY finished_ts DESC, seq DESC LIMIT ?"
+        rows = self._query(sql, [*params, limit])
+        result = []
+        for body, received_ts in rows:
+            data = json.loads(body)
+            data["received_ts"] = received_ts
+            result.append(data)
+        return result
+
+    def missing_seqs(self, host: str, limit: int = 50) -> List[Tuple[int, int]]:
+        """Gaps in a host's sequence numbers as (first missing, last missing) ranges, oldest first."""
+        rows = self._query("SELECT seq FROM (SELECT seq, LAG(seq) OVER (ORDER BY seq) AS prev FROM reports "
+                           "WHERE host = ?) AS s WHERE prev IS NOT NULL AND seq > prev + 1 ORDER BY seq LIMIT ?",
+                           [host, limit])
+        gaps = []
+        for (seq,) in rows:
+            prev = self._query("SELECT MAX(seq) FROM reports WHERE host = ? AND seq < ?", [host, seq])[0][0]
+            gaps.append((prev + 1, seq - 1))
+        return gaps
+
+    def count_reports(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM reports")[0][0])
+
+    def ping(self) -> None:
+        self._query("SELECT 1")
+
+
+class SQLiteStorage(Storage):
+    def __init__(self, path: str) -> None:
+        super().__init__(f"sqlite:///{path}")
+        self.path = path
+
+    def _connect(self) -> Any:
+        conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: an acknowledged report survives a power loss (the agent deletes its copy on our 200)
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    def _lock_for_migration(self, cursor: Any) -> None:
+        cursor.execute("BEGIN IMMEDIATE")
+
+
+class PostgresStorage(Storage):
+    placeholder = "%s"
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        try:
+            return psycopg.connect(self.url, connect_timeout=10)
+        except psycopg.OperationalError as exc:
+            raise StorageError(f"{self.describe()}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+
+    def _lock_for_migration(self, cursor: Any) -> None:
+        # several collector processes may start at once against one database
+        cursor.execute("SELECT pg_advisory_xact_lock(7262531)")
+
+
+def open_storage(url: str) -> Storage:
+    """`sqlite:///ABSOLUTE/PATH` or `postgresql://...`; the schema is migrated on open."""
+    if url.startswith("sqlite:///"):
+        import os
+
+        path = url[len("sqlite://"):]
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        storage: Storage = SQLiteStorage(path)
+    elif url.startswith(("postgresql://", "postgres://")):
+        storage = PostgresStorage(url)
+    else:
+        raise StorageError(f"--db: {url.split('@')[-1]!r} is neither sqlite:///PATH nor postgresql://...")
+    storage.migrate()
+    return storage
