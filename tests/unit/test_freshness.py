@@ -1,0 +1,95 @@
+"""Freshness states with an injected clock: the real app and SQLite storage in-process, time moved by hand."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from typing import Iterator
+
+import httpx
+import uvicorn
+
+from agent.collector.app import Settings, create_app
+from agent.collector.storage import open_storage
+from agent.collector.tokens import TokenStore, create_token
+from tests.e2e.test_collector import report
+
+HOUR = 3600.0
+
+
+@contextlib.contextmanager
+def serving(app) -> Iterator[httpx.Client]:
+    """The app on uvicorn in a thread, on a loopback port of its own."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn-test")
+    thread.start()
+    client = httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=30)
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        yield client
+    finally:
+        client.close()
+        server.should_exit = True
+        thread.join(20)
+        sock.close()
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_states_follow_the_policy_high_end_plus_grace_as_time_passes(tmp_path):
+    tokens_file = str(tmp_path / "tokens.toml")
+    token = create_token(tokens_file, "node-a")
+    create_token(tokens_file, "node-b")
+    storage = open_storage(f"sqlite:///{tmp_path}/c.db")
+    body = report("node-a", "db-analytics", 1)  # 4h..6h, finished now
+    from agent.collector.schema import parse_time
+
+    finished = parse_time(body["finished_at"])
+    clock = Clock(finished + 60)
+    app = create_app(storage, TokenStore(tokens_file), Settings(grace=HOUR), clock=clock)
+
+    def states() -> dict:
+        status = client.get("/api/v1/status").json()
+        jobs = {(row["host"], row["job"]): row["state"] for row in status["jobs"]}
+        hosts = {row["host"]: row["state"] for row in status["hosts"]}
+        return {**jobs, **hosts}
+
+    with serving(app) as client:
+        assert states() == {"node-a": "never", "node-b": "never"}  # hosts with tokens, no report yet
+        auth = {"Authorization": f"Bearer {token}"}
+        assert client.post("/api/v1/reports", json=body, headers=auth).status_code == 200
+        assert states() == {("node-a", "db-analytics"): "ok", ("node-b", "db-analytics"): "never",
+                            "node-a": "ok", "node-b": "never"}
+        clock.now = finished + 6 * HOUR + HOUR - 1  # policy high end + grace, just inside
+        assert states()[("node-a", "db-analytics")] == "ok"
+        clock.now = finished + 6 * HOUR + HOUR + 1
+        assert states()[("node-a", "db-analytics")] == "overdue" and states()["node-a"] == "ok"
+        clock.now = finished + 60 + 6 * HOUR + HOUR + 1  # received at finished + 60
+        assert states()["node-a"] == "silent"  # nothing for longer than the shortest policy + grace
+        page = client.get("/").text
+        assert 'data-host-state="silent"' in page and 'data-state="overdue"' in page and "7 h ago" in page
+        assert 'backup_host_silent{host="node-a"} 1.0' in client.get("/metrics").text
+        failed = report("node-a", "db-analytics", 2, status="failed")
+        clock.now = finished + 7 * HOUR + 120
+        assert client.post("/api/v1/reports", json=failed, headers=auth).status_code == 200
+        assert states()[("node-a", "db-analytics")] == "failing" and states()["node-a"] == "ok"
+    storage.close()
+
+
+def test_age_is_written_for_people():
+    from agent.collector.freshness import age
+
+    assert [age(s) for s in (None, 5, 61, 3 * HOUR + 5, 50 * HOUR)] == \
+        ["never", "just now", "1 min ago", "3 h ago", "2 d ago"]
