@@ -58,14 +58,79 @@ def _step(title: str) -> None:
     print(f"\n=== {title}", flush=True)
 
 
+def start_collector(base: str, config: str) -> tuple:
+    """A collector on a loopback port with a token for the sandbox's host; the agent reports to it."""
+    import re
+    import subprocess
+    import sys
+    import time
+
+    from agent.collector.tokens import create_token
+
+    directory = os.path.join(base, "collector")
+    os.makedirs(directory, exist_ok=True)
+    tokens = os.path.join(directory, "tokens.toml")
+    token_file = os.path.join(base, "collector.token")
+    _write(token_file, create_token(tokens, "demo-node").encode() + b"\n")
+    os.chmod(token_file, 0o600)
+    log_path = os.path.join(directory, "collector.log")
+    log = open(log_path, "wb")  # noqa: SIM115 - handed to the process, closed by stop_collector
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "collector", "serve", "--listen", "127.0.0.1:0",
+                             "--tokens", tokens, "--db", f"sqlite:///{directory}/collector.db"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    url = None
+    while url is None and time.monotonic() < deadline and proc.poll() is None:
+        with open(log_path, encoding="utf-8", errors="replace") as handle:
+            match = re.search(r"listening on (http://\S+)", handle.read())
+        url = match.group(1) if match else None
+        time.sleep(0.1)
+    if url is None:
+        proc.kill()
+        log.close()
+        raise RuntimeError(f"the demo collector did not start; see {log_path}")
+    with open(config, "a", encoding="utf-8") as handle:
+        handle.write(f'\n[collector]\nurl = "{url}"\ntoken_file = "{token_file}"\nmax_backoff = "2s"\n')
+    return proc, log, url
+
+
+def stop_collector(proc, log) -> None:
+    import signal
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except Exception:
+        proc.kill()
+    log.close()
+
+
 def run_demo(directory: Optional[str] = None) -> int:
-    from agent.cli import main
+    import sys
 
     base = os.path.abspath(directory) if directory else tempfile.mkdtemp(prefix="backup-agent-demo-")
     os.makedirs(base, exist_ok=True)
     config = build_sandbox(base)
+    proc, log, url = start_collector(base, config)
+    try:
+        code = _walkthrough(base, config, url)
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            print(f"\nThe collector keeps serving the dashboard at {url}/ until you press Ctrl-C.", flush=True)
+            try:
+                proc.wait()
+            except KeyboardInterrupt:
+                pass
+    finally:
+        stop_collector(proc, log)
+    return code
+
+
+def _walkthrough(base: str, config: str, url: str) -> int:
+    from agent.cli import main
+
     cli: List[str] = ["--config", config]
     print(f"Sandbox: {base}\n  services/*/tomcat with conf/, webapps/, lib/ and logs/ (logs are never stored)")
+    print(f"Collector: {url} (every run is reported to it; dashboard {url}/)")
 
     _step("backup-agent check-config")
     main([*cli, "check-config"])
@@ -97,8 +162,27 @@ def run_demo(directory: Optional[str] = None) -> int:
     verified = main([*cli, "verify", "--read-data"])
 
     watched = _daemon_demo(base, config)
-    print(f"\nDone. Try: backup-agent --config {config} snapshots   (or: ... run, status, pause, resume)")
-    return 0 if code == 0 and verified == 0 and same and not logs and watched else 1
+    reported = _collector_demo(cli, url)
+    print(f"\nDone. Try: backup-agent --config {config} snapshots   (or: ... run, status, pause, resume, reports)")
+    ok = code == 0 and verified == 0 and same and not logs and watched and reported
+    return 0 if ok else 1
+
+
+def _collector_demo(cli: List[str], url: str) -> bool:
+    """Every run above went to the collector: show the fleet view it computed from the reports."""
+    import httpx
+
+    from agent.cli import main
+
+    _step("backup-agent reports   (the spool: what has not reached the collector yet)")
+    main([*cli, "reports"])
+    _step(f"the collector's fleet view ({url}/api/v1/status; dashboard {url}/; metrics {url}/metrics)")
+    status = httpx.get(url + "/api/v1/status", timeout=10).json()
+    for row in status["jobs"]:
+        print(f"  {row['host']}  {row['job']:<20} {row['state']:<8} last ok {row['last_ok']}")
+    stored = len(httpx.get(url + "/api/v1/reports", params={"limit": 1000}, timeout=10).json())
+    print(f"  {stored} run reports stored; dashboard: {url}/")
+    return bool(status["jobs"]) and all(row["state"] == "ok" for row in status["jobs"])
 
 
 def _daemon_demo(base: str, config: str) -> bool:

@@ -8,8 +8,10 @@ SUDO=""
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 # gcc/python3-dev: for any dependency without a wheel here; time: peak-RSS checks; util-linux: setpriv;
-# mariadb-server: the tests start their own throwaway mariadbd (the packaged service is not used)
-$SUDO apt-get install -y -qq python3 python3-venv python3-dev gcc time util-linux mariadb-server mariadb-client >/dev/null
+# mariadb-server, postgresql: the tests start their own throwaway servers (the packaged services are not used);
+# chromium: the dashboard is checked in a real headless browser
+$SUDO apt-get install -y -qq python3 python3-venv python3-dev gcc time util-linux mariadb-server mariadb-client \
+    postgresql chromium >/dev/null
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'

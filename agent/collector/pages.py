@@ -18,7 +18,7 @@ h1{font-size:1.3em;margin:.2em 0}
 table{border-collapse:collapse;margin-top:.8em}
 th,td{border:1px solid #ddd;padding:2px 6px;text-align:left;white-space:nowrap}
 th{background:#f4f4f4;position:sticky;top:0}
-td.state a{color:inherit;text-decoration:none;display:block}
+td a{color:inherit;text-decoration:none;display:block}
 .ok{background:#d9f2d9}.overdue{background:#ffe8a8}.failing{background:#f8b4b4}.never{background:#eee;color:#777}
 .silent{background:#d6c8f0}
 td.err{white-space:normal;max-width:50em;color:#900}
@@ -32,18 +32,32 @@ def _page(title: str, body: str, refresh: bool = True) -> str:
             f"<style>{STYLE}</style></head><body>{body}</body></html>")
 
 
-def _cell(view: HostView, cell, now: float) -> str:
-    row = cell.row
-    link = f"/hosts/{quote(view.host, safe='')}/jobs/{quote(cell.job, safe='')}"
-    if row is None:
-        return f'<td class="state never" data-host="{escape(view.host)}" data-job="{escape(cell.job)}" ' \
-               f'data-state="never">never</td>'
-    text = age(now - row.last_ok_ts) if row.last_ok_ts is not None else "no success"
-    tip = f"{cell.state}; last run {iso(row.last_run_ts)} {row.last_status} ({row.last_trigger})"
-    if row.last_error:
-        tip += f"\nlast error: {row.last_error}"
-    return (f'<td class="state {cell.state}" data-host="{escape(view.host)}" data-job="{escape(cell.job)}" '
-            f'data-state="{cell.state}" title="{escape(tip)}"><a href="{link}">{escape(text)}</a></td>')
+def _row(view: HostView, columns: Sequence[Tuple[str, str]], now: float) -> str:
+    """One host's row. Written for speed: 1,000 hosts x 12 jobs is 12,000 cells per page, so a healthy
+    cell carries only its state and age; a failing or overdue one also the last run and error (title)."""
+    host = escape(view.host)
+    link = f"/hosts/{quote(view.host, safe='')}/jobs/"
+    cells = []
+    for cell, (job, job_link) in zip(view.cells, columns):
+        row = cell.row
+        state = cell.state
+        if row is None:
+            cells.append(f'<td class="never" data-job="{job}" data-state="never">never</td>')
+            continue
+        text = age(now - row.last_ok_ts) if row.last_ok_ts is not None else "no success"
+        if state == "ok":
+            cells.append(f'<td class="ok" data-job="{job}" data-state="ok"><a href="{link}{job_link}">{text}</a></td>')
+            continue
+        tip = f"{state}; last run {iso(row.last_run_ts)} {row.last_status} ({row.last_trigger})"
+        if row.last_error:
+            tip = escape(f"{tip}\nlast error: {row.last_error}")
+        cells.append(f'<td class="{state}" data-job="{job}" data-state="{state}" title="{tip}">'
+                     f'<a href="{link}{job_link}">{text}</a></td>')
+    silent = view.state == "silent"
+    seen = f"last report {age(now - view.last_seen)}" if view.last_seen else "no report yet"
+    return (f'<tr data-host="{host}" data-host-state="{view.state}"><td class="{"silent" if silent else ""}" '
+            f'title="{seen}">{host}{" (silent)" if silent else ""}</td>{"".join(cells)}'
+            f'<td>{view.missing or ""}</td></tr>')
 
 
 def dashboard(now: float, jobs: Sequence[str], views: Sequence[HostView], only: Optional[str] = None) -> str:
@@ -59,15 +73,8 @@ def dashboard(now: float, jobs: Sequence[str], views: Sequence[HostView], only: 
     summary += f'<span class="silent">{silent} silent host(s)</span>'
     filters = " ".join(f'<a href="/?state={state}">{state}</a>' for state in (*STATES, "silent"))
     head = "<tr><th>host</th>" + "".join(f"<th>{escape(job)}</th>" for job in jobs) + "<th>lost reports</th></tr>"
-    lines = []
-    for view in shown:
-        host_cls = "silent" if view.state == "silent" else ""
-        seen = f"last report {age(now - view.last_seen)}" if view.last_seen else "no report yet"
-        lines.append(f'<tr data-host="{escape(view.host)}" data-host-state="{view.state}">'
-                     f'<td class="{host_cls}" title="{escape(seen)}">{escape(view.host)}'
-                     f'{" (silent)" if view.state == "silent" else ""}</td>'
-                     + "".join(_cell(view, cell, now) for cell in view.cells)
-                     + f'<td>{view.missing or ""}</td></tr>')
+    columns = [(escape(job), quote(job, safe="")) for job in jobs]
+    lines = [_row(view, columns, now) for view in shown]
     body = (f"<h1>Backups: {len(views)} hosts, {len(jobs)} jobs</h1>"
             f'<p class="summary">{summary}</p>'
             f'<p class="muted">As of {iso(now)}. Cells: age of the last good backup; hover for the last error, '

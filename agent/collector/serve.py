@@ -3,6 +3,7 @@ chosen port is printed before anything else) and runs the app on uvicorn."""
 
 from __future__ import annotations
 
+import gc
 import socket
 import sys
 from dataclasses import dataclass
@@ -54,6 +55,11 @@ def serve(options: ServeOptions) -> int:
                             ssl_certfile=options.tls_cert, ssl_keyfile=options.tls_key,
                             timeout_graceful_shutdown=5, server_header=False, proxy_headers=False)
     server = uvicorn.Server(config)
+    # A fleet page allocates ~100k small objects that all die together: with the default gen0 threshold
+    # (700) the collector would run dozens of collections per page, each walking the long-lived heap
+    # (frozen here, after start-up) again.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     try:
         server.run(sockets=[sock])
     finally:

@@ -143,6 +143,12 @@ def test_freshness_states_api_and_metrics(served):
     assert hosts["node-c"]["state"] == "never"
 
     metrics = collector.get("/metrics").text
+    from prometheus_client.parser import text_string_to_metric_families
+
+    parsed = {family.name: family for family in text_string_to_metric_families(metrics)}
+    assert {sample.labels["job"] for sample in parsed["backup_overdue"].samples if sample.labels["host"] == "node-a"} \
+        == {"db-analytics", "db-console", "db-credentials"}
+    assert parsed["backup_last_run_status"].type == "gauge" and parsed["backup_reports"].type == "counter"
     assert 'backup_overdue{host="node-a",job="db-console"} 1.0' in metrics
     assert 'backup_overdue{host="node-a",job="db-analytics"} 0.0' in metrics
     assert 'backup_last_run_status{host="node-a",job="db-credentials"} 0.0' in metrics

@@ -51,13 +51,13 @@ class Cells(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs) -> None:
         attr = dict(attrs)
-        if tag == "td" and "data-state" in attr:
-            key = (attr["data-host"], attr["data-job"])
-            self.cells[key] = attr["data-state"]
-            self.titles[key] = attr.get("title", "")
         if tag == "tr" and "data-host-state" in attr:
             self.hosts[attr["data-host"]] = attr["data-host-state"]
             self.rows.append(attr["data-host"])
+        if tag == "td" and "data-state" in attr:
+            key = (self.rows[-1], attr["data-job"])
+            self.cells[key] = attr["data-state"]
+            self.titles[key] = attr.get("title", "")
 
 
 def test_dashboard_shows_each_state_in_the_browser(start_collector):

@@ -8,9 +8,12 @@ import os
 import shutil
 import signal
 import socket
+import ssl
+import subprocess
 import time
 from typing import List, Optional
 
+import httpx
 import pytest
 
 from tests.e2e.test_daemon import Daemon, wait_for
@@ -228,7 +231,28 @@ def test_the_daemon_delivers_as_runs_happen(agent, start_collector, daemons, tmp
     wait_for(lambda: any(row["trigger"] == "change" for row in collector.reports("test-node")), timeout=30)
     # a report spooled by another process (a manual backup) while the collector was away is picked up too
     collector.stop()
-    agent.backup("svc")
+    manual = agent.backup("svc")[0]["id"]
     collector = start_collector(port=collector.port)
-    wait_for(lambda: len(collector.reports("test-node")) == 3, timeout=60)
+    wait_for(lambda: manual in {row["id"] for row in collector.reports("test-node")}, timeout=60)
+    wait_for(lambda: not spool(agent)["pending"], timeout=20)
+    stored = [row["seq"] for row in collector.reports("test-node")]
+    assert sorted(stored) == list(range(1, len(stored) + 1))  # every run of both processes, once each
     assert d.stop() == 0
+
+
+def test_https_with_a_private_ca(agent, tree, start_collector, tmp_path):
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                           "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert],
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    collector = start_collector(extra=["--tls-cert", cert, "--tls-key", key])
+    assert collector.url.startswith("https://")
+    token = make_token(collector.tokens_file, "test-node")
+    configure(agent, collector.url, token)  # without ca_file the self-signed certificate is refused
+    printed = agent.backup("svc")
+    assert len(spool(agent)["pending"]) == 1
+    configure(agent, collector.url, token, extra=f'ca_file = "{cert}"\n')
+    agent.run("reports", "--flush", check=0)
+    stored = httpx.get(collector.url + "/api/v1/reports", verify=ssl.create_default_context(cafile=cert)).json()
+    assert [row["id"] for row in stored] == [printed[0]["id"]]

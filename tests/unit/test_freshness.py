@@ -93,3 +93,44 @@ def test_age_is_written_for_people():
 
     assert [age(s) for s in (None, 5, 61, 3 * HOUR + 5, 50 * HOUR)] == \
         ["never", "just now", "1 min ago", "3 h ago", "2 d ago"]
+
+
+def test_the_schema_is_versioned_and_a_newer_one_is_refused(tmp_path):
+    import sqlite3
+
+    import pytest
+
+    from agent.collector.storage import SCHEMA_VERSION, StorageError
+
+    url = f"sqlite:///{tmp_path}/c.db"
+    open_storage(url).close()
+    assert open_storage(url).migrate() == SCHEMA_VERSION  # a second start migrates nothing
+    with sqlite3.connect(f"{tmp_path}/c.db") as conn:
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StorageError, match="newer than this collector"):
+        open_storage(url)
+
+
+def test_a_reader_sees_changes_committed_by_another_process_even_late(tmp_path):
+    from agent.collector.schema import validate
+
+    url = f"sqlite:///{tmp_path}/c.db"
+    writer, reader = open_storage(url), open_storage(url)  # as two collector processes sharing a database
+    t = 1_800_000_000.0
+
+    def put(seq: int, job: str, stamped: float) -> None:
+        parsed, problems = validate(report("node-a", job, seq))
+        assert parsed is not None, problems
+        writer.insert_many([parsed], stamped)
+
+    put(1, "db-analytics", t)
+    jobs, hosts = reader.fleet_rows(t + 1)
+    assert [row.job for row in jobs] == ["db-analytics"] and hosts[0].seq_count == 1
+    put(2, "db-console", t + 5)
+    # stamped before the reader's previous read, committed after it: still picked up (the overlap)
+    put(3, "db-credentials", t + 0.5)
+    jobs, hosts = reader.fleet_rows(t + 10)
+    assert sorted(row.job for row in jobs) == ["db-analytics", "db-console", "db-credentials"]
+    assert hosts[0].seq_count == 3 and hosts[0].missing == 0
+    writer.close()
+    reader.close()
