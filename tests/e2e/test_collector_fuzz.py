@@ -66,6 +66,8 @@ def test_any_bytes_headers_and_queries_are_answered_without_a_server_error(live,
         response = client.post("/api/v1/reports", content=raw, headers={"Authorization": auth})
     except (httpx.LocalProtocolError, UnicodeEncodeError):
         return  # a header value the HTTP client itself refuses to send
-    assert response.status_code == 401
+    invalid_header = any(ord(char) < 32 or ord(char) == 127 for char in auth)
+    # no token: 401; a control character in a header is refused by the HTTP parser itself: 400
+    assert response.status_code == 401 or (response.status_code == 400 and invalid_header), response.text
     for path in ("/", "/api/v1/status", "/api/v1/reports", "/metrics"):
         assert client.get(path, params=query).status_code < 500
