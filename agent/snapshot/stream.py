@@ -11,14 +11,18 @@ import hashlib
 import os
 import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO, Optional, Tuple
+from typing import BinaryIO, Deque, Optional, Tuple
 
 from agent.snapshot.fs import Aborted
 from agent.store import BlobWriter, Repository, Snapshot
 from agent.store.tree import Entry, write_tree
 
 _TAIL = 4096
+_WORKERS = 2      # the machines this runs on have 2+ cores, one of them busy with the dump tool
+_AHEAD = 6        # chunks prepared ahead of the writer: memory stays bounded (6 x 2 MiB at most)
 
 
 @dataclass
@@ -30,19 +34,37 @@ class StoredStream:
 
 
 def store_stream(repo: Repository, stream: BinaryIO, stop: Optional[threading.Event] = None) -> StoredStream:
+    """Chunk the stream on this thread while worker threads hash and compress the chunks before it: the
+    dump tool, the chunker and compression run at once, so the tool is not held up by a full pipe."""
     writer = repo.writer()
     ids = []
     size = 0
     tail = bytearray()
-    for piece in repo.chunker.split_stream(stream):
-        if stop is not None and stop.is_set():
-            raise Aborted()
-        blob_id, _ = writer.save(piece)
-        ids.append(blob_id)
-        size += len(piece)
-        tail += piece[-_TAIL:]
-        del tail[:-_TAIL]
+    in_flight: Deque[Future] = deque()
+    with ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="stream-compress") as pool:
+        try:
+            for piece in repo.chunker.split_stream(stream):
+                if stop is not None and stop.is_set():
+                    raise Aborted()
+                data = bytes(piece)  # the chunker reuses its buffer for the next chunk
+                in_flight.append(pool.submit(writer.prepare, data))
+                size += len(data)
+                tail += data[-_TAIL:]
+                del tail[:-_TAIL]
+                while len(in_flight) > _AHEAD or (in_flight and in_flight[0].done()):
+                    ids.append(_add(writer, in_flight.popleft()))
+            while in_flight:
+                ids.append(_add(writer, in_flight.popleft()))
+        finally:
+            for future in in_flight:
+                future.cancel()
     return StoredStream(tuple(ids), size, bytes(tail), writer)
+
+
+def _add(writer: BlobWriter, future: Future) -> bytes:
+    blob = future.result()
+    writer.save_prepared(blob)
+    return blob.blob_id
 
 
 def commit_stream(repo: Repository, stored: StoredStream, name: str, *, job: str, job_type: str, host: str,

@@ -75,6 +75,20 @@ class Snapshot:
                    id=snapshot_id)
 
 
+@dataclass(frozen=True)
+class PreparedBlob:
+    """A blob hashed and compressed off the writer's thread (`BlobWriter.prepare`); `stored` is None when the
+    repository already had it."""
+
+    blob_id: bytes
+    stored: Optional[bytes]
+    flags: int
+    length: int
+
+
+_compressors = threading.local()  # zstd compressor objects must not be shared between threads
+
+
 class BlobWriter:
     """Adds blobs to the repository; nothing is visible to readers before `flush`."""
 
@@ -104,6 +118,31 @@ class BlobWriter:
         if self._pack.size >= TARGET_SIZE:
             self._finish_pack()
         return blob_id, True
+
+    def prepare(self, data: bytes) -> PreparedBlob:
+        """The costly, thread-safe half of `save`: hash, look up, compress (hashlib and zstd release the
+        GIL, so several threads keep several cores busy). `save_prepared` then adds it, in order."""
+        blob_id = hashlib.sha256(data).digest()
+        if blob_id in self.repo.index:
+            return PreparedBlob(blob_id, None, 0, len(data))
+        compressor = getattr(_compressors, "compressor", None)
+        if compressor is None:
+            compressor = _compressors.compressor = Compressor()
+        stored, flags = compressor.compress(data)
+        return PreparedBlob(blob_id, bytes(stored), flags, len(data))
+
+    def save_prepared(self, blob: PreparedBlob, kind: int = KIND_DATA) -> bool:
+        """Add a prepared blob unless it is already stored (or was added since it was prepared)."""
+        if blob.stored is None or blob.blob_id in self._in_pack or blob.blob_id in self.repo.index:
+            return False
+        self._pack.add(blob.blob_id, blob.stored, blob.length, blob.flags | (kind << 4))
+        self._in_pack[blob.blob_id] = 1
+        self.new_blobs += 1
+        self.new_bytes += blob.length if kind == KIND_DATA else 0
+        self.stored_bytes += len(blob.stored)
+        if self._pack.size >= TARGET_SIZE:
+            self._finish_pack()
+        return True
 
     def _finish_pack(self) -> None:
         if not len(self._pack):
