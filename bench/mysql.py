@@ -10,6 +10,7 @@ Starts its own throwaway mariadbd (as the tests do). Prints wall time, CPU, peak
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -54,15 +55,25 @@ def main() -> None:
         restic_repo = os.path.join(work, "restic")
         subprocess.run(["restic", "-r", restic_repo, "init", "-q"], check=True, capture_output=True, env=ENV)
         rows = []
-        for label in ("first dump", "second dump (1% changed)"):
+        reports: list = []
+        changed = args.rows // 200
+        for label in ("first dump", "second dump (1% changed)", "third dump (0.1% scattered)"):
             if label.startswith("second"):
-                changed = args.rows // 200
-                server.sql("INSERT INTO events (account, kind, payload, created) SELECT seq % 1000, 'launch', "
-                           f"UNHEX(SHA2(CONCAT('new', seq), 512)), NOW() FROM seq_1_to_{changed}; "
-                           f"UPDATE events SET kind = 'billed' WHERE id > {args.rows - changed}", "analytics")
+                # the analytics pattern: the newest 0.5% of the rows updated, 0.5% appended. By row order,
+                # not by id: bulk inserts leave gaps in AUTO_INCREMENT ids.
+                server.sql(f"UPDATE events SET kind = 'billed' ORDER BY id DESC LIMIT {changed}; "
+                           "INSERT INTO events (account, kind, payload, created) SELECT seq % 1000, 'launch', "
+                           f"UNHEX(SHA2(CONCAT('new', seq), 512)), NOW() FROM seq_1_to_{changed}", "analytics")
+            if label.startswith("third"):
+                # the hard case: one row in a thousand updated, spread over the whole table
+                server.sql("UPDATE events SET kind = 'scattered' WHERE id % 1000 = 7", "analytics")
             before = {name: du(path) for name, path in (("agent", f"{work}/repo"), ("restic", restic_repo))
                       if os.path.exists(path)}
-            ours = timed(f"{agent} backup db-analytics >/dev/null")
+            report_file = os.path.join(work, f"report-{len(rows)}.json")
+            ours = timed(f"{agent} backup db-analytics --json > {report_file}")
+            with open(report_file) as handle:
+                report = json.load(handle)[0]
+            reports.append(report)
             zstd_file = os.path.join(work, f"dump-{len(rows)}.sql.zst")
             plain = timed(f"set -o pipefail; {dump} | zstd -q -3 -T0 > {zstd_file}")
             restic = timed(f"set -o pipefail; {dump} | restic -r {restic_repo} backup -q --stdin "
@@ -86,6 +97,9 @@ def main() -> None:
         first, second = rows[0][4], rows[1][4]
         lines.append("")
         lines.append(f"Second dump stored {100 * second / max(first, 1):.1f}% of the first's bytes (target < 5%).")
+        for (label, *_), report in zip(rows, reports):
+            lines.append(f"- {label}: the report says {report['bytes']} bytes dumped, {report['new_bytes']} new "
+                         f"({100 * report['new_bytes'] / max(report['bytes'], 1):.2f}%)")
         table = "\n".join(lines)
         print(table)
         os.makedirs(os.path.join(HERE, "results"), exist_ok=True)

@@ -89,6 +89,28 @@ class PreparedBlob:
 _compressors = threading.local()  # zstd compressor objects must not be shared between threads
 
 
+class _Sealer:
+    """Writes one finished pack durably on a thread; `result` joins it and re-raises its error (disk full)."""
+
+    def __init__(self, pack: PackWriter) -> None:
+        self._locations: List[Tuple[bytes, BlobLocation]] = []
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, args=(pack,), name="pack-sealer", daemon=True)
+        self._thread.start()
+
+    def _run(self, pack: PackWriter) -> None:
+        try:
+            self._locations = pack.finish()
+        except BaseException as exc:  # handed to the writer's thread in result()
+            self._error = exc
+
+    def result(self) -> List[Tuple[bytes, BlobLocation]]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._locations
+
+
 class BlobWriter:
     """Adds blobs to the repository; nothing is visible to readers before `flush`."""
 
@@ -99,6 +121,7 @@ class BlobWriter:
         self._pending: List[Tuple[bytes, BlobLocation]] = []
         self._in_pack: Dict[bytes, int] = {}
         self._packs_since_index = 0
+        self._sealing: Optional[_Sealer] = None
         self._compressor = Compressor()
         self.new_bytes = 0
         self.stored_bytes = 0
@@ -145,15 +168,25 @@ class BlobWriter:
         return True
 
     def _finish_pack(self) -> None:
+        """Seal the current pack on a thread of its own (write, fsync, rename: the slow part) while blobs go
+        into the next one. At most one pack is being sealed; the index lists a pack only once it is durable
+        (`_write_index` waits), so the crash-safety order (packs, then index, then manifest) is unchanged."""
         if not len(self._pack):
             return
-        self._pending.extend(self._pack.finish())
+        self._wait_sealed()
+        self._sealing = _Sealer(self._pack)
         self._pack = PackWriter(self.repo.data_dir, self.repo.tmp_dir)
         self._packs_since_index += 1
         if self._packs_since_index >= _INDEX_EVERY_PACKS:
             self._write_index()
 
+    def _wait_sealed(self) -> None:
+        if self._sealing is not None:
+            sealing, self._sealing = self._sealing, None
+            self._pending.extend(sealing.result())
+
     def _write_index(self) -> None:
+        self._wait_sealed()
         if self._pending:
             self.repo.index.write(self._pending)
             for blob_id, _ in self._pending:
