@@ -47,7 +47,9 @@ def store_stream(repo: Repository, stream: BinaryIO, stop: Optional[threading.Ev
                 if stop is not None and stop.is_set():
                     raise Aborted()
                 data = bytes(piece)  # the chunker reuses its buffer for the next chunk
-                in_flight.append(pool.submit(writer.prepare, data))
+                # dumps are text: compressing a sample first to see whether it compresses only costs CPU
+                # (a chunk that does not compress is still stored raw)
+                in_flight.append(pool.submit(writer.prepare, data, False))
                 size += len(data)
                 tail += data[-_TAIL:]
                 del tail[:-_TAIL]

@@ -32,8 +32,9 @@ class Compressor:
         self._zstd = zstandard.ZstdCompressor(level=level)
         self._probe = zstandard.ZstdCompressor(level=1)
 
-    def compress(self, data: bytes | memoryview) -> Tuple[bytes | memoryview, int]:
-        if len(data) > 2 * _SAMPLE and len(self._probe.compress(data[:_SAMPLE])) > 0.95 * _SAMPLE:
+    def compress(self, data: bytes | memoryview, probe: bool = True) -> Tuple[bytes | memoryview, int]:
+        """probe=False: the caller knows the data compresses (database dumps are text); saves the probe."""
+        if probe and len(data) > 2 * _SAMPLE and len(self._probe.compress(data[:_SAMPLE])) > 0.95 * _SAMPLE:
             return data, 0
         packed = self._zstd.compress(data)
         if len(packed) >= 0.97 * len(data):

@@ -142,7 +142,7 @@ class BlobWriter:
             self._finish_pack()
         return blob_id, True
 
-    def prepare(self, data: bytes) -> PreparedBlob:
+    def prepare(self, data: bytes, probe: bool = True) -> PreparedBlob:
         """The costly, thread-safe half of `save`: hash, look up, compress (hashlib and zstd release the
         GIL, so several threads keep several cores busy). `save_prepared` then adds it, in order."""
         blob_id = hashlib.sha256(data).digest()
@@ -151,7 +151,7 @@ class BlobWriter:
         compressor = getattr(_compressors, "compressor", None)
         if compressor is None:
             compressor = _compressors.compressor = Compressor()
-        stored, flags = compressor.compress(data)
+        stored, flags = compressor.compress(data, probe)
         return PreparedBlob(blob_id, bytes(stored), flags, len(data))
 
     def save_prepared(self, blob: PreparedBlob, kind: int = KIND_DATA) -> bool:
