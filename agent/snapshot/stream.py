@@ -22,7 +22,7 @@ from agent.store.tree import Entry, write_tree
 
 _TAIL = 4096
 _WORKERS = 2      # the machines this runs on have 2+ cores, one of them busy with the dump tool
-_AHEAD = 6        # chunks prepared ahead of the writer: memory stays bounded (6 x 2 MiB at most)
+_AHEAD = 16       # chunks prepared ahead of the writer: memory stays bounded (16 x 512 KiB at most)
 
 
 @dataclass
@@ -43,7 +43,7 @@ def store_stream(repo: Repository, stream: BinaryIO, stop: Optional[threading.Ev
     in_flight: Deque[Future] = deque()
     with ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="stream-compress") as pool:
         try:
-            for piece in repo.chunker.split_stream(stream):
+            for piece in repo.stream_chunker.split_stream(stream):
                 if stop is not None and stop.is_set():
                     raise Aborted()
                 data = bytes(piece)  # the chunker reuses its buffer for the next chunk

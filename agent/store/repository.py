@@ -22,7 +22,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from agent.store.chunker import Chunker, ChunkerParams
+from agent.store.chunker import STREAM_CHUNKER, Chunker, ChunkerParams
 from agent.store.fsutil import atomic_write, fsync_dir, make_private_dirs
 from agent.store.index import KIND_DATA, BlobLocation, Index
 from agent.store.lock import RepositoryLock
@@ -210,6 +210,7 @@ class Repository:
         self.config: dict = {}
         self.index = Index(self.index_dir, self.tmp_dir)
         self._chunker: Optional[Chunker] = None
+        self._stream_chunker: Optional[Chunker] = None
         self._pack_fds: Dict[bytes, int] = {}
         self._fd_lock = threading.Lock()
 
@@ -248,7 +249,8 @@ class Repository:
                 os.mkdir(sub, 0o700)
         fsync_dir(self.data_dir)
         config = {"format": FORMAT_VERSION, "id": secrets.token_hex(16), "hash": "sha256",
-                  "compression": "zstd", "chunker": ChunkerParams().to_json()}
+                  "compression": "zstd", "chunker": ChunkerParams().to_json(),
+                  "stream_chunker": STREAM_CHUNKER.to_json()}
         atomic_write(self.config_path, json.dumps(config, indent=2).encode(), self.tmp_dir)
 
     @property
@@ -260,6 +262,15 @@ class Repository:
         if self._chunker is None:
             self._chunker = Chunker(ChunkerParams(**self.config["chunker"]))
         return self._chunker
+
+    @property
+    def stream_chunker(self) -> Chunker:
+        """Dump streams are cut finer than files (README, "Scattered updates"); a repository made before
+        this setting existed cuts them like files."""
+        if self._stream_chunker is None:
+            params = self.config.get("stream_chunker") or self.config["chunker"]
+            self._stream_chunker = Chunker(ChunkerParams(**params))
+        return self._stream_chunker
 
     def lock(self, exclusive: bool, purpose: str) -> RepositoryLock:
         return RepositoryLock(os.path.join(self.path, "lock"), exclusive, purpose)
