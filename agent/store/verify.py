@@ -5,9 +5,9 @@ named per object, with the snapshots and files it affects."""
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing
 import os
+import re
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -58,6 +58,21 @@ def _check_pack(path: str, pack: bytes, blobs: List[Tuple[bytes, BlobLocation]]
     return damaged, problems
 
 
+# In an encoded file list (agent.store.tree), `"chunks":[` can only be a key (a path holding those
+# characters is JSON-escaped) and the array holds only quoted hex ids.
+_CHUNK_LISTS = re.compile(rb'"chunks":\[([^\]]*)\]')
+
+
+def _referenced(repo: Repository, tree: Tuple[str, ...]) -> Set[bytes]:
+    """The chunk ids a snapshot's file list references, without parsing its records: all the ids' hex
+    digits are joined and converted in one call (13 snapshots x 100k files made the record-by-record
+    parse most of `verify`'s time)."""
+    text = b"".join(repo.read_blob(bytes.fromhex(blob)) for blob in tree)
+    digits = b"".join(_CHUNK_LISTS.findall(text)).replace(b'"', b"").replace(b",", b"")
+    raw = bytes.fromhex(digits.decode("ascii"))
+    return {raw[offset:offset + 32] for offset in range(0, len(raw), 32)}
+
+
 def _check_structure(repo: Repository, pack: bytes, blobs: List[Tuple[bytes, BlobLocation]],
                      result: VerifyResult) -> None:
     try:
@@ -95,25 +110,19 @@ def verify_repository(repo: Repository, read_data: bool = False) -> VerifyResult
         for pack, blobs in by_pack.items():
             _check_structure(repo, pack, blobs, result)
 
-    references: List[Tuple[str, object, Set[str]]] = []
-    checked_trees: Set[Tuple[str, ...]] = set()
+    references: List[Tuple[str, object, Set[bytes]]] = []
+    ids_by_tree: Dict[Tuple[str, ...], Set[bytes]] = {}
     for snapshot in repo.snapshots():
         result.snapshots += 1
         where = f"snapshot {snapshot.id[:12]} ({snapshot.job} {snapshot.time})"
-        if snapshot.tree in checked_trees:
-            references.append((where, snapshot, set()))  # same file list as one already read
-            continue
-        checked_trees.add(snapshot.tree)
-        referenced: Set[str] = set()
-        try:
-            text = b"".join(repo.read_blob(bytes.fromhex(blob)) for blob in snapshot.tree)
-            for record in json.loads(b"[" + text.rstrip(b"\n").replace(b"\n", b",") + b"]"):  # one C-level parse
-                referenced.update(record.get("chunks", ()))
-        except Exception as exc:  # damaged tree blobs are named below; other trouble is reported here
-            referenced = set()
-            if all(bytes.fromhex(blob) in repo.index for blob in snapshot.tree):
-                result.problems.append(f"{where}: file list unreadable: {exc}")
-        references.append((where, snapshot, referenced))
+        if snapshot.tree not in ids_by_tree:
+            try:
+                ids_by_tree[snapshot.tree] = _referenced(repo, snapshot.tree)
+            except Exception as exc:  # damaged tree blobs are named below; other trouble is reported here
+                ids_by_tree[snapshot.tree] = set()
+                if all(bytes.fromhex(blob) in repo.index for blob in snapshot.tree):
+                    result.problems.append(f"{where}: file list unreadable: {exc}")
+        references.append((where, snapshot, ids_by_tree[snapshot.tree]))
 
     if pool is not None:
         for future in futures:
@@ -122,6 +131,11 @@ def verify_repository(repo: Repository, read_data: bool = False) -> VerifyResult
             result.problems.extend(problems)
         pool.shutdown()
 
+    # each distinct chunk id is looked up once, however many snapshots share it
+    damaged_ids = {bytes.fromhex(key) for key in result.damaged}
+    unusable: Set[bytes] = set()
+    for ids in ids_by_tree.values():
+        unusable.update(blob for blob in ids if blob in damaged_ids or blob not in repo.index)
     for where, snapshot, referenced in references:
         tree_damage = [blob for blob in snapshot.tree  # type: ignore[attr-defined]
                        if blob in result.damaged or bytes.fromhex(blob) not in repo.index]
@@ -130,14 +144,13 @@ def verify_repository(repo: Repository, read_data: bool = False) -> VerifyResult
                 result.damaged.setdefault(blob, "tree blob missing from the index")
                 result.affected[blob].append(f"{where}: its file list")
             continue
-        missing = [blob for blob in referenced if blob in result.damaged or bytes.fromhex(blob) not in repo.index]
+        missing = referenced & unusable
         if not missing:
             continue
         for blob in missing:
-            result.damaged.setdefault(blob, "missing from the index")
-        wanted = set(missing)
+            result.damaged.setdefault(blob.hex(), "missing from the index")
         for entry in read_tree(repo, snapshot.tree):  # type: ignore[attr-defined]
             for chunk in entry.chunks:
-                if chunk.hex() in wanted:
+                if chunk in missing:
                     result.affected[chunk.hex()].append(f"{where}: {entry.path}")
     return result
