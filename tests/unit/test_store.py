@@ -62,3 +62,31 @@ def test_chunking_localises_an_edit(tmp_path):
     after = [bytes(piece) for piece in repo.chunker.split(bytes(data))]
     changed = set(after) - set(before)
     assert len(before) > 10 and 1 <= len(changed) <= 2
+
+
+def test_index_answers_the_same_before_and_after_its_dict_is_built(tmp_path):
+    """The first lookups scan the raw index files; later ones use the dict. Both must agree, also for
+    an id whose bytes occur in the index across two entries, and for a blob named by two files."""
+    from agent.store.index import BlobLocation, Index
+
+    directory, tmp = tmp_path / "index", tmp_path / "tmp"
+    directory.mkdir()
+    tmp.mkdir()
+    ids = [os.urandom(32) for _ in range(200)]
+    writing = Index(str(directory), str(tmp))
+    for pack, chosen in ((b"A" * 32, ids[:100]), (b"B" * 32, ids[50:150]), (b"C" * 32, ids[150:])):
+        name = writing.write([(blob_id, BlobLocation(pack, n * 10, 10, 20, 1)) for n, blob_id in enumerate(chosen)])
+    data = (directory / name).read_bytes()
+    body = data[5 + 4 + 32:]
+    straddling = body[49 * 3 + 20: 49 * 3 + 52]  # the end of entry 3 and the start of entry 4
+    probes = [straddling, ids[60], ids[10], ids[199], os.urandom(32)] + ids[::7] + [straddling]
+    scanning, reference = Index(str(directory), str(tmp)), Index(str(directory), str(tmp))
+    assert len(reference) == 200  # builds its dict at once
+    answers = []
+    for probe in probes:
+        answers.append((scanning.get(probe), probe in scanning))
+        if len(answers) == 5:
+            assert scanning._blobs is None  # still answering by scanning
+    assert scanning._blobs is not None  # and past the scans, by the dict
+    assert answers == [(reference.get(probe), probe in reference) for probe in probes]
+    assert answers[0] == (None, False) and answers[1][0].pack in (b"A" * 32, b"B" * 32) and answers[1][1]
