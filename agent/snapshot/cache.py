@@ -17,24 +17,33 @@ import secrets
 import struct
 from array import array
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Set
+from typing import Collection, Dict, Iterable, List, Optional, Set, Tuple
 
 from agent.store.fsutil import atomic_write, make_private_dirs
 
-CACHE_VERSION = 4
-_STAT_KEY = struct.Struct("<qqqQ")
+CACHE_VERSION = 5
+STAT_KEY = struct.Struct("<qqqQ")  # size, mtime_ns, ctime_ns, inode
+_OWNER = struct.Struct("<III")
 # per file: stat key (32 bytes; zeros when not to be trusted), seeded xxh3-128 of the content (16), the
-# file's share of the snapshot fingerprint (16)
-RECORD = 64
+# file's share of the snapshot fingerprint (16), st_mode, st_uid, st_gid (12). With the owner here, a file
+# whose stat matches needs nothing else from the walk: a change of mode or owner changes the ctime.
+RECORD = 76
 UNTRUSTED = b"\0" * 32
+# what `totals` needs of a record: size (0 if untrusted), fingerprint piece as two little-endian halves
+_TOTALS = struct.Struct("<q40xQQ12x")
+_V4_RECORD = 64  # version 4 had no owner: its records are upgraded in place, see `load`
 
 
 def stat_key(st: os.stat_result) -> bytes:
-    return _STAT_KEY.pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    return STAT_KEY.pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 def stat_key_mtime(key: bytes) -> int:
-    return _STAT_KEY.unpack(key)[1]
+    return STAT_KEY.unpack(key)[1]
+
+
+def owner_of(st) -> bytes:
+    return _OWNER.pack(st.st_mode, st.st_uid, st.st_gid)
 
 
 @dataclass
@@ -52,6 +61,7 @@ class FilesCache:
     chunk_ends: array = field(default_factory=lambda: array("Q"))
     chunks_blob: bytes = b""
     others: Set[str] = field(default_factory=set)  # directories and symlinks included last time
+    sums: Optional[Tuple[int, int]] = None  # see `totals`; saved with the cache
 
     def __len__(self) -> int:
         return len(self.index)
@@ -68,6 +78,37 @@ class FilesCache:
     def piece(self, number: int) -> bytes:
         return self.records[number * RECORD + 48: number * RECORD + 64]
 
+    def totals(self, numbers: Collection[int]) -> Tuple[int, int]:
+        """(total size, sum of the fingerprint pieces) of the distinct files `numbers`. The sums over the
+        whole cache are kept with it, so a run that kept every file pays nothing and one that kept
+        nearly all pays for the others only."""
+        if self.sums is None:
+            self.sums = self._sum(range(len(self)))
+        if len(numbers) == len(self):
+            return self.sums
+        if len(numbers) < len(self) // 2:
+            return self._sum(numbers)
+        size, piece = self._sum(set(range(len(self))).difference(numbers))
+        return self.sums[0] - size, self.sums[1] - piece
+
+    def _sum(self, numbers: Iterable[int]) -> Tuple[int, int]:
+        size = piece = 0
+        unpack, records = _TOTALS.unpack_from, self.records
+        for number in numbers:
+            file_size, low, high = unpack(records, number * RECORD)
+            size += file_size
+            piece += low + (high << 64)
+        return size, piece
+
+    def owner(self, number: int) -> bytes:
+        return self.records[number * RECORD + 64: number * RECORD + 76]
+
+    def stat_of(self, number: int) -> Tuple[int, int, int, int, int]:
+        """(size, mtime_ns, mode, uid, gid) as the file was when cached."""
+        size, mtime_ns, _, _ = STAT_KEY.unpack_from(self.records, number * RECORD)
+        mode, uid, gid = _OWNER.unpack_from(self.records, number * RECORD + 64)
+        return size, mtime_ns, mode, uid, gid
+
     def chunks(self, number: int) -> bytes:
         start = self.chunk_ends[number - 1] if number else 0
         return self.chunks_blob[start: self.chunk_ends[number]]
@@ -77,7 +118,9 @@ class FilesCache:
         try:
             with open(path, "rb") as handle:
                 header, paths, records, ends, chunks, others = marshal.load(handle)
-            if header.get("version") != CACHE_VERSION:
+            if header.get("version") == 4 and len(records) % _V4_RECORD == 0:
+                records = _upgrade_v4(records)
+            elif header.get("version") != CACHE_VERSION:
                 return cls(path)
             names = paths.decode("utf-8", "surrogateescape").split("\0") if paths else []
             chunk_ends = array("Q")
@@ -85,36 +128,65 @@ class FilesCache:
             other_names = set(others.decode("utf-8", "surrogateescape").split("\0")) if others else set()
             if len(records) != RECORD * len(names) or len(chunk_ends) != len(names):
                 return cls(path)
+            sums = header.get("sums") if header["version"] == CACHE_VERSION else None
             return cls(path, header["repo"], header["snapshot"], header["fingerprint"], header["rules"],
                        header["seed"], dict(zip(names, range(len(names)))), records, chunk_ends, chunks,
-                       other_names)
+                       other_names, tuple(sums) if sums else None)
         except (OSError, ValueError, EOFError, TypeError, KeyError):
             return cls(path)  # a missing or damaged cache only costs a full read
 
     def replace(self, files: List[tuple], others: Set[str]) -> None:
-        """Take a new content: `files` holds (rel, stat key, digest, chunk ids joined, piece)."""
+        """Take a new content: `files` holds (rel, stat key, digest, chunk ids joined, piece, owner)."""
         names, records, chunks = [], [], []
         chunk_ends = array("Q")
         end = 0
-        for rel, key, digest, joined, piece in files:
+        for rel, key, digest, joined, piece, owner in files:
             names.append(rel)
-            records.append(key + digest + piece)
+            records.append(key + digest + piece + owner)
             chunks.append(joined)
             end += len(joined)
             chunk_ends.append(end)
         self.index = dict(zip(names, range(len(names))))
         self.records, self.chunks_blob, self.chunk_ends = b"".join(records), b"".join(chunks), chunk_ends
         self.others = others
+        self.sums = None
+
+    def patch(self, updates: Dict[int, tuple]) -> bool:
+        """Rewrite some files in place: `updates` maps a file's number to (stat key, digest, chunk ids
+        joined, piece, owner). A run that changed a few files of a large tree then costs a few slices,
+        not a rebuild. Returns False, changing nothing, if a file's number of chunks changed (the
+        caller then uses `replace`)."""
+        if any(len(update[2]) != len(self.chunks(number)) for number, update in updates.items()):
+            return False
+        before = self._sum(updates)
+        records, chunks = bytearray(self.records), bytearray(self.chunks_blob)
+        for number, (key, digest, joined, piece, owner) in updates.items():
+            records[number * RECORD: (number + 1) * RECORD] = key + digest + piece + owner
+            start = self.chunk_ends[number - 1] if number else 0
+            chunks[start: self.chunk_ends[number]] = joined
+        self.records, self.chunks_blob = bytes(records), bytes(chunks)
+        if self.sums is not None:
+            after = self._sum(updates)
+            self.sums = (self.sums[0] - before[0] + after[0], self.sums[1] - before[1] + after[1])
+        return True
 
     def save(self) -> None:
         make_private_dirs(os.path.dirname(self.path))
         header = {"version": CACHE_VERSION, "repo": self.repo_id, "snapshot": self.snapshot,
-                  "fingerprint": self.fingerprint, "rules": self.rules, "seed": self.seed}
+                  "fingerprint": self.fingerprint, "rules": self.rules, "seed": self.seed,
+                  "sums": self.totals(range(len(self)))}
         names = sorted(self.index, key=self.index.__getitem__)
         data = marshal.dumps((header, "\0".join(names).encode("utf-8", "surrogateescape"), self.records,
                               self.chunk_ends.tobytes(), self.chunks_blob,
                               "\0".join(sorted(self.others)).encode("utf-8", "surrogateescape")))
         atomic_write(self.path, data, durable=False)
+
+
+def _upgrade_v4(records: bytes) -> bytes:
+    """A version 4 cache did not know owners: its stat keys are dropped, so each file is read once more
+    and, its content digest matching, keeps its chunks (nothing is chunked or stored again)."""
+    return b"".join(UNTRUSTED + records[at + 32: at + 64] + b"\0" * 12
+                    for at in range(0, len(records), _V4_RECORD))
 
 
 def cache_path(state_dir: str, job: str) -> str:

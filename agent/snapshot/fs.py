@@ -20,14 +20,15 @@ import stat
 import threading
 import time
 from dataclasses import dataclass
+from itertools import chain
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import xxhash
 
-from agent.snapshot.cache import UNTRUSTED, FilesCache, stat_key, stat_key_mtime
+from agent.snapshot.cache import RECORD, STAT_KEY, UNTRUSTED, FilesCache, owner_of, stat_key
 from agent.snapshot.changes import ChangeSet
 from agent.store import BlobWriter, Repository, Snapshot
-from agent.store.tree import Entry, encode_records, read_tree, write_encoded
+from agent.store.tree import encode_line, manifest_order, read_tree, write_encoded
 from agent.watch.ignore import IgnoreRules
 
 # Files up to this size are read whole: one read, one xxhash, no streaming machinery.
@@ -37,7 +38,6 @@ _ATTEMPTS = 3
 # A file modified this close to the scan may still be changing within the same timestamp tick ("racy
 # git"): its stat is not trusted next time, so the content is checked again.
 _RACY_NS = 2_000_000_000
-_ID = 32
 _MASK128 = (1 << 128) - 1
 
 
@@ -86,10 +86,13 @@ class TreeBackup:
         # what the cache knows is only used while it describes a snapshot that still exists
         self.cached = cache if self.trusted else FilesCache(cache.path, seed=cache.seed)
         self.rules_unchanged = self.trusted and cache.rules == rules.digest
-        # rel -> (kind, meta, chunk ids joined or link target, fingerprint piece, stat key, content digest);
-        # a file kept from the cache is (kind, meta, None, piece, its number in the cache, None) and is
-        # resolved only if a snapshot or a new cache is written
+        # rel -> (kind, meta, chunk ids joined or link target, fingerprint piece, stat key, content digest)
         self.records: Dict[str, tuple] = {}
+        # rel -> number in the cache, for files whose stat matches the cache: everything about them (owner,
+        # mode, chunks, fingerprint piece) is read from the cache, and only if a snapshot or a new cache is
+        # written. An int per file rather than a tuple: the walk of an unchanged 100k-file tree builds
+        # nothing else (tuples would also wake the cyclic garbage collector over and over).
+        self.kept: Dict[str, int] = {}
         self.dirty = False  # whether the files cache must be rewritten
         self.errors: List[str] = []
         self.warnings: List[str] = []
@@ -119,7 +122,7 @@ class TreeBackup:
         if not self.rules_unchanged:
             index, others = {}, set()  # "included last time" says nothing under other rules
         excludes = self.rules.excludes
-        records, cache_key, cache_piece, lookup = self.records, cached.key, cached.piece, cached.lookup
+        kept, cache_records, lookup, pack_key = self.kept, cached.records, cached.lookup, STAT_KEY.pack
         stack: List[Tuple[str, str]] = [(top, top_rel)]
         while stack:
             if self.stop.is_set():
@@ -147,10 +150,11 @@ class TreeBackup:
                     if number is not None or not excludes(rel, False):
                         if number is None:
                             number = lookup(rel)
-                        if number is not None and cache_key(number) == stat_key(st):
-                            # a small tuple, not the stat_result: a long-running agent's memory
-                            records[rel] = ("file", Meta(st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns,
-                                                         st.st_size), None, cache_piece(number), number, None)
+                        # cached.key(number) == stat_key(st), inline: this line runs for every file
+                        at = (number or 0) * RECORD
+                        if number is not None and cache_records[at:at + 32] == \
+                                pack_key(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
+                            kept[rel] = number
                         else:
                             self._file(child.path, rel, st, number)
                 elif stat.S_ISDIR(mode):
@@ -171,19 +175,21 @@ class TreeBackup:
         previous = self.repo.load_snapshot(self.old.snapshot)
         cached = self.cached
         for entry in read_tree(self.repo, previous.tree):
-            mtime = entry.mtime_ns
             number = cached.lookup(entry.path) if entry.type == "file" else None
             if number is not None:
                 key = cached.key(number)
                 if key != UNTRUSTED:
-                    mtime = stat_key_mtime(key)  # the snapshot may predate a touch that changed nothing
-                meta = Meta(entry.mode, entry.uid, entry.gid, mtime, entry.size)
+                    # the cache is at least as recent as the snapshot (which may predate a touch that
+                    # changed nothing)
+                    self.kept[entry.path] = number
+                    continue
+                meta = Meta(entry.mode, entry.uid, entry.gid, entry.mtime_ns, entry.size)
                 self.records[entry.path] = ("file", meta, cached.chunks(number), cached.piece(number), key,
                                             cached.digest(number))
                 continue
             extra = b"".join(entry.chunks) if entry.type == "file" else \
                 entry.target.encode("utf-8", "surrogateescape")
-            meta = Meta(entry.mode, entry.uid, entry.gid, mtime, entry.size)
+            meta = Meta(entry.mode, entry.uid, entry.gid, entry.mtime_ns, entry.size)
             self.records[entry.path] = (entry.type, meta, extra, self._piece(entry.path, entry.type, meta, extra),
                                         UNTRUSTED, b"")
         for path in sorted(changes.paths | changes.trees):
@@ -206,9 +212,10 @@ class TreeBackup:
 
     def _forget(self, rel: str) -> None:
         prefix = rel + "/"
-        for key in [key for key in self.records if key == rel or key.startswith(prefix)]:
-            del self.records[key]
-            self.dirty = True
+        for table in (self.records, self.kept):
+            for key in [key for key in table if key == rel or key.startswith(prefix)]:
+                del table[key]
+                self.dirty = True
 
     def _reexamine(self, path: str, rel: str, whole: bool) -> None:
         # A path whose parent directory is not in the snapshot came with a directory the events did not
@@ -216,7 +223,7 @@ class TreeBackup:
         parts = rel.split("/") if rel != "." else []
         for depth in range(1, len(parts)):
             ancestor = "/".join(parts[:depth])
-            if ancestor not in self.records:
+            if ancestor not in self.records:  # directories are always records
                 path, rel, whole = os.path.join(self.root, ancestor), ancestor, True
                 break
         try:
@@ -245,7 +252,7 @@ class TreeBackup:
         if stat.S_ISREG(st.st_mode):
             number = self.cached.lookup(rel)
             if number is not None and self.cached.key(number) == stat_key(st):
-                self.records[rel] = ("file", st, None, self.cached.piece(number), number, None)
+                self.kept[rel] = number
             else:
                 self._file(path, rel, st, number)
         elif stat.S_ISLNK(st.st_mode):
@@ -266,13 +273,6 @@ class TreeBackup:
             self.errors.append(f"{rel}: cannot read link: {exc.strerror}")
             return
         self._other(rel, "symlink", st, target.encode("utf-8", "surrogateescape"))
-
-    def _resolved(self, record: tuple) -> tuple:
-        """(chunk ids joined, stat key, digest) of a file record, from the cache if it was kept."""
-        if record[2] is None:
-            number = record[4]
-            return self.cached.chunks(number), self.cached.key(number), self.cached.digest(number)
-        return record[2], record[4], record[5]
 
     def _file(self, path: str, rel: str, st: os.stat_result, number: Optional[int]) -> None:
         self.dirty = True
@@ -336,44 +336,42 @@ class TreeBackup:
 
     # --- committing ---------------------------------------------------------------------------------
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, kept_pieces: int) -> str:
         """Order-independent, so an incremental run and a full walk of the same tree agree."""
-        total = 0
+        total = kept_pieces
         for record in self.records.values():
             total += int.from_bytes(record[3], "little")
-        return f"{total & _MASK128:032x}-{len(self.records)}"
+        return f"{total & _MASK128:032x}-{len(self.records) + len(self.kept)}"
 
-    def tree_records(self) -> List[dict]:
-        """The manifest's entries in path order, straight to the dicts the tree encoder writes."""
-        result = []
-        records = self.records
-        for rel in sorted(records, key=lambda key: [] if key == "." else key.split("/")):
-            record = records[rel]
-            kind, meta = record[0], record[1]
-            item = {"path": rel, "type": kind, "mode": meta.st_mode & 0o7777, "uid": meta.st_uid,
-                    "gid": meta.st_gid, "mtime_ns": meta.st_mtime_ns}
+    def manifest(self) -> bytes:
+        """The manifest's lines in path order."""
+        records, kept, cached_chunks, cached_stat = self.records, self.kept, self.cached.chunks, self.cached.stat_of
+        lines = []
+        for rel in sorted(chain(records, kept), key=manifest_order):
+            number = kept.get(rel)
+            if number is not None:
+                size, mtime_ns, mode, uid, gid = cached_stat(number)
+                lines.append(encode_line(rel, "file", mode & 0o7777, uid, gid, mtime_ns, size, cached_chunks(number)))
+                continue
+            kind, meta, extra = records[rel][:3]
             if kind == "file":
-                joined = record[2] if record[2] is not None else self.cached.chunks(record[4])
-                item["size"] = meta.st_size
-                hexed = joined.hex()
-                item["chunks"] = [hexed] if len(hexed) == 2 * _ID else \
-                    [hexed[i:i + 2 * _ID] for i in range(0, len(hexed), 2 * _ID)]
-            elif kind == "symlink":
-                item["target"] = record[2].decode("utf-8", "surrogateescape")
-            result.append(item)
-        return result
-
-    def entries(self) -> List[Entry]:
-        return [Entry(item["path"], item["type"], item["mode"], item["uid"], item["gid"], item["mtime_ns"],
-                      item.get("size", 0), tuple(bytes.fromhex(c) for c in item.get("chunks", ())),
-                      item.get("target", "")) for item in self.tree_records()]
+                lines.append(encode_line(rel, kind, meta.st_mode & 0o7777, meta.st_uid, meta.st_gid,
+                                         meta.st_mtime_ns, meta.st_size, extra))
+            else:
+                target = extra.decode("utf-8", "surrogateescape") if kind == "symlink" else ""
+                lines.append(encode_line(rel, kind, meta.st_mode & 0o7777, meta.st_uid, meta.st_gid,
+                                         meta.st_mtime_ns, target=target))
+        return "".join(lines).encode("ascii")
 
     def commit(self, job: str, job_type: str, host: str, trigger: str, now: str, cache: FilesCache) -> TreeResult:
         if self.stop.is_set():
             raise Aborted()
-        fingerprint = self.fingerprint()
+        cached = self.cached
+        kept_bytes, kept_pieces = cached.totals(self.kept.values())
+        fingerprint = self.fingerprint(kept_pieces)
         files = [record for record in self.records.values() if record[0] == "file"]
-        total_bytes = sum(record[1].st_size for record in files)
+        file_count = len(files) + len(self.kept)
+        total_bytes = sum(record[1].st_size for record in files) + kept_bytes
         partial = bool(self.errors)
         unchanged = self.trusted and fingerprint == self.old.fingerprint and not partial
         snapshot: Optional[Snapshot]
@@ -382,27 +380,32 @@ class TreeBackup:
         else:
             if self.writer is None:
                 self.writer = self.repo.writer()
-            tree = write_encoded(self.writer, encode_records(self.tree_records()))
+            tree = write_encoded(self.writer, self.manifest())
             self.writer.flush()
             snapshot = self.repo.save_snapshot(Snapshot(
-                job=job, type=job_type, host=host, time=now, trigger=trigger, tree=tree, files=len(files),
+                job=job, type=job_type, host=host, time=now, trigger=trigger, tree=tree, files=file_count,
                 bytes=total_bytes, fingerprint=fingerprint, source=(self.root,), partial=partial))
         new_bytes = self.writer.new_bytes if self.writer else 0
         others = {rel for rel, record in self.records.items() if record[0] != "file" and rel != "."}
         # The cache is saved only after the manifest is durable: it must never name blobs that no
         # snapshot holds. Rewriting an identical cache is skipped: that is most runs.
-        if self.dirty or not unchanged or len(files) != len(self.cached) or others != self.cached.others \
+        if self.dirty or not unchanged or file_count != len(cached) or others != cached.others \
                 or not self.rules_unchanged:
             cache.repo_id, cache.snapshot, cache.fingerprint = self.repo.id, snapshot.id, fingerprint
             cache.rules, cache.seed = self.rules.digest, self.seed
-            files_now = []
-            for rel, record in self.records.items():
-                if record[0] == "file":
-                    chunks, key, digest = self._resolved(record)
-                    files_now.append((rel, key, digest, chunks, record[3]))
-            cache.replace(files_now, others)
+            examined = [(rel, (record[4], record[5], record[2], record[3], owner_of(record[1])))
+                        for rel, record in self.records.items() if record[0] == "file"]
+            numbers = [cached.lookup(rel) for rel, _ in examined]
+            # the same files as in the cache (all kept or examined, none new): patch the examined ones
+            if not (cached is cache and file_count == len(cached) and None not in numbers
+                    and cache.patch({number: update for number, (_, update) in zip(numbers, examined)})):
+                cache.replace([(rel, *update) for rel, update in examined] +
+                              [(rel, cached.key(number), cached.digest(number), cached.chunks(number),
+                                cached.piece(number), cached.owner(number)) for rel, number in self.kept.items()],
+                              others)
+            cache.others = others
             cache.save()
-        return TreeResult(snapshot, not unchanged, len(files), total_bytes, new_bytes,
+        return TreeResult(snapshot, not unchanged, file_count, total_bytes, new_bytes,
                           tuple(self.errors), tuple(self.warnings), self.incremental)
 
 

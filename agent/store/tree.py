@@ -8,10 +8,13 @@ surrogate escapes (\\udcXX in the JSON), which round-trip exactly through os.fse
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring_ascii as _quote  # the C encoder json.dumps uses
 from typing import Iterable, Iterator, List, NamedTuple, Tuple
 
 from agent.store.index import KIND_TREE
 from agent.store.repository import BlobWriter, Repository
+
+_HEX_ID = 64  # a chunk id (SHA-256) in hex
 
 
 class Entry(NamedTuple):
@@ -26,33 +29,39 @@ class Entry(NamedTuple):
     target: str = ""
 
 
-def _record(entry: Entry) -> dict:
-    record = {"path": entry.path, "type": entry.type, "mode": entry.mode, "uid": entry.uid,
-              "gid": entry.gid, "mtime_ns": entry.mtime_ns}
-    if entry.type == "file":
-        record["size"] = entry.size
-        record["chunks"] = [chunk.hex() for chunk in entry.chunks]
-    elif entry.type == "symlink":
-        record["target"] = entry.target
-    return record
+def encode_line(path: str, kind: str, mode: int, uid: int, gid: int, mtime_ns: int, size: int = 0,
+                chunks: bytes = b"", target: str = "") -> str:
+    """One manifest line, byte for byte what json.dumps(record, separators=(",", ":")) writes (so
+    manifests written before and after share their tree blobs), without building a dict per entry: the
+    manifest of a 100k-file tree is rebuilt on every backup that changes anything. `chunks` is the raw
+    chunk ids joined."""
+    head = f'{{"path":{_quote(path)},"type":"{kind}","mode":{mode},"uid":{uid},"gid":{gid},"mtime_ns":{mtime_ns}'
+    if kind == "file":
+        hexed = chunks.hex()
+        if len(hexed) == _HEX_ID:
+            return f'{head},"size":{size},"chunks":["{hexed}"]}}\n'
+        if not hexed:
+            return f'{head},"size":{size},"chunks":[]}}\n'
+        ids = '","'.join([hexed[i:i + _HEX_ID] for i in range(0, len(hexed), _HEX_ID)])
+        return f'{head},"size":{size},"chunks":["{ids}"]}}\n'
+    if kind == "symlink":
+        return f'{head},"target":{_quote(target)}}}\n'
+    return head + "}\n"
+
+
+def manifest_order(path: str) -> str:
+    """Sort key of the manifest: by path components, the root first. '/' mapped below every character
+    a name can hold (names never contain NUL) orders whole paths exactly as their component lists."""
+    return "" if path == "." else path.replace("/", "\0")
 
 
 def encode_entry(entry: Entry) -> bytes:
-    return json.dumps(_record(entry), separators=(",", ":")).encode("ascii") + b"\n"
+    return encode_line(entry.path, entry.type, entry.mode, entry.uid, entry.gid, entry.mtime_ns, entry.size,
+                       b"".join(entry.chunks), entry.target).encode("ascii")
 
 
 def encode_tree(entries: Iterable[Entry]) -> bytes:
-    return encode_records([_record(entry) for entry in entries])
-
-
-def encode_records(records: List[dict]) -> bytes:
-    """All entries, one JSON object per line, serialised in one C-level call: the line breaks go where
-    the array's "},{" separators were, and json.dumps never writes a raw newline inside a string, so
-    `read_tree` turning every newline back into a comma is the exact inverse."""
-    text = json.dumps(records, separators=(",", ":"))
-    if text == "[]":
-        return b""
-    return text[1:-1].replace("},{", "}\n{").encode("ascii") + b"\n"
+    return b"".join(encode_entry(entry) for entry in entries)
 
 
 def decode_entry(line: bytes) -> Entry:

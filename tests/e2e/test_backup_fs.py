@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import re
 import shutil
@@ -113,6 +114,57 @@ def test_touched_but_same_content_makes_no_snapshot_and_real_change_does(agent, 
         handle.write("x=2\n")
     [report] = agent.backup()
     assert report["changed"] is True and report["new_bytes"] == 4 and len(agent.snapshots()) == 2
+
+
+def _cache_file(agent, job: str) -> str:
+    return os.path.join(agent.state_dir, "cache", f"{job}.files")
+
+
+def test_files_kept_from_the_cache_keep_mode_owner_and_times(agent, tmp_path):
+    """Files whose stat matches the cache are not even turned into entries by the walk: their manifest
+    lines come from the cache. A chmod must still make a snapshot, and every other file must still be
+    restored with its own mode and mtime."""
+    src = str(tmp_path / "svc")
+    make_tree(src, {f"conf/f{i}.xml": f"<f{i}/>" for i in range(20)} | {"bin/run.sh": "#!/bin/sh\n"})
+    for i in range(20):
+        os.chmod(os.path.join(src, f"conf/f{i}.xml"), 0o600 + (i % 3) * 0o40)
+        os.utime(os.path.join(src, f"conf/f{i}.xml"), ns=(1_500_000_000_000_000_000 + i,) * 2)
+    time.sleep(2.2)  # out of the racy window: the next run trusts every file's stat
+    agent.write_jobs(fs_job("svc", src))
+    agent.backup()
+    [unchanged] = agent.backup()
+    assert unchanged["changed"] is False and unchanged["files"] == 21
+    os.chmod(os.path.join(src, "bin/run.sh"), 0o750)
+    [chmodded] = agent.backup()
+    assert chmodded["changed"] is True and chmodded["files"] == 21 and chmodded["new_bytes"] == 0
+    assert chmodded["bytes"] == unchanged["bytes"]
+    target = str(tmp_path / "restored")
+    restore(agent, "svc:latest", target)
+    assert read_tree(target) == read_tree(src)
+
+    # A version-4 cache (no owners) from before an upgrade: every file is read once more, nothing is
+    # stored again, no snapshot is made, and the cache is written in the current version.
+    with open(_cache_file(agent, "svc"), "rb") as handle:
+        header, paths, records, ends, chunks, others = marshal.load(handle)
+    assert header["version"] == 5 and len(records) == 21 * 76
+    v4 = b"".join(records[at:at + 64] for at in range(0, len(records), 76))
+    with open(_cache_file(agent, "svc"), "wb") as handle:
+        marshal.dump(({**header, "version": 4}, paths, v4, ends, chunks, others), handle)
+    [upgraded] = agent.backup()
+    assert upgraded["changed"] is False and upgraded["new_bytes"] == 0 and len(agent.snapshots()) == 2
+    with open(_cache_file(agent, "svc"), "rb") as handle:
+        header, _, records, *_ = marshal.load(handle)
+    assert header["version"] == 5 and len(records) == 21 * 76
+    os.chmod(os.path.join(src, "conf/f3.xml"), 0o644)
+    with open(os.path.join(src, "conf/f4.xml"), "a") as handle:
+        handle.write("<more/>")
+    [changed] = agent.backup()
+    assert changed["changed"] is True and changed["new_bytes"] == len("<f4/><more/>")
+    shutil.rmtree(target)
+    restore(agent, "svc:latest", target)
+    assert read_tree(target) == read_tree(src)
+    [again] = agent.backup()  # the cache patched in place by the last run describes the tree
+    assert again["changed"] is False and again["bytes"] == changed["bytes"] == unchanged["bytes"] + 7
 
 
 def test_symlink_loops_are_stored_as_links_not_followed(agent, tmp_path):
