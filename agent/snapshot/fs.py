@@ -9,7 +9,8 @@ A change-triggered run starts from the previous snapshot's entries and re-examin
 watcher named, so a one-file change in a 100k-file tree neither walks nor stats the whole tree.
 
 The walk is the hot path of a no-change backup, so the per-file work for an unchanged file is a stat, a
-dict lookup and an addition; manifest entries are built only when a new snapshot is actually written.
+dict lookup, a comparison with the cached stat and its number in the cache stored; everything else about
+it (owner, chunks, its share of the fingerprint) is read from the cache only when needed.
 """
 
 from __future__ import annotations
