@@ -9,7 +9,6 @@ from __future__ import annotations
 import glob
 import os
 import re
-import socket
 import sys
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -305,10 +304,10 @@ def load_config(path: Optional[str] = None) -> Config:
             problems.error(path, key, str(exc))
             return ""
 
-    host = data.get("host") or socket.gethostname()
+    host = data.get("host") or os.uname().nodename
     if not isinstance(host, str):
         problems.error(path, "host", "must be a string")
-        host = socket.gethostname()
+        host = os.uname().nodename
     repository = absolute("repository", None)
     state_dir = absolute("state_dir", "/var/lib/backup-agent")
     jobs_dir_value = data.get("jobs_dir", "conf.d")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import secrets
+import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Optional, Tuple
@@ -18,7 +18,7 @@ def utc_now() -> str:
 
 def new_run_id() -> str:
     """Unique, sortable by time, at most 64 characters of [A-Za-z0-9_-]."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(8)
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + os.urandom(8).hex()
 
 
 @dataclass(frozen=True)

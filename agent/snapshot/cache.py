@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import marshal
 import os
-import secrets
 import struct
 from array import array
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ class FilesCache:
     rules: str = ""
     # Seeds the xxh3 content and fingerprint hashes: a user who can write under /services cannot aim a
     # crafted collision at a hash whose seed lives in a 0600 file of the agent's.
-    seed: int = field(default_factory=lambda: secrets.randbits(64))
+    seed: int = field(default_factory=lambda: int.from_bytes(os.urandom(8), "little"))
     index: Dict[str, int] = field(default_factory=dict)
     records: bytes = b""
     chunk_ends: array = field(default_factory=lambda: array("Q"))

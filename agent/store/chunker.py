@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
-from pyfastcdc import FastCDC
-
 # FastCDC's real average is avg_size + min_size: about 320 KiB here. Smaller chunks dedupe scattered
 # updates better, larger ones keep the index small; see bench/ for the numbers behind the choice.
 DEFAULT_AVG = 256 * 1024
@@ -36,6 +34,8 @@ STREAM_CHUNKER = ChunkerParams(avg=64 * 1024, min=16 * 1024, max=512 * 1024)
 
 class Chunker:
     def __init__(self, params: ChunkerParams) -> None:
+        from pyfastcdc import FastCDC  # here: a backup that reads no file never needs it (start-up time)
+
         self.params = params
         self._cdc = FastCDC(params.avg, min_size=params.min, max_size=params.max)
 
