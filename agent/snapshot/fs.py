@@ -91,8 +91,8 @@ class TreeBackup:
         self.records: Dict[str, tuple] = {}
         # rel -> number in the cache, for files whose stat matches the cache: everything about them (owner,
         # mode, chunks, fingerprint piece) is read from the cache, and only if a snapshot or a new cache is
-        # written. An int per file rather than a tuple: the walk of an unchanged 100k-file tree builds
-        # nothing else (tuples would also wake the cyclic garbage collector over and over).
+        # written. An int per file rather than a tuple: building a tuple per unchanged file cost the walk
+        # of a 100k-file tree about a third of its time.
         self.kept: Dict[str, int] = {}
         self.dirty = False  # whether the files cache must be rewritten
         self.errors: List[str] = []
