@@ -11,7 +11,7 @@ import hashlib
 import os
 import struct
 import threading
-from typing import Dict, Iterable, Iterator, List, NamedTuple, Set, Tuple
+from typing import Dict, Iterable, Iterator, KeysView, List, NamedTuple, Set, Tuple
 
 from agent.store.fsutil import atomic_write
 
@@ -184,7 +184,14 @@ class Index:
                     self._add_file(name, handle.read())
 
     def __contains__(self, blob_id: bytes) -> bool:
+        blobs = self._blobs
+        if blobs is not None:
+            return blob_id in blobs
         return self._row(blob_id) is not None
+
+    def ids(self) -> KeysView[bytes]:
+        """Every blob id, as a live view: set operations against it run in C."""
+        return self._table().keys()
 
     def get(self, blob_id: bytes) -> BlobLocation | None:
         row = self._row(blob_id)

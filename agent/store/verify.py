@@ -131,11 +131,10 @@ def verify_repository(repo: Repository, read_data: bool = False) -> VerifyResult
             result.problems.extend(problems)
         pool.shutdown()
 
-    # each distinct chunk id is looked up once, however many snapshots share it
+    # each distinct chunk id is looked up once, however many snapshots share it, in C set operations
     damaged_ids = {bytes.fromhex(key) for key in result.damaged}
-    unusable: Set[bytes] = set()
-    for ids in ids_by_tree.values():
-        unusable.update(blob for blob in ids if blob in damaged_ids or blob not in repo.index)
+    referenced_ids: Set[bytes] = set().union(*ids_by_tree.values())
+    unusable = (referenced_ids - repo.index.ids()) | (referenced_ids & damaged_ids)
     for where, snapshot, referenced in references:
         tree_damage = [blob for blob in snapshot.tree  # type: ignore[attr-defined]
                        if blob in result.damaged or bytes.fromhex(blob) not in repo.index]
