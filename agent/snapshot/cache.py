@@ -1,4 +1,5 @@
-"""The files cache: what each file looked like (size, mtime, ctime, inode) when its content was stored.
+"""The files cache: what each file looked like (size, mtime, ctime, inode, mode, owner) when its content
+was stored.
 
 An unchanged stat means the file is not read again. The cache belongs to one job's last snapshot: it is
 trusted only while that snapshot still exists in the same repository (prune never deletes the blobs of a
@@ -37,10 +38,6 @@ def stat_key(st: os.stat_result) -> bytes:
     return STAT_KEY.pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
-def stat_key_mtime(key: bytes) -> int:
-    return STAT_KEY.unpack(key)[1]
-
-
 def owner_of(st) -> bytes:
     return _OWNER.pack(st.st_mode, st.st_uid, st.st_gid)
 
@@ -77,6 +74,9 @@ class FilesCache:
     def piece(self, number: int) -> bytes:
         return self.records[number * RECORD + 48: number * RECORD + 64]
 
+    def owner(self, number: int) -> bytes:
+        return self.records[number * RECORD + 64: number * RECORD + 76]
+
     def totals(self, numbers: Collection[int]) -> Tuple[int, int]:
         """(total size, sum of the fingerprint pieces) of the distinct files `numbers`. The sums over the
         whole cache are kept with it, so a run that kept every file pays nothing and one that kept
@@ -98,9 +98,6 @@ class FilesCache:
             size += file_size
             piece += low + (high << 64)
         return size, piece
-
-    def owner(self, number: int) -> bytes:
-        return self.records[number * RECORD + 64: number * RECORD + 76]
 
     def stat_of(self, number: int) -> Tuple[int, int, int, int, int]:
         """(size, mtime_ns, mode, uid, gid) as the file was when cached."""
