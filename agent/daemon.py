@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from agent.config import Config, ConfigError, Job, load_config
+from agent.durable import atomic_write, make_private_dirs
 from agent.report import RunReport
 from agent.report.sender import DeliveryLoop, Sender
 from agent.runner import open_repository, run_job, spool_for
 from agent.schedule import Due, next_due
 from agent.snapshot.changes import ChangeSet
 from agent.state import JobState, StateDir
-from agent.store.fsutil import atomic_write, make_private_dirs
 from agent.systemd import notify, watchdog_interval
 from agent.watch.debounce import Debouncer
 from agent.watch.ignore import IgnoreRules

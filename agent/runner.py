@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Callable, List, Optional, Tuple
 
 from agent.config import Config, Job
+from agent.durable import FileLock, LockTimeout, make_private_dirs
 from agent.execute import run_hook
 from agent.report import RunReport, new_run_id, utc_now
 from agent.report.spool import Spool
@@ -23,8 +24,6 @@ from agent.snapshot.changes import ChangeSet
 from agent.snapshot.fs import Aborted, TreeResult, backup_tree
 from agent.state import StateDir
 from agent.store import Repository
-from agent.store.fsutil import make_private_dirs
-from agent.store.lock import LockTimeout, RepositoryLock
 from agent.watch.ignore import IgnoreRules
 
 
@@ -42,10 +41,10 @@ def spool_for(config: Config) -> Spool:
     return Spool(config.state_dir, config.collector.spool_max_reports, config.collector.spool_max_bytes)
 
 
-def job_lock(config: Config, job: str) -> RepositoryLock:
+def job_lock(config: Config, job: str) -> FileLock:
     directory = os.path.join(config.state_dir, "locks")
     make_private_dirs(directory)
-    return RepositoryLock(os.path.join(directory, f"{job}.lock"), exclusive=True, purpose=f"backup {job}",
+    return FileLock(os.path.join(directory, f"{job}.lock"), exclusive=True, purpose=f"backup {job}",
                           label=f"the lock of job {job}")
 
 
@@ -160,11 +159,11 @@ def _backup(config: Config, job: Job, repo: Repository, trigger: str, started: s
 class _held:
     """Hold a lock for a `with` block, telling `on_wait` if it has to wait and giving up on `stop`."""
 
-    def __init__(self, lock: RepositoryLock, on_wait: Callable[[str], None],
+    def __init__(self, lock: FileLock, on_wait: Callable[[str], None],
                  stop: Optional[threading.Event]) -> None:
         self.lock, self.on_wait, self.stop = lock, on_wait, stop
 
-    def __enter__(self) -> RepositoryLock:
+    def __enter__(self) -> FileLock:
         self.lock.acquire(on_wait=self.on_wait, stop=self.stop)
         return self.lock
 

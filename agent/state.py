@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Dict, Iterator, Optional
 
+from agent.durable import FILE_MODE, atomic_write, make_private_dirs
 from agent.report import RunReport
-from agent.store.fsutil import FILE_MODE, atomic_write, make_private_dirs
 
 
 def parse_time(text: Optional[str]) -> Optional[float]:

@@ -23,8 +23,8 @@ from typing import Dict, Optional, Tuple
 
 import tomli_w
 
+from agent.durable import atomic_write
 from agent.report.model import utc_now
-from agent.store.fsutil import atomic_write
 
 try:
     import tomllib

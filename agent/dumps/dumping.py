@@ -10,11 +10,11 @@ from typing import Dict, Optional
 
 from agent.config import Job
 from agent.dumps import engine
+from agent.durable import make_private_dirs
 from agent.execute import StreamingCommand, mask
 from agent.snapshot.fs import TreeResult
 from agent.snapshot.stream import commit_stream, store_stream
 from agent.store import Repository
-from agent.store.fsutil import make_private_dirs
 
 
 def backup_dump(repo: Repository, job: Job, stop: Optional[threading.Event], names: Dict[str, str]) -> TreeResult:

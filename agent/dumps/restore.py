@@ -7,9 +7,9 @@ from typing import Iterator, List, Optional
 
 from agent.config import Job
 from agent.dumps import mysql
+from agent.durable import write_temp
 from agent.execute import feed_command, run_hook
 from agent.store import Repository, Snapshot
-from agent.store.fsutil import write_temp
 from agent.store.tree import Entry, read_tree
 
 STREAM_TYPES = ("mysql", "command", "sqlite")

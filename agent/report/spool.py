@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Dict, Iterator, List, Optional, Tuple
 
+from agent.durable import FILE_MODE, atomic_write, fsync_dir, make_private_dirs
 from agent.report.model import RunReport
-from agent.store.fsutil import FILE_MODE, atomic_write, fsync_dir, make_private_dirs
 
 log = logging.getLogger("backup-agent")
 

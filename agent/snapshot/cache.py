@@ -19,7 +19,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Collection, Dict, Iterable, List, Optional, Set, Tuple
 
-from agent.store.fsutil import atomic_write, make_private_dirs
+from agent.durable import atomic_write, make_private_dirs
 
 CACHE_VERSION = 5
 STAT_KEY = struct.Struct("<qqqQ")  # size, mtime_ns, ctime_ns, inode

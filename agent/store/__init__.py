@@ -1,7 +1,7 @@
 """The repository: packs of deduplicated blobs, an index, snapshot manifests, lock, prune and verify."""
 
+from agent.durable import LockTimeout
 from agent.store.index import KIND_DATA, KIND_TREE
-from agent.store.lock import LockTimeout, RepositoryLock
 from agent.store.repository import (
     BlobWriter,
     DamagedBlobError,
@@ -12,5 +12,5 @@ from agent.store.repository import (
 
 __all__ = [
     "KIND_DATA", "KIND_TREE", "BlobWriter", "DamagedBlobError", "LockTimeout", "Repository",
-    "RepositoryError", "RepositoryLock", "Snapshot",
+    "RepositoryError", "Snapshot",
 ]

@@ -13,7 +13,7 @@ import struct
 import threading
 from typing import Dict, Iterable, Iterator, KeysView, List, NamedTuple, Set, Tuple
 
-from agent.store.fsutil import atomic_write
+from agent.durable import atomic_write
 
 MAGIC = b"BAIX\x01"
 _ENTRY = struct.Struct("<32sIIIIB")  # blob id, pack number, offset, stored length, raw length, flags

@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 
 import zstandard
 
-from agent.store.fsutil import fsync_dir, write_temp
+from agent.durable import fsync_dir, write_temp
 from agent.store.index import FLAG_ZSTD, BlobLocation
 
 MAGIC = b"BAPK\x01"

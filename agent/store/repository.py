@@ -22,10 +22,9 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
+from agent.durable import FileLock, atomic_write, fsync_dir, make_private_dirs
 from agent.store.chunker import STREAM_CHUNKER, Chunker, ChunkerParams
-from agent.store.fsutil import atomic_write, fsync_dir, make_private_dirs
 from agent.store.index import KIND_DATA, BlobLocation, Index
-from agent.store.lock import RepositoryLock
 from agent.store.pack import TARGET_SIZE, Compressor, PackWriter, decode_blob
 
 FORMAT_VERSION = 1
@@ -272,8 +271,8 @@ class Repository:
             self._stream_chunker = Chunker(ChunkerParams(**params))
         return self._stream_chunker
 
-    def lock(self, exclusive: bool, purpose: str) -> RepositoryLock:
-        return RepositoryLock(os.path.join(self.path, "lock"), exclusive, purpose)
+    def lock(self, exclusive: bool, purpose: str) -> FileLock:
+        return FileLock(os.path.join(self.path, "lock"), exclusive, purpose, label="the repository lock")
 
     def writer(self) -> BlobWriter:
         return BlobWriter(self)

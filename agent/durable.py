@@ -1,0 +1,152 @@
+"""Local durability helpers: atomic file writes and file locks, for the state dir, the spool, the caches,
+the collector and the local repository backend.
+
+Writes go to a temp name, are fsynced, renamed, and the directory fsynced: a crash at any instant leaves
+either the old file or the complete new one, never a torn file. Everything is private (0600/0700).
+
+Locks are flock(2): the kernel releases them when their holder dies, so a lock left by a killed process
+is stale by construction and never blocks anyone; the holder's pid and purpose are written beside it
+for messages.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+import threading
+import time
+from typing import Callable, Iterable, Optional
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_private_dirs(path: str) -> None:
+    """Create `path` and missing parents 0700; new directories are fsynced into their parents."""
+    missing = []
+    current = os.path.abspath(path)
+    while not os.path.isdir(current):
+        missing.append(current)
+        current = os.path.dirname(current)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, DIR_MODE)
+        except FileExistsError:
+            continue
+        fsync_dir(os.path.dirname(directory))
+
+
+def write_temp(directory: str, pieces: Iterable[bytes], prefix: str = ".tmp-", durable: bool = True) -> str:
+    """Write `pieces` to a new private file in `directory` (fsynced if durable); the caller renames it
+    into place. On any error the temp file is removed."""
+    tmp = os.path.join(directory, f"{prefix}{os.urandom(8).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    try:
+        for piece in pieces:
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(fd, view):]
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def atomic_write(path: str, data: bytes, tmp_dir: str | None = None, durable: bool = True) -> None:
+    """Write `data` to `path` so that readers and crashes see the old or the new content, nothing between.
+
+    durable=False skips the fsyncs, for state that is only an optimisation (caches, last-run records):
+    after a power loss such a file may be old or empty, and its readers treat both as "start afresh".
+    """
+    directory = os.path.dirname(path)
+    tmp = write_temp(tmp_dir or directory, [data], durable=durable)
+    os.rename(tmp, path)
+    if not durable:
+        return
+    fsync_dir(directory)
+    if tmp_dir and tmp_dir != directory:
+        fsync_dir(tmp_dir)
+
+
+class LockTimeout(Exception):
+    pass
+
+
+class FileLock:
+    def __init__(self, path: str, exclusive: bool, purpose: str, label: str = "the lock") -> None:
+        self.path = path
+        self.label = label
+        self.exclusive = exclusive
+        self.purpose = purpose
+        self._fd: Optional[int] = None
+
+    def _holder(self) -> str:
+        try:
+            with open(self.path + ".holder", encoding="utf-8") as handle:
+                info = json.load(handle)
+            return f"pid {info.get('pid')} on {info.get('host')} ({info.get('purpose')}, since {info.get('since')})"
+        except (OSError, ValueError):
+            return "another process"
+
+    def acquire(self, timeout: Optional[float] = None,
+                on_wait: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+                stop: Optional[threading.Event] = None) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        mode = fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait(f"waiting for {self.label} held by {self._holder()}")
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if deadline is not None and time.monotonic() > deadline:
+                        os.close(fd)
+                        raise LockTimeout(f"{self.label} is held by {self._holder()}") from None
+                    # flock has no timed wait; polling keeps the wait interruptible by `stop`
+                    if (stop or threading.Event()).wait(0.1):
+                        os.close(fd)
+                        raise LockTimeout(f"stopped while waiting for {self.label}") from None
+        self._fd = fd
+        if self.exclusive:
+            info = {"pid": os.getpid(), "host": os.uname().nodename, "purpose": self.purpose,
+                    "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            holder = os.open(self.path + ".holder", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+            with os.fdopen(holder, "w", encoding="utf-8") as handle:
+                json.dump(info, handle)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            if self.exclusive:
+                try:
+                    os.unlink(self.path + ".holder")
+                except FileNotFoundError:
+                    pass
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> FileLock:
+        if self._fd is None:
+            self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
