@@ -27,10 +27,10 @@ from agent.report.sender import DeliveryLoop, Sender
 from agent.runner import open_repository, run_job, spool_for
 from agent.schedule import Due, next_due
 from agent.snapshot.changes import ChangeSet
+from agent.snapshot.ignore import IgnoreRules
 from agent.state import JobState, StateDir
 from agent.systemd import notify, watchdog_interval
 from agent.watch.debounce import Debouncer
-from agent.watch.ignore import IgnoreRules
 from agent.watch.observer import TreeWatcher
 
 log = logging.getLogger("backup-agent")

@@ -22,9 +22,9 @@ from agent.report.spool import Spool
 from agent.snapshot.cache import FilesCache, cache_path
 from agent.snapshot.changes import ChangeSet
 from agent.snapshot.fs import Aborted, TreeResult, backup_tree
+from agent.snapshot.ignore import IgnoreRules
 from agent.state import StateDir
 from agent.store import Repository
-from agent.watch.ignore import IgnoreRules
 
 
 def _say(message: str) -> None:

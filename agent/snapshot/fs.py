@@ -28,9 +28,9 @@ import xxhash
 
 from agent.snapshot.cache import RECORD, STAT_KEY, UNTRUSTED, FilesCache, owner_of, stat_key
 from agent.snapshot.changes import ChangeSet
+from agent.snapshot.ignore import IgnoreRules
 from agent.store import BlobWriter, Repository, Snapshot
 from agent.store.tree import encode_line, manifest_order, read_tree, write_encoded
-from agent.watch.ignore import IgnoreRules
 
 # Files up to this size are read whole: one read, one xxhash, no streaming machinery.
 _WHOLE_FILE = 2 * 1024 * 1024

@@ -22,7 +22,7 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from agent.snapshot.changes import ChangeSet
-from agent.watch.ignore import IgnoreRules
+from agent.snapshot.ignore import IgnoreRules
 
 log = logging.getLogger("backup-agent.watch")
 

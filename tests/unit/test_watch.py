@@ -8,7 +8,7 @@ import time
 from typing import List, Tuple
 
 from agent.snapshot.changes import ChangeSet
-from agent.watch.ignore import IgnoreRules
+from agent.snapshot.ignore import IgnoreRules
 from agent.watch.observer import TreeWatcher, filesystem_type, is_network_fs
 
 

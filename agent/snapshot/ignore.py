@@ -1,7 +1,8 @@
 """Gitignore-style exclusion rules of a job, shared by the snapshot walk and the watcher.
 
 One set of rules decides both what is never stored and which events never trigger a backup, so a busy
-catalina.out can neither enter a snapshot nor start one.
+catalina.out can neither enter a snapshot nor start one. The rules live with the walk, which they define;
+the watcher (agent.watch) depends on them, never the other way round.
 """
 
 from __future__ import annotations
