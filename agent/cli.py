@@ -164,8 +164,8 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     from agent.dumps.restore import STREAM_TYPES
+    from agent.restorer import restore_snapshot
     from agent.store import RepositoryError
-    from agent.store.restore import restore_snapshot
 
     config = _load(args)
     repo = _open_repo(config)

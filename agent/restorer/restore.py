@@ -14,7 +14,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from agent.store.repository import DamagedBlobError, Repository, Snapshot
+from agent.store import DamagedBlobError, Repository, Snapshot
 from agent.store.tree import Entry, read_tree
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -1,0 +1,9 @@
+"""Restore: the operation that writes a snapshot (or some of its paths) back into a directory.
+
+It sits above the repository and reads through its interface only (`Repository.read_blob`, the file
+list); how the repository stores its objects is not its business.
+"""
+
+from agent.restorer.restore import RestoreResult, restore_snapshot, safe_parts
+
+__all__ = ["RestoreResult", "restore_snapshot", "safe_parts"]
