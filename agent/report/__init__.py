@@ -1,5 +1,5 @@
 """Run reports: the one record of every run, printed by `backup --json` and sent to the collector."""
 
-from agent.report.model import RunReport, new_run_id, utc_now
+from agent.report.model import Changes, RunReport, new_run_id, utc_now
 
-__all__ = ["RunReport", "new_run_id", "utc_now"]
+__all__ = ["Changes", "RunReport", "new_run_id", "utc_now"]
