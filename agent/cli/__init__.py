@@ -1,0 +1,40 @@
+"""The `backup-agent` command: parses arguments, dispatches to one module per command
+(agent/cli/commands/), maps outcomes to exit codes (0 ok, 1 a run or check failed, 2 usage or
+configuration error). Human text is built in agent/cli/render.py, apart from what the commands do.
+
+With --json, stdout holds only JSON; every message goes to stderr. Heavy modules are imported inside the
+commands that need them, so a no-change backup is not dominated by start-up.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+from agent.cli.common import EXIT_USAGE, UsageError, err
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from agent.cli.parser import build_parser
+
+    parser = build_parser()
+    # argparse cannot give positionals that follow an option (restore X --target D PATH...) to an
+    # earlier nargs="*" positional, so restore collects them from the leftovers.
+    args, extra = parser.parse_known_args(argv)
+    if extra and (args.command != "restore" or any(item.startswith("-") for item in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.paths = [*args.paths, *extra]
+    from agent.config import ConfigError
+
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            err(problem)
+        return EXIT_USAGE
+    except UsageError as exc:
+        err(f"backup-agent: {exc}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        err("interrupted")
+        return 130

@@ -1,0 +1,56 @@
+"""`verify` and `prune`: the repository-wide checks and clean-up."""
+
+from __future__ import annotations
+
+import argparse
+
+import agent.cli.render as render
+from agent.cli.common import EXIT_FAILED, EXIT_OK, err, load_config, open_repository, print_json
+
+
+def verify(config, read_data: bool = False, as_json: bool = False) -> int:
+    """Exit status 0 if every snapshot is complete (and, with `read_data`, every object intact), else 1."""
+    from agent.store import Repository
+    from agent.store.verify import verify_repository
+
+    if not Repository(config.repository).exists():
+        err(f"{config.repository}: no repository yet, nothing to verify")
+        if as_json:
+            print_json({"ok": True, "snapshots": 0, "packs": 0, "blobs": 0, "damaged": [], "problems": []})
+        return EXIT_OK
+    repo = open_repository(config)
+    with repo.lock(exclusive=False, purpose="verify"):
+        result = verify_repository(repo, read_data=read_data)
+    if as_json:
+        print_json({"ok": result.ok, "snapshots": result.snapshots, "packs": result.packs,
+                    "blobs": result.blobs, "problems": result.problems,
+                    "damaged": [{"object": key, "reason": reason, "affects": result.affected.get(key, [])}
+                                for key, reason in sorted(result.damaged.items())]})
+    else:
+        render.show(render.verify(result, read_data))
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def prune(config, dry_run: bool = False, as_json: bool = False) -> int:
+    from agent.store.prune import prune_repository
+
+    repo = open_repository(config)
+    policies = {job.name: job.retention for job in config.jobs}
+    with repo.lock(exclusive=True, purpose="prune"):
+        result = prune_repository(repo, policies, dry_run=dry_run)
+    if as_json:
+        print_json({"dry_run": dry_run,
+                    "removed": [snap.id for snap in result.removed], "kept": [snap.id for snap in result.kept],
+                    "unknown_jobs": result.unknown_jobs, "packs_deleted": result.packs_deleted,
+                    "packs_rewritten": result.packs_rewritten, "bytes_freed": result.bytes_freed})
+    else:
+        render.show(render.prune(result, dry_run))
+    return EXIT_OK
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    return verify(load_config(args.config), args.read_data, args.json)
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    return prune(load_config(args.config), args.dry_run, args.json)

@@ -1,0 +1,91 @@
+"""The command line: every command, its options and the function that runs it."""
+
+from __future__ import annotations
+
+import argparse
+
+from agent import __version__
+from agent.cli.commands import backup, collector, config, control, demo, reports, repository, restore, snapshots
+from agent.cli.common import EXIT_USAGE
+
+
+def build_parser() -> argparse.ArgumentParser:  # long: one declaration per option, read top to bottom
+    parser = argparse.ArgumentParser(
+        prog="backup-agent",
+        description="Change-triggered, deduplicated, verifiable backups for Enstratius nodes.")
+    parser.add_argument("--version", action="version", version=f"backup-agent {__version__}")
+    parser.add_argument("--config", metavar="FILE",
+                        help="agent.toml (default: $BACKUP_AGENT_CONFIG, else /etc/backup-agent/agent.toml)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def command(name: str, func, help_text: str, listing: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        if listing:
+            p.add_argument("--json", action="store_true", help="print JSON on stdout, messages on stderr")
+        return p
+
+    command("check-config", config.run, "validate the configuration and list the jobs")
+    p = command("backup", backup.run, "back up jobs now")
+    p.add_argument("jobs", nargs="*", metavar="JOB")
+    p.add_argument("--all", action="store_true", help="every configured job")
+    p = command("snapshots", snapshots.run, "list snapshots, oldest first")
+    p.add_argument("job", nargs="?", metavar="JOB")
+    p = command("restore", restore.run, "restore a snapshot, or some paths of it", listing=False)
+    p.add_argument("snapshot", metavar="SNAPSHOT", help="an id, a unique id prefix, or JOB:latest")
+    p.add_argument("--target", metavar="DIR", help="restore the job's path as DIR itself (a dump: to FILE)")
+    p.add_argument("--to-database", metavar="NAME", help="load a mysql dump into database NAME")
+    p.add_argument("--options-file", metavar="FILE", help="client options file for --to-database "
+                                                           "(default: the job's)")
+    p.add_argument("--force", action="store_true", help="replace an existing file / load into a non-empty database")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="paths relative to the job's path")
+    p = command("verify", repository.run_verify, "check that every snapshot is complete")
+    p.add_argument("--read-data", action="store_true", help="read and re-hash every stored object")
+    p = command("prune", repository.run_prune, "forget snapshots beyond retention and delete unneeded data")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    p = command("run", control.run_daemon, "run the agent: watch trees, run jobs on their schedule", listing=False)
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    command("status", control.run_status, "per job: last run, last success, next due, watcher mode")
+    p = command("pause", control.run_pause, "hold change-triggered backups (during a deployment)", listing=False)
+    p.add_argument("job", nargs="?", metavar="JOB", help="one job (default: every job)")
+    p.add_argument("--for", dest="duration", default="1h", metavar="DURATION",
+                   help="expire by itself after this long (default 1h)")
+    p = command("resume", control.run_resume, "lift a pause and take one backup", listing=False)
+    p.add_argument("job", nargs="?", metavar="JOB")
+    p = command("reports", reports.run, "run reports waiting for the collector, and rejected ones")
+    p.add_argument("--flush", action="store_true", help="deliver pending reports now (exit 1 if some remain)")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="how long --flush may try (default 60)")
+    _collector_commands(command("collector", lambda _: EXIT_USAGE, "the central collector: serve it, make tokens",
+                                listing=False))
+    p = command("demo", demo.run, "back up a sandbox /services tree and restore it", listing=False)
+    p.add_argument("--dir", metavar="DIR", help="where to build the sandbox (default: a new temp dir)")
+    return parser
+
+
+def _collector_commands(parent: argparse.ArgumentParser) -> None:
+    csub = parent.add_subparsers(dest="collector_command", metavar="COMMAND")
+    csub.required = True
+    p = csub.add_parser("serve", help="receive reports and show the fleet (HTTP)",
+                        description="receive reports and show the fleet (HTTP)")
+    p.set_defaults(func=collector.run_serve)
+    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="e.g. 0.0.0.0:8443 (port 0: any free)")
+    p.add_argument("--tokens", required=True, metavar="FILE", help="the token file (`collector token`)")
+    p.add_argument("--db", metavar="URL", help="sqlite:///PATH (default: STATE_DIR/collector.db) or "
+                                               "postgresql://USER@HOST/DB (password in ~/.pgpass or PGPASSWORD)")
+    p.add_argument("--state-dir", default="/var/lib/backup-agent-collector", metavar="DIR",
+                   help="where the default SQLite database lives (default /var/lib/backup-agent-collector)")
+    p.add_argument("--grace", default="1h", metavar="DURATION", help="beyond a job's policy before it is "
+                                                                     "overdue (default 1h)")
+    p.add_argument("--require-read-token", action="store_true",
+                   help="pages, status, reports and metrics require a token too (Bearer, or Basic password)")
+    p.add_argument("--tls-cert", metavar="FILE")
+    p.add_argument("--tls-key", metavar="FILE")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p = csub.add_parser("token", help="create or rotate a host's token; prints it once, last line",
+                        description="create or rotate a host's token; prints it once, as the last line")
+    p.set_defaults(func=collector.run_token)
+    p.add_argument("host", metavar="HOST")
+    p.add_argument("--tokens", required=True, metavar="FILE")
+    p.add_argument("--reader", action="store_true", help="a read-only token (for --require-read-token)")

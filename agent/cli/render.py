@@ -1,0 +1,104 @@
+"""Human-readable text for what the commands return: sizes, run reports, snapshot rows, verify and
+prune results, job status, the report spool. Each function takes plain values and returns lines, so
+the commands (and the demo) print the same text, and JSON output never passes through here."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Sequence
+
+if TYPE_CHECKING:
+    from agent.report.model import RunReport
+    from agent.store.prune import PruneResult
+    from agent.store.verify import VerifyResult
+
+
+def size(count: int) -> str:
+    """`count` bytes as B, KiB, MiB or GiB (binary units, one decimal above bytes)."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def when(iso: str) -> str:
+    """An ISO 8601 UTC time as `YYYY-MM-DD HH:MM:SS`."""
+    return iso[:19].replace("T", " ")
+
+
+def report(run: RunReport) -> List[str]:
+    """One run report: the job, its outcome and sizes, then its notes and errors indented."""
+    state = "unchanged" if run.ok and not run.changed else run.status
+    snap = f" snapshot {run.snapshot[:12]}" if run.snapshot else ""
+    lines = [f"{run.job}: {state}{snap}, {run.files} files, {size(run.bytes)}, {size(run.new_bytes)} new"]
+    lines += [f"  note: {warning}" for warning in run.warnings]
+    lines += [f"  error: {error}" for error in run.errors]
+    return lines
+
+
+def snapshots(rows: Sequence[Mapping]) -> List[str]:
+    """Rows shaped like `snapshots --json`, one line each."""
+    if not rows:
+        return ["no snapshots"]
+    return [f"{row['id'][:12]}  {when(row['time'])}  {row['job']:<24} {row['trigger']:<9}"
+            f" {row['files']:>7} files  {size(row['bytes'])}" for row in rows]
+
+
+def verify(result: VerifyResult, read_data: bool) -> List[str]:
+    lines: List[str] = []
+    for key, reason in sorted(result.damaged.items()):
+        lines.append(f"damaged: {key}: {reason}")
+        lines += [f"  affects {where}" for where in result.affected.get(key, [])]
+    lines += [f"damaged: {problem}" for problem in result.problems]
+    mode = "read and re-hashed" if read_data else "checked"
+    verdict = "ok" if result.ok else "DAMAGED"
+    lines.append(f"{verdict}: {result.snapshots} snapshots, {result.blobs} blobs in {result.packs} packs {mode}")
+    return lines
+
+
+def prune(result: PruneResult, dry_run: bool) -> List[str]:
+    verb = "would remove" if dry_run else "removed"
+    lines = [f"{verb} {snap.id[:12]}  {when(snap.time)}  {snap.job}" for snap in result.removed]
+    lines += [f"kept every snapshot of {job}: no such job in the configuration" for job in result.unknown_jobs]
+    lines.append(f"{len(result.kept)} snapshots kept, {len(result.removed)} {verb}"
+                 + ("" if dry_run else f"; {result.packs_deleted} packs deleted, {result.packs_rewritten} "
+                                       f"rewritten, {size(result.bytes_freed)} freed"))
+    return lines
+
+
+def status(agent: Mapping, rows: Sequence[Mapping]) -> List[str]:
+    """`status --json`'s agent and job rows as text."""
+    pid = agent["pid"]
+    lines = [f"agent: {'running, pid ' + str(pid) if pid else 'not running'}; host {agent['host']}"]
+    width = max((len(row["name"]) for row in rows), default=4)
+    for row in rows:
+        last = "never" if not row["last_run"] else (
+            f"{when(row['last_run'])} {row['last_status']} ({row['last_trigger']}"
+            f"{', unchanged' if row['last_changed'] is False else ''})")
+        paused = f", paused until {row['paused_until'][11:16]}" if row["paused_until"] else ""
+        lines.append(f"  {row['name']:<{width}}  {row['type']:<7} last {last}; next "
+                     f"{row['next_due'][:16].replace('T', ' ')} ({row['next_trigger']}); watch {row['watch']}{paused}")
+    return lines
+
+
+def spool(where: str, pending: Iterable[Dict], dead: Iterable[Dict], dropped: int,
+          flushed: Optional[Mapping] = None) -> List[str]:
+    """The report spool as `reports` shows it; `flushed` is `reports --json`'s "flush" object, if any."""
+    pending, dead = list(pending), list(dead)
+    lines = []
+    if flushed is not None:
+        lines.append(f"delivered {flushed['delivered']}, dead-lettered {flushed['dead']}"
+                     + (f"; refused: {flushed['blocked']}" if flushed["blocked"] else ""))
+    lines.append(f"{len(pending)} pending ({where}), {len(dead)} dead-lettered, {dropped} dropped by the "
+                 "spool's bounds")
+    lines += [f"  pending #{row['seq']}  {when(row['finished_at'])}  {row['job']}  {row['status']}"
+              for row in pending]
+    lines += [f"  dead    #{row['seq']}  {when(row['finished_at'])}  {row['job']}  {row['status']}: {row['reason']}"
+              for row in dead]
+    return lines
+
+
+def show(lines: Iterable[str]) -> None:
+    for line in lines:
+        print(line)
