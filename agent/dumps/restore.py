@@ -10,7 +10,8 @@ from agent.dumps import mysql
 from agent.durable import write_temp
 from agent.execute import feed_command, run_hook
 from agent.store import Repository, Snapshot
-from agent.store.tree import Entry, read_tree
+from agent.store.manifest import Entry
+from agent.store.tree import read_tree
 
 STREAM_TYPES = ("mysql", "command", "sqlite")
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from agent.store import DamagedBlobError, Repository, Snapshot
-from agent.store.tree import Entry, read_tree
+from agent.store.manifest import Entry
+from agent.store.tree import read_tree
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 

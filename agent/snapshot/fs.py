@@ -30,7 +30,8 @@ from agent.snapshot.cache import RECORD, STAT_KEY, UNTRUSTED, FilesCache, owner_
 from agent.snapshot.changes import ChangeSet
 from agent.snapshot.ignore import IgnoreRules
 from agent.store import BlobWriter, Repository, Snapshot
-from agent.store.tree import encode_line, manifest_order, read_tree, write_encoded
+from agent.store.manifest import encode_line, manifest_order
+from agent.store.tree import read_tree, write_encoded
 
 # Files up to this size are read whole: one read, one xxhash, no streaming machinery.
 _WHOLE_FILE = 2 * 1024 * 1024

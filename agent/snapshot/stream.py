@@ -18,7 +18,8 @@ from typing import BinaryIO, Deque, Optional, Tuple
 
 from agent.snapshot.fs import Aborted
 from agent.store import BlobWriter, Repository, Snapshot
-from agent.store.tree import Entry, write_tree
+from agent.store.manifest import Entry
+from agent.store.tree import write_tree
 
 _TAIL = 4096
 _WORKERS = 2      # the machines this runs on have 2+ cores, one of them busy with the dump tool

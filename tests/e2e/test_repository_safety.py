@@ -11,7 +11,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 from agent.store import KIND_TREE, Repository, Snapshot
-from agent.store.tree import Entry, encode_entry
+from agent.store.manifest import Entry, encode_entry
 from tests.helpers import agent_command, fs_job, make_tree
 
 
