@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -91,3 +92,53 @@ def read_tree(root: str) -> Dict[bytes, tuple]:
                 with open(path, "rb") as handle:
                     found[rel] = ("file", st.st_mode & 0o7777, st.st_mtime_ns, handle.read())
     return found
+
+
+def child_pids(parent: int) -> List[int]:
+    """The live processes whose parent is `parent` (read from /proc; no process is found by name)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ')'
+        fields = stat[stat.rindex(b")") + 2:].split()
+        if int(fields[1]) == parent and fields[0] != b"Z":
+            found.append(int(entry))
+    return found
+
+
+def process_argv(pid: int) -> List[bytes]:
+    """`pid`'s argv, or [] once it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().split(b"\0")[:-1]
+    except OSError:
+        return []
+
+
+def wait_for_child(parent: int, programs: Sequence[str], timeout: float = 60) -> int:
+    """The pid of `parent`'s child running one of `programs` (its argv[0]'s basename), once it exists."""
+    names = {os.fsencode(program) for program in programs}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in child_pids(parent):
+            argv = process_argv(pid)
+            if argv and os.path.basename(argv[0]) in names:
+                return pid
+        time.sleep(0.005)
+    raise AssertionError(f"process {parent} started none of {', '.join(programs)} within {timeout} s")
+
+
+def process_state(pid: int) -> str:
+    """One letter from /proc/PID/stat: R, S, D, T (stopped), Z (exited, not reaped); '' once reaped."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return ""
+    return stat[stat.rindex(b")") + 2:].split()[0].decode()

@@ -12,7 +12,9 @@ import time
 import pytest
 
 from tests.fixtures.mariadb import PASSWORD
-from tests.helpers import agent_command
+from tests.helpers import agent_command, process_argv, process_state, wait_for_child
+
+DUMP_TOOLS = ("mariadb-dump", "mysqldump")
 
 
 def mysql_job(agent, name: str, database: str, options_file: str, extra: str = "") -> None:
@@ -108,58 +110,85 @@ def test_failures_never_make_a_snapshot_and_never_show_the_password(agent, maria
     assert "Access denied" in " ".join(report["errors"])
     assert PASSWORD not in result.stdout + result.stderr and f"not-{PASSWORD}" not in result.stdout
     assert agent.snapshots("db-credentials") == []
-    # a dump tool killed by a signal mid-dump
+    # a dump tool killed by a signal mid-dump: stopped first, so it cannot finish before the kill lands
     fill(mariadb, "console", 300_000)
     mysql_job(agent, "db-console", "console", mariadb.options_file)
     proc = subprocess.Popen([*agent_command(), "--config", agent.config, "backup", "db-console", "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen_argv = []
-
-    def dump_pids():
-        found = []
-        for pid in os.listdir("/proc"):
-            if pid.isdigit():
-                try:
-                    with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                        argv = handle.read()
-                except OSError:
-                    continue
-                seen_argv.append(argv)
-                if b"mariadb-dump" in argv or b"mysqldump" in argv:
-                    found.append(int(pid))
-        return found
-
-    deadline = time.monotonic() + 30
-    pids = []
-    while not pids and time.monotonic() < deadline:
-        pids = dump_pids()
-    assert pids, "the dump tool never started"
-    os.kill(pids[0], signal.SIGKILL)
-    out, err = proc.communicate(timeout=120)
+    try:
+        dump = wait_for_child(proc.pid, DUMP_TOOLS)
+        seen_argv = [process_argv(proc.pid), process_argv(dump)]
+        stop_running(dump)
+        os.kill(dump, signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     [report] = json.loads(out)
     assert proc.returncode == 1 and report["status"] == "failed" and report["snapshot"] is None
-    assert any("SIGKILL" in e or "trailer" in e for e in report["errors"]), report["errors"]
+    assert any("SIGKILL" in e for e in report["errors"]), report["errors"]
     assert agent.snapshots("db-console") == []
-    assert not any(PASSWORD.encode() in argv for argv in seen_argv)  # never in any process's argv
+    assert all(seen_argv) and not any(PASSWORD.encode() in arg for argv in seen_argv for arg in argv)
+    assert PASSWORD not in out + err
     assert agent.run("verify").returncode == 0
+
+
+def stop_running(pid: int) -> None:
+    """SIGSTOP `pid` and wait until it is stopped: from then on it cannot finish by itself."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while process_state(pid) not in ("T", "t"):
+        assert process_state(pid) not in ("Z", ""), f"process {pid} exited before it could be stopped"
+        assert time.monotonic() < deadline, f"process {pid} did not stop"
+        time.sleep(0.001)
+
+
+def bytes_written(pid: int) -> int:
+    with open(f"/proc/{pid}/io") as handle:
+        return int(next(line for line in handle if line.startswith("wchar:")).split()[1])
 
 
 def test_server_killed_mid_dump_fails_without_snapshot(agent, tmp_path):
     from tests.fixtures.mariadb import start_mariadb
 
     server = start_mariadb(str(tmp_path / "own-server"))
+    proc = None
+    dump = None
     try:
         fill(server, "enstratus_console", 400_000)
+        [[payload]] = [server.sql("SELECT SUM(LENGTH(payload)) FROM events", "enstratus_console")]
         mysql_job(agent, "db-ec", "enstratus_console", server.options_file)
         proc = subprocess.Popen([*agent_command(), "--config", agent.config, "backup", "db-ec", "--json"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(0.8)
+        dump = wait_for_child(proc.pid, DUMP_TOOLS)
+        # the dump is demonstrably in progress: stopped while its server still sends the big table, with
+        # less than half of that table's hex text written (the rest cannot sit in a pipe or socket buffer)
+        deadline = time.monotonic() + 60
+        while True:
+            stop_running(dump)
+            reading = server.sql("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = 'backup' "
+                                 "AND INFO LIKE 'SELECT%FROM `events`%'")
+            if reading == ["1"]:
+                break
+            assert time.monotonic() < deadline, "the dump never reached the events table"
+            os.kill(dump, signal.SIGCONT)
+            time.sleep(0.01)
+        assert bytes_written(dump) < int(payload), (bytes_written(dump), payload)
         server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait()
+        os.kill(dump, signal.SIGCONT)
         out, _ = proc.communicate(timeout=120)
     finally:
+        if dump is not None and process_state(dump) in ("T", "t"):
+            os.kill(dump, signal.SIGCONT)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
         server.stop()
     [report] = json.loads(out)
     assert report["status"] == "failed" and report["snapshot"] is None, report
+    assert any("Lost connection" in e or "trailer" in e for e in report["errors"]), report["errors"]
     assert agent.snapshots("db-ec") == []
 
 
