@@ -38,8 +38,17 @@ def build_parser() -> argparse.ArgumentParser:  # long: one declaration per opti
     p.add_argument("--to-database", metavar="NAME", help="load a mysql dump into database NAME")
     p.add_argument("--options-file", metavar="FILE", help="client options file for --to-database "
                                                            "(default: the job's)")
-    p.add_argument("--force", action="store_true", help="replace an existing file / load into a non-empty database")
-    p.add_argument("paths", nargs="*", metavar="PATH", help="paths relative to the job's path")
+    p.add_argument("--force", action="store_true",
+                   help="dumps only: replace an existing --target FILE, or load into a non-empty --to-database")
+    p.add_argument("--overwrite", choices=("never", "if-changed", "always"), default="never",
+                   help="entries in DIR that the snapshot would write differently: never (the default: restore "
+                        "nothing and list them), if-changed (replace those), always (replace every entry)")
+    p.add_argument("--delete", action="store_true",
+                   help="remove what lies under the restored paths in DIR but not in the snapshot")
+    p.add_argument("--dry-run", action="store_true", help="list what would be created, replaced and deleted")
+    p.add_argument("--json", action="store_true", help="what was done, as JSON on stdout")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="paths relative to the job's path, or absolute under it (/services/api/conf)")
     p = command("verify", repository.run_verify, "check that every snapshot is complete")
     p.add_argument("--read-data", action="store_true", help="read and re-hash every stored object")
     p = command("prune", repository.run_prune, "forget snapshots beyond retention and delete unneeded data")

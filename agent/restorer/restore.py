@@ -1,153 +1,170 @@
-"""Restore a snapshot (or some paths of it) into a directory, never writing outside that directory.
+"""Restore a snapshot (or some paths of it) into a directory, never writing outside that directory and
+never replacing what the operator did not ask to replace.
 
-Every path is opened relative to a directory descriptor with O_NOFOLLOW, so neither a tampered manifest
-(`../x`, `/etc/x`) nor a symlink planted in the target can redirect a write. Files are written to a temp
-name and renamed into place, so a restore never leaves a half-written file under a real name.
+The target is first compared with the snapshot (plan.py); under `--overwrite never` (the
+default) any entry that would be written differently stops the restore before anything is written.
+Files are written to a temp name and renamed into place, so a restore never leaves a half-written file
+under a real name, and a damaged blob never becomes wrong bytes on disk: that file is named and left as
+it was, the rest is restored, and the run fails. All paths go through `Target` (directory descriptors,
+O_NOFOLLOW), so a tampered manifest or a symlink planted in the target cannot redirect a write or a delete.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
 import stat
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Iterable, List, Optional
 
+from agent.restorer.plan import CREATE, REPLACE, SAME, Plan, Step, make_plan, selection, show
+from agent.restorer.target import Parts, Target, TargetError, safe_parts
 from agent.store import DamagedBlobError, Repository, Snapshot
 from agent.store.manifest import Entry
 from agent.store.tree import read_tree
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+OVERWRITE_MODES = ("never", "if-changed", "always")
+
+__all__ = ["OVERWRITE_MODES", "RestoreResult", "TargetError", "restore_snapshot", "safe_parts"]
 
 
 @dataclass
 class RestoreResult:
-    files: int = 0
-    bytes: int = 0
+    """What a restore did (or, with dry_run, would do). `conflicts` is non-empty only when `never`
+    refused: then nothing was written. Paths are relative to the target, '/'-separated."""
+
+    created: List[str] = field(default_factory=list)
+    replaced: List[str] = field(default_factory=list)
+    deleted: List[str] = field(default_factory=list)
+    unchanged: int = 0
+    conflicts: List[str] = field(default_factory=list)
+    files: int = 0  # files written
+    bytes: int = 0  # bytes written
     errors: List[str] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
 
 
-def safe_parts(path: str) -> Optional[Tuple[str, ...]]:
-    """The components of a manifest path, or None if it could escape the target."""
-    if path == ".":
-        return ()
-    if not path or path.startswith("/") or "\0" in path:
-        return None
-    parts = tuple(path.split("/"))
-    if any(part in ("", ".", "..") for part in parts):
-        return None
-    return parts
+def restore_snapshot(repo: Repository, snapshot: Snapshot, target: str, paths: Iterable[str] = (),
+                     overwrite: str = "never", delete: bool = False, dry_run: bool = False) -> RestoreResult:
+    """Restore `paths` of `snapshot` (all of it if none) into directory `target`, the job's path
+    becoming `target`. `paths` are relative to the job's path, or absolute under it.
 
-
-def _selected(parts: Tuple[str, ...], wanted: List[Tuple[str, ...]]) -> bool:
-    return not wanted or any(parts[: len(prefix)] == prefix for prefix in wanted)
-
-
-class _Target:
-    """Directory descriptors below the restore target, opened without following any symlink."""
-
-    def __init__(self, root: str) -> None:
-        os.makedirs(root, 0o700, exist_ok=True)
-        self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self._fds: Dict[Tuple[str, ...], int] = {(): self.root_fd}
-
-    def dir_fd(self, parts: Tuple[str, ...]) -> int:
-        fd = self._fds.get(parts)
-        if fd is not None:
-            return fd
-        if len(self._fds) > 256:
-            self._close_cached()
-        parent = self.dir_fd(parts[:-1])
-        name = parts[-1]
-        try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-        except FileNotFoundError:
-            os.mkdir(name, 0o700, dir_fd=parent)
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-        except OSError as exc:
-            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                raise
-            # A symlink or file where the snapshot has a directory: replace the entry itself, never
-            # follow it (a planted link must not lead a write outside the target).
-            os.unlink(name, dir_fd=parent)
-            os.mkdir(name, 0o700, dir_fd=parent)
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-        self._fds[parts] = fd
-        return fd
-
-    def _close_cached(self) -> None:
-        for key, fd in list(self._fds.items()):
-            if key:
-                os.close(fd)
-                del self._fds[key]
-
-    def close(self) -> None:
-        self._close_cached()
-        os.close(self.root_fd)
-
-
-def restore_snapshot(repo: Repository, snapshot: Snapshot, target: str,
-                     paths: Iterable[str] = ()) -> RestoreResult:
+    Raises TargetError if `target` cannot be a directory, DamagedBlobError if the snapshot's file list
+    cannot be read. Everything else (a damaged file, a permission problem) is in the result's errors."""
+    if overwrite not in OVERWRITE_MODES:
+        raise ValueError(f"overwrite must be one of {OVERWRITE_MODES}")
     result = RestoreResult()
-    wanted = []
-    for path in paths:
-        parts = safe_parts(os.path.normpath(path).strip("/") or ".")
-        if parts is None:
-            result.errors.append(f"{path}: not a path inside the snapshot")
-            return result
-        wanted.append(parts)
+    wanted = _wanted(snapshot, paths, result)
+    if result.errors:
+        return result
+    selected, unsafe, found = selection(read_tree(repo, snapshot.tree), wanted)
+    result.errors.extend(f"{path!r}: unsafe path in the manifest, not restored" for path in unsafe)
+    missing = [show(prefix) for prefix, hit in zip(wanted, found) if not hit]
+    result.errors.extend(f"{path}: not in snapshot {snapshot.id[:12]}" for path in missing)
     owner = os.geteuid() == 0
-    entries = list(read_tree(repo, snapshot.tree))
-    found = [False] * len(wanted)
-    dirs: List[Tuple[Tuple[str, ...], Entry]] = []
-    dest = _Target(target)
+    dest = Target(target, create=not dry_run)
     try:
-        for entry in entries:
-            parts = safe_parts(entry.path)
-            if parts is None:
-                result.errors.append(f"{entry.path!r}: unsafe path in the manifest, not restored")
-                continue
-            if not _selected(parts, wanted):
-                continue
-            for number, prefix in enumerate(wanted):
-                found[number] = found[number] or parts[: len(prefix)] == prefix
-            try:
-                if entry.type == "dir":
-                    dest.dir_fd(parts)
-                    dirs.append((parts, entry))
-                elif entry.type == "file" and parts:
-                    _restore_file(repo, dest.dir_fd(parts[:-1]), parts[-1], entry, owner)
-                    result.files += 1
-                    result.bytes += entry.size
-                elif entry.type == "symlink" and parts:
-                    _restore_symlink(dest.dir_fd(parts[:-1]), parts[-1], entry, owner)
-                else:
-                    result.errors.append(f"{entry.path}: unknown entry type {entry.type!r}")
-            except DamagedBlobError as exc:
-                result.errors.append(f"{entry.path}: {exc}")
-            except OSError as exc:
-                result.errors.append(f"{entry.path}: {exc.strerror or exc}")
-        # Directory modes and times last, deepest first: writing into a directory changes its mtime,
-        # and a read-only directory could not be filled.
-        for parts, entry in sorted(dirs, key=lambda item: len(item[0]), reverse=True):
-            try:
-                fd = dest.dir_fd(parts)
-                if owner:
-                    os.fchown(fd, entry.uid, entry.gid)
-                os.fchmod(fd, entry.mode)
-                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-            except OSError as exc:
-                result.errors.append(f"{entry.path}: {exc.strerror or exc}")
+        plan = make_plan(repo, dest, selected, (wanted or [()]) if delete else (), owner)
+        if overwrite == "never":
+            result.conflicts = plan.paths(REPLACE)
+        if dry_run:
+            _describe(plan, result)
+        if result.conflicts or dry_run:
+            return result
+        _apply(repo, dest, plan, overwrite == "always", owner, result)
     finally:
         dest.close()
-    for number, prefix in enumerate(wanted):
-        if not found[number]:
-            result.errors.append(f"{'/'.join(prefix)}: not in snapshot {snapshot.id[:12]}")
     return result
 
 
-def _restore_file(repo: Repository, parent: int, name: str, entry: Entry, owner: bool) -> None:
+def _wanted(snapshot: Snapshot, paths: Iterable[str], result: RestoreResult) -> List[Parts]:
+    root = snapshot.source[0] if snapshot.source else None
+    wanted = []
+    for path in paths:
+        rel = os.path.normpath(path)
+        if rel.startswith("/"):
+            # An absolute path names the same place as on the backed-up host: it must lie under the
+            # job's path (which is "/" for riak snapshots).
+            if root is None or not (rel == root or rel.startswith(root.rstrip("/") + "/")):
+                result.errors.append(f"{path}: not under the job's path {root or '(unknown)'}")
+                continue
+            rel = rel[len(root.rstrip("/")):]
+        parts = safe_parts(rel.strip("/") or ".")
+        if parts is None:
+            result.errors.append(f"{path}: not a path inside the snapshot")
+            continue
+        wanted.append(parts)
+    return wanted
+
+
+def _describe(plan: Plan, result: RestoreResult) -> None:
+    result.created = plan.paths(CREATE)
+    result.replaced = plan.paths(REPLACE)
+    result.deleted = [show(parts) for parts in plan.delete]
+    result.unchanged = sum(1 for step in plan.steps if step.action == SAME)
+
+
+def _apply(repo: Repository, dest: Target, plan: Plan, always: bool, owner: bool,
+           result: RestoreResult) -> None:
+    for parts in plan.delete:
+        try:
+            dest.remove(dest.dir_fd(parts[:-1]), parts[-1])
+            result.deleted.append(show(parts))
+        except OSError as exc:
+            result.errors.append(f"{show(parts)}: not deleted: {exc.strerror or exc}")
+    dirs: List[Step] = []
+    for step in plan.steps:
+        try:
+            if _apply_step(repo, dest, step, always, owner, result):
+                dirs.append(step)
+        except DamagedBlobError as exc:
+            result.errors.append(f"{show(step.parts)}: not restored, {exc}")
+        except OSError as exc:
+            result.errors.append(f"{show(step.parts)}: {exc.strerror or exc}")
+    # Directory modes and times last, deepest first: writing into a directory changes its mtime, and a
+    # read-only directory could not be filled.
+    for step in sorted(dirs, key=lambda item: len(item.parts), reverse=True):
+        entry = step.entry
+        try:
+            fd = dest.dir_fd(step.parts)
+            if owner:
+                os.fchown(fd, entry.uid, entry.gid)
+            os.fchmod(fd, entry.mode)
+            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+        except OSError as exc:
+            result.errors.append(f"{show(step.parts)}: {exc.strerror or exc}")
+
+
+def _apply_step(repo: Repository, dest: Target, step: Step, always: bool, owner: bool,
+                result: RestoreResult) -> bool:
+    """Carry out one step; True for a directory (its metadata is applied at the end)."""
+    parts, entry, action = step
+    if entry.type == "dir":
+        dest.dir_fd(parts)
+        if action == SAME:
+            result.unchanged += 1
+        else:
+            (result.created if action == CREATE else result.replaced).append(show(parts))
+        return True
+    if not parts or entry.type not in ("file", "symlink"):
+        result.errors.append(f"{entry.path}: unknown entry type {entry.type!r}")
+        return False
+    parent = dest.dir_fd(parts[:-1])
+    if action == SAME and not always:
+        result.unchanged += 1
+        os.utime(parts[-1], ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent, follow_symlinks=False)
+        return False
+    if entry.type == "file":
+        _restore_file(repo, dest, parent, parts[-1], entry, owner)
+        result.files += 1
+        result.bytes += entry.size
+    else:
+        _restore_symlink(dest, parent, parts[-1], entry, owner)
+    (result.created if action == CREATE else result.replaced).append(show(parts))
+    return False
+
+
+def _restore_file(repo: Repository, dest: Target, parent: int, name: str, entry: Entry, owner: bool) -> None:
     tmp = f".restore-{secrets.token_hex(6)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                  dir_fd=parent)
@@ -166,24 +183,29 @@ def _restore_file(repo: Repository, parent: int, name: str, entry: Entry, owner:
         raise
     os.close(fd)
     try:
-        existing = os.lstat(name, dir_fd=parent)
-        if stat.S_ISDIR(existing.st_mode):
-            os.unlink(tmp, dir_fd=parent)
-            raise IsADirectoryError(errno.EISDIR, "a directory is in the way")
-    except FileNotFoundError:
-        pass
-    os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+        _clear_directory(dest, parent, name)
+        os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+    except BaseException:
+        os.unlink(tmp, dir_fd=parent)
+        raise
 
 
-def _restore_symlink(parent: int, name: str, entry: Entry, owner: bool) -> None:
+def _restore_symlink(dest: Target, parent: int, name: str, entry: Entry, owner: bool) -> None:
     try:
-        existing = os.lstat(name, dir_fd=parent)
-        if stat.S_ISDIR(existing.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "a directory is in the way")
-        os.unlink(name, dir_fd=parent)
+        dest.remove(parent, name)
     except FileNotFoundError:
         pass
     os.symlink(entry.target, name, dir_fd=parent)
     if owner:
         os.chown(name, entry.uid, entry.gid, dir_fd=parent, follow_symlinks=False)
     os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent, follow_symlinks=False)
+
+
+def _clear_directory(dest: Target, parent: int, name: str) -> None:
+    """A directory where a file goes is removed (the plan listed it as replaced); rename cannot."""
+    try:
+        existing: Optional[os.stat_result] = os.lstat(name, dir_fd=parent)
+    except FileNotFoundError:
+        existing = None
+    if existing is not None and stat.S_ISDIR(existing.st_mode):
+        dest.remove(parent, name)

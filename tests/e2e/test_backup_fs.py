@@ -269,21 +269,6 @@ def test_restore_selected_paths_creates_target(agent, tmp_path):
     assert missing.returncode == 1 and "no/such/file" in missing.stderr
 
 
-def test_restore_refuses_to_follow_symlink_planted_in_target(agent, tmp_path):
-    src = str(tmp_path / "svc")
-    make_tree(src, {"conf/server.xml": "<Server/>"})
-    agent.write_jobs(fs_job("svc", src))
-    agent.backup()
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    target = tmp_path / "target"
-    target.mkdir()
-    os.symlink(str(outside), str(target / "conf"))
-    restore(agent, "svc:latest", str(target))
-    assert list(outside.iterdir()) == []
-    assert not os.path.islink(target / "conf") and (target / "conf" / "server.xml").read_text() == "<Server/>"
-
-
 def test_repository_files_are_private(agent, tmp_path):
     src = str(tmp_path / "svc")
     make_tree(src, {"a": "a"})

@@ -1,21 +1,28 @@
-"""`restore SNAPSHOT --target DIR [PATH...]`: a tree snapshot into a directory, a dump snapshot into a
-file or (mysql) a database."""
+"""`restore SNAPSHOT --target DIR [PATH...] [--overwrite never|if-changed|always] [--delete] [--dry-run]
+[--json]`: a tree snapshot into a directory, a dump snapshot into a file or (mysql) a database."""
 
 from __future__ import annotations
 
 import argparse
 import os
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import agent.cli.render as render
-from agent.cli.common import EXIT_FAILED, EXIT_OK, UsageError, err, load_config, open_repository
+from agent.cli.common import EXIT_FAILED, EXIT_OK, UsageError, err, load_config, open_repository, print_json
+
+if TYPE_CHECKING:
+    from agent.restorer import RestoreResult
+    from agent.store import Snapshot
+
+SHOWN_CONFLICTS = 20
 
 
 @dataclass(frozen=True)
 class RestoreOptions:
     """What to restore and where: `snapshot` is an id, a unique id prefix or JOB:latest; `paths` are
-    relative to the job's path (empty: everything)."""
+    relative to the job's path or absolute under it (empty: everything); `overwrite`, `delete` and
+    `dry_run` apply to tree snapshots (see agent/restorer), `force` to dumps."""
 
     snapshot: str
     target: Optional[str] = None
@@ -23,12 +30,16 @@ class RestoreOptions:
     to_database: Optional[str] = None
     options_file: Optional[str] = None
     force: bool = False
+    overwrite: str = "never"
+    delete: bool = False
+    dry_run: bool = False
+    json: bool = False
 
 
 def restore(config, options: RestoreOptions) -> int:
     """Exit status 0 if everything was restored, 1 if something failed or was refused."""
     from agent.dumps.restore import STREAM_TYPES
-    from agent.restorer import restore_snapshot
+    from agent.restorer import TargetError, restore_snapshot
     from agent.store import RepositoryError
 
     repo = open_repository(config)
@@ -43,12 +54,69 @@ def restore(config, options: RestoreOptions) -> int:
             raise UsageError(f"--to-database restores mysql snapshots; {snapshot.id[:12]} is {snapshot.type}")
         if not options.target:
             raise UsageError("give --target DIR")
-        result = restore_snapshot(repo, snapshot, os.path.abspath(options.target), list(options.paths))
-    for error in result.errors:
-        err(f"error: {error}")
-    err(f"restored {result.files} files ({render.size(result.bytes)}) of snapshot {snapshot.id[:12]} "
-        f"({snapshot.job}, {snapshot.time}) into {options.target}")
-    return EXIT_FAILED if result.errors else EXIT_OK
+        try:
+            result = restore_snapshot(repo, snapshot, os.path.abspath(options.target), list(options.paths),
+                                      overwrite=options.overwrite, delete=options.delete,
+                                      dry_run=options.dry_run)
+        except TargetError as exc:
+            raise UsageError(f"--target: {exc}") from None
+        except (RepositoryError, ValueError, KeyError) as exc:  # a damaged blob, or a damaged manifest line
+            err(f"error: snapshot {snapshot.id[:12]} cannot be read: {exc}")
+            return EXIT_FAILED
+    if options.json:
+        print_json(restore_json(result, snapshot, options.target, options.dry_run))
+    for line in restore_lines(result, snapshot, options.target, options.dry_run):
+        err(line)
+    return EXIT_FAILED if result.errors or result.conflicts else EXIT_OK
+
+
+def restore_json(result: RestoreResult, snapshot: Snapshot, target: str, dry_run: bool) -> dict:
+    """`{"snapshot", "job", "target", "dry_run", "created", "replaced", "deleted", "unchanged", "files",
+    "bytes", "conflicts": [first 20 paths], "conflict_count", "errors", "warnings"}`; counts are entries
+    (a deleted directory counts once). A dry run adds
+    `"paths": {"created": [...], "replaced": [...], "deleted": [...]}`."""
+    document = {
+        "snapshot": snapshot.id, "job": snapshot.job, "target": target, "dry_run": dry_run,
+        "created": len(result.created), "replaced": len(result.replaced), "deleted": len(result.deleted),
+        "unchanged": result.unchanged, "files": result.files, "bytes": result.bytes,
+        "conflicts": result.conflicts[:SHOWN_CONFLICTS], "conflict_count": len(result.conflicts),
+        "errors": result.errors, "warnings": result.warnings,
+    }
+    if dry_run:
+        document["paths"] = {"created": result.created, "replaced": result.replaced, "deleted": result.deleted}
+    return document
+
+
+def restore_lines(result: RestoreResult, snapshot: Snapshot, target: str, dry_run: bool) -> List[str]:
+    """The messages for stderr: errors, warnings, then the conflicts (the first 20 and a count, with the
+    option that replaces them), the dry run's list, or what was done."""
+    lines = [f"error: {error}" for error in result.errors] + [f"warning: {note}" for note in result.warnings]
+    where = f"snapshot {snapshot.id[:12]} ({snapshot.job}, {snapshot.time})"
+    if result.conflicts:
+        count = len(result.conflicts)
+        verb = "differs" if count == 1 else "differ"
+        lines.append(f"error: {_plural(count, 'entry', 'entries')} in {target} {verb} from {where}; nothing "
+                     "was restored. Use --overwrite if-changed to replace them (--overwrite always replaces "
+                     "every entry; --dry-run shows what either would do):")
+        lines.extend(f"  {path}" for path in result.conflicts[:SHOWN_CONFLICTS])
+        if count > SHOWN_CONFLICTS:
+            lines.append(f"  ... and {count - SHOWN_CONFLICTS} more")
+        return lines
+    counts = (f"{len(result.created)} created, {len(result.replaced)} replaced, {len(result.deleted)} deleted, "
+              f"{result.unchanged} unchanged")
+    if dry_run:
+        for label, paths in (("create", result.created), ("replace", result.replaced),
+                             ("delete", result.deleted)):
+            lines.extend(f"would {label}: {path}" for path in paths)
+        lines.append(f"dry run of {where} into {target}: would be {counts}; nothing was changed")
+        return lines
+    lines.append(f"restored {where} into {target}: {counts}; {_plural(result.files, 'file', 'files')} "
+                 f"({render.size(result.bytes)}) written")
+    return lines
+
+
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
 
 
 def _restore_dump(config, repo, snapshot, options: RestoreOptions) -> int:
@@ -80,4 +148,5 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     return restore(config, RestoreOptions(snapshot=args.snapshot, target=args.target, paths=tuple(args.paths),
                                           to_database=args.to_database, options_file=args.options_file,
-                                          force=args.force))
+                                          force=args.force, overwrite=args.overwrite, delete=args.delete,
+                                          dry_run=args.dry_run, json=args.json))

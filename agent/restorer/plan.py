@@ -1,0 +1,156 @@
+"""What a restore would do: each selected snapshot entry compared with what the target holds now, and
+the target's entries that the snapshot does not hold (for `--delete`). Looking changes nothing.
+
+An entry is `create` (nothing there), `same` (type, content, link target, mode and, for root, owner as
+recorded; a timestamp alone is no difference, the restore just sets it) or `replace` (anything else:
+under `--overwrite never` these are the conflicts). A directory in the way of a directory is `same`:
+directories never conflict, their recorded metadata is applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from typing import Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
+
+from agent.restorer.target import Parts, Target, safe_parts
+from agent.store import Repository
+from agent.store.manifest import Entry
+
+CREATE = "create"
+REPLACE = "replace"
+SAME = "same"
+
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class Step(NamedTuple):
+    parts: Parts
+    entry: Entry
+    action: str  # CREATE, REPLACE or SAME
+
+
+class Plan(NamedTuple):
+    steps: Tuple[Step, ...]  # manifest order: a directory before what it holds
+    delete: Tuple[Parts, ...]  # topmost extra entries only: removing a directory removes what it holds
+
+    def paths(self, action: str) -> List[str]:
+        return [show(step.parts) for step in self.steps if step.action == action]
+
+
+def show(parts: Parts) -> str:
+    return "/".join(parts) or "."
+
+
+def make_plan(repo: Repository, target: Target, selected: Iterable[Tuple[Parts, Entry]],
+              delete_under: Iterable[Parts] = (), owner: bool = False) -> Plan:
+    """Compare `selected` (parts, entry) pairs, in manifest order, with `target`. With `delete_under`
+    (the restored paths), also list what lies below those paths in the target but not in the snapshot.
+    Raises OSError only for the target as a whole; an entry that cannot be read counts as different."""
+    steps: List[Step] = []
+    held: Set[Parts] = set()
+    for parts, entry in selected:
+        held.add(parts)
+        steps.append(Step(parts, entry, _compare(repo, target, parts, entry, owner)))
+    dirs = {step.parts for step in steps if step.entry.type == "dir" and step.action == SAME}
+    extra: List[Parts] = []
+    for top in delete_under:
+        for parts in sorted(dirs):
+            if parts[: len(top)] == top:
+                extra.extend(parts + (name,) for name in sorted(target.listdir(parts))
+                             if parts + (name,) not in held)
+    return Plan(tuple(steps), tuple(dict.fromkeys(extra)))
+
+
+def _compare(repo: Repository, target: Target, parts: Parts, entry: Entry, owner: bool) -> str:
+    try:
+        st = target.lstat(parts)
+    except OSError:
+        return REPLACE
+    if st is None:
+        return CREATE
+    if entry.type == "dir":
+        return SAME if stat.S_ISDIR(st.st_mode) else REPLACE
+    if stat.S_IMODE(st.st_mode) != entry.mode and entry.type != "symlink":
+        return REPLACE
+    if owner and (st.st_uid, st.st_gid) != (entry.uid, entry.gid):
+        return REPLACE
+    if entry.type == "symlink":
+        if not stat.S_ISLNK(st.st_mode):
+            return REPLACE
+        parent = target.find_dir(parts[:-1])
+        try:
+            return SAME if parent is not None and os.readlink(parts[-1], dir_fd=parent) == entry.target else REPLACE
+        except OSError:
+            return REPLACE
+    if entry.type == "file" and stat.S_ISREG(st.st_mode) and st.st_size == entry.size:
+        return SAME if _same_content(repo, target, parts, entry) else REPLACE
+    return REPLACE
+
+
+def _same_content(repo: Repository, target: Target, parts: Parts, entry: Entry) -> bool:
+    """Whether the file at `parts` holds exactly the entry's chunks: read in the chunks' raw lengths
+    (from the index, no pack is read) and hashed as the repository names blobs (SHA-256 of the raw
+    bytes). A chunk missing from the index, or a file that cannot be read, is a difference."""
+    parent = target.find_dir(parts[:-1])
+    if parent is None:
+        return False
+    try:
+        fd = os.open(parts[-1], _READ, dir_fd=parent)
+    except OSError:
+        return False
+    try:
+        with open(fd, "rb", buffering=0, closefd=False) as handle:
+            for chunk in entry.chunks:
+                location = repo.index.get(chunk)
+                if location is None:
+                    return False
+                data = _read_exactly(handle, location.raw_length)
+                if data is None or hashlib.sha256(data).digest() != chunk:
+                    return False
+            return handle.read(1) == b""
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _read_exactly(handle, size: int) -> Optional[bytes]:
+    pieces = []
+    while size:
+        piece = handle.read(size)
+        if not piece:
+            return None
+        pieces.append(piece)
+        size -= len(piece)
+    return b"".join(pieces)
+
+
+def selection(entries: Iterable[Entry], wanted: List[Parts]) -> Tuple[List[Tuple[Parts, Entry]], List[str],
+                                                                      List[bool]]:
+    """The entries to restore: everything (no `wanted`), or those at or below a wanted path plus the
+    directories above them (created with their recorded modes). Returns (selected pairs in manifest
+    order, manifest paths refused as unsafe, for each wanted path whether the snapshot holds it)."""
+    ancestors: Dict[Parts, None] = {}
+    for prefix in wanted:
+        for depth in range(len(prefix)):
+            ancestors[prefix[:depth]] = None
+    chosen: List[Tuple[Parts, Entry]] = []
+    unsafe: List[str] = []
+    found = [False] * len(wanted)
+    for entry in entries:
+        parts = safe_parts(entry.path)
+        if parts is None:
+            unsafe.append(entry.path)
+            continue
+        if not wanted:
+            chosen.append((parts, entry))
+            continue
+        hit = False
+        for number, prefix in enumerate(wanted):
+            if parts[: len(prefix)] == prefix:
+                found[number] = hit = True
+        if hit or (parts in ancestors and entry.type == "dir"):
+            chosen.append((parts, entry))
+    return chosen, unsafe, found

@@ -1,0 +1,179 @@
+"""The restore target: directory descriptors below DIR and the few things a restore does there (look,
+create, make writable, remove), none of which can reach outside DIR.
+
+Every name is resolved one component at a time relative to its parent's descriptor with O_NOFOLLOW, so
+neither a tampered manifest (`../x`, `/etc/x`; refused before it gets here by `safe_parts`) nor a symlink
+planted in the target can redirect a write or a delete, and paths longer than PATH_MAX work.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Dict, Iterator, Optional, Set, Tuple
+
+Parts = Tuple[str, ...]
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CACHED_FDS = 256  # open directory descriptors kept; past it the cache starts over
+
+
+class TargetError(Exception):
+    """DIR cannot be a restore target (it is a file, say); the message names it."""
+
+
+def safe_parts(path: str) -> Optional[Parts]:
+    """The components of a manifest path ('.' is the root), or None if it could escape the target."""
+    if path == ".":
+        return ()
+    if not path or path.startswith("/") or "\0" in path:
+        return None
+    parts = tuple(path.split("/"))
+    if any(part in ("", ".", "..") for part in parts):
+        return None
+    return parts
+
+
+class Target:
+    """DIR, opened once; `dir_fd` opens (and creates) directories below it and caches their descriptors.
+
+    Without `create` (a dry run) a missing DIR is not created and looks empty; `dir_fd` must not be
+    called then. Raises TargetError if DIR exists and is not a directory, or cannot be created or
+    opened."""
+
+    def __init__(self, root: str, create: bool = True) -> None:
+        self.root = root
+        self.euid = os.geteuid()
+        self._fds: Dict[Parts, int] = {}
+        self._opened_writable: Set[Parts] = set()
+        try:
+            if create:
+                os.makedirs(root, 0o700, exist_ok=True)
+            elif not os.path.lexists(root):
+                return
+            self._fds[()] = os.open(root, _DIR_FLAGS & ~os.O_NOFOLLOW)
+        except FileExistsError:
+            raise TargetError(f"{root} exists and is not a directory") from None
+        except NotADirectoryError:
+            raise TargetError(f"{root} is not a directory (or a parent of it is not)") from None
+        except OSError as exc:
+            raise TargetError(f"{root}: {exc.strerror or exc}") from None
+
+    # --- looking, changing nothing ---------------------------------------------------------------------
+
+    def find_dir(self, parts: Parts) -> Optional[int]:
+        """The descriptor of an existing directory (never a symlink to one), or None; creates nothing."""
+        fd = self._fds.get(parts)
+        if fd is not None or not parts:
+            return fd
+        parent = self.find_dir(parts[:-1])
+        if parent is None:
+            return None
+        try:
+            fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return None
+            raise
+        return self._remember(parts, fd)
+
+    def lstat(self, parts: Parts) -> Optional[os.stat_result]:
+        """What is at `parts` now (a symlink is not followed), or None if nothing is."""
+        if not parts:
+            root = self._fds.get(())
+            return None if root is None else os.fstat(root)
+        parent = self.find_dir(parts[:-1])
+        if parent is None:
+            return None
+        try:
+            return os.lstat(parts[-1], dir_fd=parent)
+        except FileNotFoundError:
+            return None
+
+    def listdir(self, parts: Parts) -> Iterator[str]:
+        """Names in an existing directory (none if it is absent or not a directory)."""
+        fd = self.find_dir(parts)
+        if fd is None:
+            return iter(())
+        return iter(os.listdir(fd))
+
+    # --- changing ----------------------------------------------------------------------------------------
+
+    def dir_fd(self, parts: Parts) -> int:
+        """An existing or new directory at `parts` that this process can write into. Anything else in
+        the way (a file, a symlink, ...) is removed, never followed. A directory of ours without owner
+        write or search permission (a 0555 directory restored before) gets them until the restore sets
+        its recorded mode: a process without CAP_DAC_OVERRIDE could not fill it otherwise."""
+        fd = self._fds.get(parts)
+        if fd is None:
+            parent = self.dir_fd(parts[:-1])
+            name = parts[-1]
+            try:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            except FileNotFoundError:
+                os.mkdir(name, 0o700, dir_fd=parent)
+                fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                self.remove(parent, name)
+                os.mkdir(name, 0o700, dir_fd=parent)
+                fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            fd = self._remember(parts, fd)
+        if parts not in self._opened_writable:
+            self._make_writable(fd)
+            self._opened_writable.add(parts)
+        return fd
+
+    def _make_writable(self, fd: int) -> None:
+        st = os.fstat(fd)
+        if self.euid != 0 and st.st_uid == self.euid and st.st_mode & 0o300 != 0o300:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
+
+    def remove(self, parent: int, name: str) -> None:
+        """Remove `name` in directory `parent`, a directory with everything below it, never following
+        a symlink (a link is removed, not what it points to)."""
+        try:
+            os.unlink(name, dir_fd=parent)
+            return
+        except IsADirectoryError:
+            pass
+        except OSError as exc:
+            if exc.errno not in (errno.EISDIR, errno.EPERM):
+                raise
+        self._forget_below(parent, name)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        try:
+            self._make_writable(fd)
+            for child in os.listdir(fd):
+                self.remove(fd, child)
+        finally:
+            os.close(fd)
+        os.rmdir(name, dir_fd=parent)
+
+    def _forget_below(self, parent: int, name: str) -> None:
+        """Drop cached descriptors of a directory about to be removed (and of everything below it)."""
+        for parts in list(self._fds):
+            if parts and self._fds.get(parts[:-1]) == parent and parts[-1] == name:
+                for key in [key for key in self._fds if key[: len(parts)] == parts]:
+                    os.close(self._fds.pop(key))
+                    self._opened_writable.discard(key)
+
+    def _remember(self, parts: Parts, fd: int) -> int:
+        if len(self._fds) > _CACHED_FDS:
+            self._close_cached()
+        self._fds[parts] = fd
+        return fd
+
+    def _close_cached(self) -> None:
+        for key, fd in list(self._fds.items()):
+            if key:
+                os.close(fd)
+                del self._fds[key]
+
+    def close(self) -> None:
+        self._close_cached()
+        root = self._fds.pop((), None)
+        if root is not None:
+            os.close(root)

@@ -1,0 +1,281 @@
+"""End-to-end: the real `restore` command into targets that already hold something, as an operator
+rolling back a deployment has them (overwrite modes, --delete, --dry-run), and restores that a user
+or a damaged repository can make go wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+
+import pytest
+
+from agent.store import Repository
+from tests.helpers import Link, fs_job, make_tree, read_tree
+
+RELEASE_1 = {
+    "tomcat/conf/server.xml": "<Server port='8005'/>", "tomcat/conf/context.xml": "<Context/>",
+    "tomcat/lib/app-1.0.jar": "jar 1.0", "tomcat/webapps/ROOT/index.html": "<h1>1.0</h1>",
+    "tomcat/bin/startup.sh": "#!/bin/sh\n", "tomcat/current": Link("lib/app-1.0.jar"),
+}
+
+
+def _backed_up(agent, tmp_path, spec=None) -> str:
+    src = str(tmp_path / "api")
+    make_tree(src, spec or RELEASE_1)
+    os.chmod(os.path.join(src, "tomcat/bin/startup.sh"), 0o755)
+    agent.write_jobs(fs_job("api", src))
+    agent.backup()
+    return src
+
+
+def _deploy_release_2(src: str) -> None:
+    """What a deployment does: edits, new files, removed files, a changed mode and link, a new dir."""
+    make_tree(src, {"tomcat/conf/server.xml": "<Server port='9005'/>", "tomcat/lib/app-2.0.jar": "jar 2.0",
+                    "tomcat/webapps/ROOT/new/page.html": "new"})
+    os.unlink(os.path.join(src, "tomcat/lib/app-1.0.jar"))
+    os.unlink(os.path.join(src, "tomcat/current"))
+    os.symlink("lib/app-2.0.jar", os.path.join(src, "tomcat/current"))
+    os.chmod(os.path.join(src, "tomcat/bin/startup.sh"), 0o700)
+
+
+def _restore_json(agent, *args: str, check: int = 0) -> dict:
+    return json.loads(agent.run("restore", *args, "--json", check=check).stdout)
+
+
+def test_default_never_refuses_an_edited_target_and_writes_nothing(agent, tmp_path):
+    _backed_up(agent, tmp_path, {**RELEASE_1, **{f"tomcat/conf/c{i:02}.xml": f"<c{i}/>" for i in range(25)}})
+    target = str(tmp_path / "out")
+    agent.run("restore", "api:latest", "--target", target, check=0)
+    for i in range(25):  # locally edited after the restore: 25 conflicts, more than are listed
+        make_tree(target, {f"tomcat/conf/c{i:02}.xml": f"<edited {i}/>"})
+    os.chmod(os.path.join(target, "tomcat/bin/startup.sh"), 0o700)  # metadata alone is a difference
+    os.unlink(os.path.join(target, "tomcat/lib/app-1.0.jar"))  # missing: would be created, no conflict
+    make_tree(target, {"tomcat/conf/local-only.xml": "mine"})  # extra: kept, no conflict without --delete
+    before = read_tree(target)
+
+    result = agent.run("restore", "api:latest", "--target", target)
+    assert result.returncode == 1
+    assert "26 entries" in result.stderr and "--overwrite if-changed" in result.stderr
+    listed = [line.strip() for line in result.stderr.splitlines() if line.startswith("  ")]
+    assert listed[:20] == ["tomcat/bin/startup.sh"] + [f"tomcat/conf/c{i:02}.xml" for i in range(19)]
+    assert listed[20] == "... and 6 more" and len(listed) == 21
+    assert "Traceback" not in result.stderr
+    assert read_tree(target) == before  # nothing written, not even the missing file
+
+    document = _restore_json(agent, "api:latest", "--target", target, check=1)
+    assert document["conflict_count"] == 26 and len(document["conflicts"]) == 20
+    assert document["created"] == document["replaced"] == document["deleted"] == 0
+
+
+def test_directories_never_conflict_and_get_their_recorded_metadata(agent, tmp_path):
+    src = _backed_up(agent, tmp_path)
+    os.chmod(os.path.join(src, "tomcat/conf"), 0o750)
+    agent.backup()
+    target = str(tmp_path / "out")
+    make_tree(target, {"tomcat/conf/": None})
+    os.chmod(os.path.join(target, "tomcat/conf"), 0o777)
+    document = _restore_json(agent, "api:latest", "--target", target)
+    assert document["conflict_count"] == 0 and document["replaced"] == 0
+    assert stat.S_IMODE(os.stat(os.path.join(target, "tomcat/conf")).st_mode) == 0o750
+    assert read_tree(target) == read_tree(src)
+
+
+def test_if_changed_with_delete_rolls_a_deployment_back_exactly(agent, tmp_path):
+    src = _backed_up(agent, tmp_path)
+    before = read_tree(src)
+    [release_1] = agent.snapshots("api")
+    untouched = os.path.join(src, "tomcat/conf/context.xml")
+    inode = os.stat(untouched).st_ino
+    _deploy_release_2(src)
+    agent.backup()
+
+    document = _restore_json(agent, release_1["id"], "--target", src, "--overwrite", "if-changed", "--delete")
+    assert (document["created"], document["replaced"], document["deleted"]) == (1, 3, 2), document
+    assert document["errors"] == [] and document["files"] == 3
+    assert read_tree(src) == before
+    assert os.stat(untouched).st_ino == inode  # an entry that does not differ is not rewritten
+    again = _restore_json(agent, release_1["id"], "--target", src, "--overwrite", "if-changed", "--delete")
+    assert (again["created"], again["replaced"], again["deleted"]) == (0, 0, 0)
+
+
+def test_dry_run_lists_creates_replaces_deletes_and_changes_nothing(agent, tmp_path):
+    src = _backed_up(agent, tmp_path)
+    entries = len(read_tree(src)) + 1  # and the root itself
+    [release_1] = agent.snapshots("api")
+    _deploy_release_2(src)
+    deployed = read_tree(src)
+    document = _restore_json(agent, release_1["id"], "--target", src, "--overwrite", "if-changed", "--delete",
+                             "--dry-run")
+    assert document["dry_run"] is True
+    assert document["paths"] == {
+        "created": ["tomcat/lib/app-1.0.jar"],
+        "replaced": ["tomcat/bin/startup.sh", "tomcat/conf/server.xml", "tomcat/current"],
+        "deleted": ["tomcat/lib/app-2.0.jar", "tomcat/webapps/ROOT/new"]}
+    assert read_tree(src) == deployed
+    text = agent.run("restore", release_1["id"], "--target", src, "--delete", "--dry-run")
+    assert text.returncode == 1 and "tomcat/conf/server.xml" in text.stderr  # never: still the conflicts
+    fresh = str(tmp_path / "not-yet")
+    document = _restore_json(agent, release_1["id"], "--target", fresh, "--dry-run")
+    assert document["created"] == entries and not os.path.exists(fresh)
+
+
+def test_always_replaces_every_entry(agent, tmp_path):
+    _backed_up(agent, tmp_path)
+    target = str(tmp_path / "out")
+    agent.run("restore", "api:latest", "--target", target, check=0)
+    path = os.path.join(target, "tomcat/conf/context.xml")
+    inode = os.stat(path).st_ino
+    document = _restore_json(agent, "api:latest", "--target", target, "--overwrite", "always")
+    assert document["replaced"] == 6 and document["created"] == 0 and document["files"] == 5
+    assert os.stat(path).st_ino != inode
+
+
+def test_one_path_absolute_or_relative_creates_parents_with_recorded_modes(agent, tmp_path):
+    src = _backed_up(agent, tmp_path)
+    os.chmod(os.path.join(src, "tomcat"), 0o751)
+    os.chmod(os.path.join(src, "tomcat/conf"), 0o750)
+    agent.backup()
+    for name, path in (("rel", "tomcat/conf/server.xml"), ("abs", os.path.join(src, "tomcat/conf/server.xml"))):
+        target = str(tmp_path / name)
+        agent.run("restore", "api:latest", "--target", target, path, check=0)
+        assert set(read_tree(target)) == {b"tomcat", b"tomcat/conf", b"tomcat/conf/server.xml"}
+        assert stat.S_IMODE(os.stat(os.path.join(target, "tomcat")).st_mode) == 0o751
+        assert stat.S_IMODE(os.stat(os.path.join(target, "tomcat/conf")).st_mode) == 0o750
+    outside = agent.run("restore", "api:latest", "--target", str(tmp_path / "x"), "/etc/passwd")
+    assert outside.returncode == 1 and "not under the job's path" in outside.stderr and src in outside.stderr
+    delete_one = _restore_json(agent, "api:latest", "--target", src, "--delete", os.path.join(src, "tomcat/lib"))
+    assert delete_one["deleted"] == 0
+    make_tree(src, {"tomcat/lib/extra.jar": "x", "tomcat/conf/keep.xml": "k"})
+    delete_one = _restore_json(agent, "api:latest", "--target", src, "--delete", "tomcat/lib")
+    assert delete_one["deleted"] == 1 and os.path.exists(os.path.join(src, "tomcat/conf/keep.xml"))
+
+
+def test_planted_symlinks_never_redirect_a_write_or_a_delete(agent, tmp_path):
+    _backed_up(agent, tmp_path)
+    outside = tmp_path / "outside"
+    make_tree(str(outside), {"precious.txt": "keep me", "sub/deep.txt": "keep me too"})
+    before = read_tree(str(outside))
+    target = tmp_path / "target"
+    make_tree(str(target), {"tomcat/": None})
+    os.symlink(str(outside), str(target / "tomcat" / "conf"))  # where the snapshot has a directory
+    os.symlink(str(outside / "precious.txt"), str(target / "tomcat" / "extra"))  # not in the snapshot
+    os.symlink(str(outside), str(target / "tomcat" / "extra-dir"))
+
+    refused = agent.run("restore", "api:latest", "--target", str(target))
+    assert refused.returncode == 1 and "tomcat/conf" in refused.stderr
+    for mode in ("if-changed", "always"):
+        agent.run("restore", "api:latest", "--target", str(target), "--overwrite", mode, "--delete", check=0)
+        assert read_tree(str(outside)) == before
+        assert not os.path.islink(target / "tomcat/conf")
+        assert (target / "tomcat/conf/server.xml").read_text() == "<Server port='8005'/>"
+        assert not os.path.lexists(target / "tomcat/extra") and not os.path.lexists(target / "tomcat/extra-dir")
+        os.symlink(str(outside / "precious.txt"), str(target / "tomcat/conf/server.xml.new"))
+        os.unlink(target / "tomcat/conf/server.xml")
+        os.symlink(str(outside / "precious.txt"), str(target / "tomcat/conf/server.xml"))
+    assert read_tree(str(outside)) == before
+
+
+def test_a_file_where_a_directory_goes_and_the_other_way_round(agent, tmp_path):
+    src = _backed_up(agent, tmp_path)
+    target = str(tmp_path / "out")
+    make_tree(target, {"tomcat/conf": "a file where the snapshot has a directory",
+                       "tomcat/conf.d/x": "y", "tomcat/bin/startup.sh/inner/file": "a tree where a file goes"})
+    agent.run("restore", "api:latest", "--target", target, "--overwrite", "if-changed", check=0)
+    restored = read_tree(target)
+    assert b"tomcat/conf.d/x" in restored  # not in the snapshot, and no --delete: kept
+    del restored[b"tomcat/conf.d"], restored[b"tomcat/conf.d/x"]
+    assert restored == read_tree(src)
+
+
+def _nobody_can_use(tmp_path, *extra: str) -> list:
+    """setpriv argv for a user without CAP_DAC_OVERRIDE, after handing it the test area."""
+    if not shutil.which("setpriv"):
+        pytest.skip("needs setpriv")
+    for directory, dirs, files in os.walk(str(tmp_path)):
+        for name in dirs + files + [""]:
+            os.lchown(os.path.join(directory, name), 65534, 65534)
+    for parent in [tmp_path, *tmp_path.parents][:4]:
+        os.chmod(parent, os.stat(parent).st_mode | 0o011)
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", *extra]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand the test area to another user")
+def test_second_restore_into_a_read_only_directory_without_cap_dac_override(agent, tmp_path):
+    src = str(tmp_path / "svc")
+    make_tree(src, {"static/app.js": "v1", "static/css/site.css": "body{}", "conf/a.xml": "<a/>"})
+    os.chmod(os.path.join(src, "static/css"), 0o555)
+    os.chmod(os.path.join(src, "static"), 0o555)
+    agent.write_jobs(fs_job("svc", src))
+    agent.backup()
+    target = str(tmp_path / "out")
+    user = _nobody_can_use(tmp_path)
+    agent.run("restore", "svc:latest", "--target", target, check=0, user=user)
+    os.chmod(os.path.join(target, "static"), 0o755)
+    make_tree(target, {"static/app.js": "edited", "static/extra.js": "x"})
+    os.chmod(os.path.join(target, "static"), 0o555)
+    for mode in ("if-changed", "always"):
+        result = agent.run("restore", "svc:latest", "--target", target, "--overwrite", mode, "--delete", user=user)
+        assert result.returncode == 0, result.stderr
+        assert read_tree(target) == read_tree(src)
+        assert stat.S_IMODE(os.stat(os.path.join(target, "static")).st_mode) == 0o555
+        assert os.stat(os.path.join(target, "static/app.js")).st_uid == 65534
+
+
+def test_target_that_is_a_file_is_a_clear_error(agent, tmp_path):
+    _backed_up(agent, tmp_path)
+    existing = tmp_path / "a-file"
+    existing.write_text("not a directory")
+    for target in (existing, existing / "below"):
+        result = agent.run("restore", "api:latest", "--target", str(target))
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert str(target) in result.stderr and "not a directory" in result.stderr
+    assert existing.read_text() == "not a directory"
+
+
+def _flip_byte_of_blob(repository: str, blob_id: bytes) -> None:
+    location = Repository.open(repository).index.get(blob_id)
+    pack = Repository.open(repository).pack_path(location.pack)
+    with open(pack, "r+b") as handle:
+        handle.seek(location.offset + location.length // 2)
+        byte = handle.read(1)
+        handle.seek(location.offset + location.length // 2)
+        handle.write(bytes([byte[0] ^ 0x40]))
+
+
+def _entries(agent) -> dict:
+    from agent.store.tree import read_tree as manifest
+
+    repo = Repository.open(agent.repository)
+    [snapshot] = repo.snapshots()
+    return {entry.path: entry for entry in manifest(repo, snapshot.tree)}
+
+
+def test_a_damaged_blob_never_becomes_wrong_bytes_on_disk(agent, tmp_path):
+    spec = {"lib/app.jar": os.urandom(200_000), "conf/server.xml": "<Server/>" * 50, "conf/b.xml": "b"}
+    src = _backed_up(agent, tmp_path, {**spec, "tomcat/bin/startup.sh": "#!/bin/sh\n"})
+    target = str(tmp_path / "out")
+    agent.run("restore", "api:latest", "--target", target, check=0)
+    make_tree(target, {"lib/app.jar": "the operator's own copy"})
+    [chunk] = _entries(agent)["lib/app.jar"].chunks[:1]
+    _flip_byte_of_blob(agent.repository, chunk)
+    for where, mode in ((str(tmp_path / "fresh"), "never"), (target, "always")):
+        result = agent.run("restore", "api:latest", "--target", where, "--overwrite", mode)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert "lib/app.jar" in result.stderr and chunk.hex()[:12] in result.stderr
+        restored = read_tree(where)
+        assert restored[b"conf/server.xml"] == read_tree(src)[b"conf/server.xml"]
+        assert [name for name in os.listdir(os.path.join(where, "lib")) if name.startswith(".restore")] == []
+    assert not os.path.exists(str(tmp_path / "fresh/lib/app.jar"))
+    assert read_tree(target)[b"lib/app.jar"][-1] == b"the operator's own copy"
+
+
+def test_a_damaged_file_list_is_named_not_a_traceback(agent, tmp_path):
+    _backed_up(agent, tmp_path)
+    repo = Repository.open(agent.repository)
+    [snapshot] = repo.snapshots()
+    _flip_byte_of_blob(agent.repository, bytes.fromhex(snapshot.tree[0]))
+    result = agent.run("restore", "api:latest", "--target", str(tmp_path / "out"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert snapshot.id[:12] in result.stderr and "cannot be read" in result.stderr
