@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from agent.collector import pages
+from agent.collector import charts, pages
 from agent.collector.freshness import DEFAULT_GRACE, fleet, iso
 from agent.collector.schema import Report, validate
 from agent.collector.storage import Storage
@@ -231,14 +231,16 @@ def create_app(storage: Storage, tokens: TokenStore, settings: Optional[Settings
         if denied:
             return denied
         host, job = request.path_params["host"], request.path_params["job"]
+        now = clock()
 
         def load() -> tuple:
-            return storage.reports(host, job, 500), storage.missing_seqs(host)
+            return (storage.reports(host, job, 500), storage.missing_seqs(host),
+                    storage.runs(host, job, now - charts.WINDOW, charts.MAX_RUNS))
 
-        rows, gaps = await run_in_threadpool(load)
+        rows, gaps, runs = await run_in_threadpool(load)
         if not rows:
             return HTMLResponse(pages.not_found(host, job), status_code=404)
-        return HTMLResponse(pages.history(clock(), host, job, rows, gaps))
+        return HTMLResponse(pages.history(now, host, job, rows, gaps, runs))
 
     async def metrics(request: Request) -> Response:
         denied = reader_allowed(request)

@@ -7,13 +7,16 @@ from html import escape
 from typing import List, Optional, Sequence, Tuple
 from urllib.parse import quote
 
+from agent.collector.charts import STYLE as CHART_STYLE
+from agent.collector.charts import history_charts, size_text
 from agent.collector.freshness import STATES, HostView, age, iso
+from agent.collector.storage import Run
 
 REFRESH_SECONDS = 60
 
 STYLE = """
 body{font:14px system-ui,sans-serif;margin:1em 2em;color:#222}
-h1{font-size:1.3em;margin:.2em 0}
+h1{font-size:1.3em;margin:.2em 0}h2{font-size:1.05em;margin:1em 0 .2em}
 .summary span{display:inline-block;margin-right:1.2em}
 table{border-collapse:collapse;margin-top:.8em}
 th,td{border:1px solid #ddd;padding:2px 6px;text-align:left;white-space:nowrap}
@@ -29,7 +32,7 @@ td.err{white-space:normal;max-width:50em;color:#900}
 def _page(title: str, body: str, refresh: bool = True) -> str:
     meta = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if refresh else ""
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">{meta}<title>{escape(title)}</title>'
-            f"<style>{STYLE}</style></head><body>{body}</body></html>")
+            f"<style>{STYLE}{CHART_STYLE}</style></head><body>{body}</body></html>")
 
 
 def _row(view: HostView, columns: Sequence[Tuple[str, str]], now: float) -> str:
@@ -83,16 +86,10 @@ def dashboard(now: float, jobs: Sequence[str], views: Sequence[HostView], only: 
     return _page("Backups", body)
 
 
-def _size(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(count)
-
-
-def history(now: float, host: str, job: str, rows: List[dict], gaps: List[Tuple[int, int]]) -> str:
+def history(now: float, host: str, job: str, rows: List[dict], gaps: List[Tuple[int, int]],
+            runs: Sequence[Run] = ()) -> str:
+    """A job's page: the last 90 days drawn (agent.collector.charts), then the newest runs as a table.
+    `rows`: report bodies, newest first; `runs`: the runs of the window, for the charts."""
     from agent.collector.schema import parse_time
 
     lines = []
@@ -102,14 +99,15 @@ def history(now: float, host: str, job: str, rows: List[dict], gaps: List[Tuple[
         lines.append(f'<tr data-status="{escape(row["status"])}"><td>{escape(row["finished_at"][:19])}</td>'
                      f'<td class="{"ok" if row["status"] == "ok" else "failing"}">{escape(row["status"])}</td>'
                      f'<td>{escape(row["trigger"])}</td><td>{finished - started:.1f} s</td>'
-                     f'<td>{row["files"]}</td><td>{_size(row["bytes"])}</td><td>{_size(row["new_bytes"])}</td>'
+                     f'<td>{row["files"]}</td><td>{size_text(row["bytes"])}</td><td>{size_text(row["new_bytes"])}</td>'
                      f'<td>{row["seq"]}</td><td class="err">{errors}</td></tr>')
     gap_text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in gaps)
     body = (f'<p><a href="/">&larr; fleet</a></p><h1>{escape(host)} / {escape(job)}</h1>'
             f'<p class="muted">{len(rows)} newest runs. '
             + (f"Reports lost from this host (sequence numbers): {escape(gap_text)}." if gaps else "No lost reports.")
-            + "</p><table><thead><tr><th>finished (UTC)</th><th>status</th><th>trigger</th><th>duration</th>"
-              "<th>files</th><th>size</th><th>new</th><th>seq</th><th>errors</th></tr></thead>"
+            + "</p>" + history_charts(now, runs)
+            + "<h2>Newest runs</h2><table><thead><tr><th>finished (UTC)</th><th>status</th><th>trigger</th>"
+              "<th>duration</th><th>files</th><th>size</th><th>new</th><th>seq</th><th>errors</th></tr></thead>"
             + f"<tbody>{''.join(lines)}</tbody></table>")
     return _page(f"{host} / {job}", body)
 

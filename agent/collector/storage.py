@@ -109,6 +109,17 @@ class JobRow(NamedTuple):
     runs: int
 
 
+class Run(NamedTuple):
+    """One run as the history's charts draw it, read from the reports table's columns (no JSON parsed)."""
+
+    started_ts: float
+    finished_ts: float
+    status: str
+    trigger: str
+    bytes: int
+    new_bytes: int
+
+
 class HostRow(NamedTuple):
     host: str
     last_seen_ts: float
@@ -285,6 +296,13 @@ class Storage:
             data["received_ts"] = received_ts
             result.append(data)
         return result
+
+    def runs(self, host: str, job: str, since: float, limit: int) -> List[Run]:
+        """HOST's runs of JOB that finished at or after `since` (epoch seconds), the newest `limit`."""
+        rows = self._query("SELECT started_ts, finished_ts, status, trigger_name, bytes, new_bytes FROM reports "
+                           "WHERE host = ? AND job = ? AND finished_ts >= ? ORDER BY finished_ts DESC LIMIT ?",
+                           [host, job, since, limit])
+        return [Run(*row) for row in rows]
 
     def missing_seqs(self, host: str, limit: int = 50) -> List[Tuple[int, int]]:
         """Gaps in a host's sequence numbers as (first missing, last missing) ranges, oldest first."""
