@@ -30,6 +30,7 @@ from agent.snapshot.changes import ChangeSet
 from agent.snapshot.ignore import IgnoreRules
 from agent.state import JobState, StateDir
 from agent.systemd import notify, watchdog_interval
+from agent.text import plural
 from agent.watch.debounce import Debouncer
 from agent.watch.observer import TreeWatcher
 
@@ -311,7 +312,7 @@ class Daemon:
 
     def shutdown(self) -> None:
         notify("STOPPING=1")
-        log.info("stopping: %d backup(s) running", len(self.running))
+        log.info("stopping: %s running", plural(len(self.running), "backup"))
         deadline = time.monotonic() + SHUTDOWN_GRACE
         for run in list(self.running.values()):
             run.thread.join(max(deadline - time.monotonic(), 0))

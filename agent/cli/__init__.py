@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from agent.cli.common import EXIT_USAGE, UsageError, err
+from agent.cli.common import EXIT_USAGE, UsageError, err, error
+from agent.text import plural
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -29,12 +30,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
+        # README contract: each problem as `FILE: jobs.NAME.KEY: what is wrong`, after one prefixed line
+        error(f"the configuration has {plural(len(exc.problems), 'problem')}:")
         for problem in exc.problems:
             err(problem)
         return EXIT_USAGE
     except UsageError as exc:
-        err(f"backup-agent: {exc}")
+        error(str(exc))
         return EXIT_USAGE
     except KeyboardInterrupt:
-        err("interrupted")
+        error("interrupted")
         return 130

@@ -8,20 +8,23 @@ from agent import __version__
 from agent.cli.commands import backup, collector, config, control, demo, reports, repository, restore, snapshots
 from agent.cli.common import EXIT_USAGE
 
+CONFIG_HELP = "agent.toml (default: $BACKUP_AGENT_CONFIG, else /etc/backup-agent/agent.toml)"
+
 
 def build_parser() -> argparse.ArgumentParser:  # long: one declaration per option, read top to bottom
     parser = argparse.ArgumentParser(
         prog="backup-agent",
         description="Change-triggered, deduplicated, verifiable backups for Enstratius nodes.")
     parser.add_argument("--version", action="version", version=f"backup-agent {__version__}")
-    parser.add_argument("--config", metavar="FILE",
-                        help="agent.toml (default: $BACKUP_AGENT_CONFIG, else /etc/backup-agent/agent.toml)")
+    parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     def command(name: str, func, help_text: str, listing: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=func)
+        # also after the command; SUPPRESS keeps a --config given before it when none follows
+        p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=CONFIG_HELP)
         if listing:
             p.add_argument("--json", action="store_true", help="print JSON on stdout, messages on stderr")
         return p
@@ -55,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:  # long: one declaration per opti
     p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     p = command("run", control.run_daemon, "run the agent: watch trees, run jobs on their schedule", listing=False)
     p.add_argument("--verbose", action="store_true", help="debug logging")
-    command("status", control.run_status, "per job: last run, last success, next due, watcher mode")
+    p = command("status", control.run_status, "per job: last run, last success, next due, watcher mode")
+    p.add_argument("job", nargs="?", metavar="JOB", help="one job (default: every job)")
     p = command("pause", control.run_pause, "hold change-triggered backups (during a deployment)", listing=False)
     p.add_argument("job", nargs="?", metavar="JOB", help="one job (default: every job)")
     p.add_argument("--for", dest="duration", default="1h", metavar="DURATION",

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Sequence
 
+from agent.text import plural
+
 if TYPE_CHECKING:
     from agent.report.model import RunReport
     from agent.store.prune import PruneResult
@@ -31,7 +33,7 @@ def report(run: RunReport) -> List[str]:
     """One run report: the job, its outcome and sizes, then its notes and errors indented."""
     state = "unchanged" if run.ok and not run.changed else run.status
     snap = f" snapshot {run.snapshot[:12]}" if run.snapshot else ""
-    lines = [f"{run.job}: {state}{snap}, {run.files} files, {size(run.bytes)}, {size(run.new_bytes)} new"]
+    lines = [f"{run.job}: {state}{snap}, {plural(run.files, 'file')}, {size(run.bytes)}, {size(run.new_bytes)} new"]
     lines += [f"  note: {warning}" for warning in run.warnings]
     lines += [f"  error: {error}" for error in run.errors]
     return lines
@@ -42,7 +44,7 @@ def snapshots(rows: Sequence[Mapping]) -> List[str]:
     if not rows:
         return ["no snapshots"]
     return [f"{row['id'][:12]}  {when(row['time'])}  {row['job']:<24} {row['trigger']:<9}"
-            f" {row['files']:>7} files  {size(row['bytes'])}" for row in rows]
+            f" {plural(row['files'], 'file'):>13}  {size(row['bytes'])}" for row in rows]
 
 
 def verify(result: VerifyResult, read_data: bool) -> List[str]:
@@ -53,7 +55,8 @@ def verify(result: VerifyResult, read_data: bool) -> List[str]:
     lines += [f"damaged: {problem}" for problem in result.problems]
     mode = "read and re-hashed" if read_data else "checked"
     verdict = "ok" if result.ok else "DAMAGED"
-    lines.append(f"{verdict}: {result.snapshots} snapshots, {result.blobs} blobs in {result.packs} packs {mode}")
+    lines.append(f"{verdict}: {plural(result.snapshots, 'snapshot')}, {plural(result.blobs, 'blob')} in "
+                 f"{plural(result.packs, 'pack')} {mode}")
     return lines
 
 
@@ -61,9 +64,9 @@ def prune(result: PruneResult, dry_run: bool) -> List[str]:
     verb = "would remove" if dry_run else "removed"
     lines = [f"{verb} {snap.id[:12]}  {when(snap.time)}  {snap.job}" for snap in result.removed]
     lines += [f"kept every snapshot of {job}: no such job in the configuration" for job in result.unknown_jobs]
-    lines.append(f"{len(result.kept)} snapshots kept, {len(result.removed)} {verb}"
-                 + ("" if dry_run else f"; {result.packs_deleted} packs deleted, {result.packs_rewritten} "
-                                       f"rewritten, {size(result.bytes_freed)} freed"))
+    lines.append(f"{plural(len(result.kept), 'snapshot')} kept, {len(result.removed)} {verb}"
+                 + ("" if dry_run else f"; {plural(result.packs_deleted, 'pack')} deleted, "
+                                       f"{result.packs_rewritten} rewritten, {size(result.bytes_freed)} freed"))
     return lines
 
 
@@ -90,8 +93,8 @@ def spool(where: str, pending: Iterable[Dict], dead: Iterable[Dict], dropped: in
     if flushed is not None:
         lines.append(f"delivered {flushed['delivered']}, dead-lettered {flushed['dead']}"
                      + (f"; refused: {flushed['blocked']}" if flushed["blocked"] else ""))
-    lines.append(f"{len(pending)} pending ({where}), {len(dead)} dead-lettered, {dropped} dropped by the "
-                 "spool's bounds")
+    lines.append(f"{plural(len(pending), 'report')} pending ({where}), {len(dead)} dead-lettered, {dropped} "
+                 "dropped by the spool's bounds")
     lines += [f"  pending #{row['seq']}  {when(row['finished_at'])}  {row['job']}  {row['status']}"
               for row in pending]
     lines += [f"  dead    #{row['seq']}  {when(row['finished_at'])}  {row['job']}  {row['status']}: {row['reason']}"

@@ -9,6 +9,8 @@ import sys
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from agent.text import plural
+
 
 @dataclass(frozen=True)
 class ServeOptions:
@@ -50,7 +52,7 @@ def serve(options: ServeOptions) -> int:
     scheme = "https" if options.tls_cert else "http"
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"collector listening on {scheme}://{shown}:{bound} (storage {storage.describe()}, "
-          f"{len(tokens.hosts())} host token(s))", flush=True)
+          f"{plural(len(tokens.hosts()), 'host token')})", flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=options.access_log, lifespan="on",
                             ssl_certfile=options.tls_cert, ssl_keyfile=options.tls_key,
                             timeout_graceful_shutdown=5, server_header=False, proxy_headers=False)

@@ -324,8 +324,8 @@ class Storage:
 
 
 class SQLiteStorage(Storage):
-    def __init__(self, path: str) -> None:
-        super().__init__(f"sqlite:///{path}")
+    def __init__(self, path: str, url: str = "") -> None:
+        super().__init__(url or f"sqlite://{path}")  # the URL as the operator wrote it, for messages
         self.path = path
 
     def _connect(self) -> Any:
@@ -363,7 +363,7 @@ def open_storage(url: str) -> Storage:
 
         path = url[len("sqlite://"):]
         os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-        storage: Storage = SQLiteStorage(path)
+        storage: Storage = SQLiteStorage(path, url)
     elif url.startswith(("postgresql://", "postgres://")):
         storage = PostgresStorage(url)
     else:

@@ -7,7 +7,8 @@ import argparse
 from typing import List, Sequence
 
 import agent.cli.render as render
-from agent.cli.common import EXIT_FAILED, EXIT_OK, UsageError, err, load_config, print_json
+from agent.cli.common import EXIT_FAILED, EXIT_OK, UsageError, check_jobs, err, load_config, print_json
+from agent.text import plural
 
 BRIEF_DELIVERY = 5.0  # a one-shot backup tries this long; the daemon (or `reports --flush`) does the rest
 
@@ -47,8 +48,8 @@ def deliver_briefly(config) -> None:
     finally:
         sender.close()
     if result.remaining:
-        err(f"note: {result.remaining} report(s) not delivered to the collector yet: they stay spooled "
-            "(`backup-agent reports`)")
+        err(f"note: {plural(result.remaining, 'report')} not delivered to the collector yet: they stay "
+            "spooled (`backup-agent reports`)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,8 +59,5 @@ def run(args: argparse.Namespace) -> int:
     if not args.all and not args.jobs:
         raise UsageError("name the jobs to back up, or give --all")
     names: List[str] = [job.name for job in config.jobs] if args.all else args.jobs
-    unknown = [name for name in names if name not in {job.name for job in config.jobs}]
-    if unknown:
-        raise UsageError(f"unknown job(s): {', '.join(unknown)} (known: "
-                         f"{', '.join(job.name for job in config.jobs)})")
+    check_jobs(config, names)
     return backup(config, names, args.json)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from agent.cli.common import EXIT_FAILED, EXIT_OK, UsageError, err
+from agent.cli.common import EXIT_FAILED, EXIT_OK, UsageError, err, error
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -18,13 +18,13 @@ def run_serve(args: argparse.Namespace) -> int:
         grace = parse_duration(args.grace)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    db = args.db or f"sqlite:///{os.path.abspath(os.path.join(args.state_dir, 'collector.db'))}"
+    db = args.db or f"sqlite://{os.path.abspath(os.path.join(args.state_dir, 'collector.db'))}"
     try:
         return serve(ServeOptions(listen=args.listen, db=db, tokens=os.path.abspath(args.tokens), grace=grace,
                                   read_auth=args.require_read_token, tls_cert=args.tls_cert, tls_key=args.tls_key,
                                   access_log=args.access_log))
     except (StorageError, OSError) as exc:
-        err(f"backup-agent collector: {exc}")
+        error(f"collector: {exc}")
         return EXIT_FAILED
 
 

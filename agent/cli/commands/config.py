@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from agent.cli.common import EXIT_OK, load_config, print_json
+from agent.text import plural
 
 
 def check_config(config, as_json: bool = False) -> int:
@@ -14,7 +15,7 @@ def check_config(config, as_json: bool = False) -> int:
                               "schedule": job.schedule, "every": job.every.text, "file": job.source}
                              for job in config.jobs]})
         return EXIT_OK
-    print(f"{config.path}: ok, {len(config.jobs)} jobs, host {config.host}, repository {config.repository}")
+    print(f"{config.path}: ok, {plural(len(config.jobs), 'job')}, host {config.host}, repository {config.repository}")
     width = max((len(job.name) for job in config.jobs), default=4)
     for job in config.jobs:
         print(f"  {job.name:<{width}}  {job.type:<7}  {job.target}  ({job.schedule})")

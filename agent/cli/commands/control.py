@@ -7,7 +7,7 @@ import os
 from typing import Dict, List, Optional
 
 import agent.cli.render as render
-from agent.cli.common import EXIT_OK, UsageError, load_config, print_json
+from agent.cli.common import EXIT_OK, UsageError, check_jobs, load_config, print_json
 
 
 def run_daemon(args: argparse.Namespace) -> int:
@@ -29,8 +29,8 @@ def iso(epoch: Optional[float]) -> Optional[str]:
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def status_rows(config) -> Dict:
-    """`status --json`: {"agent": {"running", "pid", "host"}, "jobs": [one row per job]}."""
+def status_rows(config, only: Optional[str] = None) -> Dict:
+    """`status --json`: {"agent": {"running", "pid", "host"}, "jobs": [one row per job (or job `only`)]}."""
     import time
 
     from agent.daemon import running_daemon
@@ -43,6 +43,8 @@ def status_rows(config) -> Dict:
     pauses = state.pauses(now)
     rows: List[Dict] = []
     for job in config.jobs:
+        if only is not None and job.name != only:
+            continue
         job_state = state.job(job.name)
         last = job_state.last_run or {}
         due = next_due(job, config.host, job_state, started_at if pid else now)
@@ -57,8 +59,10 @@ def status_rows(config) -> Dict:
     return {"agent": {"running": pid is not None, "pid": pid, "host": config.host}, "jobs": rows}
 
 
-def status(config, as_json: bool = False) -> int:
-    data = status_rows(config)
+def status(config, job: Optional[str] = None, as_json: bool = False) -> int:
+    if job:
+        check_jobs(config, [job])
+    data = status_rows(config, job)
     if as_json:
         print_json(data)
     else:
@@ -67,7 +71,7 @@ def status(config, as_json: bool = False) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    return status(load_config(args.config), args.json)
+    return status(load_config(args.config), args.job, args.json)
 
 
 def _nudge_daemon(config) -> None:
@@ -89,8 +93,8 @@ def pause(config, job: Optional[str], duration: str) -> int:
     from agent.config import parse_duration
     from agent.state import StateDir
 
-    if job and job not in {known.name for known in config.jobs}:
-        raise UsageError(f"unknown job: {job}")
+    if job:
+        check_jobs(config, [job])
     try:
         seconds = parse_duration(duration)
     except ValueError as exc:
@@ -106,8 +110,8 @@ def pause(config, job: Optional[str], duration: str) -> int:
 def resume(config, job: Optional[str]) -> int:
     from agent.state import StateDir
 
-    if job and job not in {known.name for known in config.jobs}:
-        raise UsageError(f"unknown job: {job}")
+    if job:
+        check_jobs(config, [job])
     StateDir(config.state_dir).set_pause(job, None)
     _nudge_daemon(config)
     print(f"change-triggered backups of {job or 'every job'} resumed")

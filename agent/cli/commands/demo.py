@@ -23,6 +23,10 @@ def _step(title: str) -> None:
     print(f"\n=== {title}", flush=True)
 
 
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
 def run_demo(directory: Optional[str] = None) -> int:
     """Build the sandbox in `directory` (default: a new temp dir) and walk through it; 0 if every step
     did what it should, else 1."""
@@ -77,7 +81,7 @@ def _walkthrough(base: str, config_path: str, url: str) -> int:
     restored = os.path.join(restore_dir, "tomcat", "conf", "server.xml")
     same = os.path.exists(restored) and filecmp.cmp(server_xml, restored, shallow=False)
     logs = os.path.exists(os.path.join(restore_dir, "tomcat", "logs"))
-    print(f"  server.xml restored identical: {same}; logs/ restored: {logs} (excluded by policy)")
+    print(f"  server.xml restored identical: {_yes(same)}; logs/ restored: {_yes(logs)} (excluded by policy)")
 
     _step("backup-agent verify --read-data")
     verified = verify(config, read_data=True)
@@ -143,7 +147,7 @@ def _daemon_demo(base: str, config_path: str) -> bool:
             if "services-worker" in line or "running" in line:
                 print("  " + line.rstrip())
     taken = len(repo.snapshots("services-worker")) > before
-    print(f"  change-triggered snapshot taken: {taken}")
+    print(f"  change-triggered snapshot taken: {_yes(taken)}")
     return taken
 
 

@@ -9,7 +9,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import agent.cli.render as render
-from agent.cli.common import EXIT_FAILED, EXIT_OK, UsageError, err, load_config, open_repository, print_json
+from agent.cli import snapshot_ref
+from agent.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    PREFIX,
+    UsageError,
+    err,
+    error,
+    load_config,
+    open_repository,
+    print_json,
+)
+from agent.text import plural
 
 if TYPE_CHECKING:
     from agent.restorer import RestoreResult
@@ -44,10 +56,7 @@ def restore(config, options: RestoreOptions) -> int:
 
     repo = open_repository(config)
     with repo.lock(exclusive=False, purpose="restore"):
-        try:
-            snapshot = repo.find_snapshot(options.snapshot)
-        except RepositoryError as exc:
-            raise UsageError(str(exc)) from None
+        snapshot = snapshot_ref.resolve(config, repo, options.snapshot)
         if snapshot.type in STREAM_TYPES:
             return _restore_dump(config, repo, snapshot, options)
         if options.to_database:
@@ -61,7 +70,7 @@ def restore(config, options: RestoreOptions) -> int:
         except TargetError as exc:
             raise UsageError(f"--target: {exc}") from None
         except (RepositoryError, ValueError, KeyError) as exc:  # a damaged blob, or a damaged manifest line
-            err(f"error: snapshot {snapshot.id[:12]} cannot be read: {exc}")
+            error(f"snapshot {snapshot.id[:12]} cannot be read: {exc}")
             return EXIT_FAILED
     if options.json:
         print_json(restore_json(result, snapshot, options.target, options.dry_run))
@@ -90,12 +99,13 @@ def restore_json(result: RestoreResult, snapshot: Snapshot, target: str, dry_run
 def restore_lines(result: RestoreResult, snapshot: Snapshot, target: str, dry_run: bool) -> List[str]:
     """The messages for stderr: errors, warnings, then the conflicts (the first 20 and a count, with the
     option that replaces them), the dry run's list, or what was done."""
-    lines = [f"error: {error}" for error in result.errors] + [f"warning: {note}" for note in result.warnings]
+    lines = ([f"{PREFIX}error: {problem}" for problem in result.errors]
+             + [f"{PREFIX}warning: {note}" for note in result.warnings])
     where = f"snapshot {snapshot.id[:12]} ({snapshot.job}, {snapshot.time})"
     if result.conflicts:
         count = len(result.conflicts)
         verb = "differs" if count == 1 else "differ"
-        lines.append(f"error: {_plural(count, 'entry', 'entries')} in {target} {verb} from {where}; nothing "
+        lines.append(f"{PREFIX}error: {plural(count, 'entry', 'entries')} in {target} {verb} from {where}; nothing "
                      "was restored. Use --overwrite if-changed to replace them (--overwrite always replaces "
                      "every entry; --dry-run shows what either would do):")
         lines.extend(f"  {path}" for path in result.conflicts[:SHOWN_CONFLICTS])
@@ -110,13 +120,9 @@ def restore_lines(result: RestoreResult, snapshot: Snapshot, target: str, dry_ru
             lines.extend(f"would {label}: {path}" for path in paths)
         lines.append(f"dry run of {where} into {target}: would be {counts}; nothing was changed")
         return lines
-    lines.append(f"restored {where} into {target}: {counts}; {_plural(result.files, 'file', 'files')} "
+    lines.append(f"restored {where} into {target}: {counts}; {plural(result.files, 'file')} "
                  f"({render.size(result.bytes)}) written")
     return lines
-
-
-def _plural(count: int, one: str, many: str) -> str:
-    return f"{count} {one if count == 1 else many}"
 
 
 def _restore_dump(config, repo, snapshot, options: RestoreOptions) -> int:
@@ -138,7 +144,7 @@ def _restore_dump(config, repo, snapshot, options: RestoreOptions) -> int:
             raise UsageError("give --target FILE (or --to-database NAME for a mysql snapshot)")
         size = restore_to_file(repo, snapshot, os.path.abspath(options.target), options.force)
     except RestoreRefused as exc:
-        err(f"error: {exc}")
+        error(str(exc))
         return EXIT_FAILED
     err(f"restored the {render.size(size)} dump of {snapshot.job} ({snapshot.time}) to {options.target}")
     return EXIT_OK

@@ -1,0 +1,38 @@
+"""What a SNAPSHOT argument may be, in every command that takes one: a snapshot id, a unique id prefix,
+`JOB:latest`, or `JOB:latest~N` (the N-th snapshot before the latest of JOB, as git's `HEAD~N`)."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from agent.cli.common import UsageError, unknown_job
+from agent.text import plural
+
+if TYPE_CHECKING:
+    from agent.config import Config
+    from agent.store import Repository, Snapshot
+
+_LATEST = re.compile(r"(?P<job>.+):latest(?:~(?P<back>[0-9]+))?")
+
+
+def resolve(config: Config, repo: Repository, ref: str) -> Snapshot:
+    """The snapshot `ref` names. Raises UsageError: an unknown job (the same message as every command),
+    a job without snapshots, N beyond the job's history, no or several snapshots with that id prefix."""
+    from agent.store import RepositoryError
+
+    match = _LATEST.fullmatch(ref)
+    if match is None:
+        try:
+            return repo.find_snapshot(ref)
+        except RepositoryError as exc:
+            raise UsageError(str(exc)) from None
+    job, back = match["job"], int(match["back"] or 0)
+    found = repo.snapshots(job)  # oldest first
+    if not found:
+        if job not in {known.name for known in config.jobs}:
+            raise unknown_job(config, job)
+        raise UsageError(f"job {job!r} has no snapshot yet")
+    if back >= len(found):
+        raise UsageError(f"{ref}: job {job!r} has only {plural(len(found), 'snapshot')}")
+    return found[-1 - back]

@@ -1,0 +1,96 @@
+"""The command's messages, as an operator meets them: one answer for an unknown job from every command,
+--config on either side of the command, a missing configuration that says how to name another, one
+error prefix, plurals, and no Python literals in human output."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from tests.helpers import agent_command, fs_job, make_tree
+
+UNKNOWN = "backup-agent: error: unknown job 'nope' (known: one, two)\n"
+
+
+@pytest.fixture
+def two_jobs(agent, tmp_path):
+    make_tree(str(tmp_path / "one"), {"a.txt": "a"})
+    make_tree(str(tmp_path / "two"), {"b.txt": "b", "c.txt": "c"})
+    agent.write_jobs(fs_job("one", str(tmp_path / "one")) + fs_job("two", str(tmp_path / "two")))
+    return agent
+
+
+@pytest.mark.parametrize("argv", [
+    ["backup", "nope"], ["backup", "one", "nope"], ["restore", "nope:latest", "--target", "x"],
+    ["restore", "nope:latest~1", "--target", "x"], ["snapshots", "nope"], ["snapshots", "nope", "--json"],
+    ["pause", "nope"], ["resume", "nope"], ["status", "nope"], ["status", "nope", "--json"],
+])
+def test_an_unknown_job_gets_the_same_answer_from_every_command(two_jobs, argv):
+    two_jobs.backup("one")  # a repository exists: the answer does not depend on there being none
+    result = two_jobs.run(*argv)
+    assert (result.returncode, result.stderr, result.stdout) == (2, UNKNOWN, "")
+
+
+def test_a_removed_job_still_lists_its_snapshots(two_jobs, tmp_path):
+    two_jobs.backup("one")
+    two_jobs.write_jobs(fs_job("two", str(tmp_path / "two")))
+    assert [row["job"] for row in two_jobs.snapshots("one")] == ["one"]
+
+
+def test_config_is_accepted_before_or_after_the_command(two_jobs):
+    before = two_jobs.run("check-config", "--json", check=0).stdout  # helpers put it before
+    import subprocess
+
+    after = subprocess.run([*agent_command(), "check-config", "--config", two_jobs.config, "--json"],
+                           capture_output=True, text=True, timeout=60)
+    assert (after.returncode, after.stdout) == (0, before)
+    both = subprocess.run([*agent_command(), "--config", "/nonexistent.toml", "status", "--config",
+                           two_jobs.config], capture_output=True, text=True, timeout=60)
+    assert both.returncode == 0, both.stderr  # the one after the command is nearer: it wins
+
+
+def test_a_missing_configuration_says_how_to_name_another(tmp_path):
+    import subprocess
+
+    missing = str(tmp_path / "agent.toml")
+    env = {**os.environ, "BACKUP_AGENT_CONFIG": missing}
+    result = subprocess.run([*agent_command(), "snapshots"], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"backup-agent: error: {missing}: no such configuration file")
+    assert "--config FILE" in result.stderr and "$BACKUP_AGENT_CONFIG" in result.stderr
+
+
+def test_every_error_has_the_one_prefix(two_jobs):
+    for argv in (["backup"], ["restore", "0000deadbeef", "--target", "x"], ["pause", "--for", "soon"]):
+        result = two_jobs.run(*argv)
+        assert result.returncode == 2
+        assert result.stderr.startswith("backup-agent: error: "), (argv, result.stderr)
+    two_jobs.write_jobs('[jobs.bad]\ntype = "fs"\n', "bad.toml")
+    result = two_jobs.run("status")
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert lines[0] == "backup-agent: error: the configuration has 2 problems:"
+    assert all(line.startswith(os.path.join(two_jobs.base, "conf.d", "bad.toml") + ": jobs.bad.")
+               for line in lines[1:]), lines
+
+
+def test_human_output_has_plurals_and_no_python_literals(two_jobs):
+    outputs = [two_jobs.run("backup", "one", check=0).stdout, two_jobs.run("backup", "two", check=0).stdout]
+    assert "one: ok snapshot" in outputs[0] and ", 1 file, " in outputs[0]
+    assert ", 2 files, " in outputs[1]
+    for argv in (["check-config"], ["snapshots"], ["status"], ["verify"], ["prune", "--dry-run"], ["reports"],
+                 ["backup", "--all"]):
+        result = two_jobs.run(*argv, check=0)
+        outputs.append(result.stdout + result.stderr)
+    text = "\n".join(outputs)
+    assert not re.search(r"\b(True|False|None)\b", text), text
+    assert not re.search(r"\b1 (files|snapshots|jobs|blobs|packs)\b", text), text
+    assert "2 jobs" in text and "1 file " in text
+
+
+def test_the_collector_prints_the_sqlite_url_as_written(start_collector, tmp_path):
+    url = f"sqlite:///{tmp_path}/fleet.db"
+    collector = start_collector(db=url)
+    assert f"(storage {url}," in collector.text()
