@@ -3,7 +3,12 @@
 It wires the pieces together and decides nothing itself: the watcher reports changes, the debouncer
 says when a burst has settled, the timer module says when a job is due, the runner runs a job. The main
 loop is a sequence of small steps (`step`) that waits on one Event between them, so that shutdown,
-reload, a settled burst or a due job all end the wait promptly; there is no bare sleep.
+reload, a settled burst or a due job all end the wait promptly; there is no bare sleep. A wait is never
+shortened for something that cannot start yet (a paused job's change, a busy job's follow-up): the pause's
+end and a run's end wake the loop themselves, so an idle or paused agent wakes only when it has work.
+
+Two clocks: the wall clock for the schedule and pauses (their times are stored and shown), the monotonic
+clock for intervals (debounce, idle release), which a clock step must not stretch or cut.
 
 Lanes: change-triggered runs of fs jobs have a lane of their own, so a small tree's change is not
 starved behind a long database dump; every other run shares `max_concurrent_runs` (default 1).
@@ -18,7 +23,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from agent.config import Config, ConfigError, Job, load_config
 from agent.durable import atomic_write, make_private_dirs
@@ -52,6 +57,7 @@ class _Running:
 class Daemon:
     config_path: Optional[str]
     clock: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
     config: Optional[Config] = None
     stop_event: threading.Event = field(default_factory=threading.Event)
     wake: threading.Event = field(default_factory=threading.Event)
@@ -70,12 +76,14 @@ class Daemon:
         self.watcher: Optional[TreeWatcher] = None
         self.delivery: Optional[DeliveryLoop] = None
         self.repo = None
-        self.last_activity = self.clock()
+        self.last_activity = self.monotonic()
+        self.passes = 0                       # passes of the main loop: each one is a wake-up
+        self._startup_scans: Set[str] = set()  # jobs whose pending full scan is the start-up one
 
     # --- events from other threads ----------------------------------------------------------------------
 
     def _on_change(self, job: str, changes: ChangeSet) -> None:
-        self.debouncer.add(job, changes, self.clock())
+        self.debouncer.add(job, changes, self.monotonic())
         self.wake.set()
 
     def _on_events_lost(self, job: str) -> None:
@@ -106,7 +114,7 @@ class Daemon:
         self.watcher.start()
         self._start_delivery()
         for job in self.config.jobs:
-            self._arm(job)
+            self._arm(job, startup=True)
         self._write_daemon_file()
         log.info("backup-agent running: %d jobs, host %s, repository %s", len(self.config.jobs),
                  self.config.host, self.config.repository)
@@ -124,7 +132,7 @@ class Daemon:
         self.delivery = DeliveryLoop(lambda stop: Sender(spool, settings, stop)).start()
         log.info("delivering run reports to %s", settings.url)
 
-    def _arm(self, job: Job) -> None:
+    def _arm(self, job: Job, startup: bool = False) -> None:
         assert self.watcher is not None
         if job.type == "fs" and job.on_change and job.path:
             self.debouncer.configure(job.name, job.quiet, job.max_delay)
@@ -132,12 +140,15 @@ class Daemon:
             # Changes made while the agent was not watching are found by a full scan now, unless the
             # timer is about to run one anyway (first backup, or overdue: reported as catch-up).
             if self.due(job).trigger == "schedule" and self.job_state(job.name).last_full:
-                self.debouncer.add(job.name, ChangeSet.everything(), self.clock() - job.quiet)
+                self.debouncer.add(job.name, ChangeSet.everything(), self.monotonic() - job.quiet)
+                if startup:
+                    self._startup_scans.add(job.name)
 
     def _disarm(self, name: str) -> None:
         assert self.watcher is not None
         self.watcher.unwatch(name)
         self.debouncer.forget(name)
+        self._startup_scans.discard(name)
 
     def reload(self) -> None:
         self.reload_requested = False
@@ -183,8 +194,9 @@ class Daemon:
             self.states[name] = self.state.job(name)
         return self.states[name]
 
-    def _refresh_external_state(self, now: float) -> None:
-        """Pick up runs recorded by other processes (a manual backup) and pause requests."""
+    def _refresh_external_state(self, now: float, tick: float) -> None:
+        """Pick up runs recorded by other processes (a manual backup) and pause requests (`now`: wall
+        clock, `tick`: monotonic)."""
         mtime = self.state.mtime()
         if mtime != self._state_mtime:
             self._state_mtime = mtime
@@ -199,31 +211,61 @@ class Daemon:
                 if self._is_paused(job.name, before) and not self._is_paused(job.name, self.paused) \
                         and job.on_change:
                     log.info("%s: resumed; taking one backup", job.name)
-                    self.debouncer.add(job.name, ChangeSet.everything(), now - job.max_delay)
+                    self.debouncer.add(job.name, ChangeSet.everything(), tick - job.max_delay)
 
     @staticmethod
     def _is_paused(name: str, pauses: Dict[str, float]) -> bool:
         return name in pauses or "*" in pauses
 
     def due(self, job: Job) -> Due:
-        return next_due(job, self.config.host, self.job_state(job.name), self.started_at)  # type: ignore[union-attr]
+        assert self.config is not None
+        return next_due(job, self.config.host, self.job_state(job.name), self.started_at, self.clock())
 
     def step(self) -> float:
-        """One pass: start what is ready; returns how long the loop may wait before the next pass."""
+        """One pass: start what is ready; returns how long the loop may wait (seconds) before the next pass."""
         assert self.config is not None
-        now = self.clock()
+        now, tick = self.clock(), self.monotonic()
         self._reap()
-        self._refresh_external_state(now)
+        self._refresh_external_state(now, tick)
         busy = frozenset(self.running)
         jobs = {job.name: job for job in self.config.jobs}
+        paused = frozenset(name for name in jobs if self._is_paused(name, self.paused))
         # change-triggered runs: their own lane, one at a time
-        if not any(run.lane == "change" for run in self.running.values()):
-            paused = frozenset(name for name in jobs if self._is_paused(name, self.paused))
-            for name, changes in self.debouncer.take_ready(now, busy | paused, limit=1):
+        if not self._change_lane_busy():
+            for name, changes in self.debouncer.take_ready(tick, busy | paused, limit=1):
                 if name in jobs:
-                    self._start(jobs[name], "change", changes, "change")
+                    trigger = "startup" if name in self._startup_scans else "change"
+                    self._startup_scans.discard(name)
+                    self._start(jobs[name], trigger, changes, "change")
                     busy = busy | {name}
-        # timer runs: shared lane, global limit
+        waits = self._start_due_timers(now, busy)
+        # Only a burst that could start when it settles may shorten the wait: a paused job's burst waits
+        # for the pause to end, a busy job's or one behind a full change lane for a run to end.
+        deadline = None if self._change_lane_busy() else \
+            self.debouncer.next_deadline(exclude=frozenset(self.running) | paused)
+        if deadline is not None:
+            waits.append(deadline - tick)
+        waits += [until - now for until in self.paused.values()]  # a pause ends: its held changes go
+        if self.running or deadline is not None:
+            self.last_activity = tick
+        elif self.repo is not None and self.repo.index.loaded:
+            idle = tick - self.last_activity
+            if idle >= IDLE_RELEASE:
+                # hot while a deployment writes, small while nothing happens (a paused deployment too)
+                self.repo.index.drop()
+                self.repo.close()
+                release_memory()
+            else:
+                waits.append(IDLE_RELEASE - idle)
+        return max(min([IDLE_WAKE, *waits]), 0.05)
+
+    def _change_lane_busy(self) -> bool:
+        return any(run.lane == "change" for run in self.running.values())
+
+    def _start_due_timers(self, now: float, busy: frozenset) -> List[float]:
+        """Start the timer runs that are due (shared lane, global limit); returns the waits (seconds) until
+        the others are."""
+        assert self.config is not None
         waits: List[float] = []
         for job in self.config.jobs:
             due = self.due(job)
@@ -235,19 +277,10 @@ class Daemon:
                 continue
             # a full scan covers whatever the watcher had pending for this job
             self.debouncer.take(job.name)
+            self._startup_scans.discard(job.name)
             self._start(job, due.trigger, None, "shared")
             busy = busy | {job.name}
-        deadline = self.debouncer.next_deadline()
-        if deadline is not None:
-            waits.append(max(deadline - now, 0.05))
-        if self.running or deadline is not None:
-            self.last_activity = now
-        elif now - self.last_activity > IDLE_RELEASE and self.repo is not None and self.repo.index.loaded:
-            # hot while a deployment writes, small while nothing happens
-            self.repo.index.drop()
-            self.repo.close()
-            release_memory()
-        return max(min([IDLE_WAKE, *waits]), 0.05)
+        return waits
 
     def _start(self, job: Job, trigger: str, changes: Optional[ChangeSet], lane: str) -> None:
         # a due time passed (trigger "catch-up") belongs to this start-up only
@@ -293,16 +326,17 @@ class Daemon:
         self.start()
         notify("READY=1")
         ping = watchdog_interval()
-        last_ping = self.clock()
+        last_ping = self.monotonic()
         try:
             while not self.stop_event.is_set():
                 if self.reload_requested:
                     self.reload()
                 wait = self.step()
+                self.passes += 1
                 if ping is not None:
-                    if self.clock() - last_ping >= ping:
+                    if self.monotonic() - last_ping >= ping:
                         notify("WATCHDOG=1")
-                        last_ping = self.clock()
+                        last_ping = self.monotonic()
                     wait = min(wait, ping)
                 self.wake.wait(wait)
                 self.wake.clear()

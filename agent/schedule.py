@@ -5,12 +5,16 @@ Pure functions of (job, host, state, clock) so that tests drive them with any cl
   job (a fleet does not dump its databases at the same minute) and never beyond the range's high end;
 - a failed run is retried with backoff (5 min, doubling, capped below the interval);
 - a job that never succeeded runs within minutes of start-up, staggered;
-- a due time that passed while the agent was down runs soon after start-up, staggered, as "catch-up".
+- a due time that passed while the agent was down runs soon after start-up, staggered, as "catch-up";
+- a time recorded later than now (written while the clock ran ahead, hours or months) says nothing about
+  when the job really ran: the job is due as after downtime, so a clock that was wrong once never holds
+  a run back beyond the policy once it is right again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -22,6 +26,7 @@ CATCH_UP_WITHIN = 120.0       # overdue jobs start within two minutes of start-u
 START_DELAY = 15.0            # ... but not in the very first seconds, while the node boots
 RETRY_FIRST = 300.0
 RETRY_CAP = 3600.0
+CLOCK_SLACK = 60.0            # a recorded time this far ahead of now is taken as written by a wrong clock
 
 
 def spread(host: str, job: str, salt: str = "") -> float:
@@ -46,10 +51,14 @@ class Due:
     trigger: str  # "schedule", "retry" or "catch-up"
 
 
-def next_due(job: Job, host: str, state: JobState, started_at: float) -> Due:
-    """When `job` should run next, given its state and when the agent started."""
+def next_due(job: Job, host: str, state: JobState, started_at: float, now: Optional[float] = None) -> Due:
+    """When `job` should run next (epoch seconds), given its state, when the agent started and the time now
+    (default: the clock, never before `started_at`)."""
+    now = max(started_at, time.time()) if now is None else now
     last_ok = state.last_full_at
     last_run = state.last_run_at
+    if any(recorded is not None and recorded > now + CLOCK_SLACK for recorded in (last_ok, last_run)):
+        return _catch_up(job, host, started_at)
     if state.failures and last_run is not None:
         at = last_run + retry_delay(job, state.failures)
         if last_ok is not None:
@@ -61,10 +70,14 @@ def next_due(job: Job, host: str, state: JobState, started_at: float) -> Due:
         window = min(FIRST_RUN_WITHIN, job.every.low / 10)
         return Due(started_at + _start_delay(job) + window * spread(host, job.name, "first"), "schedule")
     if at < started_at:
-        # missed while the agent was down: run soon, staggered so overdue jobs do not start together
-        window = min(CATCH_UP_WITHIN, job.every.low / 10)
-        return Due(started_at + _start_delay(job) + window * spread(host, job.name, "catch-up"), "catch-up")
+        return _catch_up(job, host, started_at)
     return Due(at, trigger)
+
+
+def _catch_up(job: Job, host: str, started_at: float) -> Due:
+    # missed while the agent was down: run soon, staggered so overdue jobs do not start together
+    window = min(CATCH_UP_WITHIN, job.every.low / 10)
+    return Due(started_at + _start_delay(job) + window * spread(host, job.name, "catch-up"), "catch-up")
 
 
 def _start_delay(job: Job) -> float:

@@ -2,7 +2,7 @@
 
 A job fires once `quiet` has passed with no relevant event, or at the latest `max_delay` after the first
 event of the burst if changes keep coming. Events that arrive while a run is in progress are kept for
-exactly one follow-up run. The clock is passed in, so tests need no sleeps.
+exactly one follow-up run. The clock (monotonic seconds) is passed in, so tests need no sleeps.
 """
 
 from __future__ import annotations
@@ -58,8 +58,10 @@ class Debouncer:
             quiet, max_delay = self._settings.get(job, (30.0, 600.0))
             return min(burst.last + quiet, burst.first + max_delay)
 
-    def next_deadline(self) -> Optional[float]:
-        deadlines = [d for d in (self.deadline(job) for job in list(self._bursts)) if d is not None]
+    def next_deadline(self, exclude: frozenset = frozenset()) -> Optional[float]:
+        """The earliest deadline of the jobs not in `exclude`, or None."""
+        deadlines = [d for d in (self.deadline(job) for job in list(self._bursts) if job not in exclude)
+                     if d is not None]
         return min(deadlines) if deadlines else None
 
     def take_ready(self, now: float, busy: frozenset = frozenset(), limit: int = 1 << 30

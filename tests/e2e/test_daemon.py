@@ -95,8 +95,10 @@ def test_config_edit_gives_exactly_one_snapshot_and_logs_give_none(agent, daemon
     make_tree(src, {"tomcat/conf/server.xml": "<Server/>", "tomcat/logs/catalina.out": "start\n"})
     watched_job(agent, src)
     d = daemon()
-    d.idle("svc", 1)  # the start-up full scan
+    d.idle("svc", 1)  # the start-up full scan, reported as such
     assert snapshot_count(agent) == 1
+    assert "svc: backup ok (startup): unchanged" in d.reports("svc")[0]
+    assert json.loads(agent.run("status", "--json", check=0).stdout)["jobs"][0]["last_trigger"] == "startup"
     with open(os.path.join(src, "tomcat/logs/catalina.out"), "a") as handle:
         for number in range(1000):
             handle.write(f"INFO line {number}\n")
@@ -346,3 +348,64 @@ def test_systemd_notify_readiness_watchdog_and_journal_format(agent, tmp_path):
     lines = [line for line in err.splitlines() if line]
     assert lines and all(line.startswith(("<6>", "<4>", "<3>")) for line in lines), lines[:5]
     assert not any(line[3:7].isdigit() for line in lines)  # no timestamp of our own under journald
+
+
+def test_a_paused_change_does_not_wake_the_loop_and_the_index_is_let_go(agent, tmp_path, monkeypatch):
+    """The daemon in-process, on a real tree: while a pause holds a settled change, the loop sleeps until
+    the pause ends (it woke ~20 times a second before), and the index is let go after the idle time."""
+    import threading
+
+    from agent import daemon as daemon_module
+    from agent.state import StateDir
+
+    monkeypatch.setattr(daemon_module, "IDLE_RELEASE", 1.0)
+    src = str(tmp_path / "svc")
+    make_tree(src, {"a": "a"})
+    watched_job(agent, src)
+    d = daemon_module.Daemon(agent.config)
+    loop = threading.Thread(target=d.run_forever, name="daemon-loop")
+    loop.start()
+    try:
+        wait_for(lambda: (d.job_state("svc").last_run or {}).get("trigger") == "startup" and not d.running)
+        make_tree(src, {"b": "b"})
+        wait_for(lambda: snapshot_count(agent) == 2 and not d.running and not d.debouncer.pending("svc"))
+        StateDir(agent.state_dir).set_pause("svc", time.time() + 600)
+        d.wake.set()  # what `pause` does through SIGUSR1
+        make_tree(src, {"c": "c"})
+        wait_for(lambda: d.debouncer.pending("svc") and time.monotonic() > d.debouncer.deadline("svc") + 0.5)
+        wait_for(lambda: not d.repo.index.loaded, timeout=10)
+        passes = d.passes
+        time.sleep(2.0)  # a window to count wake-ups in, not a speed
+        assert d.passes - passes <= 2, f"{d.passes - passes} wake-ups in 2 s of pause"
+        assert snapshot_count(agent) == 2
+        StateDir(agent.state_dir).set_pause("svc", None)
+        d.wake.set()
+        wait_for(lambda: snapshot_count(agent) == 3)
+    finally:
+        d.request_stop()
+        loop.join(30)
+
+
+def test_a_last_run_recorded_by_a_clock_that_ran_ahead_does_not_hold_the_timer(agent, daemon, tmp_path):
+    src = str(tmp_path / "svc")
+    make_tree(src, {"a": "a"})
+    agent.write_jobs(fs_job("svc", src).replace('every = "24h"', 'every = "40s"'))
+    agent.backup("svc")
+    state_file = os.path.join(agent.state_dir, "jobs", "svc.json")  # as a run under a wrong clock left it
+    with open(state_file) as handle:
+        data = json.load(handle)
+    ahead = (datetime.now(timezone.utc) + timedelta(days=90)).isoformat().replace("+00:00", "Z")
+    data["last_ok"] = data["last_full"] = data["last_run"]["finished_at"] = ahead
+    with open(state_file, "w") as handle:
+        json.dump(data, handle)
+    [row] = json.loads(agent.run("status", "--json", check=0).stdout)["jobs"]
+    next_due = datetime.fromisoformat(row["next_due"].replace("Z", "+00:00"))
+    assert next_due <= datetime.now(timezone.utc) + timedelta(seconds=40), row
+    d = daemon()
+    d.idle("svc", 1, timeout=30)
+    assert "svc: backup ok (catch-up)" in d.reports("svc")[0]
+    [row] = json.loads(agent.run("status", "--json", check=0).stdout)["jobs"]
+    assert row["last_run"] < ahead and row["next_trigger"] == "schedule"
+    assert datetime.fromisoformat(row["next_due"].replace("Z", "+00:00")) <= \
+        datetime.now(timezone.utc) + timedelta(seconds=40)
+    assert d.stop() == 0
