@@ -1,9 +1,10 @@
 """What a restore would do: each selected snapshot entry compared with what the target holds now, and
 the target's entries that the snapshot does not hold (for `--delete`). Looking changes nothing.
 
-An entry is `create` (nothing there), `same` (type, content, link target, mode and, for root, owner as
-recorded; a timestamp alone is no difference, the restore just sets it) or `replace` (anything else:
-under `--overwrite never` these are the conflicts). A directory in the way of a directory is `same`:
+An entry is `create` (nothing there), `same` (type, content, link target, mode, extended attributes
+and, for root, owner as recorded; for a later name of a hard-linked inode, already that inode; a
+timestamp alone is no difference, the restore just sets it) or `replace` (anything else: under
+`--overwrite never` these are the conflicts). A directory in the way of a directory is `same`:
 directories never conflict, their recorded metadata is applied.
 """
 
@@ -15,6 +16,7 @@ import stat
 from typing import Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
 
 from agent.restorer.target import Parts, Target, safe_parts
+from agent.restorer.xattrs import reach, xattrs_differ
 from agent.store import Repository
 from agent.store.manifest import Entry
 
@@ -50,9 +52,17 @@ def make_plan(repo: Repository, target: Target, selected: Iterable[Tuple[Parts, 
     Raises OSError only for the target as a whole; an entry that cannot be read counts as different."""
     steps: List[Step] = []
     held: Set[Parts] = set()
+    firsts: Dict[str, Step] = {}  # files by path: the first names that later names of an inode link to
     for parts, entry in selected:
         held.add(parts)
-        steps.append(Step(parts, entry, _compare(repo, target, parts, entry, owner)))
+        first = firsts.get(entry.hardlink) if entry.hardlink else None
+        if first is not None:
+            step = Step(parts, entry, _compare_link(target, parts, first))
+        else:
+            step = Step(parts, entry, _compare(repo, target, parts, entry, owner))
+            if entry.type == "file":
+                firsts[entry.path] = step
+        steps.append(step)
     dirs = {step.parts for step in steps if step.entry.type == "dir" and step.action == SAME}
     extra: List[Parts] = []
     for top in delete_under:
@@ -81,12 +91,36 @@ def _compare(repo: Repository, target: Target, parts: Parts, entry: Entry, owner
             return REPLACE
         parent = target.find_dir(parts[:-1])
         try:
-            return SAME if parent is not None and os.readlink(parts[-1], dir_fd=parent) == entry.target else REPLACE
+            if parent is None or os.readlink(parts[-1], dir_fd=parent) != entry.target:
+                return REPLACE
         except OSError:
             return REPLACE
+        return REPLACE if _xattrs_differ(target, parts, entry) else SAME
     if entry.type == "file" and stat.S_ISREG(st.st_mode) and st.st_size == entry.size:
-        return SAME if _same_content(repo, target, parts, entry) else REPLACE
+        return SAME if _same_content(repo, target, parts, entry) and not _xattrs_differ(target, parts, entry) \
+            else REPLACE
     return REPLACE
+
+
+def _xattrs_differ(target: Target, parts: Parts, entry: Entry) -> bool:
+    parent = target.find_dir(parts[:-1])
+    return parent is None or xattrs_differ(reach(parent, parts[-1]), entry.xattrs, entry.type == "symlink")
+
+
+def _compare_link(target: Target, parts: Parts, first: Step) -> str:
+    """A later name of an inode whose first name is restored too: the same only if it is already that
+    inode (and the first name is the same), else it is (re)linked."""
+    try:
+        st = target.lstat(parts)
+        if st is None:
+            return CREATE
+        if first.action != SAME:
+            return REPLACE
+        first_st = target.lstat(first.parts)
+    except OSError:
+        return REPLACE
+    same = first_st is not None and (st.st_dev, st.st_ino) == (first_st.st_dev, first_st.st_ino)
+    return SAME if same else REPLACE
 
 
 def _same_content(repo: Repository, target: Target, parts: Parts, entry: Entry) -> bool:

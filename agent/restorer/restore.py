@@ -15,10 +15,11 @@ import os
 import secrets
 import stat
 from dataclasses import dataclass, field
-from typing import Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional
 
 from agent.restorer.plan import CREATE, REPLACE, SAME, Plan, Step, make_plan, selection, show
 from agent.restorer.target import Parts, Target, TargetError, safe_parts
+from agent.restorer.xattrs import apply_xattrs, reach
 from agent.store import DamagedBlobError, Repository, Snapshot
 from agent.store.manifest import Entry
 from agent.store.tree import read_tree
@@ -112,10 +113,11 @@ def _apply(repo: Repository, dest: Target, plan: Plan, always: bool, owner: bool
             result.deleted.append(show(parts))
         except OSError as exc:
             result.errors.append(f"{show(parts)}: not deleted: {exc.strerror or exc}")
+    writer = _Writer(repo, dest, always, owner, result)
     dirs: List[Step] = []
     for step in plan.steps:
         try:
-            if _apply_step(repo, dest, step, always, owner, result):
+            if writer.step(step):
                 dirs.append(step)
         except DamagedBlobError as exc:
             result.errors.append(f"{show(step.parts)}: not restored, {exc}")
@@ -124,81 +126,120 @@ def _apply(repo: Repository, dest: Target, plan: Plan, always: bool, owner: bool
     # Directory modes and times last, deepest first: writing into a directory changes its mtime, and a
     # read-only directory could not be filled.
     for step in sorted(dirs, key=lambda item: len(item.parts), reverse=True):
-        entry = step.entry
         try:
-            fd = dest.dir_fd(step.parts)
-            if owner:
-                os.fchown(fd, entry.uid, entry.gid)
-            os.fchmod(fd, entry.mode)
-            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+            writer.finish_dir(step)
         except OSError as exc:
             result.errors.append(f"{show(step.parts)}: {exc.strerror or exc}")
 
 
-def _apply_step(repo: Repository, dest: Target, step: Step, always: bool, owner: bool,
-                result: RestoreResult) -> bool:
-    """Carry out one step; True for a directory (its metadata is applied at the end)."""
-    parts, entry, action = step
-    if entry.type == "dir":
-        dest.dir_fd(parts)
-        if action == SAME:
+class _Writer:
+    """Writes the plan's steps into the target, one at a time, counting into `result`."""
+
+    def __init__(self, repo: Repository, dest: Target, always: bool, owner: bool, result: RestoreResult) -> None:
+        self.repo = repo
+        self.dest = dest
+        self.always = always
+        self.owner = owner
+        self.result = result
+        # files whose content in the target is the snapshot's (restored now or found the same): the
+        # later names of their inodes are linked to them, never to a file that failed to restore
+        self.good: Dict[str, Parts] = {}
+
+    def step(self, step: Step) -> bool:
+        """Carry out one step; True for a directory (its metadata is applied at the end)."""
+        parts, entry, action = step
+        result = self.result
+        if entry.type == "dir":
+            self.dest.dir_fd(parts)
+            if action == SAME:
+                result.unchanged += 1
+            else:
+                (result.created if action == CREATE else result.replaced).append(show(parts))
+            return True
+        if not parts or entry.type not in ("file", "symlink"):
+            result.errors.append(f"{entry.path}: unknown entry type {entry.type!r}")
+            return False
+        parent = self.dest.dir_fd(parts[:-1])
+        if action == SAME and not self.always:
             result.unchanged += 1
+            os.utime(parts[-1], ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent, follow_symlinks=False)
+        elif entry.type == "file" and entry.hardlink in self.good:
+            self._link(parent, parts[-1], self.good[entry.hardlink])
+        elif entry.type == "file":
+            self._file(parent, parts[-1], entry)
+            result.files += 1
+            result.bytes += entry.size
         else:
+            self._symlink(parent, parts[-1], entry)
+        if action != SAME or self.always:
             (result.created if action == CREATE else result.replaced).append(show(parts))
-        return True
-    if not parts or entry.type not in ("file", "symlink"):
-        result.errors.append(f"{entry.path}: unknown entry type {entry.type!r}")
+        if entry.type == "file" and not entry.hardlink:
+            self.good[entry.path] = parts
         return False
-    parent = dest.dir_fd(parts[:-1])
-    if action == SAME and not always:
-        result.unchanged += 1
-        os.utime(parts[-1], ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent, follow_symlinks=False)
-        return False
-    if entry.type == "file":
-        _restore_file(repo, dest, parent, parts[-1], entry, owner)
-        result.files += 1
-        result.bytes += entry.size
-    else:
-        _restore_symlink(dest, parent, parts[-1], entry, owner)
-    (result.created if action == CREATE else result.replaced).append(show(parts))
-    return False
 
+    def finish_dir(self, step: Step) -> None:
+        entry = step.entry
+        fd = self.dest.dir_fd(step.parts)
+        self._metadata(fd, entry, show(step.parts), existed=step.action == SAME)
 
-def _restore_file(repo: Repository, dest: Target, parent: int, name: str, entry: Entry, owner: bool) -> None:
-    tmp = f".restore-{secrets.token_hex(6)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                 dir_fd=parent)
-    try:
-        for chunk in entry.chunks:
-            view = memoryview(repo.read_blob(chunk))
-            while view:
-                view = view[os.write(fd, view):]
-        if owner:
+    def _metadata(self, fd: int, entry: Entry, path: str, existed: bool = False) -> None:
+        """Owner (as root), extended attributes, mode, then times, on an open file or directory. In this
+        order: a chown clears set-id bits and file capabilities (security.capability), and user.*
+        attributes need write permission that the recorded mode may not give."""
+        if self.owner:
             os.fchown(fd, entry.uid, entry.gid)
+        if entry.xattrs or existed:
+            apply_xattrs(fd, entry.xattrs, path, self.result.warnings, clear=existed)
         os.fchmod(fd, entry.mode)
         os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-    except BaseException:
+
+    def _file(self, parent: int, name: str, entry: Entry) -> None:
+        tmp = _temp_name()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=parent)
+        try:
+            for chunk in entry.chunks:
+                view = memoryview(self.repo.read_blob(chunk))
+                while view:
+                    view = view[os.write(fd, view):]
+            self._metadata(fd, entry, entry.path)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp, dir_fd=parent)
+            raise
         os.close(fd)
-        os.unlink(tmp, dir_fd=parent)
-        raise
-    os.close(fd)
-    try:
-        _clear_directory(dest, parent, name)
-        os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
-    except BaseException:
-        os.unlink(tmp, dir_fd=parent)
-        raise
+        self._into_place(parent, tmp, name)
+
+    def _link(self, parent: int, name: str, first: Parts) -> None:
+        """Another name of an inode already restored: a hard link, put in place by a rename."""
+        tmp = _temp_name()
+        os.link(first[-1], tmp, src_dir_fd=self.dest.dir_fd(first[:-1]), dst_dir_fd=parent,
+                follow_symlinks=False)
+        self._into_place(parent, tmp, name)
+
+    def _into_place(self, parent: int, tmp: str, name: str) -> None:
+        try:
+            _clear_directory(self.dest, parent, name)
+            os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+        except BaseException:
+            os.unlink(tmp, dir_fd=parent)
+            raise
+
+    def _symlink(self, parent: int, name: str, entry: Entry) -> None:
+        try:
+            self.dest.remove(parent, name)
+        except FileNotFoundError:
+            pass
+        os.symlink(entry.target, name, dir_fd=parent)
+        if self.owner:
+            os.chown(name, entry.uid, entry.gid, dir_fd=parent, follow_symlinks=False)
+        if entry.xattrs:
+            apply_xattrs(reach(parent, name), entry.xattrs, entry.path, self.result.warnings)
+        os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent, follow_symlinks=False)
 
 
-def _restore_symlink(dest: Target, parent: int, name: str, entry: Entry, owner: bool) -> None:
-    try:
-        dest.remove(parent, name)
-    except FileNotFoundError:
-        pass
-    os.symlink(entry.target, name, dir_fd=parent)
-    if owner:
-        os.chown(name, entry.uid, entry.gid, dir_fd=parent, follow_symlinks=False)
-    os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent, follow_symlinks=False)
+def _temp_name() -> str:
+    return f".restore-{secrets.token_hex(6)}"
 
 
 def _clear_directory(dest: Target, parent: int, name: str) -> None:

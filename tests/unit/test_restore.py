@@ -1,0 +1,270 @@
+"""The restorer (agent/restorer) against real repositories and real target trees: manifests written by
+hand, so each case (hard links, extended attributes, paths deeper than PATH_MAX, unsafe paths, damaged
+blobs, what the plan calls a difference) is exactly the one meant."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import struct
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+
+from agent.restorer import TargetError, restore_snapshot, safe_parts
+from agent.restorer.plan import CREATE, REPLACE, SAME, make_plan, selection
+from agent.restorer.target import Target
+from agent.store import Repository, Snapshot
+from agent.store.manifest import Entry
+from agent.store.tree import write_tree
+
+MTIME = 1_700_000_000_123_456_789
+UID, GID = os.geteuid(), os.getegid()
+
+
+def _snapshot(tmp_path, entries: List[Tuple[str, str, object]], xattrs: Optional[Dict[str, tuple]] = None,
+              modes: Optional[Dict[str, int]] = None, hardlinks: Optional[Dict[str, str]] = None,
+              source: str = "/services/api") -> Tuple[Repository, Snapshot]:
+    """A repository holding one snapshot of `entries`: (path, type, content bytes / link target / None)."""
+    repo = Repository.open(str(tmp_path / "repo"), create=True)
+    writer = repo.writer()
+    made = []
+    for path, kind, value in [(".", "dir", None), *entries]:
+        mode = (modes or {}).get(path, 0o755 if kind == "dir" else 0o644)
+        extra = {"xattrs": (xattrs or {}).get(path, ()), "hardlink": (hardlinks or {}).get(path, "")}
+        if kind == "file":
+            ids = tuple(writer.save(piece)[0] for piece in repo.chunker.split(value)) if value else ()
+            made.append(Entry(path, kind, mode, UID, GID, MTIME, len(value), ids, **extra))
+        elif kind == "symlink":
+            made.append(Entry(path, kind, 0o777, UID, GID, MTIME, target=value, **extra))
+        else:
+            made.append(Entry(path, kind, mode, UID, GID, MTIME, **extra))
+    tree = write_tree(writer, made)
+    writer.flush()
+    snapshot = repo.save_snapshot(Snapshot(job="api", type="fs", host="h", time="2026-11-30T00:00:00Z",
+                                           trigger="manual", tree=tree, files=0, bytes=0, fingerprint="f",
+                                           source=(source,)))
+    return repo, snapshot
+
+
+def test_safe_parts_refuses_every_way_out():
+    assert safe_parts(".") == () and safe_parts("a/b") == ("a", "b")
+    for bad in ("../x", "a/../../x", "/etc/passwd", "a//b", "a/./b", "", "a\0b", "a/"):
+        assert safe_parts(bad) is None, bad
+
+
+def test_unsafe_manifest_paths_are_named_and_nothing_lands_outside(tmp_path):
+    repo, snap = _snapshot(tmp_path, [("../escape", "file", b"x"), ("ok", "file", b"fine")])
+    result = restore_snapshot(repo, snap, str(tmp_path / "out"))
+    assert any("../escape" in error for error in result.errors)
+    assert not (tmp_path / "escape").exists() and (tmp_path / "out/ok").read_bytes() == b"fine"
+
+
+def test_hard_links_come_back_as_one_inode_with_every_name(tmp_path):
+    big = os.urandom(1 << 20)
+    repo, snap = _snapshot(tmp_path, [("a", "file", big), ("d", "dir", None), ("d/b", "file", big),
+                                          ("d/c", "file", big)],
+                           hardlinks={"d/b": "a", "d/c": "a"}, modes={"a": 0o640})
+    out = tmp_path / "out"
+    result = restore_snapshot(repo, snap, str(out))
+    assert result.errors == [] and result.files == 1 and result.bytes == 1 << 20
+    stats = [os.stat(out / name) for name in ("a", "d/b", "d/c")]
+    assert len({(st.st_dev, st.st_ino) for st in stats}) == 1 and stats[0].st_nlink == 3
+    assert stat.S_IMODE(stats[0].st_mode) == 0o640 and (out / "d/c").read_bytes() == big
+    assert stats[0].st_blocks * 512 < 1.1 * (1 << 20)  # 1 MB on disk, not 3
+
+    again = restore_snapshot(repo, snap, str(out), overwrite="if-changed")
+    assert (again.created, again.replaced, again.unchanged) == ([], [], 5)
+    os.unlink(out / "d/b")  # now a separate copy with the same bytes: one inode is the snapshot's state
+    (out / "d/b").write_bytes(big)
+    os.chmod(out / "d/b", 0o640)
+    os.utime(out / "d/b", ns=(MTIME, MTIME))
+    assert restore_snapshot(repo, snap, str(out)).conflicts == ["d/b"]
+    fixed = restore_snapshot(repo, snap, str(out), overwrite="if-changed")
+    assert fixed.replaced == ["d/b"] and fixed.files == 0
+    assert os.stat(out / "d/b").st_ino == os.stat(out / "a").st_ino
+
+    only = restore_snapshot(repo, snap, str(tmp_path / "one"), ["d/c"])  # its first name not restored
+    assert only.errors == [] and (tmp_path / "one/d/c").read_bytes() == big
+
+
+def test_a_later_name_is_never_linked_to_a_first_name_that_failed(tmp_path):
+    repo, snap = _snapshot(tmp_path, [("a", "file", b"snapshot bytes" * 100), ("b", "file", b"snapshot bytes" * 100)],
+                           hardlinks={"b": "a"})
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").write_bytes(b"the operator's own file")
+    [entry] = [e for e in _entries(repo, snap) if e.path == "a"]
+    _damage(repo, entry.chunks[0])
+    result = restore_snapshot(Repository.open(repo.path), snap, str(out), overwrite="always")
+    assert [error.split(":")[0] for error in result.errors] == ["a", "b"]
+    assert (out / "a").read_bytes() == b"the operator's own file" and not (out / "b").exists()
+
+
+def _entries(repo, snap) -> List[Entry]:
+    from agent.store.tree import read_tree
+
+    return list(read_tree(repo, snap.tree))
+
+
+def _damage(repo: Repository, blob_id: bytes) -> None:
+    location = repo.index.get(blob_id)
+    with open(repo.pack_path(location.pack), "r+b") as handle:
+        handle.seek(location.offset)
+        first = handle.read(1)
+        handle.seek(location.offset)
+        handle.write(bytes([first[0] ^ 0xFF]))
+
+
+def _acl(*entries: Tuple[int, int, int]) -> bytes:
+    """The kernel's POSIX ACL xattr form: version 2, then (tag, perm, id) entries."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, ident) for tag, perm, ident in entries)
+
+
+_NO_ID = 0xFFFFFFFF
+ACL = _acl((0x01, 6, _NO_ID), (0x02, 4, 4242), (0x04, 4, _NO_ID), (0x10, 4, _NO_ID), (0x20, 0, _NO_ID))
+
+
+def test_extended_attributes_and_acls_are_restored_and_compared(tmp_path):
+    repo, snap = _snapshot(
+        tmp_path, [("conf", "dir", None), ("conf/app.xml", "file", b"<app/>"), ("link", "symlink", "conf")],
+        xattrs={"conf/app.xml": (("system.posix_acl_access", ACL), ("user.origin", b"release 42")),
+                "conf": (("user.dir", b"d"),), "link": (("user.on-a-link", b"x"),)},
+        modes={"conf/app.xml": 0o640})
+    out = tmp_path / "out"
+    try:
+        result = restore_snapshot(repo, snap, str(out))
+    except OSError as exc:  # pragma: no cover - a filesystem without user xattrs
+        pytest.skip(f"no xattrs here: {exc}")
+    assert os.getxattr(out / "conf/app.xml", "user.origin") == b"release 42"
+    assert os.getxattr(out / "conf/app.xml", "system.posix_acl_access") == ACL
+    assert stat.S_IMODE(os.stat(out / "conf/app.xml").st_mode) == 0o640
+    assert os.getxattr(out / "conf", "user.dir") == b"d"
+    # Linux refuses user.* attributes on a symlink: a warning that names it, and the run is not failed
+    assert result.errors == [] and len(result.warnings) == 1
+    assert result.warnings[0].startswith("link: extended attribute user.on-a-link not restored")
+
+    assert restore_snapshot(repo, snap, str(out)).conflicts == []  # the same: no conflict
+    os.setxattr(out / "conf/app.xml", "user.origin", b"edited")
+    os.setxattr(out / "conf", "user.added", b"local")
+    assert restore_snapshot(repo, snap, str(out)).conflicts == ["conf/app.xml"]
+    fixed = restore_snapshot(repo, snap, str(out), overwrite="if-changed")
+    assert fixed.replaced == ["conf/app.xml"]
+    assert os.getxattr(out / "conf/app.xml", "user.origin") == b"release 42"
+    assert "user.added" not in os.listxattr(out / "conf")  # a directory's metadata is the snapshot's
+
+
+def test_a_label_the_system_gave_is_not_a_difference(tmp_path):
+    repo, snap = _snapshot(tmp_path, [("f", "file", b"x")])
+    out = tmp_path / "out"
+    restore_snapshot(repo, snap, str(out))
+    try:
+        os.setxattr(out / "f", "trusted.label", b"local policy")
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP):
+            raise
+        pytest.skip("trusted.* needs CAP_SYS_ADMIN")
+    assert restore_snapshot(repo, snap, str(out)).conflicts == []
+    os.setxattr(out / "f", "user.note", b"mine")
+    assert restore_snapshot(repo, snap, str(out)).conflicts == ["f"]
+
+
+DEEP = "/".join(f"{level:02}" + "d" * 198 for level in range(25))  # about 5,000 bytes: over PATH_MAX
+
+
+def _read_deep(root: str, path: str) -> bytes:
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in path.split("/")[:-1]:
+            fd, old = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd), fd
+            os.close(old)
+        with open(os.open(path.split("/")[-1], os.O_RDONLY, dir_fd=fd), "rb") as handle:
+            return handle.read()
+    finally:
+        os.close(fd)
+
+
+def test_paths_longer_than_path_max_restore_and_compare(tmp_path):
+    assert len(DEEP) > os.pathconf("/", "PC_PATH_MAX")
+    dirs = [("/".join(DEEP.split("/")[:depth]), "dir", None) for depth in range(1, 26)]
+    repo, snap = _snapshot(tmp_path, [*dirs, (DEEP + "/file.txt", "file", b"at the bottom")])
+    out = str(tmp_path / "out")
+    result = restore_snapshot(repo, snap, out)
+    assert result.errors == [] and _read_deep(out, DEEP + "/file.txt") == b"at the bottom"
+    again = restore_snapshot(repo, snap, out, overwrite="if-changed", delete=True)
+    assert (again.created, again.replaced, again.deleted, again.errors) == ([], [], [], [])
+    part = restore_snapshot(repo, snap, str(tmp_path / "part"), [DEEP + "/file.txt"])
+    assert part.errors == [] and _read_deep(str(tmp_path / "part"), DEEP + "/file.txt") == b"at the bottom"
+
+
+def test_the_plan_tells_create_same_and_replace_apart(tmp_path):
+    repo, snap = _snapshot(tmp_path, [("same", "file", b"abc" * 1000), ("flipped", "file", b"abc" * 1000),
+                                      ("touched", "file", b"t"), ("chmodded", "file", b"m"),
+                                      ("absent", "file", b"n"), ("dir", "dir", None), ("link", "symlink", "same")])
+    out = tmp_path / "out"
+    restore_snapshot(repo, snap, str(out))
+    (out / "flipped").write_bytes(b"abd" * 1000)  # same size, other bytes: only the hash tells
+    os.utime(out / "touched", ns=(1, 1))  # a timestamp alone is no difference
+    os.chmod(out / "chmodded", 0o600)
+    os.chmod(out / "dir", 0o700)  # directories never differ
+    os.unlink(out / "absent")
+    entries = _entries(repo, snap)
+    chosen, unsafe, found = selection(entries, [])
+    target = Target(str(out))
+    try:
+        plan = make_plan(repo, target, chosen)
+    finally:
+        target.close()
+    actions = {step.entry.path: step.action for step in plan.steps}
+    assert actions == {".": SAME, "same": SAME, "flipped": REPLACE, "touched": SAME, "chmodded": REPLACE,
+                       "absent": CREATE, "dir": SAME, "link": SAME}
+    result = restore_snapshot(repo, snap, str(out), overwrite="if-changed")
+    assert sorted(result.replaced) == ["chmodded", "flipped"] and result.created == ["absent"]
+    assert os.stat(out / "touched").st_mtime_ns == MTIME and stat.S_IMODE(os.stat(out / "dir").st_mode) == 0o755
+
+
+def test_selection_adds_the_directories_above_a_path_and_names_what_is_missing(tmp_path):
+    entries = [Entry(path, "file" if path.endswith(".xml") else "dir", 0o755, 0, 0, 0)
+               for path in (".", "a", "a/b", "a/b/c.xml", "a/d.xml", "e")]
+    chosen, unsafe, found = selection(entries, [("a", "b", "c.xml"), ("nope",)])
+    assert [parts for parts, _ in chosen] == [(), ("a",), ("a", "b"), ("a", "b", "c.xml")]
+    assert unsafe == [] and found == [True, False]
+
+
+def test_absolute_paths_must_lie_under_the_jobs_path(tmp_path):
+    repo, snap = _snapshot(tmp_path, [("conf", "dir", None), ("conf/a", "file", b"a")], source="/services/api")
+    ok = restore_snapshot(repo, snap, str(tmp_path / "o1"), ["/services/api/conf/"])
+    assert ok.errors == [] and (tmp_path / "o1/conf/a").read_bytes() == b"a"
+    for bad in ("/services/apiother/conf", "/etc"):
+        assert "not under the job's path /services/api" in restore_snapshot(repo, snap, str(tmp_path / "o2"),
+                                                                            [bad]).errors[0]
+    assert not (tmp_path / "o2").exists()
+
+
+def test_target_that_is_a_file_and_a_dry_run_that_creates_nothing(tmp_path):
+    repo, snap = _snapshot(tmp_path, [("a", "file", b"a")])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(TargetError, match="not a directory"):
+        restore_snapshot(repo, snap, str(tmp_path / "file"))
+    dry = restore_snapshot(repo, snap, str(tmp_path / "new" / "dir"), dry_run=True)
+    assert dry.created == [".", "a"] and not (tmp_path / "new").exists()
+
+
+def test_remove_and_replace_never_follow_a_symlink(tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "sub" / "keep").write_text("keep")
+    root = tmp_path / "t"
+    root.mkdir()
+    os.symlink(str(outside), str(root / "link-to-dir"))
+    os.symlink(str(outside / "sub"), str(root / "where-a-dir-goes"))
+    target = Target(str(root))
+    try:
+        target.remove(target.dir_fd(()), "link-to-dir")
+        fd = target.dir_fd(("where-a-dir-goes", "x"))
+        assert os.listdir(fd) == []
+    finally:
+        target.close()
+    assert (outside / "sub" / "keep").read_text() == "keep" and os.listdir(outside / "sub") == ["keep"]
+    assert not os.path.islink(root / "where-a-dir-goes") and not os.path.lexists(root / "link-to-dir")
