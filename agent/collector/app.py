@@ -35,13 +35,15 @@ from starlette.routing import Route
 from agent.collector import charts, pages
 from agent.collector.freshness import DEFAULT_GRACE, fleet, iso
 from agent.collector.schema import Report, validate
-from agent.collector.storage import Storage
+from agent.collector.storage import Storage, StorageUnavailable
 from agent.collector.tokens import Principal, TokenStore
 
 log = logging.getLogger("backup-agent.collector")
 
 MAX_BODY = 256 * 1024
 MAX_BATCH = 500
+COMPLAINT_INTERVAL = 60.0
+RETRY_AFTER = 5  # seconds a client is asked to wait while the database is unavailable
 
 
 class _TooLarge(Exception):
@@ -54,6 +56,7 @@ class BatchWriter:
     def __init__(self, storage: Storage, clock: Callable[[], float]) -> None:
         self.storage = storage
         self.clock = clock
+        self.last_complaint = -COMPLAINT_INTERVAL
         self.queue: queue.Queue[Optional[Tuple[Report, Future]]] = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name="collector-writer", daemon=True)
         self.thread.start()
@@ -76,8 +79,11 @@ class BatchWriter:
             batch.append(item)
         try:
             results = self.storage.insert_many([report for report, _ in batch], self.clock())
-        except Exception as exc:  # the whole batch failed: every poster gets a 5xx and its agent retries
-            log.error("storing %d report(s) failed: %s", len(batch), exc)
+        except Exception as exc:  # the whole batch failed: every poster gets a 503 and its agent retries
+            now = time.monotonic()
+            if now - self.last_complaint >= COMPLAINT_INTERVAL:  # one line a minute while the database is down
+                log.error("storing %d report(s) failed: %s", len(batch), exc)
+                self.last_complaint = now
             for _, future in batch:
                 future.set_exception(exc)
             return
@@ -117,6 +123,12 @@ def _bearer(request: Request) -> Optional[str]:
 
 def _problem(status: int, message: str, **headers: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    """Any route whose storage call found the database unavailable: 503 and when to retry, no traceback
+    (the writer logs why storing fails, once a minute at most)."""
+    return _problem(503, "storage unavailable, retry later", **{"Retry-After": str(RETRY_AFTER)})
 
 
 async def _read_body(request: Request) -> bytes:
@@ -159,6 +171,8 @@ def create_app(storage: Storage, tokens: TokenStore, settings: Optional[Settings
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             return _problem(400, "the body is not JSON")
+        except RecursionError:  # the decoder's own depth guard: not a report, and not our fault
+            return _problem(400, "the body is not a report: JSON nested too deeply")
         if not isinstance(body, dict) or body.get("host") != principal.name:
             return _problem(403, f"this token may post reports of host {principal.name} only")
         report, problems = validate(body)
@@ -167,8 +181,8 @@ def create_app(storage: Storage, tokens: TokenStore, settings: Optional[Settings
         assert writer is not None
         try:
             new = await asyncio.wrap_future(writer.submit(report))
-        except Exception:
-            return _problem(503, "storage unavailable, retry later", **{"Retry-After": "5"})
+        except Exception as exc:
+            return await _unavailable(request, exc)
         return JSONResponse({"id": report.id, "stored": bool(new), "duplicate": not new})
 
     def timed(build: Callable[[], bytes], media_type: str) -> Callable[[], Response]:
@@ -252,10 +266,15 @@ def create_app(storage: Storage, tokens: TokenStore, settings: Optional[Settings
             lambda: render(*_fleet(request), storage.count_reports(), settings.grace), CONTENT_TYPE))
 
     async def healthz(request: Request) -> Response:
+        """What a load balancer asks: ok only while a report could be stored (the writer thread runs
+        and the database takes a write now)."""
+        if writer is None or not writer.thread.is_alive():
+            return PlainTextResponse("report writer not running\n", status_code=503)
         try:
             await run_in_threadpool(storage.ping)
-        except Exception as exc:
-            return PlainTextResponse(f"storage unavailable: {type(exc).__name__}\n", status_code=503)
+        except StorageUnavailable as exc:
+            return PlainTextResponse(f"storage unavailable: {exc}\n", status_code=503,
+                                     headers={"Retry-After": str(RETRY_AFTER)})
         return PlainTextResponse("ok\n")
 
     @contextlib.asynccontextmanager
@@ -276,4 +295,4 @@ def create_app(storage: Storage, tokens: TokenStore, settings: Optional[Settings
         Route("/metrics", metrics),
         Route("/healthz", healthz),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={StorageUnavailable: _unavailable})

@@ -25,6 +25,7 @@ td a{color:inherit;text-decoration:none;display:block}
 .ok{background:#d9f2d9}.overdue{background:#ffe8a8}.failing{background:#f8b4b4}.never{background:#eee;color:#777}
 .silent{background:#d6c8f0}
 td.err{white-space:normal;max-width:50em;color:#900}
+td.changes{white-space:normal;max-width:40em;font-size:.9em}
 .muted{color:#777}
 """
 
@@ -86,6 +87,15 @@ def dashboard(now: float, jobs: Sequence[str], views: Sequence[HostView], only: 
     return _page("Backups", body)
 
 
+def _changes(changes: Optional[dict]) -> str:
+    """What a change-triggered run changed: the counts, then its first paths one per line."""
+    if not changes:
+        return ""
+    counts = f'+{changes["added"]} -{changes["removed"]} ~{changes["changed"]}'
+    paths = "".join(f"<br><code>{escape(path)}</code>" for path in changes["paths"][:20])
+    return f'<span class="counts" title="added, removed, changed">{counts}</span>{paths}'
+
+
 def history(now: float, host: str, job: str, rows: List[dict], gaps: List[Tuple[int, int]],
             runs: Sequence[Run] = ()) -> str:
     """A job's page: the last 90 days drawn (agent.collector.charts), then the newest runs as a table.
@@ -100,14 +110,16 @@ def history(now: float, host: str, job: str, rows: List[dict], gaps: List[Tuple[
                      f'<td class="{"ok" if row["status"] == "ok" else "failing"}">{escape(row["status"])}</td>'
                      f'<td>{escape(row["trigger"])}</td><td>{finished - started:.1f} s</td>'
                      f'<td>{row["files"]}</td><td>{size_text(row["bytes"])}</td><td>{size_text(row["new_bytes"])}</td>'
-                     f'<td>{row["seq"]}</td><td class="err">{errors}</td></tr>')
+                     f'<td>{row["seq"]}</td><td class="changes">{_changes(row.get("changes"))}</td>'
+                     f'<td class="err">{errors}</td></tr>')
     gap_text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in gaps)
     body = (f'<p><a href="/">&larr; fleet</a></p><h1>{escape(host)} / {escape(job)}</h1>'
             f'<p class="muted">{len(rows)} newest runs. '
             + (f"Reports lost from this host (sequence numbers): {escape(gap_text)}." if gaps else "No lost reports.")
             + "</p>" + history_charts(now, runs)
             + "<h2>Newest runs</h2><table><thead><tr><th>finished (UTC)</th><th>status</th><th>trigger</th>"
-              "<th>duration</th><th>files</th><th>size</th><th>new</th><th>seq</th><th>errors</th></tr></thead>"
+              "<th>duration</th><th>files</th><th>size</th><th>new</th><th>seq</th><th>changes</th><th>errors</th>"
+              "</tr></thead>"
             + f"<tbody>{''.join(lines)}</tbody></table>")
     return _page(f"{host} / {job}", body)
 

@@ -17,11 +17,17 @@ import json
 import sqlite3
 import threading
 import time
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, TypeVar
 
 from agent.collector.schema import Report
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+REPORT_COLUMNS = """id TEXT NOT NULL, host TEXT NOT NULL, job TEXT NOT NULL, seq BIGINT NOT NULL,
+            status TEXT NOT NULL, trigger_name TEXT NOT NULL, job_type TEXT NOT NULL,
+            started_ts DOUBLE PRECISION NOT NULL, finished_ts DOUBLE PRECISION NOT NULL,
+            files BIGINT NOT NULL, bytes BIGINT NOT NULL, new_bytes BIGINT NOT NULL,
+            received_ts DOUBLE PRECISION NOT NULL, body TEXT NOT NULL"""
 
 # Versioned migrations: index i holds the statements that take the schema from version i to i+1.
 MIGRATIONS: List[List[str]] = [
@@ -49,7 +55,17 @@ MIGRATIONS: List[List[str]] = [
         "CREATE INDEX jobs_by_change ON jobs (changed_ts)",
         "CREATE INDEX hosts_by_change ON hosts (changed_ts)",
     ],
+    [   # 3: reports keyed by host and id: one host's report id never shadows another host's
+        f"CREATE TABLE reports_v3 ({REPORT_COLUMNS}, PRIMARY KEY (host, id))",
+        "INSERT INTO reports_v3 SELECT * FROM reports",
+        "DROP TABLE reports",
+        "ALTER TABLE reports_v3 RENAME TO reports",
+        "CREATE INDEX reports_by_job ON reports (host, job, finished_ts)",
+    ],
 ]
+
+# Runs that are not backups: stored and listed, but they neither refresh nor fail a job's backup state
+NOT_BACKUPS = ("prune", "drill")
 
 # Rows changed this long before the previous read are read again: a batch stamped just before that read
 # may commit just after it (and clocks of collector machines sharing PostgreSQL differ a little: keep
@@ -58,7 +74,7 @@ CHANGE_OVERLAP = 120.0
 
 INSERT_REPORT = """INSERT INTO reports (id, host, job, seq, status, trigger_name, job_type, started_ts, finished_ts,
     files, bytes, new_bytes, received_ts, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (id) DO NOTHING"""
+    ON CONFLICT (host, id) DO NOTHING"""
 
 # A report may arrive after a newer one (the backlog drains after each job's newest): each column
 # moves only forward in time.
@@ -137,10 +153,32 @@ class StorageError(Exception):
     pass
 
 
+class StorageUnavailable(StorageError):
+    """The database cannot be reached or written now (restarting, locked, read-only): answer 503."""
+
+
+T = TypeVar("T")
+MIN_BACKOFF = 0.25  # seconds between attempts to connect to a database that refused, doubling ...
+MAX_BACKOFF = 2.0  # ... up to this: a restarted database is used again within seconds
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _rollback(conn: Any) -> None:
+    try:
+        conn.rollback()
+    except Exception:  # the connection is broken: the caller replaces it
+        pass
+
+
 class Storage:
     """The storage interface the app uses; one implementation per engine below."""
 
     placeholder = "?"
+    unavailable_errors: Tuple[type, ...] = ()
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -151,6 +189,8 @@ class Storage:
         self._jobs_cache: Optional[Dict[Tuple[str, str], JobRow]] = None
         self._hosts_cache: Optional[Dict[str, HostRow]] = None
         self._last_read = 0.0
+        self._down_until = 0.0
+        self._backoff = 0.0
 
     # --- engine specifics --------------------------------------------------------------------------
 
@@ -166,14 +206,53 @@ class Storage:
         return text if self.placeholder == "?" else text.replace("?", self.placeholder)
 
     def connection(self) -> Any:
-        """One connection per thread (SQLite connections must stay in their thread)."""
+        """One connection per thread (SQLite connections must stay in their thread). A connection that
+        failed is replaced on the next call; while the database refuses connections, calls fail fast
+        (StorageUnavailable) for a backoff that doubles from 0.25 s to 2 s."""
         conn = getattr(self._local, "conn", None)
-        if conn is None:
+        if conn is not None:
+            return conn
+        now = time.monotonic()
+        if now < self._down_until:
+            raise StorageUnavailable(f"{self.describe()}: unavailable, retrying shortly")
+        try:
             conn = self._connect()
-            self._local.conn = conn
-            with self._connections_lock:
-                self._connections.append(conn)
+        except (StorageError, *self.unavailable_errors) as exc:
+            self._backoff = min(self._backoff * 2, MAX_BACKOFF) if self._backoff else MIN_BACKOFF
+            self._down_until = now + self._backoff
+            raise StorageUnavailable(_first_line(exc) or self.describe()) from None
+        self._backoff = 0.0
+        self._local.conn = conn
+        with self._connections_lock:
+            self._connections.append(conn)
         return conn
+
+    def _discard(self) -> None:
+        """Forget this thread's connection (it failed): the next call connects again."""
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is None:
+            return
+        with self._connections_lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
+        try:
+            conn.close()
+        except Exception:  # closing a broken connection may fail too; it is gone either way
+            pass
+
+    def _attempt(self, work: Callable[[Any], T]) -> T:
+        """Run `work(connection)` in a transaction that it ends itself; a connection that died (database
+        restarted) is replaced and the work tried once more. Raises StorageUnavailable when that fails."""
+        for attempt in (1, 2):
+            conn = self.connection()
+            try:
+                return work(conn)
+            except self.unavailable_errors as exc:
+                self._discard()
+                if attempt == 2:
+                    raise StorageUnavailable(f"{self.describe()}: {_first_line(exc)}") from None
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         with self._connections_lock:
@@ -212,42 +291,54 @@ class Storage:
         return self.url.split("@")[-1]  # never the password of a postgresql:// URL
 
     def insert_many(self, reports: Sequence[Report], received_ts: float) -> List[bool]:
-        """Store a batch in one transaction; per report, True if it was new (False: a re-sent id)."""
-        conn = self.connection()
-        cur = conn.cursor()
-        results = []
-        try:
-            for report in reports:
-                results.append(self._insert(cur, report, received_ts))
-            conn.commit()
-        except Exception:
-            conn.rollback()
-            raise
-        return results
+        """Store a batch in one transaction; per report, True if it was new (False: a re-sent id).
+        Raises StorageUnavailable (nothing stored) when the database cannot be reached."""
+
+        def work(conn: Any) -> List[bool]:
+            cur = conn.cursor()
+            try:
+                results = [self._insert(cur, report, received_ts) for report in reports]
+                conn.commit()
+            except BaseException:
+                _rollback(conn)
+                raise
+            return results
+
+        return self._attempt(work)
 
     def _insert(self, cur: Any, report: Report, received_ts: float) -> bool:
+        # A run cannot have finished after it reached us: a host clock that was ahead once (2099) must not
+        # pin the job's state, so the times judged and ordered by are capped at the receive time.
+        finished_ts = min(report.finished_ts, received_ts)
+        started_ts = min(report.started_ts, finished_ts)
         cur.execute(self._sql(INSERT_REPORT), (
             report.id, report.host, report.job, report.seq, report.status, report.trigger, report.type,
-            report.started_ts, report.finished_ts, report.files, report.bytes, report.new_bytes, received_ts,
+            started_ts, finished_ts, report.files, report.bytes, report.new_bytes, received_ts,
             json.dumps(report.body, separators=(",", ":"))))
         if cur.rowcount != 1:
             return False
-        cur.execute(self._sql(UPSERT_JOB), (
-            report.host, report.job, report.type, report.finished_ts, report.status, report.first_error,
-            report.trigger, report.finished_ts if report.status == "ok" else None, report.every_low,
-            report.every_high, received_ts))
         cur.execute(self._sql(UPSERT_HOST), (report.host, received_ts, report.seq, report.seq, received_ts))
+        if report.trigger in NOT_BACKUPS:
+            return True
+        cur.execute(self._sql(UPSERT_JOB), (
+            report.host, report.job, report.type, finished_ts, report.status, report.first_error,
+            report.trigger, finished_ts if report.status == "ok" else None, report.every_low,
+            report.every_high, received_ts))
         return True
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> List[tuple]:
-        conn = self.connection()
-        cur = conn.cursor()
-        try:
-            cur.execute(self._sql(sql), tuple(params))
-            rows = cur.fetchall()
-        finally:
-            conn.rollback()  # end the read transaction: the next read sees new reports
-        return rows
+        """Rows of one read; raises StorageUnavailable when the database cannot be reached."""
+        values = tuple(params)
+
+        def work(conn: Any) -> List[tuple]:
+            cur = conn.cursor()
+            try:
+                cur.execute(self._sql(sql), values)
+                return cur.fetchall()
+            finally:
+                _rollback(conn)  # end the read transaction: the next read sees new reports
+
+        return self._attempt(work)
 
     def fleet_rows(self, now: float) -> Tuple[List[JobRow], List[HostRow]]:
         """Every jobs and hosts row. Kept in memory and refreshed with only the rows changed since the
@@ -320,10 +411,23 @@ class Storage:
         return int(self._query("SELECT COALESCE(SUM(seq_count), 0) FROM hosts")[0][0])
 
     def ping(self) -> None:
-        self._query("SELECT 1")
+        """Raises StorageUnavailable unless a report could be stored now: a write is tried (a no-op
+        update of the schema version, rolled back), so a read-only or unreachable database fails it."""
+
+        def work(conn: Any) -> None:
+            cur = conn.cursor()
+            try:
+                cur.execute("UPDATE schema_version SET version = version")
+            finally:
+                _rollback(conn)
+
+        self._attempt(work)
 
 
 class SQLiteStorage(Storage):
+    # locked past the busy timeout, disk I/O errors, a read-only file
+    unavailable_errors: Tuple[type, ...] = (sqlite3.OperationalError,)
+
     def __init__(self, path: str, url: str = "") -> None:
         super().__init__(url or f"sqlite://{path}")  # the URL as the operator wrote it, for messages
         self.path = path
@@ -342,6 +446,14 @@ class SQLiteStorage(Storage):
 
 class PostgresStorage(Storage):
     placeholder = "%s"
+
+    @property
+    def unavailable_errors(self) -> Tuple[type, ...]:  # type: ignore[override]
+        import psycopg
+
+        # a server restarting or gone (OperationalError), a connection closed under us (InterfaceError),
+        # a standby that cannot take writes
+        return (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.ReadOnlySqlTransaction)
 
     def _connect(self) -> Any:
         import psycopg
