@@ -36,6 +36,7 @@ class Step(NamedTuple):
 class Plan(NamedTuple):
     steps: Tuple[Step, ...]  # manifest order: a directory before what it holds
     delete: Tuple[Parts, ...]  # topmost extra entries only: removing a directory removes what it holds
+    problems: Tuple[str, ...] = ()  # directories that could not be listed for --delete, named
 
     def paths(self, action: str) -> List[str]:
         return [show(step.parts) for step in self.steps if step.action == action]
@@ -65,12 +66,18 @@ def make_plan(repo: Repository, target: Target, selected: Iterable[Tuple[Parts, 
         steps.append(step)
     dirs = {step.parts for step in steps if step.entry.type == "dir" and step.action == SAME}
     extra: List[Parts] = []
+    problems: List[str] = []
     for top in delete_under:
         for parts in sorted(dirs):
             if parts[: len(top)] == top:
-                extra.extend(parts + (name,) for name in sorted(target.listdir(parts))
-                             if parts + (name,) not in held)
-    return Plan(tuple(steps), tuple(dict.fromkeys(extra)))
+                try:
+                    names = sorted(target.listdir(parts))
+                except OSError as exc:
+                    problems.append(f"{show(parts)}: cannot be listed, nothing deleted in it: "
+                                    f"{exc.strerror or exc}")
+                    continue
+                extra.extend(parts + (name,) for name in names if parts + (name,) not in held)
+    return Plan(tuple(steps), tuple(dict.fromkeys(extra)), tuple(dict.fromkeys(problems)))
 
 
 def _compare(repo: Repository, target: Target, parts: Parts, entry: Entry, owner: bool) -> str:
@@ -103,7 +110,10 @@ def _compare(repo: Repository, target: Target, parts: Parts, entry: Entry, owner
 
 
 def _xattrs_differ(target: Target, parts: Parts, entry: Entry) -> bool:
-    parent = target.find_dir(parts[:-1])
+    try:
+        parent = target.find_dir(parts[:-1])
+    except OSError:
+        return True
     return parent is None or xattrs_differ(reach(parent, parts[-1]), entry.xattrs, entry.type == "symlink")
 
 

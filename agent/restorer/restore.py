@@ -11,6 +11,7 @@ O_NOFOLLOW), so a tampered manifest or a symlink planted in the target cannot re
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat
@@ -25,6 +26,9 @@ from agent.store.manifest import Entry
 from agent.store.tree import read_tree
 
 OVERWRITE_MODES = ("never", "if-changed", "always")
+
+# errors after which every further write would fail the same way: stop with one message, not 100k
+_FATAL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 __all__ = ["OVERWRITE_MODES", "RestoreResult", "TargetError", "restore_snapshot", "safe_parts"]
 
@@ -66,6 +70,7 @@ def restore_snapshot(repo: Repository, snapshot: Snapshot, target: str, paths: I
     dest = Target(target, create=not dry_run)
     try:
         plan = make_plan(repo, dest, selected, (wanted or [()]) if delete else (), owner)
+        result.errors.extend(plan.problems)
         if overwrite == "never":
             result.conflicts = plan.paths(REPLACE)
         if dry_run:
@@ -123,6 +128,10 @@ def _apply(repo: Repository, dest: Target, plan: Plan, always: bool, owner: bool
             result.errors.append(f"{show(step.parts)}: not restored, {exc}")
         except OSError as exc:
             result.errors.append(f"{show(step.parts)}: {exc.strerror or exc}")
+            if exc.errno in _FATAL:
+                result.errors.append(f"restore stopped: {exc.strerror} in {dest.root}; entries after "
+                                     f"{show(step.parts)} were not restored")
+                break
     # Directory modes and times last, deepest first: writing into a directory changes its mtime, and a
     # read-only directory could not be filled.
     for step in sorted(dirs, key=lambda item: len(item.parts), reverse=True):

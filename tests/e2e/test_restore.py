@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 
 import pytest
 
@@ -279,3 +280,29 @@ def test_a_damaged_file_list_is_named_not_a_traceback(agent, tmp_path):
     result = agent.run("restore", "api:latest", "--target", str(tmp_path / "out"))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert snapshot.id[:12] in result.stderr and "cannot be read" in result.stderr
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 1 MiB tmpfs of this test's own, unmounted even when the test fails."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("needs root to mount a small tmpfs")
+    where = tmp_path / "small"
+    where.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def test_a_full_target_stops_the_restore_with_one_clear_message(agent, tmp_path, small_filesystem):
+    spec = {f"lib/part{i:02}.jar": os.urandom(300_000) for i in range(12)}
+    _backed_up(agent, tmp_path, {**spec, "tomcat/bin/startup.sh": "#!/bin/sh\n"})
+    result = agent.run("restore", "api:latest", "--target", str(small_filesystem / "out"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.count("No space left on device") == 2, result.stderr  # the file, and why it stopped
+    assert "restore stopped" in result.stderr
+    leftovers = [name for _, _, names in os.walk(small_filesystem) for name in names if name.startswith(".restore")]
+    assert leftovers == []
