@@ -142,3 +142,45 @@ def process_state(pid: int) -> str:
     except OSError:
         return ""
     return stat[stat.rindex(b")") + 2:].split()[0].decode()
+
+
+def deep_path(levels: int = 25, length: int = 200) -> str:
+    """A relative path of `levels` directories of `length`-character names: 25 x 200 is about 5,000
+    bytes, beyond PATH_MAX (4096), so only descriptor-relative calls can reach its end."""
+    return "/".join(f"{level:02}".ljust(length, "d") for level in range(levels))
+
+
+def _open_dirs(root: str, names: Sequence[str], create: bool) -> int:
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for name in names:
+        if create:
+            try:
+                os.mkdir(name, 0o755, dir_fd=fd)
+            except FileExistsError:
+                pass
+        fd, parent = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd), fd
+        os.close(parent)
+    return fd
+
+
+def write_deep(root: str, path: str, data: bytes) -> None:
+    """Create `path` (directories and file) under `root`, one component at a time."""
+    *dirs, name = path.split("/")
+    os.makedirs(root, exist_ok=True)
+    fd = _open_dirs(root, dirs, create=True)
+    try:
+        with open(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=fd), "wb") as handle:
+            handle.write(data)
+    finally:
+        os.close(fd)
+
+
+def read_deep(root: str, path: str) -> bytes:
+    """The content of `path` under `root`, read one component at a time."""
+    *dirs, name = path.split("/")
+    fd = _open_dirs(root, dirs, create=False)
+    try:
+        with open(os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd), "rb") as handle:
+            return handle.read()
+    finally:
+        os.close(fd)

@@ -306,3 +306,4 @@ def test_a_full_target_stops_the_restore_with_one_clear_message(agent, tmp_path,
     assert "restore stopped" in result.stderr
     leftovers = [name for _, _, names in os.walk(small_filesystem) for name in names if name.startswith(".restore")]
     assert leftovers == []
+

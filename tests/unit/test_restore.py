@@ -18,6 +18,7 @@ from agent.restorer.target import Target
 from agent.store import Repository, Snapshot
 from agent.store.manifest import Entry
 from agent.store.tree import write_tree
+from tests.helpers import deep_path, read_deep
 
 MTIME = 1_700_000_000_123_456_789
 UID, GID = os.geteuid(), os.getegid()
@@ -170,19 +171,7 @@ def test_a_label_the_system_gave_is_not_a_difference(tmp_path):
     assert restore_snapshot(repo, snap, str(out)).conflicts == ["f"]
 
 
-DEEP = "/".join(f"{level:02}" + "d" * 198 for level in range(25))  # about 5,000 bytes: over PATH_MAX
-
-
-def _read_deep(root: str, path: str) -> bytes:
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for name in path.split("/")[:-1]:
-            fd, old = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd), fd
-            os.close(old)
-        with open(os.open(path.split("/")[-1], os.O_RDONLY, dir_fd=fd), "rb") as handle:
-            return handle.read()
-    finally:
-        os.close(fd)
+DEEP = deep_path()
 
 
 def test_paths_longer_than_path_max_restore_and_compare(tmp_path):
@@ -191,11 +180,11 @@ def test_paths_longer_than_path_max_restore_and_compare(tmp_path):
     repo, snap = _snapshot(tmp_path, [*dirs, (DEEP + "/file.txt", "file", b"at the bottom")])
     out = str(tmp_path / "out")
     result = restore_snapshot(repo, snap, out)
-    assert result.errors == [] and _read_deep(out, DEEP + "/file.txt") == b"at the bottom"
+    assert result.errors == [] and read_deep(out, DEEP + "/file.txt") == b"at the bottom"
     again = restore_snapshot(repo, snap, out, overwrite="if-changed", delete=True)
     assert (again.created, again.replaced, again.deleted, again.errors) == ([], [], [], [])
     part = restore_snapshot(repo, snap, str(tmp_path / "part"), [DEEP + "/file.txt"])
-    assert part.errors == [] and _read_deep(str(tmp_path / "part"), DEEP + "/file.txt") == b"at the bottom"
+    assert part.errors == [] and read_deep(str(tmp_path / "part"), DEEP + "/file.txt") == b"at the bottom"
 
 
 def test_the_plan_tells_create_same_and_replace_apart(tmp_path):
