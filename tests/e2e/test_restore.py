@@ -307,3 +307,15 @@ def test_a_full_target_stops_the_restore_with_one_clear_message(agent, tmp_path,
     leftovers = [name for _, _, names in os.walk(small_filesystem) for name in names if name.startswith(".restore")]
     assert leftovers == []
 
+
+
+def test_a_dump_target_under_a_file_is_a_clear_error(agent, tmp_path):
+    agent.write_jobs('[jobs.cmd]\ntype = "command"\nargv = ["echo", "hello"]\nevery = "24h"\n')
+    agent.backup()
+    existing = tmp_path / "a-file"
+    existing.write_text("keep")
+    result = agent.run("restore", "cmd:latest", "--target", str(existing / "below.sql"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr and str(existing) in result.stderr
+    assert existing.read_text() == "keep"
+    agent.run("restore", "cmd:latest", "--target", str(tmp_path / "dumps" / "out.txt"), check=0)
+    assert (tmp_path / "dumps" / "out.txt").read_text() == "hello\n"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, List, Optional, Tuple
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from agent.store import Snapshot
 
 SHOWN_CONFLICTS = 20
+_TARGET_ERRNOS = (errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ENOENT,
+                  errno.ENAMETOOLONG, errno.ELOOP)
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,7 @@ def restore_lines(result: RestoreResult, snapshot: Snapshot, target: str, dry_ru
 
 def _restore_dump(config, repo, snapshot, options: RestoreOptions) -> int:
     from agent.dumps.restore import RestoreRefused, restore_to_database, restore_to_file
+    from agent.store import RepositoryError
 
     try:
         if options.to_database:
@@ -145,6 +149,14 @@ def _restore_dump(config, repo, snapshot, options: RestoreOptions) -> int:
         size = restore_to_file(repo, snapshot, os.path.abspath(options.target), options.force)
     except RestoreRefused as exc:
         error(str(exc))
+        return EXIT_FAILED
+    except RepositoryError as exc:  # a damaged blob of the dump: nothing was put in place
+        error(f"snapshot {snapshot.id[:12]} cannot be read: {exc}")
+        return EXIT_FAILED
+    except OSError as exc:
+        if exc.errno in _TARGET_ERRNOS:  # --target under a file, not writable, ...: the operator's to fix
+            raise UsageError(f"--target {options.target}: {exc.strerror or exc}") from None
+        error(f"{options.target}: {exc.strerror or exc}")  # a full disk, an I/O error
         return EXIT_FAILED
     err(f"restored the {render.size(size)} dump of {snapshot.job} ({snapshot.time}) to {options.target}")
     return EXIT_OK
