@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Callable, List, Optional, Tuple
 
 from agent.config import Config, Job
+from agent.config.loader import job_warnings
 from agent.durable import FileLock, LockTimeout, make_private_dirs
 from agent.execute import run_hook
 from agent.report import RunReport, new_run_id, utc_now
@@ -63,6 +64,10 @@ def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional
                            status=status, changed=bool(values.pop("changed", False)),
                            snapshot=values.pop("snapshot", None), started_at=started, finished_at=utc_now(),
                            errors=tuple(errors), every_low=job.every.low, every_high=job.every.high,
+                           # what is wrong with the job's settings belongs in every report, not only on
+                           # the stderr of the process that loaded them
+                           warnings=tuple(f"{key}: {message}" for key, message in job_warnings(job))
+                           + tuple(values.pop("warnings", ())),  # type: ignore[arg-type]
                            **values)  # type: ignore[arg-type]
         try:
             result = spool_for(config).add(result)

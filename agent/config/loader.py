@@ -227,13 +227,31 @@ def _warn_missing_paths(job: Job, problems: _Problems) -> None:
     for path in job.paths:
         if not os.path.exists(path):
             problems.warn(job.source, f"{where}.paths", f"{path} does not exist (yet)")
-    if job.options_file and os.path.exists(job.options_file):
-        try:
-            if os.stat(job.options_file).st_mode & 0o004:
-                problems.warn(job.source, f"{where}.options_file",
-                              f"{job.options_file} is readable by every user: it holds a password (chmod 600)")
-        except OSError:
-            pass
+    for key, message in job_warnings(job):
+        problems.warn(job.source, f"{where}.{key}", message)
+
+
+def secret_file_warning(path: str) -> Optional[str]:
+    """Why a file holding a secret (a password, a token) is unsafe, or None: readable by every user."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # whoever reads it says why it cannot
+    if mode & 0o004:
+        return f"{path} is readable by every user: it holds a password (chmod 600)"
+    return None
+
+
+def job_warnings(job: Job) -> List[Tuple[str, str]]:
+    """(key, message) for what is wrong with `job` but does not stop it, as things stand now: the
+    loader prints them, and every run puts them in its report (the daemon read its configuration
+    long before, and a file's mode may have changed since)."""
+    found = []
+    if job.options_file:
+        problem = secret_file_warning(job.options_file)
+        if problem:
+            found.append(("options_file", problem))
+    return found
 
 
 def _collector(table: Any, source: str, problems: _Problems) -> Optional[CollectorSettings]:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import secrets as random_names
 import threading
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from agent.config import Job
 from agent.dumps import engine
 from agent.durable import make_private_dirs
-from agent.execute import StreamingCommand, mask
+from agent.execute import Finished, StreamingCommand, mask
 from agent.snapshot.fs import TreeResult
 from agent.snapshot.stream import commit_stream, store_stream
 from agent.store import Repository
@@ -37,7 +37,23 @@ def backup_dump(repo: Repository, job: Job, stop: Optional[threading.Event], nam
     if errors:
         return TreeResult(None, False, 0, stored.size, 0, tuple(mask(e, secret_values) for e in errors), ())
     snapshot, changed = commit_stream(repo, stored, module.dump_name(job), source=job.target, **names)
-    return TreeResult(snapshot, changed, 1, stored.size, stored.writer.new_bytes, (), ())
+    return TreeResult(snapshot, changed, 1, stored.size, stored.writer.new_bytes, (), tool_warnings(finished))
+
+
+_WARNING_LINES = 20
+_WARNING_WIDTH = 500
+
+
+def tool_warnings(finished: Finished) -> Tuple[str, ...]:
+    """What a tool that succeeded printed on stderr: its warnings (a dump tool says nothing when all is
+    well), for the run's report. The last lines, each cut to a readable width; already masked."""
+    name = os.path.basename(finished.argv[0]) if finished.argv else "command"
+    lines = [line.strip() for line in finished.output.splitlines() if line.strip()]
+    kept = [f"{name}: {line[:_WARNING_WIDTH]}" + ("…" if len(line) > _WARNING_WIDTH else "")
+            for line in lines[-_WARNING_LINES:]]
+    if len(lines) > _WARNING_LINES:
+        kept.insert(0, f"{name}: {len(lines) - _WARNING_LINES} earlier lines of output not kept")
+    return tuple(kept)
 
 
 def backup_sqlite(repo: Repository, job: Job, state_dir: str, stop: Optional[threading.Event],

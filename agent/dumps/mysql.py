@@ -45,7 +45,12 @@ def dump_argv(job: Job) -> List[str]:
             "--quick",                # row by row: memory stays flat for big tables
             "--skip-dump-date",       # an unchanged database dumps to identical bytes: better dedup
             "--default-character-set=utf8mb4",
-            *job.extra_args, str(job.database)]
+            "--skip-add-locks",       # LOCK TABLES t WRITE breaks the load of a table whose default draws
+                                      # from a sequence (ERROR 1100); it only ever sped up MyISAM loads
+            *job.extra_args,
+            # the dump creates the database with its default character set and collation, so routines,
+            # triggers, events and sequences restored into it get them (see dumps/retarget.py)
+            "--databases", str(job.database)]
 
 
 def client_argv(job: Job, options_file: Optional[str], database: Optional[str] = None,
@@ -54,7 +59,7 @@ def client_argv(job: Job, options_file: Optional[str], database: Optional[str] =
     if query is not None:
         argv += ["--batch", "--skip-column-names", "-e", query]
     if database:
-        argv.append(database)
+        argv.append(f"--database={database}")  # as an option: a name may start with '-'
     return argv
 
 

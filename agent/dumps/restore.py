@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Iterator, List, Optional
+import re
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Tuple
 
 from agent.config import Job
+from agent.config.loader import secret_file_warning
 from agent.dumps import mysql
+from agent.dumps.retarget import Retarget, quote_name
 from agent.durable import write_temp
 from agent.execute import feed_command, run_hook
 from agent.store import Repository, Snapshot
@@ -48,24 +52,63 @@ def _query(job: Job, options_file: Optional[str], query: str) -> List[str]:
     done = run_hook(mysql.client_argv(job, options_file, query=query), 300, mysql.secrets(job))
     if not done.ok:
         raise RestoreRefused(done.describe())
-    return [line for line in done.output.splitlines() if line.strip()]
+    return [_unescape(line) for line in done.output.splitlines() if line.strip()]
+
+
+def _unescape(value: str) -> str:
+    """A value as the client prints it in --batch mode (tab, newline, NUL and backslash escaped)."""
+    return re.sub(r"\\(.)", lambda m: {"t": "\t", "n": "\n", "0": "\0"}.get(m.group(1), m.group(1)), value)
+
+
+def _string(value: str) -> str:
+    """A string literal that needs no escaping, whatever the value and the server's sql_mode."""
+    return f"CONVERT(0x{value.encode().hex()} USING utf8mb4)" if value else "''"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What `restore_to_database` did: `size` bytes of dump loaded; `charset` the database defaults
+    the dump recorded (None: an older dump without them); `disabled_events` the events that were
+    enabled in the source and are disabled in the copy; `warnings` for the operator."""
+
+    size: int
+    charset: Optional[str]
+    disabled_events: Tuple[str, ...]
+    warnings: Tuple[str, ...]
 
 
 def restore_to_database(repo: Repository, snapshot: Snapshot, job: Job, database: str,
-                        options_file: Optional[str], force: bool) -> int:
+                        options_file: Optional[str], force: bool) -> Loaded:
+    """Load a mysql snapshot into `database` (any name the server accepts; created if missing) through
+    the engine's client, rewritten by `Retarget` so that the copy is self-contained and inert.
+    Raises RestoreRefused: a non-empty database without `force`, or the client's error."""
     if snapshot.type != "mysql":
         raise RestoreRefused(f"--to-database needs a mysql snapshot; this one is {snapshot.type}")
-    if not all(ch.isalnum() or ch in "_$" for ch in database):
-        raise RestoreRefused(f"{database!r}: use a plain database name (letters, digits, _ and $)")
+    if not database or "\0" in database:
+        raise RestoreRefused(f"{database!r} is not a database name")
     entry = dump_entry(repo, snapshot)
-    tables = _query(job, options_file, "SELECT COUNT(*) FROM information_schema.tables "
-                                       f"WHERE table_schema = '{database}'")
+    options = options_file or job.options_file
+    warnings = [f"options file {problem}" for problem in [secret_file_warning(options or "")] if problem]
+    name, literal = quote_name(database), _string(database)
+    tables = _query(job, options, f"SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = {literal}")
     if tables and tables[-1].strip() != "0" and not force:
         raise RestoreRefused(f"database {database} is not empty ({tables[-1].strip()} tables); "
                              "give --force to load the dump into it anyway")
-    _query(job, options_file, f"CREATE DATABASE IF NOT EXISTS `{database}`")
-    done = feed_command(mysql.client_argv(job, options_file, database=database), _content(repo, entry),
+    _query(job, options, f"CREATE DATABASE IF NOT EXISTS {name}")
+    retarget = Retarget(str(job.database), database)
+    done = feed_command(mysql.client_argv(job, options, database=database), retarget.rewrite(_content(repo, entry)),
                         timeout=max(job.timeout, 3600), secrets=mysql.secrets(job))
     if not done.ok:
         raise RestoreRefused(f"loading the dump failed: {done.describe()}")
-    return entry.size
+    disabled = list(retarget.disabled_events)
+    # the dump's event statements are rewritten as they pass; anything a future dump format hides from
+    # that is disabled here, late but still before it can act for long
+    for event in _query(job, options, "SELECT EVENT_NAME FROM information_schema.EVENTS "
+                                      f"WHERE EVENT_SCHEMA = {literal} AND STATUS = 'ENABLED'"):
+        _query(job, options, f"ALTER EVENT {name}.{quote_name(event)} DISABLE")
+        warnings.append(f"event {event} was enabled by the load and has been disabled")
+        disabled.append(event)
+    if retarget.charset is None:
+        warnings.append("the dump does not record the database's default character set and collation "
+                        f"(it predates that); {database} keeps the server's or its own")
+    return Loaded(entry.size, retarget.charset, tuple(disabled), tuple(warnings))

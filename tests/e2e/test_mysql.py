@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -203,3 +205,175 @@ def test_big_dump_streams_with_bounded_memory(agent, mariadb, tmp_path):
     assert report["bytes"] > 240_000_000
     # the bound is the chunk window and one pack buffer, whatever the dump's size
     assert peak_kib < 120 * 1024, (peak_kib, report["bytes"])
+
+
+SOURCE = "enstratus-console"  # a name that must be quoted
+
+
+def application_schema(mariadb, database: str) -> None:
+    """An application-like schema: foreign keys, a view, a trigger, routines, an event that names its
+    database explicitly, a sequence feeding a table's ids, utf8mb4 data, in a database whose defaults
+    differ from the server's (latin1)."""
+    name = quote(database)
+    mariadb.sql(f"DROP DATABASE IF EXISTS {name}; "
+                f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+    mariadb.sql(f"""
+        CREATE SEQUENCE invoice_seq START WITH 1000 NOCACHE;
+        CREATE TABLE customers (id INT PRIMARY KEY AUTO_INCREMENT, name VARCHAR(100) NOT NULL) ENGINE=InnoDB;
+        CREATE TABLE invoices (id BIGINT NOT NULL DEFAULT NEXTVAL(invoice_seq) PRIMARY KEY,
+            customer INT NOT NULL, amount DECIMAL(10,2), note VARCHAR(200),
+            FOREIGN KEY (customer) REFERENCES customers (id)) ENGINE=InnoDB;
+        CREATE TABLE audit (id INT PRIMARY KEY AUTO_INCREMENT, what VARCHAR(100)) ENGINE=InnoDB;
+        CREATE VIEW big_invoices AS SELECT id, customer, amount FROM invoices WHERE amount > 50;
+        CREATE TRIGGER invoices_ai AFTER INSERT ON invoices FOR EACH ROW
+            INSERT INTO audit (what) VALUES (CONCAT('invoice ', NEW.id));
+        CREATE FUNCTION greet(who VARCHAR(50)) RETURNS VARCHAR(100) DETERMINISTIC RETURN CONCAT('hi ', who);
+        CREATE PROCEDURE bill(c INT, a DECIMAL(10,2), n VARCHAR(200))
+            INSERT INTO invoices (customer, amount, note) VALUES (c, a, n);
+        CREATE EVENT tick ON SCHEDULE EVERY 1 SECOND DO INSERT INTO {name}.audit (what) VALUES ('tick');
+        INSERT INTO customers (name) SELECT CONCAT('Zoë ', seq, ' 😀') FROM seq_1_to_300;
+        INSERT INTO invoices (customer, amount, note)
+            SELECT 1 + seq % 300, seq % 97, CONCAT('Rechnung ', seq, ' — ✓') FROM seq_1_to_3000;
+        CALL bill(7, 12.50, 'über 😀');
+    """, database)
+
+
+def quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def literal(value: str) -> str:
+    return f"CONVERT(0x{value.encode().hex()} USING utf8mb4)"
+
+
+def describe(mariadb, database: str) -> dict:
+    """Everything a restore must reproduce, with the database's own name written as DB (a copy's
+    sequence default names the copy, a view's tables the copy's)."""
+    name, where = quote(database), literal(database)
+
+    def rows(query: str, own_name: bool = True) -> list:
+        return sorted(row.replace(name, "DB").replace(database, "DB") if own_name else row
+                      for row in mariadb.sql(query))
+
+    tables = mariadb.sql(f"SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = {where} "
+                         "ORDER BY TABLE_NAME")
+    base = [row.split("\t")[0] for row in tables if row.endswith("BASE TABLE")]
+    return {
+        "defaults": rows("SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA "
+                         f"WHERE SCHEMA_NAME = {where}"),
+        "tables": tables,
+        "rows": {table: mariadb.sql(f"SELECT COUNT(*) FROM {quote(table)}", database) for table in base},
+        "checksums": mariadb.checksums(database),
+        "columns": rows("SELECT TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, COLUMN_DEFAULT, CHARACTER_SET_NAME, "
+                        f"COLLATION_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = {where}"),
+        "routines": rows("SELECT ROUTINE_NAME, ROUTINE_TYPE, ROUTINE_DEFINITION, DTD_IDENTIFIER, "
+                         "CHARACTER_SET_CLIENT, COLLATION_CONNECTION, DATABASE_COLLATION "
+                         f"FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = {where}"),
+        "parameters": rows("SELECT SPECIFIC_NAME, PARAMETER_NAME, DTD_IDENTIFIER, CHARACTER_SET_NAME, "
+                           f"COLLATION_NAME FROM information_schema.PARAMETERS WHERE SPECIFIC_SCHEMA = {where}"),
+        "triggers": rows("SELECT TRIGGER_NAME, EVENT_MANIPULATION, ACTION_STATEMENT, DATABASE_COLLATION "
+                         f"FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = {where}"),
+        "views": rows(f"SELECT TABLE_NAME, VIEW_DEFINITION FROM information_schema.VIEWS WHERE TABLE_SCHEMA = {where}"),
+        # a body is the application's text: one that names the source keeps naming it (hence disabled)
+        "events": rows("SELECT EVENT_NAME, EVENT_DEFINITION, INTERVAL_VALUE, INTERVAL_FIELD, DATABASE_COLLATION "
+                       f"FROM information_schema.EVENTS WHERE EVENT_SCHEMA = {where}", own_name=False),
+        "event_status": rows(f"SELECT EVENT_NAME, STATUS FROM information_schema.EVENTS WHERE EVENT_SCHEMA = {where}"),
+        "sequence": mariadb.sql("SELECT * FROM invoice_seq", database),
+    }
+
+
+def test_application_schema_restores_to_the_same_database(agent, mariadb, tmp_path):
+    application_schema(mariadb, SOURCE)
+    mysql_job(agent, "db-enstratus-console", SOURCE, mariadb.options_file)
+    source = describe(mariadb, SOURCE)
+    assert source["event_status"] == ["tick\tENABLED"] and source["defaults"] == ["utf8mb4\tutf8mb4_unicode_ci"]
+    [report] = agent.backup("db-enstratus-console")
+    assert report["status"] == "ok" and report["warnings"] == [], report
+    dump = str(tmp_path / "dump.sql")
+    agent.run("restore", "db-enstratus-console:latest", "--target", dump, check=0)
+    with open(dump, "rb") as handle:
+        text = handle.read()
+    # loadable as it is: no table locks (a table drawing from a sequence cannot be loaded under them), and
+    # the database is created with its own defaults
+    assert b"LOCK TABLES" not in text
+    assert b"DEFAULT CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci" in text
+    targets = ("enstratus-console-restored", "restored `it's` ✓")
+    with event_scheduler_running(mariadb) as fired:
+        # the source's own event stops; from here on only a restored copy's event could write its audit
+        mariadb.sql(f"ALTER EVENT {quote(SOURCE)}.tick DISABLE")
+        audit = mariadb.sql("SELECT COUNT(*) FROM audit", SOURCE)
+        for target in targets:
+            loaded = agent.run("restore", "db-enstratus-console:latest", "--to-database", target, check=0)
+            assert "events restored disabled" in loaded.stderr and "tick" in loaded.stderr, loaded.stderr
+        fired(3)
+    assert mariadb.sql("SELECT COUNT(*) FROM audit", SOURCE) == audit
+    for target in targets:
+        copy = describe(mariadb, target)
+        assert copy["event_status"] == ["tick\tDISABLED"]
+        assert {**copy, "event_status": None} == {**source, "event_status": None}
+    copy = targets[0]
+    # the copy draws ids from its own sequence; the source's does not move
+    [next_id] = [row.split("\t")[0] for row in source["sequence"]]
+    mariadb.sql("CALL bill(3, 99, 'nach der Wiederherstellung 😀')", copy)
+    assert mariadb.sql("SELECT id FROM invoices WHERE note LIKE 'nach der%'", copy) == [next_id]
+    assert describe(mariadb, SOURCE)["sequence"] == source["sequence"]
+    # routines take the database's utf8mb4, as in the source
+    assert mariadb.sql("SELECT greet('😀 Zoë')", copy) == mariadb.sql("SELECT greet('😀 Zoë')", SOURCE) == ["hi 😀 Zoë"]
+
+
+@contextlib.contextmanager
+def event_scheduler_running(mariadb):
+    """The server's event scheduler on, with a probe event of our own; yields fired(n), which waits
+    until the probe has fired n times after the call (the scheduler demonstrably ran meanwhile)."""
+    mariadb.sql("DROP DATABASE IF EXISTS probe; CREATE DATABASE probe; CREATE TABLE probe.fired (at DATETIME(6)); "
+                "CREATE EVENT probe.probe ON SCHEDULE EVERY 1 SECOND DO INSERT INTO probe.fired VALUES (NOW(6))")
+
+    def fired(times: int) -> None:
+        start = int(mariadb.sql("SELECT COUNT(*) FROM probe.fired")[0])
+        deadline = time.monotonic() + 30
+        while int(mariadb.sql("SELECT COUNT(*) FROM probe.fired")[0]) < start + times:
+            assert time.monotonic() < deadline, "the event scheduler never ran the probe"
+            time.sleep(0.1)
+
+    try:
+        mariadb.sql("SET GLOBAL event_scheduler = ON")
+        yield fired
+    finally:
+        mariadb.sql("SET GLOBAL event_scheduler = OFF; DROP DATABASE probe")
+
+
+def test_dump_with_table_locks_from_older_versions_still_loads(agent, mariadb):
+    """Snapshots taken before --skip-add-locks hold LOCK TABLES around each table's rows."""
+    application_schema(mariadb, "legacy")
+    mysql_job(agent, "db-legacy", "legacy", mariadb.options_file, 'extra_args = ["--add-locks"]')
+    [report] = agent.backup("db-legacy")
+    assert report["status"] == "ok", report
+    agent.run("restore", "db-legacy:latest", "--to-database", "legacy_copy", check=0)
+    source, copy = describe(mariadb, "legacy"), describe(mariadb, "legacy_copy")
+    assert {**copy, "event_status": None} == {**source, "event_status": None}
+
+
+def test_every_warning_of_a_run_is_in_its_report(agent, mariadb, tmp_path):
+    fill(mariadb, "warned", 100)
+    readable = str(tmp_path / "readable.cnf")
+    with open(mariadb.options_file) as source, open(readable, "w") as handle:
+        handle.write(source.read())
+    os.chmod(readable, 0o644)
+    # a dump tool that warns on stderr and still dumps fine
+    tool = tmp_path / "noisy-dump"
+    tool.write_text("#!/bin/sh\necho 'Warning: column statistics unavailable' >&2\n"
+                    f"exec {shutil.which('mariadb-dump')} \"$@\"\n")
+    tool.chmod(0o755)
+    mysql_job(agent, "db-warned", "warned", readable, f'dump_command = "{tool}"')
+    agent.write_jobs('[jobs.cmd-warned]\ntype = "command"\nevery = "1d"\n'
+                     'argv = ["sh", "-c", "echo data; echo pg_dump: warning: old server >&2"]\n', "cmd.toml")
+    reports = {report["job"]: report for report in agent.backup("db-warned", "cmd-warned")}
+    db, cmd = reports["db-warned"], reports["cmd-warned"]
+    assert db["status"] == "ok" and cmd["status"] == "ok", reports
+    assert any(readable in w and "readable by every user" in w for w in db["warnings"]), db["warnings"]
+    assert any("column statistics unavailable" in w for w in db["warnings"]), db["warnings"]
+    assert any("warning: old server" in w for w in cmd["warnings"]), cmd["warnings"]
+    assert not any(PASSWORD in w for report in reports.values() for w in report["warnings"])
+    loaded = agent.run("restore", "db-warned:latest", "--to-database", "warned_copy", "--options-file", readable,
+                       check=0)
+    assert "warning: options file" in loaded.stderr and readable in loaded.stderr, loaded.stderr

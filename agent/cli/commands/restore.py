@@ -139,10 +139,15 @@ def _restore_dump(config, repo, snapshot, options: RestoreOptions) -> int:
             except KeyError:
                 raise UsageError(f"job {snapshot.job} is not in the configuration: its client settings "
                                  "are needed to load the dump") from None
-            size = restore_to_database(repo, snapshot, job, options.to_database, options.options_file,
-                                       options.force)
-            err(f"loaded {render.size(size)} dump of {snapshot.job} ({snapshot.time}) into database "
-                f"{options.to_database}")
+            loaded = restore_to_database(repo, snapshot, job, options.to_database, options.options_file,
+                                         options.force)
+            for warning in loaded.warnings:
+                err(f"warning: {warning}")
+            err(f"loaded {render.size(loaded.size)} dump of {snapshot.job} ({snapshot.time}) into database "
+                f"{options.to_database}" + (f" ({loaded.charset})" if loaded.charset else ""))
+            if loaded.disabled_events:
+                err(f"events restored disabled, so that the copy acts on nothing: {', '.join(loaded.disabled_events)}"
+                    " (ALTER EVENT name ENABLE when it should)")
             return EXIT_OK
         if not options.target:
             raise UsageError("give --target FILE (or --to-database NAME for a mysql snapshot)")
