@@ -13,12 +13,14 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from typing import Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
 
 from agent.restorer.target import Parts, Target, safe_parts
 from agent.restorer.xattrs import reach, xattrs_differ
 from agent.store import Repository
 from agent.store.manifest import Entry
+
+Keep = Callable[[str, bool], bool]  # (path relative to the target, is a directory) -> never delete it
 
 CREATE = "create"
 REPLACE = "replace"
@@ -47,10 +49,11 @@ def show(parts: Parts) -> str:
 
 
 def make_plan(repo: Repository, target: Target, selected: Iterable[Tuple[Parts, Entry]],
-              delete_under: Iterable[Parts] = (), owner: bool = False) -> Plan:
+              delete_under: Iterable[Parts] = (), owner: bool = False, keep: Optional[Keep] = None) -> Plan:
     """Compare `selected` (parts, entry) pairs, in manifest order, with `target`. With `delete_under`
-    (the restored paths), also list what lies below those paths in the target but not in the snapshot.
-    Raises OSError only for the target as a whole; an entry that cannot be read counts as different."""
+    (the restored paths), also list what lies below those paths in the target but not in the snapshot,
+    except what `keep(path, is_dir)` keeps (what the job excludes: the snapshot says nothing about it).
+    An entry that cannot be read counts as different."""
     steps: List[Step] = []
     held: Set[Parts] = set()
     firsts: Dict[str, Step] = {}  # files by path: the first names that later names of an inode link to
@@ -76,8 +79,19 @@ def make_plan(repo: Repository, target: Target, selected: Iterable[Tuple[Parts, 
                     problems.append(f"{show(parts)}: cannot be listed, nothing deleted in it: "
                                     f"{exc.strerror or exc}")
                     continue
-                extra.extend(parts + (name,) for name in names if parts + (name,) not in held)
+                extra.extend(parts + (name,) for name in names
+                             if parts + (name,) not in held and not _kept(target, parts + (name,), keep))
     return Plan(tuple(steps), tuple(dict.fromkeys(extra)), tuple(dict.fromkeys(problems)))
+
+
+def _kept(target: Target, parts: Parts, keep: Optional[Keep]) -> bool:
+    if keep is None:
+        return False
+    try:
+        st = target.lstat(parts)
+    except OSError:
+        return True  # what cannot be looked at is not deleted
+    return keep("/".join(parts), st is not None and stat.S_ISDIR(st.st_mode))
 
 
 def _compare(repo: Repository, target: Target, parts: Parts, entry: Entry, owner: bool) -> str:

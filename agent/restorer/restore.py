@@ -18,7 +18,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional
 
-from agent.restorer.plan import CREATE, REPLACE, SAME, Plan, Step, make_plan, selection, show
+from agent.restorer.plan import CREATE, REPLACE, SAME, Keep, Plan, Step, make_plan, selection, show
 from agent.restorer.target import Parts, Target, TargetError, safe_parts
 from agent.restorer.xattrs import apply_xattrs, reach
 from agent.store import DamagedBlobError, Repository, Snapshot
@@ -50,9 +50,12 @@ class RestoreResult:
 
 
 def restore_snapshot(repo: Repository, snapshot: Snapshot, target: str, paths: Iterable[str] = (),
-                     overwrite: str = "never", delete: bool = False, dry_run: bool = False) -> RestoreResult:
+                     overwrite: str = "never", delete: bool = False, dry_run: bool = False,
+                     keep: Optional[Keep] = None) -> RestoreResult:
     """Restore `paths` of `snapshot` (all of it if none) into directory `target`, the job's path
-    becoming `target`. `paths` are relative to the job's path, or absolute under it.
+    becoming `target`. `paths` are relative to the job's path, or absolute under it. `overwrite`: one
+    of OVERWRITE_MODES; `delete` removes what the target holds under those paths and the snapshot does
+    not, except what `keep(path, is_dir)` keeps (the job's excluded paths: Tomcat's logs/ contents).
 
     Raises TargetError if `target` cannot be a directory, DamagedBlobError if the snapshot's file list
     cannot be read. Everything else (a damaged file, a permission problem) is in the result's errors."""
@@ -69,7 +72,7 @@ def restore_snapshot(repo: Repository, snapshot: Snapshot, target: str, paths: I
     owner = os.geteuid() == 0
     dest = Target(target, create=not dry_run)
     try:
-        plan = make_plan(repo, dest, selected, (wanted or [()]) if delete else (), owner)
+        plan = make_plan(repo, dest, selected, (wanted or [()]) if delete else (), owner, keep)
         result.errors.extend(plan.problems)
         if overwrite == "never":
             result.conflicts = plan.paths(REPLACE)

@@ -101,6 +101,23 @@ def test_if_changed_with_delete_rolls_a_deployment_back_exactly(agent, tmp_path)
     assert (again["created"], again["replaced"], again["deleted"]) == (0, 0, 0)
 
 
+def test_delete_leaves_what_the_job_excludes_alone(agent, tmp_path):
+    src = str(tmp_path / "api")
+    make_tree(src, {**RELEASE_1, "tomcat/logs/catalina.out": "old log", "tomcat/webapps/ROOT/app.log": "l"})
+    agent.write_jobs(fs_job("api", src, exclude=["logs/", "*.log", "work/"]))
+    agent.backup()
+    make_tree(src, {"tomcat/logs/catalina.out": "today's log", "tomcat/logs/localhost.2026-11-30.txt": "x",
+                    "tomcat/work/Catalina/localhost/ROOT/x.class": "c", "tomcat/webapps/ROOT/new.log": "n",
+                    "tomcat/webapps/ROOT/deployed.html": "from the bad deployment"})
+    document = _restore_json(agent, "api:latest", "--target", src, "--overwrite", "if-changed", "--delete")
+    assert document["deleted"] == 1 and not os.path.exists(os.path.join(src, "tomcat/webapps/ROOT/deployed.html"))
+    for kept in ("tomcat/logs/catalina.out", "tomcat/logs/localhost.2026-11-30.txt", "tomcat/webapps/ROOT/new.log",
+                 "tomcat/work/Catalina/localhost/ROOT/x.class"):
+        assert os.path.exists(os.path.join(src, kept)), kept
+    with open(os.path.join(src, "tomcat/logs/catalina.out")) as handle:
+        assert handle.read() == "today's log"
+
+
 def test_dry_run_lists_creates_replaces_deletes_and_changes_nothing(agent, tmp_path):
     src = _backed_up(agent, tmp_path)
     entries = len(read_tree(src)) + 1  # and the root itself

@@ -7,7 +7,7 @@ import argparse
 import errno
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
 import agent.cli.render as render
 from agent.cli import snapshot_ref
@@ -69,7 +69,7 @@ def restore(config, options: RestoreOptions) -> int:
         try:
             result = restore_snapshot(repo, snapshot, os.path.abspath(options.target), list(options.paths),
                                       overwrite=options.overwrite, delete=options.delete,
-                                      dry_run=options.dry_run)
+                                      dry_run=options.dry_run, keep=_excluded_by_job(config, snapshot))
         except TargetError as exc:
             raise UsageError(f"--target: {exc}") from None
         except (RepositoryError, ValueError, KeyError) as exc:  # a damaged blob, or a damaged manifest line
@@ -80,6 +80,21 @@ def restore(config, options: RestoreOptions) -> int:
     for line in restore_lines(result, snapshot, options.target, options.dry_run):
         err(line)
     return EXIT_FAILED if result.errors or result.conflicts else EXIT_OK
+
+
+def _excluded_by_job(config, snapshot: Snapshot) -> Optional[Callable[[str, bool], bool]]:
+    """What --delete must leave alone: the paths the job excludes (Tomcat's logs/, temp/, work/
+    contents) were never in any snapshot, so the snapshot cannot say they should go. None (delete
+    everything extra) when the job is no longer configured."""
+    from agent.runner import riak_rules
+    from agent.snapshot.ignore import IgnoreRules
+
+    try:
+        job = config.job(snapshot.job)
+    except KeyError:
+        return None
+    rules = riak_rules(job.paths, job.exclude) if job.type == "riak" else IgnoreRules(job.exclude)
+    return lambda path, is_dir: rules.excludes(path, is_dir) or rules.excludes_any_parent(path)
 
 
 def restore_json(result: RestoreResult, snapshot: Snapshot, target: str, dry_run: bool) -> dict:
