@@ -185,7 +185,10 @@ class Daemon:
         modes = self.watcher.modes()
         data = {"pid": os.getpid(), "started_at": self.started_at,
                 "watch": {job.name: modes.get(job.name, "off") for job in self.config.jobs}}
-        atomic_write(self.state.daemon_file(), json.dumps(data).encode(), durable=False)
+        try:
+            atomic_write(self.state.daemon_file(), json.dumps(data).encode(), durable=False)
+        except OSError as exc:  # `status` then says "not running"; the agent itself works on
+            log.error("cannot write %s: %s", exc.filename or self.state.daemon_file(), exc.strerror)
 
     # --- the loop ---------------------------------------------------------------------------------------
 

@@ -6,7 +6,9 @@ either the old file or the complete new one, never a torn file. Everything is pr
 
 Locks are flock(2): the kernel releases them when their holder dies, so a lock left by a killed process
 is stale by construction and never blocks anyone; the holder's pid and purpose are written beside it
-for messages.
+for messages. That note is only for messages: a lock is held whether or not it could be written (a full
+state_dir), and a lock that fails to be taken leaves no descriptor open. A flock belongs to the open file
+description, so a descriptor leaked by this process would block this very process's next acquire forever.
 """
 
 from __future__ import annotations
@@ -73,8 +75,17 @@ def atomic_write(path: str, data: bytes, tmp_dir: str | None = None, durable: bo
     after a power loss such a file may be old or empty, and its readers treat both as "start afresh".
     """
     directory = os.path.dirname(path)
-    tmp = write_temp(tmp_dir or directory, [data], durable=durable)
-    os.rename(tmp, path)
+    try:
+        tmp = write_temp(tmp_dir or directory, [data], durable=durable)
+    except OSError as exc:
+        if exc.filename is None:  # a failed write names no file: name the one that could not be written
+            raise OSError(exc.errno, exc.strerror, path) from exc
+        raise
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     if not durable:
         return
     fsync_dir(directory)
@@ -105,43 +116,64 @@ class FileLock:
     def acquire(self, timeout: Optional[float] = None,
                 on_wait: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
                 stop: Optional[threading.Event] = None) -> None:
+        """Take the lock, waiting up to `timeout` seconds (None: for ever) or until `stop` is set.
+        Raises LockTimeout (waited too long, or stopped) or OSError (the lock file cannot be opened)."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        try:
+            self._wait(fd, timeout, on_wait, stop)
+        except BaseException:
+            os.close(fd)  # closing drops a flock this descriptor may have got
+            raise
+        self._fd = fd
+        if self.exclusive:
+            self._write_holder()
+
+    def _wait(self, fd: int, timeout: Optional[float], on_wait: Callable[[str], None],
+              stop: Optional[threading.Event]) -> None:
         mode = fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH
         try:
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return
         except BlockingIOError:
             on_wait(f"waiting for {self.label} held by {self._holder()}")
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if deadline is not None and time.monotonic() > deadline:
-                        os.close(fd)
-                        raise LockTimeout(f"{self.label} is held by {self._holder()}") from None
-                    # flock has no timed wait; polling keeps the wait interruptible by `stop`
-                    if (stop or threading.Event()).wait(0.1):
-                        os.close(fd)
-                        raise LockTimeout(f"stopped while waiting for {self.label}") from None
-        self._fd = fd
-        if self.exclusive:
-            info = {"pid": os.getpid(), "host": os.uname().nodename, "purpose": self.purpose,
-                    "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            holder = os.open(self.path + ".holder", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise LockTimeout(f"{self.label} is held by {self._holder()}") from None
+                # flock has no timed wait; polling keeps the wait interruptible by `stop`
+                if (stop or threading.Event()).wait(0.1):
+                    raise LockTimeout(f"stopped while waiting for {self.label}") from None
+
+    def _write_holder(self) -> None:
+        info = {"pid": os.getpid(), "host": os.uname().nodename, "purpose": self.purpose,
+                "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        try:
+            holder = os.open(self.path + ".holder", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                             FILE_MODE)
             with os.fdopen(holder, "w", encoding="utf-8") as handle:
                 json.dump(info, handle)
+        except OSError:  # no room for the note (a full state_dir): waiters say "another process"
+            try:
+                os.unlink(self.path + ".holder")
+            except OSError:
+                pass
 
     def release(self) -> None:
-        if self._fd is not None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
             if self.exclusive:
                 try:
                     os.unlink(self.path + ".holder")
                 except FileNotFoundError:
                     pass
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        finally:
+            os.close(fd)  # releases the flock, whatever happened to the note
 
     def __enter__(self) -> FileLock:
         if self._fd is None:

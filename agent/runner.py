@@ -71,8 +71,10 @@ def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional
                            **values)  # type: ignore[arg-type]
         try:
             result = spool_for(config).add(result)
-        except OSError as exc:  # reporting never fails a backup; the run is still recorded below
-            _say(f"warning: cannot spool the report of {job.name} in {config.state_dir}: {exc}")
+        except OSError as exc:  # reporting never fails a backup; the run is still recorded (and logged)
+            note = f"the report could not be spooled in {config.state_dir}: {exc.strerror}"
+            _say(f"warning: {job.name}: {note}")
+            result = replace(result, warnings=result.warnings + (note,))
         try:
             StateDir(config.state_dir).record(result, full_scan=not incremental)
         except OSError as exc:
@@ -86,13 +88,19 @@ def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional
     try:
         shared = repo is not None
         repo = repo or open_repository(config)
-        with _held(job_lock(config, job.name), on_wait, stop), \
-                _held(repo.lock(exclusive=False, purpose=f"backup {job.name}"), on_wait, stop):
-            result = _with_hooks(job, stop, lambda: _backup(config, job, repo, trigger, started, changes, stop))
-        if not shared:
-            repo.close()  # a shared repository's open packs may be in use by another run
+        try:
+            with _held(job_lock(config, job.name), on_wait, stop), \
+                    _held(repo.lock(exclusive=False, purpose=f"backup {job.name}"), on_wait, stop):
+                result = _with_hooks(job, stop,
+                                     lambda: _backup(config, job, repo, trigger, started, changes, stop))
+        finally:
+            if not shared:
+                repo.close()  # a shared repository's open packs may be in use by another run
     except (Aborted, LockTimeout):
         return report("failed", ("aborted: the agent was stopping; nothing of this run was committed",))
+    except OSError as exc:  # the run failed as a whole: say what could not be done where
+        where = f"{exc.filename}: " if exc.filename else ""
+        return report("failed", (f"{where}{exc.strerror or exc}",))
     except Exception as exc:  # the run failed as a whole; the report carries why
         return report("failed", (f"{type(exc).__name__}: {exc}",))
     incremental = result.incremental

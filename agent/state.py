@@ -2,11 +2,13 @@
 pause requests. Written by every run (command line or daemon), read by the scheduler and `status`.
 
 Each job has its own small JSON file, updated under a per-job flock so that a manual `backup` and the
-daemon never lose each other's updates.
+daemon never lose each other's updates. When state_dir is full the file is overwritten in place (its
+blocks are already allocated), so that a run failed for lack of space still shows as failed in `status`.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -44,6 +46,25 @@ class JobState:
     @property
     def last_full_at(self) -> Optional[float]:
         return parse_time(self.last_full)
+
+
+def _write_state(path: str, data: bytes) -> None:
+    """Replace `path` atomically, or, when the filesystem is full, overwrite it in place: a torn file
+    reads as "no state" (a run soon), which is better than a status that hides the failed run."""
+    try:
+        atomic_write(path, data, durable=False)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            raise exc from None
+        try:
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
 
 
 class StateDir:
@@ -84,7 +105,7 @@ class StateDir:
             data = {"last_run": new.last_run, "last_ok": new.last_ok, "failures": new.failures,
                     "last_full": new.last_full}
             # Not fsynced: after a power loss the worst case is one extra run of the job.
-            atomic_write(self._file(report.job), json.dumps(data).encode(), durable=False)
+            _write_state(self._file(report.job), json.dumps(data).encode())
             return new
 
     def mtime(self) -> float:

@@ -82,6 +82,8 @@ def status(agent: Mapping, rows: Sequence[Mapping]) -> List[str]:
         paused = f", paused until {row['paused_until'][11:16]}" if row["paused_until"] else ""
         lines.append(f"  {row['name']:<{width}}  {row['type']:<7} last {last}; next "
                      f"{row['next_due'][:16].replace('T', ' ')} ({row['next_trigger']}); watch {row['watch']}{paused}")
+        if row.get("last_error"):
+            lines.append(f"  {'':<{width}}  error: {row['last_error']}")
     return lines
 
 

@@ -418,7 +418,10 @@ class TreeBackup:
                                 cached.piece(number), cached.owner(number)) for rel, number in self.kept.items()],
                               others)
             cache.others = others
-            cache.save()
+            try:
+                cache.save()
+            except OSError as exc:  # the snapshot is committed: the report must still name it
+                self.errors.append(f"cannot save the files cache {cache.path}: {exc.strerror}")
         return TreeResult(snapshot, not unchanged, file_count, total_bytes, new_bytes,
                           tuple(self.errors), tuple(self.warnings), self.incremental)
 

@@ -409,3 +409,84 @@ def test_a_last_run_recorded_by_a_clock_that_ran_ahead_does_not_hold_the_timer(a
     assert datetime.fromisoformat(row["next_due"].replace("Z", "+00:00")) <= \
         datetime.now(timezone.utc) + timedelta(seconds=40)
     assert d.stop() == 0
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 2 MiB tmpfs mounted for the test (root only), unmounted whatever happens."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount)], check=True)
+    try:
+        yield str(mount)
+    finally:
+        if subprocess.run(["umount", str(mount)]).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def fill(directory: str) -> str:
+    """Write a file in `directory` until its filesystem is full; returns its path."""
+    path = os.path.join(directory, "filler")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 65536)
+    except OSError as exc:
+        assert exc.errno == 28, exc
+    try:
+        while True:  # the last partial page
+            os.write(fd, b"\0" * 512)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return path
+
+
+def open_files(pid: int) -> List[str]:
+    names = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            names.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return names
+
+
+def test_a_full_state_dir_fails_runs_truthfully_and_leaks_no_lock(agent, small_tmpfs, daemon, tmp_path):
+    """state_dir on a full filesystem: each run fails, says "No space left on device" and where, in the
+    log, in `status` and in `backup`'s answer (which does not hang); the job's lock is not held between
+    runs; once space is freed, the next run succeeds."""
+    with open(agent.config) as handle:
+        text = handle.read().replace(f'state_dir = "{agent.state_dir}"', f'state_dir = "{small_tmpfs}/state"')
+    with open(agent.config, "w") as handle:
+        handle.write(text)
+    agent.state_dir = f"{small_tmpfs}/state"  # the daemon fixture's agent too
+    src = str(tmp_path / "svc")
+    make_tree(src, {"conf/server.xml": "<Server/>"})
+    watched_job(agent, src)
+    d = daemon()
+    d.idle("svc", 1)
+    filler = fill(small_tmpfs)
+    make_tree(src, {"conf/server.xml": "<Server port='1'/>"})
+    wait_for(lambda: any("svc: backup failed (change)" in line for line in d.reports("svc")))
+    failed = d.text().split("svc: backup failed (change)")[1]
+    assert "No space left on device" in failed and os.path.join(small_tmpfs, "state") in failed
+    assert "snapshot " in failed.splitlines()[0]  # what was committed is named, whatever failed after it
+    lock = os.path.join(small_tmpfs, "state", "locks", "svc.lock")
+    wait_for(lambda: not d.text().rstrip().endswith("started (change, changes)") and lock not in open_files(d.proc.pid))
+    [row] = json.loads(agent.run("status", "--json", check=0).stdout)["jobs"]
+    assert row["last_status"] == "failed" and "No space left on device" in row["last_error"], row
+    manual = agent.run("backup", "svc", "--json", timeout=60)
+    assert manual.returncode == 1 and "No space left on device" in manual.stdout + manual.stderr
+    assert "waiting for the lock" not in manual.stderr
+    os.unlink(filler)
+    make_tree(src, {"conf/server.xml": "<Server port='2'/>"})
+    wait_for(lambda: "svc: backup ok (change)" in d.text().split("svc: backup failed")[-1])
+    assert agent.backup("svc")[0]["status"] == "ok"
+    [row] = json.loads(agent.run("status", "--json", check=0).stdout)["jobs"]
+    assert row["last_status"] == "ok" and row["last_error"] is None
+    assert lock not in open_files(d.proc.pid)
+    assert d.stop() == 0

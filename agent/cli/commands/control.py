@@ -53,6 +53,7 @@ def status_rows(config, only: Optional[str] = None) -> Dict:
         rows.append({"name": job.name, "type": job.type, "last_run": last.get("finished_at"),
                      "last_ok": job_state.last_ok, "last_status": last.get("status"),
                      "last_trigger": last.get("trigger"), "last_changed": last.get("changed"),
+                     "last_error": (last.get("errors") or [None])[0],
                      "next_due": iso(due.at), "next_trigger": due.trigger, "watch": watch,
                      "paused_until": iso(paused_until) if job.on_change and paused_until else None,
                      "failures": job_state.failures})
