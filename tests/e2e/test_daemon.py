@@ -366,10 +366,11 @@ def test_a_paused_change_does_not_wake_the_loop_and_the_index_is_let_go(agent, t
     loop = threading.Thread(target=d.run_forever, name="daemon-loop")
     loop.start()
     try:
-        wait_for(lambda: (d.job_state("svc").last_run or {}).get("trigger") == "startup" and not d.running)
+        state = StateDir(agent.state_dir)
+        wait_for(lambda: (state.job("svc").last_run or {}).get("trigger") == "startup" and not d.running)
         make_tree(src, {"b": "b"})
         wait_for(lambda: snapshot_count(agent) == 2 and not d.running and not d.debouncer.pending("svc"))
-        StateDir(agent.state_dir).set_pause("svc", time.time() + 600)
+        state.set_pause("svc", time.time() + 600)
         d.wake.set()  # what `pause` does through SIGUSR1
         make_tree(src, {"c": "c"})
         wait_for(lambda: d.debouncer.pending("svc") and time.monotonic() > d.debouncer.deadline("svc") + 0.5)
@@ -378,7 +379,7 @@ def test_a_paused_change_does_not_wake_the_loop_and_the_index_is_let_go(agent, t
         time.sleep(2.0)  # a window to count wake-ups in, not a speed
         assert d.passes - passes <= 2, f"{d.passes - passes} wake-ups in 2 s of pause"
         assert snapshot_count(agent) == 2
-        StateDir(agent.state_dir).set_pause("svc", None)
+        state.set_pause("svc", None)
         d.wake.set()
         wait_for(lambda: snapshot_count(agent) == 3)
     finally:
