@@ -251,12 +251,11 @@ class Daemon:
         waits += [until - now for until in self.paused.values()]  # a pause ends: its held changes go
         if self.running or deadline is not None:
             self.last_activity = tick
-        elif self.repo is not None and self.repo.index.loaded:
+        elif self.repo is not None and self.repo.holds_index:
             idle = tick - self.last_activity
             if idle >= IDLE_RELEASE:
                 # hot while a deployment writes, small while nothing happens (a paused deployment too)
-                self.repo.index.drop()
-                self.repo.close()
+                self.repo.release()
                 release_memory()
             else:
                 waits.append(IDLE_RELEASE - idle)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from agent.cli.common import EXIT_USAGE, UsageError, err, error
+from agent.cli.common import EXIT_FAILED, EXIT_USAGE, UsageError, err, error
 from agent.text import plural
 
 
@@ -25,7 +25,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.paths = [*args.paths, *extra]
+    from agent.backend import BackendError
     from agent.config import ConfigError
+    from agent.store import RepositoryError
 
     try:
         return int(args.func(args))
@@ -38,6 +40,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UsageError as exc:
         error(str(exc))
         return EXIT_USAGE
+    except (RepositoryError, BackendError) as exc:  # a damaged repository: named, never a traceback
+        error(str(exc))
+        return EXIT_FAILED
     except KeyboardInterrupt:
         error("interrupted")
         return 130

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Seque
 from agent.text import plural
 
 if TYPE_CHECKING:
+    from agent.checker import VerifyResult
+    from agent.pruner import PruneResult
     from agent.report.model import RunReport
-    from agent.store.prune import PruneResult
-    from agent.store.verify import VerifyResult
 
 
 def size(count: int) -> str:
@@ -57,6 +57,9 @@ def verify(result: VerifyResult, read_data: bool) -> List[str]:
     verdict = "ok" if result.ok else "DAMAGED"
     lines.append(f"{verdict}: {plural(result.snapshots, 'snapshot')}, {plural(result.blobs, 'blob')} in "
                  f"{plural(result.packs, 'pack')} {mode}")
+    if result.recorded:
+        lines.append(f"recorded {plural(result.recorded, 'damaged blob copy', 'damaged blob copies')}: no backup "
+                     "reuses them, and the next backup that reads their files stores them again")
     return lines
 
 

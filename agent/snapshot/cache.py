@@ -105,6 +105,18 @@ class FilesCache:
         mode, uid, gid = _OWNER.unpack_from(self.records, number * RECORD + 64)
         return size, mtime_ns, mode, uid, gid
 
+    def references(self, blob_ids: Iterable[bytes]) -> bool:
+        """Whether some file's chunks include one of `blob_ids` (blobs found damaged: such a file must be
+        read again, however unchanged its stat, so that a good copy is stored)."""
+        blob = self.chunks_blob
+        for blob_id in blob_ids:
+            at = blob.find(blob_id)
+            while at != -1 and at % 32:  # matched across two ids, not an id
+                at = blob.find(blob_id, at + 1)
+            if at != -1:
+                return True
+        return False
+
     def chunks(self, number: int) -> bytes:
         start = self.chunk_ends[number - 1] if number else 0
         return self.chunks_blob[start: self.chunk_ends[number]]

@@ -85,6 +85,9 @@ class TreeBackup:
         self.seed = cache.seed
         self.stop = stop or threading.Event()
         self.trusted = cache.repo_id == repo.id and bool(cache.snapshot) and repo.has_snapshot(cache.snapshot)
+        damaged = repo.unhealed() if self.trusted else frozenset()
+        if damaged and (cache.references(damaged) or repo.tree_unhealed(cache.snapshot, damaged)):
+            self.trusted = False  # read everything once: the damaged blobs get stored again
         # what the cache knows is only used while it describes a snapshot that still exists
         self.cached = cache if self.trusted else FilesCache(cache.path, seed=cache.seed)
         self.rules_unchanged = self.trusted and cache.rules == rules.digest

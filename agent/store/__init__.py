@@ -1,16 +1,21 @@
-"""The repository: packs of deduplicated blobs, an index, snapshot manifests, lock, prune and verify."""
+"""The repository: packs of deduplicated blobs, an index, snapshot documents, on a storage backend.
+
+Operations that use it (verify: agent.checker, prune: agent.pruner, restore: agent.restorer) live
+above it and use only `Repository`'s methods.
+"""
 
 from agent.durable import LockTimeout
 from agent.store.index import KIND_DATA, KIND_TREE
 from agent.store.repository import (
     BlobWriter,
     DamagedBlobError,
+    DamagedSnapshot,
     Repository,
     RepositoryError,
     Snapshot,
 )
 
 __all__ = [
-    "KIND_DATA", "KIND_TREE", "BlobWriter", "DamagedBlobError", "LockTimeout", "Repository",
+    "KIND_DATA", "KIND_TREE", "BlobWriter", "DamagedBlobError", "DamagedSnapshot", "LockTimeout", "Repository",
     "RepositoryError", "Snapshot",
 ]

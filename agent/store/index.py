@@ -2,18 +2,22 @@
 
 Index files are append-only; each writer adds one file per batch of packs it wrote. A pack that no
 index names (a crash between pack and index) is invisible and is removed by prune.
+
+Copies of blobs that `verify --read-data` found damaged (damage records, see damage.py) are left out of
+every lookup: a damaged blob is never deduplicated against, so the next backup that reads its content
+stores a good copy, which lookups then find.
 """
 
 from __future__ import annotations
 
 import bisect
 import hashlib
-import os
 import struct
 import threading
-from typing import Dict, Iterable, Iterator, KeysView, List, NamedTuple, Set, Tuple
+from typing import Dict, FrozenSet, Iterable, Iterator, KeysView, List, NamedTuple, Optional, Set, Tuple
 
-from agent.durable import atomic_write
+from agent.backend.base import Backend, Handle, Kind
+from agent.store.damage import decode_damage
 
 MAGIC = b"BAIX\x01"
 _ENTRY = struct.Struct("<32sIIIIB")  # blob id, pack number, offset, stored length, raw length, flags
@@ -69,9 +73,10 @@ class Index:
     ids, and scanning the raw bytes for each costs about 1/70 of building the dict.
     """
 
-    def __init__(self, directory: str, tmp_dir: str) -> None:
-        self.directory = directory
-        self.tmp_dir = tmp_dir
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._damaged: Dict[bytes, FrozenSet[bytes]] = {}  # blob id -> packs holding a damaged copy
+        self._damage_files: Set[str] = set()
         self._listed = False
         self._blobs: Dict[bytes, int] | None = None
         self._segments: List[Tuple[int, bytes, List[bytes]]] = []  # (first row, entries, pack ids)
@@ -84,7 +89,13 @@ class Index:
 
     @property
     def files(self) -> List[str]:
+        """Names of the index files loaded."""
         return sorted(self._loaded)
+
+    @property
+    def damage_files(self) -> List[str]:
+        """Names of the damage records loaded."""
+        return sorted(self._damage_files)
 
     def _table(self) -> Dict[bytes, int]:
         with self._lock:
@@ -96,7 +107,34 @@ class Index:
                     blobs.update(zip([body[i:i + 32] for i in range(0, len(body), _ENTRY.size)],
                                      range(first, first + len(body) // _ENTRY.size)))
                 self._blobs = blobs
+                self._skip_damaged(self._damaged)
             return self._blobs
+
+    def _skip_damaged(self, blob_ids: Iterable[bytes]) -> None:
+        """Point the dict at a good copy of each damaged blob, or drop the blob."""
+        blobs = self._blobs
+        if blobs is None:
+            return
+        for blob_id in blob_ids:
+            row = self._good_row(blob_id)
+            if row is None:
+                blobs.pop(blob_id, None)
+            else:
+                blobs[blob_id] = row
+
+    def _good_row(self, blob_id: bytes) -> Optional[int]:
+        """The last row naming `blob_id` in a pack not recorded as holding a damaged copy."""
+        bad = self._damaged.get(blob_id, frozenset())
+        size = _ENTRY.size
+        for first, body, packs in reversed(self._segments):
+            at = body.rfind(blob_id)
+            while at != -1:
+                if not at % size:
+                    (local,) = struct.unpack_from("<I", body, at + 32)
+                    if packs[local] not in bad:
+                        return first + at // size
+                at = body.rfind(blob_id, 0, at)
+        return None
 
     def _row(self, blob_id: bytes) -> int | None:
         blobs = self._blobs
@@ -111,6 +149,8 @@ class Index:
         return blobs.get(blob_id)
 
     def _scan(self, blob_id: bytes) -> int | None:
+        if blob_id in self._damaged:
+            return self._good_row(blob_id)
         size = _ENTRY.size
         for first, body, _ in reversed(self._segments):  # the dict's answer: the last file naming it
             at = body.find(blob_id)
@@ -142,7 +182,19 @@ class Index:
         with self._lock:
             self._listed, self._blobs, self._loaded, self._segments, self._bases, self._rows = \
                 False, None, set(), [], [], 0
+            self._damaged, self._damage_files = {}, set()
             self._scans_left = _SCANS_BEFORE_DICT
+
+    def damaged(self) -> Dict[bytes, FrozenSet[bytes]]:
+        """Blob id -> the packs holding a copy recorded as damaged."""
+        with self._lock:
+            if not self._listed:
+                self.refresh()
+            return dict(self._damaged)
+
+    def unhealed(self) -> FrozenSet[bytes]:
+        """Ids of blobs recorded as damaged that have no good copy yet."""
+        return frozenset(blob_id for blob_id in self.damaged() if blob_id not in self)
 
     @property
     def loaded(self) -> bool:
@@ -154,14 +206,14 @@ class Index:
 
     def _add_file(self, name: str, data: bytes) -> None:
         if not data.startswith(MAGIC):
-            raise ValueError(f"index file {name} is not an index file")
+            raise ValueError(f"{self.backend.describe(Handle(Kind.INDEX, name))}: not an index file")
         (count,) = struct.unpack_from("<I", data, len(MAGIC))
         start = len(MAGIC) + 4
         packs = [data[start + 32 * i: start + 32 * (i + 1)] for i in range(count)]
         body = data[start + 32 * count:]
         size = _ENTRY.size
         if len(body) % size:
-            raise ValueError(f"index file {name} is truncated")
+            raise ValueError(f"{self.backend.describe(Handle(Kind.INDEX, name))}: truncated index file")
         rows = len(body) // size
         if self._blobs is not None:
             self._blobs.update(zip([body[i:i + 32] for i in range(0, len(body), size)],
@@ -170,18 +222,35 @@ class Index:
         self._bases.append(self._rows)
         self._rows += rows
         self._loaded.add(name)
+        if self._damaged and self._blobs is not None:
+            self._skip_damaged(self._damaged)
 
-    def refresh(self) -> None:
-        """Load index files written since the last look (by this or another process); start over if
-        some disappeared (prune consolidated them)."""
+    def refresh(self) -> bool:
+        """Load index files and damage records written since the last look (by this or another
+        process); start over if some disappeared (prune consolidated them): returns whether it did."""
         with self._lock:
-            names = {name for name in os.listdir(self.directory) if not name.startswith(".")}
-            if not self._loaded <= names:
+            names = {info.name for info in self.backend.list(Kind.INDEX)}
+            damage = {info.name for info in self.backend.list(Kind.DAMAGE)}
+            reset = not (self._loaded <= names and self._damage_files <= damage)
+            if reset:
                 self.drop()
             self._listed = True
+            new_damage = sorted(damage - self._damage_files)
+            if new_damage:
+                found: Dict[bytes, Set[bytes]] = {key: set(packs) for key, packs in self._damaged.items()}
+                for name in new_damage:
+                    try:
+                        pairs = decode_damage(self.backend.load(Handle(Kind.DAMAGE, name)))
+                    except ValueError:  # a damaged record of damage: verify names it; backups go on
+                        continue
+                    for blob_id, pack in pairs:
+                        found.setdefault(blob_id, set()).add(pack)
+                self._damaged = {key: frozenset(packs) for key, packs in found.items()}
+                self._damage_files |= set(new_damage)
+                self._skip_damaged(self._damaged)
             for name in sorted(names - self._loaded):
-                with open(os.path.join(self.directory, name), "rb") as handle:
-                    self._add_file(name, handle.read())
+                self._add_file(name, self.backend.load(Handle(Kind.INDEX, name)))
+            return reset
 
     def __contains__(self, blob_id: bytes) -> bool:
         blobs = self._blobs
@@ -201,7 +270,7 @@ class Index:
         """Persist a batch durably and make it visible to this process; returns the file name."""
         data = encode_index(entries)
         name = hashlib.sha256(data).hexdigest()
-        atomic_write(os.path.join(self.directory, name), data, self.tmp_dir)
+        self.backend.save(Handle(Kind.INDEX, name), [data])
         with self._lock:
             if self._listed and name not in self._loaded:
                 self._add_file(name, data)

@@ -8,14 +8,13 @@ rebuilt from the packs alone. A pack's name is the SHA-256 of its content.
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 import threading
 from typing import List, Optional, Tuple
 
 import zstandard
 
-from agent.durable import fsync_dir, write_temp
+from agent.backend.base import Backend, Handle, Kind
 from agent.store.index import FLAG_ZSTD, BlobLocation
 
 MAGIC = b"BAPK\x01"
@@ -57,9 +56,8 @@ def decode_blob(stored: bytes | memoryview, flags: int, raw_length: int) -> byte
 class PackWriter:
     """Accumulates blobs for one pack and writes it durably when full or flushed."""
 
-    def __init__(self, data_dir: str, tmp_dir: str) -> None:
-        self.data_dir = data_dir
-        self.tmp_dir = tmp_dir
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
         # One growing buffer, not a list of blobs: zstd's output objects keep their worst-case allocation,
         # so holding them would cost ~2.5x the pack size in memory.
         self._buffer = bytearray(MAGIC)
@@ -79,15 +77,11 @@ class PackWriter:
         self._buffer += stored
 
     def finish(self) -> List[Tuple[bytes, BlobLocation]]:
-        """Write the pack (temp, fsync, rename, fsync dir); returns its blobs' locations."""
+        """Save the pack durably through the backend; returns its blobs' locations."""
         self._buffer += self._trailer
         self._buffer += struct.pack("<I", self._count) + TRAILER_MAGIC
-        hasher = hashlib.sha256(self._buffer)
-        tmp = write_temp(self.tmp_dir, [self._buffer], prefix="pack-")
-        pack_id = hasher.digest()
-        target_dir = os.path.join(self.data_dir, pack_id.hex()[:2])
-        os.rename(tmp, os.path.join(target_dir, pack_id.hex()))
-        fsync_dir(target_dir)
+        pack_id = hashlib.sha256(self._buffer).digest()
+        self.backend.save(Handle(Kind.DATA, pack_id.hex()), [self._buffer])
         return [(blob_id, BlobLocation(pack_id, offset, length, raw, flags))
                 for blob_id, flags, offset, length, raw in _TRAILER_ENTRY.iter_unpack(self._trailer)]
 

@@ -1,12 +1,10 @@
-"""The repository: content-addressed, deduplicated, compressed blobs in packs, plus snapshot manifests.
+"""The repository: content-addressed, deduplicated, compressed blobs in packs, plus snapshot documents,
+all stored as objects of a backend (agent.backend), which alone knows where and how bytes are kept.
 
-Layout (all files 0600, directories 0700):
-    config.json            format version, repository id, chunker parameters; written last at creation
-    data/XX/PACKID         pack files (see pack.py)
-    index/INDEXID          where each blob lives (see index.py)
-    snapshots/SNAPID.json  manifests, written after the packs and index they need: a crash leaves either
-                           no manifest or a complete snapshot
-    lock                   flock(2) lock; tmp/ holds half-written files that prune removes
+Objects: the config (format version, repository id, chunker parameters; saved last at creation), packs
+(pack.py), index files (index.py), snapshot documents (saved after the packs and index they need: a crash
+leaves either no document or a complete snapshot) and damage records (damage.py). Operations above the
+repository (agent.checker, agent.pruner, agent.restorer) use only the methods of `Repository`.
 
 Blob ids are SHA-256 of the raw content: files under /services and database rows can be influenced by
 users, so identity must resist crafted collisions. xxhash is used only where a collision is harmless.
@@ -15,63 +13,24 @@ users, so identity must resist crafted collisions. xxhash is used only where a c
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import secrets
 import threading
-from dataclasses import asdict, dataclass, field
-from typing import Dict, Iterator, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
-from agent.durable import FileLock, atomic_write, fsync_dir, make_private_dirs
-from agent.store.chunker import STREAM_CHUNKER, Chunker, ChunkerParams
+from agent.backend import Backend, BackendError, Handle, Kind, NotFound, RepositoryLock, open_backend
+from agent.store.chunker import Chunker, ChunkerParams
+from agent.store.damage import encode_damage
 from agent.store.index import KIND_DATA, BlobLocation, Index
 from agent.store.pack import TARGET_SIZE, Compressor, PackWriter, decode_blob
+from agent.store.snapshots import DamagedSnapshot, RepositoryError, Snapshot, SnapshotStore, load_config, new_config
 
-FORMAT_VERSION = 1
 _INDEX_EVERY_PACKS = 32
-
-
-class RepositoryError(Exception):
-    pass
 
 
 class DamagedBlobError(RepositoryError):
     def __init__(self, blob_id: bytes, reason: str) -> None:
         super().__init__(f"blob {blob_id.hex()}: {reason}")
         self.blob_id = blob_id
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """A manifest: what one run stored. `tree` lists the blobs of its entry stream (see snapshot/tree.py)."""
-
-    job: str
-    type: str
-    host: str
-    time: str
-    trigger: str
-    tree: Tuple[str, ...]
-    files: int
-    bytes: int
-    fingerprint: str
-    source: Tuple[str, ...] = ()
-    partial: bool = False
-    id: str = field(default="", compare=False)
-
-    def to_json(self) -> dict:
-        data = asdict(self)
-        data.pop("id")
-        data["tree"] = list(self.tree)
-        data["source"] = list(self.source)
-        return data
-
-    @classmethod
-    def from_json(cls, snapshot_id: str, data: dict) -> Snapshot:
-        return cls(job=data["job"], type=data["type"], host=data["host"], time=data["time"],
-                   trigger=data["trigger"], tree=tuple(data["tree"]), files=int(data["files"]),
-                   bytes=int(data["bytes"]), fingerprint=data["fingerprint"],
-                   source=tuple(data.get("source", ())), partial=bool(data.get("partial", False)),
-                   id=snapshot_id)
 
 
 @dataclass(frozen=True)
@@ -115,8 +74,8 @@ class BlobWriter:
 
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
-        repo.index.refresh()  # another process may have added blobs since this repository was opened
-        self._pack = PackWriter(repo.data_dir, repo.tmp_dir)
+        repo.refresh()  # another process may have added blobs since this repository was opened
+        self._pack = PackWriter(repo.backend)
         self._pending: List[Tuple[bytes, BlobLocation]] = []
         self._in_pack: Dict[bytes, int] = {}
         self._packs_since_index = 0
@@ -174,7 +133,7 @@ class BlobWriter:
             return
         self._wait_sealed()
         self._sealing = _Sealer(self._pack)
-        self._pack = PackWriter(self.repo.data_dir, self.repo.tmp_dir)
+        self._pack = PackWriter(self.repo.backend)
         self._packs_since_index += 1
         if self._packs_since_index >= _INDEX_EVERY_PACKS:
             self._write_index()
@@ -200,57 +159,35 @@ class BlobWriter:
 
 
 class Repository:
-    def __init__(self, path: str) -> None:
-        self.path = os.path.abspath(path)
-        self.data_dir = os.path.join(self.path, "data")
-        self.index_dir = os.path.join(self.path, "index")
-        self.snapshot_dir = os.path.join(self.path, "snapshots")
-        self.tmp_dir = os.path.join(self.path, "tmp")
+    """A repository on a backend. `Repository(location)` only names it; `Repository.open` reads (or
+    creates) it. Thread-safe for readers and for writers of different jobs (daemon lanes)."""
+
+    def __init__(self, location: str | Backend) -> None:
+        self.backend: Backend = open_backend(location) if isinstance(location, str) else location
+        self.location = self.backend.location
         self.config: dict = {}
-        self.index = Index(self.index_dir, self.tmp_dir)
+        self.index = Index(self.backend)
+        self._snapshots = SnapshotStore(self.backend)
         self._chunker: Optional[Chunker] = None
         self._stream_chunker: Optional[Chunker] = None
-        self._pack_fds: Dict[bytes, int] = {}
-        self._fd_lock = threading.Lock()
 
     # --- creation and opening -----------------------------------------------------------------------
 
-    @property
-    def config_path(self) -> str:
-        return os.path.join(self.path, "config.json")
-
     def exists(self) -> bool:
-        return os.path.exists(self.config_path)
+        return bool(self.backend.list(Kind.CONFIG))
 
     @classmethod
-    def open(cls, path: str, create: bool = False) -> Repository:
-        repo = cls(path)
+    def open(cls, location: str | Backend, create: bool = False) -> Repository:
+        """Raises RepositoryError (naming the object) for a missing, unreadable or foreign config."""
+        repo = cls(location)
         if not repo.exists():
             if not create:
-                raise RepositoryError(f"{repo.path}: no repository here (run a backup to create one)")
-            repo._create()
-        with open(repo.config_path, encoding="utf-8") as handle:
-            repo.config = json.load(handle)
-        version = repo.config.get("format")
-        if version != FORMAT_VERSION:
-            raise RepositoryError(f"{repo.path}: repository format {version} is not supported by this "
-                                  f"version (it reads format {FORMAT_VERSION})")
+                raise RepositoryError(f"{repo.location}: no repository here (run a backup to create one)")
+            repo.backend.create()
+            name, data = new_config()
+            repo.backend.save(Handle(Kind.CONFIG, name), [data])
+        repo.config = load_config(repo.backend)
         return repo
-
-    def _create(self) -> None:
-        # Directories first, config.json last: a crash midway leaves no config, and the next open
-        # simply finishes the job.
-        for directory in (self.path, self.index_dir, self.snapshot_dir, self.tmp_dir, self.data_dir):
-            make_private_dirs(directory)
-        for prefix in range(256):
-            sub = os.path.join(self.data_dir, f"{prefix:02x}")
-            if not os.path.isdir(sub):
-                os.mkdir(sub, 0o700)
-        fsync_dir(self.data_dir)
-        config = {"format": FORMAT_VERSION, "id": secrets.token_hex(16), "hash": "sha256",
-                  "compression": "zstd", "chunker": ChunkerParams().to_json(),
-                  "stream_chunker": STREAM_CHUNKER.to_json()}
-        atomic_write(self.config_path, json.dumps(config, indent=2).encode(), self.tmp_dir)
 
     @property
     def id(self) -> str:
@@ -271,50 +208,38 @@ class Repository:
             self._stream_chunker = Chunker(ChunkerParams(**params))
         return self._stream_chunker
 
-    def lock(self, exclusive: bool, purpose: str) -> FileLock:
-        return FileLock(os.path.join(self.path, "lock"), exclusive, purpose, label="the repository lock")
+    def lock(self, exclusive: bool, purpose: str) -> RepositoryLock:
+        """Backups, restores and verify share it; prune takes it exclusively."""
+        return self.backend.lock(exclusive, purpose)
 
     def writer(self) -> BlobWriter:
         return BlobWriter(self)
 
+    def pack_writer(self) -> PackWriter:
+        """A pack of already stored blobs (prune copies live blobs with it); the caller indexes it."""
+        return PackWriter(self.backend)
+
     # --- blobs --------------------------------------------------------------------------------------
 
-    def pack_path(self, pack_id: bytes) -> str:
-        name = pack_id.hex()
-        return os.path.join(self.data_dir, name[:2], name)
-
-    def list_packs(self) -> Iterator[bytes]:
-        for prefix in sorted(os.listdir(self.data_dir)):
-            sub = os.path.join(self.data_dir, prefix)
-            if os.path.isdir(sub):
-                for name in sorted(os.listdir(sub)):
-                    if len(name) == 64:
-                        yield bytes.fromhex(name)
-
-    def _pread(self, pack_id: bytes, length: int, offset: int) -> bytes:
-        """Read from a pack through a cached descriptor. Cached descriptors are never closed while the
-        repository is in use (another thread may be reading through one); past the cache's size a
-        read opens and closes its own."""
-        with self._fd_lock:
-            fd = self._pack_fds.get(pack_id)
-            if fd is None and len(self._pack_fds) < 256:
-                fd = self._pack_fds[pack_id] = os.open(self.pack_path(pack_id), os.O_RDONLY | os.O_CLOEXEC)
-        if fd is not None:
-            return os.pread(fd, length, offset)
-        own = os.open(self.pack_path(pack_id), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            return os.pread(own, length, offset)
-        finally:
-            os.close(own)
+    def refresh(self) -> None:
+        """See index files written since the last look; if prune (here or elsewhere) replaced the index,
+        let go of open packs too: they may be deleted, and an open one keeps its disk space."""
+        if self.index.refresh():
+            self.backend.release(Kind.DATA)
 
     def read_blob(self, blob_id: bytes) -> bytes:
-        """The blob's content, checked against its id: damage is an error, never silently restored."""
+        """The blob's content, checked against its id: damage is an error, never silently restored.
+        Raises DamagedBlobError (naming blob and pack) for a missing, short, corrupt or wrong blob."""
         loc = self.index.get(blob_id)
         if loc is None:
+            bad = self.index.damaged().get(blob_id)
+            if bad:
+                raise DamagedBlobError(blob_id, f"content in pack {min(bad).hex()} does not match its id "
+                                                "(found by verify; no backup has stored it again yet)")
             raise DamagedBlobError(blob_id, "missing from the index")
         try:
-            stored = self._pread(loc.pack, loc.length, loc.offset)
-        except FileNotFoundError:
+            stored = self.backend.load(Handle(Kind.DATA, loc.pack.hex()), loc.length, loc.offset)
+        except NotFound:
             raise DamagedBlobError(blob_id, f"pack {loc.pack.hex()} is missing") from None
         if len(stored) != loc.length:
             raise DamagedBlobError(blob_id, f"pack {loc.pack.hex()} is truncated")
@@ -326,54 +251,111 @@ class Repository:
             raise DamagedBlobError(blob_id, "content does not match its id")
         return data
 
+    def packs(self) -> Dict[bytes, int]:
+        """Every stored pack (indexed or not): id -> size in bytes."""
+        return {bytes.fromhex(info.name): info.size for info in self.backend.list(Kind.DATA)
+                if len(info.name) == 64}
+
+    def load_pack(self, pack_id: bytes) -> Optional[bytes]:
+        """A whole pack's bytes, None if it is missing."""
+        try:
+            return self.backend.load(Handle(Kind.DATA, pack_id.hex()))
+        except NotFound:
+            return None
+
+    def describe_pack(self, pack_id: bytes) -> str:
+        return self.backend.describe(Handle(Kind.DATA, pack_id.hex()))
+
+    def remove_pack(self, pack_id: bytes) -> None:
+        self.backend.remove(Handle(Kind.DATA, pack_id.hex()))
+
+    def replace_index(self, entries: List[Tuple[bytes, BlobLocation]]) -> None:
+        """Write `entries` as the complete index, then remove every other index file and the damage
+        records (the new index names no damaged copy). Only under the exclusive lock."""
+        old_files, old_damage = self.index.files, self.index.damage_files
+        new_name = self.index.write(entries)
+        for name in old_files:
+            if name != new_name:
+                self.backend.remove(Handle(Kind.INDEX, name))
+        for name in old_damage:
+            self.backend.remove(Handle(Kind.DAMAGE, name))
+        self.index.reload()
+
+    def record_damage(self, pairs: List[Tuple[bytes, bytes]]) -> Optional[str]:
+        """Record (blob id, pack id) copies as damaged: lookups skip them from now on, so the next backup
+        that reads their content stores it again. Returns the record's name (None: nothing to record)."""
+        if not pairs:
+            return None
+        name, data = encode_damage(pairs)
+        self.backend.save(Handle(Kind.DAMAGE, name), [data])
+        self.refresh()
+        return name
+
+    def unhealed(self) -> frozenset:
+        """Ids of blobs recorded as damaged that have no good copy yet (empty: nothing to heal). Costs
+        one listing while nothing is recorded (a no-change backup does not load the index)."""
+        if not self.index.loaded and not self.backend.list(Kind.DAMAGE):
+            return frozenset()
+        return self.index.unhealed()
+
+    def tree_unhealed(self, snapshot_id: str, damaged: frozenset) -> bool:
+        """Whether the snapshot's file list is stored in one of the `damaged` blobs."""
+        try:
+            tree = self.load_snapshot(snapshot_id).tree
+        except RepositoryError:
+            return True
+        return any(bytes.fromhex(blob) in damaged for blob in tree)
+
+    def remove_leftovers(self) -> int:
+        """Delete what crashed writers left (temp files); only under the exclusive lock."""
+        return self.backend.remove_leftovers()
+
+    @property
+    def holds_index(self) -> bool:
+        return self.index.loaded
+
+    def release(self) -> None:
+        """Let go of the loaded index and open packs (both are reloaded on next use): an idle agent need
+        not hold them."""
+        self.index.drop()
+        self.backend.release()
+
     def close(self) -> None:
-        with self._fd_lock:
-            for fd in self._pack_fds.values():
-                os.close(fd)
-            self._pack_fds.clear()
+        self.backend.close()
 
     # --- snapshots ----------------------------------------------------------------------------------
 
     def save_snapshot(self, snapshot: Snapshot) -> Snapshot:
-        data = json.dumps(snapshot.to_json(), sort_keys=True, indent=1).encode()
-        snapshot_id = hashlib.sha256(data).hexdigest()
-        atomic_write(os.path.join(self.snapshot_dir, snapshot_id + ".json"), data, self.tmp_dir)
-        return Snapshot.from_json(snapshot_id, snapshot.to_json())
+        return self._snapshots.save(snapshot)
 
     def has_snapshot(self, snapshot_id: str) -> bool:
-        return os.path.exists(os.path.join(self.snapshot_dir, snapshot_id + ".json"))
+        return self._snapshots.exists(snapshot_id)
 
     def load_snapshot(self, snapshot_id: str) -> Snapshot:
-        with open(os.path.join(self.snapshot_dir, snapshot_id + ".json"), encoding="utf-8") as handle:
-            return Snapshot.from_json(snapshot_id, json.load(handle))
+        """Raises RepositoryError naming the document if it is missing or damaged."""
+        return self._snapshots.load(snapshot_id)
 
     def snapshots(self, job: Optional[str] = None) -> List[Snapshot]:
-        """Snapshots oldest first."""
-        result = []
-        for name in os.listdir(self.snapshot_dir):
-            if name.endswith(".json") and not name.startswith("."):
-                snapshot = self.load_snapshot(name[:-5])
-                if job is None or snapshot.job == job:
-                    result.append(snapshot)
-        result.sort(key=lambda snap: (snap.time, snap.id))
-        return result
+        """Readable snapshots, oldest first; damaged documents are left out (see damaged_snapshots)."""
+        return self._snapshots.list(job)[0]
+
+    def damaged_snapshots(self) -> List[DamagedSnapshot]:
+        """Snapshot documents that cannot be read, each with its storage name and why."""
+        return self._snapshots.list(None)[1]
 
     def delete_snapshot(self, snapshot_id: str) -> None:
-        os.unlink(os.path.join(self.snapshot_dir, snapshot_id + ".json"))
-        fsync_dir(self.snapshot_dir)
+        self._snapshots.delete(snapshot_id)
+
+    def history(self, job: str) -> List[Snapshot]:
+        """The job's readable snapshots, oldest first as far as this host can tell: those dated ahead of
+        its clock by more than snapshots.FUTURE_MARGIN_S (made while a clock was wrong) come before the
+        rest, so that one wrong clock cannot pin JOB:latest."""
+        return self._snapshots.history(job)
 
     def find_snapshot(self, ref: str) -> Snapshot:
-        """An id, a unique id prefix, or JOB:latest."""
-        if ref.endswith(":latest"):
-            job = ref[: -len(":latest")]
-            found = self.snapshots(job)
-            if not found:
-                raise RepositoryError(f"no snapshot of job {job!r}")
-            return found[-1]
-        matches = [name[:-5] for name in os.listdir(self.snapshot_dir)
-                   if name.endswith(".json") and name.startswith(ref) and ref]
-        if not matches:
-            raise RepositoryError(f"no snapshot {ref!r}")
-        if len(matches) > 1:
-            raise RepositoryError(f"snapshot prefix {ref!r} is ambiguous ({len(matches)} snapshots match)")
-        return self.load_snapshot(matches[0])
+        """An id, a unique id prefix, or JOB:latest (see SnapshotStore.latest)."""
+        return self._snapshots.find(ref)
+
+
+__all__ = ["BackendError", "BlobWriter", "DamagedBlobError", "DamagedSnapshot", "PreparedBlob", "Repository",
+           "RepositoryError", "Snapshot"]

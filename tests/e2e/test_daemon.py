@@ -374,7 +374,7 @@ def test_a_paused_change_does_not_wake_the_loop_and_the_index_is_let_go(agent, t
         d.wake.set()  # what `pause` does through SIGUSR1
         make_tree(src, {"c": "c"})
         wait_for(lambda: d.debouncer.pending("svc") and time.monotonic() > d.debouncer.deadline("svc") + 0.5)
-        wait_for(lambda: not d.repo.index.loaded, timeout=10)
+        wait_for(lambda: not d.repo.holds_index, timeout=10)
         passes = d.passes
         time.sleep(2.0)  # a window to count wake-ups in, not a speed
         assert d.passes - passes <= 2, f"{d.passes - passes} wake-ups in 2 s of pause"

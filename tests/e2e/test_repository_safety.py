@@ -175,3 +175,81 @@ def test_prune_deletes_unreferenced_data_and_keeps_restorable(agent, tmp_path):
     assert subprocess.run(["diff", "-r", src, target]).returncode == 0
     [report] = agent.backup()  # the files cache must not point at pruned data
     assert report["status"] == "ok" and report["changed"] is False
+
+
+def test_damage_found_by_verify_is_healed_by_the_next_backup(agent, tmp_path):
+    """Issue 15 kind 4: a flipped byte in a pack is never deduplicated against once verify found it;
+    the next backup stores a good copy even with the files cache saying "unchanged"; prune then drops
+    the damaged pack and everything verifies."""
+    src = str(tmp_path / "svc")
+    jar = os.urandom(100_000)
+    make_tree(src, {"conf/server.xml": "<Server port='8005'/>" * 100, "lib/x.jar": jar})
+    agent.write_jobs(fs_job("svc", src))
+    agent.backup()
+    packs = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(agent.repository, "data")) for f in fs]
+    biggest = max(packs, key=os.path.getsize)
+    with open(biggest, "r+b") as handle:
+        handle.seek(5000)
+        byte = handle.read(1)
+        handle.seek(5000)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    found = agent.run("verify", "--read-data")
+    assert found.returncode == 1 and "lib/x.jar" in found.stdout
+    assert "recorded 1 damaged blob" in found.stdout and "next backup" in found.stdout
+    [report] = agent.backup()
+    assert report["status"] == "ok" and report["new_bytes"] >= len(jar), report
+    target = str(tmp_path / "out")
+    agent.run("restore", "svc:latest", "--target", target, check=0)
+    with open(os.path.join(target, "lib", "x.jar"), "rb") as handle:
+        assert handle.read() == jar
+    [again] = agent.backup()
+    assert again["changed"] is False and again["new_bytes"] == 0  # healed: the cache is trusted again
+    agent.run("prune", check=0)
+    assert not os.path.exists(biggest)
+    verify = agent.run("verify", "--read-data")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_an_empty_snapshot_document_spoils_only_itself(agent, tmp_path):
+    """Issue 15 kind 4: one empty snapshot document (a power loss) is named; snapshots, verify,
+    restore and prune work for every other snapshot, without a traceback."""
+    src = str(tmp_path / "svc")
+    make_tree(src, {"a.txt": "one"})
+    agent.write_jobs(fs_job("svc", src, extra="retention = { keep_last = 5 }"))
+    [first] = agent.backup()
+    make_tree(src, {"a.txt": "two"})
+    [second] = agent.backup()
+    with open(os.path.join(agent.repository, "snapshots", second["snapshot"] + ".json"), "w"):
+        pass  # truncated to nothing
+    listing = agent.run("snapshots", "--json")
+    assert listing.returncode == 0 and [row["id"] for row in json.loads(listing.stdout)] == [first["snapshot"]]
+    assert second["snapshot"] in listing.stderr and "empty" in listing.stderr
+    verify = agent.run("verify", "--read-data")
+    assert verify.returncode == 1 and second["snapshot"] in verify.stdout
+    restored = agent.run("restore", "svc:latest", "--target", str(tmp_path / "out"))
+    assert restored.returncode == 0
+    assert (tmp_path / "out" / "a.txt").read_text() == "one"
+    direct = agent.run("restore", second["snapshot"], "--target", str(tmp_path / "out2"))
+    assert direct.returncode in (1, 2) and second["snapshot"] in direct.stderr and "empty" in direct.stderr
+    pruned = agent.run("prune")
+    assert pruned.returncode == 0 and second["snapshot"] in pruned.stderr
+    for result in (listing, verify, restored, direct, pruned):
+        assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_garbage_config_is_named_without_a_traceback(agent, tmp_path):
+    src = str(tmp_path / "svc")
+    make_tree(src, {"a.txt": "one"})
+    agent.write_jobs(fs_job("svc", src))
+    agent.backup()
+    config = os.path.join(agent.repository, "config.json")
+    for garbage in (b"", b"\x00\x17garbage", b"[1, 2]", b'{"format": 1}'):
+        with open(config, "wb") as handle:
+            handle.write(garbage)
+        restore = ["restore", "svc:latest", "--target", str(tmp_path / "o")]
+        for command in (["snapshots"], ["verify"], ["prune"], restore):
+            result = agent.run(*command)
+            assert result.returncode in (1, 2), (command, result.stderr)
+            assert config in result.stderr and "Traceback" not in result.stderr, result.stderr
+        [report] = agent.backup(expect=1)
+        assert report["status"] == "failed" and config in report["errors"][0]

@@ -254,7 +254,7 @@ def test_target_that_is_a_file_is_a_clear_error(agent, tmp_path):
 
 def _flip_byte_of_blob(repository: str, blob_id: bytes) -> None:
     location = Repository.open(repository).index.get(blob_id)
-    pack = Repository.open(repository).pack_path(location.pack)
+    pack = Repository.open(repository).describe_pack(location.pack)
     with open(pack, "r+b") as handle:
         handle.seek(location.offset + location.length // 2)
         byte = handle.read(1)

@@ -98,7 +98,7 @@ def test_a_later_name_is_never_linked_to_a_first_name_that_failed(tmp_path):
     (out / "a").write_bytes(b"the operator's own file")
     [entry] = [e for e in _entries(repo, snap) if e.path == "a"]
     _damage(repo, entry.chunks[0])
-    result = restore_snapshot(Repository.open(repo.path), snap, str(out), overwrite="always")
+    result = restore_snapshot(Repository.open(repo.location), snap, str(out), overwrite="always")
     assert [error.split(":")[0] for error in result.errors] == ["a", "b"]
     assert (out / "a").read_bytes() == b"the operator's own file" and not (out / "b").exists()
 
@@ -111,7 +111,7 @@ def _entries(repo, snap) -> List[Entry]:
 
 def _damage(repo: Repository, blob_id: bytes) -> None:
     location = repo.index.get(blob_id)
-    with open(repo.pack_path(location.pack), "r+b") as handle:
+    with open(repo.describe_pack(location.pack), "r+b") as handle:
         handle.seek(location.offset)
         first = handle.read(1)
         handle.seek(location.offset)

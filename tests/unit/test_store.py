@@ -46,12 +46,10 @@ def test_interrupted_creation_is_completed_on_next_open(tmp_path):
 
 def test_refuses_unknown_format(tmp_path):
     repo = Repository.open(str(tmp_path / "r"), create=True)
-    with open(repo.config_path) as handle:
-        text = handle.read().replace('"format": 1', '"format": 99')
-    with open(repo.config_path, "w") as handle:
-        handle.write(text)
+    config = tmp_path / "r" / "config.json"
+    config.write_text(config.read_text().replace('"format": 1', '"format": 99'))
     with pytest.raises(Exception, match="format 99 is not supported"):
-        Repository.open(repo.path)
+        Repository.open(repo.location)
 
 
 def test_chunking_localises_an_edit(tmp_path):
@@ -67,20 +65,21 @@ def test_chunking_localises_an_edit(tmp_path):
 def test_index_answers_the_same_before_and_after_its_dict_is_built(tmp_path):
     """The first lookups scan the raw index files; later ones use the dict. Both must agree, also for
     an id whose bytes occur in the index across two entries, and for a blob named by two files."""
+    from agent.backend import LocalBackend
     from agent.store.index import BlobLocation, Index
 
-    directory, tmp = tmp_path / "index", tmp_path / "tmp"
-    directory.mkdir()
-    tmp.mkdir()
+    backend = LocalBackend(str(tmp_path / "r"))
+    backend.create()
+    directory = tmp_path / "r" / "index"
     ids = [os.urandom(32) for _ in range(200)]
-    writing = Index(str(directory), str(tmp))
+    writing = Index(backend)
     for pack, chosen in ((b"A" * 32, ids[:100]), (b"B" * 32, ids[50:150]), (b"C" * 32, ids[150:])):
         name = writing.write([(blob_id, BlobLocation(pack, n * 10, 10, 20, 1)) for n, blob_id in enumerate(chosen)])
     data = (directory / name).read_bytes()
     body = data[5 + 4 + 32:]
     straddling = body[49 * 3 + 20: 49 * 3 + 52]  # the end of entry 3 and the start of entry 4
     probes = [straddling, ids[60], ids[10], ids[199], os.urandom(32)] + ids[::7] + [straddling]
-    scanning, reference = Index(str(directory), str(tmp)), Index(str(directory), str(tmp))
+    scanning, reference = Index(backend), Index(backend)
     assert len(reference) == 200  # builds its dict at once
     answers = []
     for probe in probes:

@@ -10,8 +10,8 @@ from agent.cli.common import EXIT_FAILED, EXIT_OK, err, load_config, open_reposi
 
 def verify(config, read_data: bool = False, as_json: bool = False) -> int:
     """Exit status 0 if every snapshot is complete (and, with `read_data`, every object intact), else 1."""
+    from agent.checker import verify_repository
     from agent.store import Repository
-    from agent.store.verify import verify_repository
 
     if not Repository(config.repository).exists():
         err(f"{config.repository}: no repository yet, nothing to verify")
@@ -23,7 +23,7 @@ def verify(config, read_data: bool = False, as_json: bool = False) -> int:
         result = verify_repository(repo, read_data=read_data)
     if as_json:
         print_json({"ok": result.ok, "snapshots": result.snapshots, "packs": result.packs,
-                    "blobs": result.blobs, "problems": result.problems,
+                    "blobs": result.blobs, "problems": result.problems, "recorded": result.recorded,
                     "damaged": [{"object": key, "reason": reason, "affects": result.affected.get(key, [])}
                                 for key, reason in sorted(result.damaged.items())]})
     else:
@@ -32,7 +32,7 @@ def verify(config, read_data: bool = False, as_json: bool = False) -> int:
 
 
 def prune(config, dry_run: bool = False, as_json: bool = False) -> int:
-    from agent.store.prune import prune_repository
+    from agent.pruner import prune_repository
 
     repo = open_repository(config)
     policies = {job.name: job.retention for job in config.jobs}
@@ -41,10 +41,13 @@ def prune(config, dry_run: bool = False, as_json: bool = False) -> int:
     if as_json:
         print_json({"dry_run": dry_run,
                     "removed": [snap.id for snap in result.removed], "kept": [snap.id for snap in result.kept],
-                    "unknown_jobs": result.unknown_jobs, "packs_deleted": result.packs_deleted,
+                    "unknown_jobs": result.unknown_jobs, "damaged": result.damaged,
+                    "packs_deleted": result.packs_deleted,
                     "packs_rewritten": result.packs_rewritten, "bytes_freed": result.bytes_freed})
     else:
         render.show(render.prune(result, dry_run))
+    for reason in result.damaged:
+        err(f"damaged (kept, not pruned): {reason}")
     return EXIT_OK
 
 

@@ -6,7 +6,7 @@ import argparse
 from typing import Dict, List, Optional
 
 import agent.cli.render as render
-from agent.cli.common import EXIT_OK, check_jobs, load_config, open_repository, print_json
+from agent.cli.common import EXIT_OK, check_jobs, err, load_config, open_repository, print_json
 
 
 def snapshot_rows(config, job: Optional[str] = None) -> List[Dict]:
@@ -21,6 +21,12 @@ def snapshot_rows(config, job: Optional[str] = None) -> List[Dict]:
 
 def snapshots(config, job: Optional[str] = None, as_json: bool = False) -> int:
     rows = snapshot_rows(config, job)
+    if rows or not job:
+        from agent.store import Repository
+
+        if Repository(config.repository).exists():
+            for damaged in open_repository(config).damaged_snapshots():
+                err(f"damaged: {damaged.reason}")
     if job and not rows:
         check_jobs(config, [job])  # a job that is gone from the configuration still lists its snapshots
     if as_json:

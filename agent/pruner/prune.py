@@ -8,17 +8,15 @@ lock keeps backups out while this runs.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Dict, List, Optional, Set, Tuple
 
 from agent.config import Retention
+from agent.store import Repository, RepositoryError, Snapshot
 from agent.store.index import BlobLocation
-from agent.store.pack import TARGET_SIZE, PackWriter
-from agent.store.repository import Repository, Snapshot
+from agent.store.pack import TARGET_SIZE
 from agent.store.tree import read_tree
 
 _REPACK_IF_UNUSED = 0.2
@@ -56,6 +54,7 @@ class PruneResult:
     removed: List[Snapshot] = field(default_factory=list)
     kept: List[Snapshot] = field(default_factory=list)
     unknown_jobs: List[str] = field(default_factory=list)
+    damaged: List[str] = field(default_factory=list)  # unreadable snapshot documents, kept and named
     packs_deleted: int = 0
     packs_rewritten: int = 0
     bytes_freed: int = 0
@@ -63,6 +62,7 @@ class PruneResult:
 
 def prune_repository(repo: Repository, policies: Dict[str, Retention], dry_run: bool = False) -> PruneResult:
     result = PruneResult()
+    result.damaged = [damaged.reason for damaged in repo.damaged_snapshots()]
     by_job: Dict[str, List[Snapshot]] = {}
     for snap in repo.snapshots():
         by_job.setdefault(snap.job, []).append(snap)
@@ -94,43 +94,35 @@ def _collect_garbage(repo: Repository, result: PruneResult) -> None:
     for blob_id, loc in repo.index.items():
         by_pack.setdefault(loc.pack, []).append((blob_id, loc))
 
+    # a pack holding a copy found damaged is rewritten without it, whatever else it holds
+    damaged_packs = {pack for packs in repo.index.damaged().values() for pack in packs}
     new_index: List[Tuple[bytes, BlobLocation]] = []
-    writer = PackWriter(repo.data_dir, repo.tmp_dir)
+    writer = repo.pack_writer()
     for pack, blobs in by_pack.items():
         live = [(blob_id, loc) for blob_id, loc in blobs if blob_id in used]
         dead_bytes = sum(loc.length for blob_id, loc in blobs if blob_id not in used)
         total = sum(loc.length for _, loc in blobs)
         if not live:
             continue  # deleted below: no new index names it
-        if dead_bytes > _REPACK_IF_UNUSED * total:
-            with open(repo.pack_path(pack), "rb") as handle:
-                data = handle.read()
+        if dead_bytes > _REPACK_IF_UNUSED * total or pack in damaged_packs:
+            data = repo.load_pack(pack)
+            if data is None:
+                raise RepositoryError(f"{repo.describe_pack(pack)}: pack missing; run verify (nothing was deleted)")
             for blob_id, loc in live:
                 writer.add(blob_id, data[loc.offset: loc.offset + loc.length], loc.raw_length, loc.flags)
                 if writer.size >= TARGET_SIZE:
                     new_index.extend(writer.finish())
-                    writer = PackWriter(repo.data_dir, repo.tmp_dir)
+                    writer = repo.pack_writer()
             result.packs_rewritten += 1
         else:
             new_index.extend(live)
     if len(writer):
         new_index.extend(writer.finish())
-    old_index_files = list(repo.index.files)
-    new_name = repo.index.write(new_index)
-    for name in old_index_files:
-        if name != new_name:
-            os.unlink(os.path.join(repo.index_dir, name))
+    repo.replace_index(new_index)
     indexed = {loc.pack for _, loc in new_index}
-    for pack in repo.list_packs():
+    for pack, size in repo.packs().items():
         if pack not in indexed:  # obsolete, or orphaned by a crash before its index was written
-            path = repo.pack_path(pack)
-            result.bytes_freed += os.path.getsize(path)
-            os.unlink(path)
+            repo.remove_pack(pack)
+            result.bytes_freed += size
             result.packs_deleted += 1
-    for name in os.listdir(repo.tmp_dir):
-        path = os.path.join(repo.tmp_dir, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            os.unlink(path)
-    repo.index.reload()
+    repo.remove_leftovers()

@@ -1,0 +1,186 @@
+"""Snapshot documents and the repository's config: the small JSON objects of a repository.
+
+A snapshot document names what one run stored (job, time, the blobs of its file list); it is saved last,
+named by the SHA-256 of its bytes. A document that cannot be read (empty or cut short by a power loss on a
+filesystem without data journaling) is reported by name as damaged and left out; every other snapshot
+stays usable. `JOB:latest` is chosen so that a clock that was wrong once cannot pin it (see `latest`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import List, Optional, Tuple
+
+from agent.backend.base import CONFIG_NAME, Backend, BackendError, Handle, Kind, NotFound
+from agent.store.chunker import STREAM_CHUNKER, ChunkerParams
+
+FORMAT_VERSION = 1
+# A snapshot time further ahead of this host's clock than this was made by a clock that was wrong: it is
+# not taken for JOB:latest (otherwise it would stay latest until real time caught up, years perhaps).
+FUTURE_MARGIN_S = 15 * 60
+
+
+class RepositoryError(Exception):
+    """Something about the repository is missing or unusable; the message names the object."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A manifest: what one run stored. `tree` lists the blobs of its entry stream (see snapshot/tree.py)."""
+
+    job: str
+    type: str
+    host: str
+    time: str
+    trigger: str
+    tree: Tuple[str, ...]
+    files: int
+    bytes: int
+    fingerprint: str
+    source: Tuple[str, ...] = ()
+    partial: bool = False
+    id: str = field(default="", compare=False)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data.pop("id")
+        data["tree"] = list(self.tree)
+        data["source"] = list(self.source)
+        return data
+
+    @classmethod
+    def from_json(cls, snapshot_id: str, data: dict) -> Snapshot:
+        return cls(job=data["job"], type=data["type"], host=data["host"], time=data["time"],
+                   trigger=data["trigger"], tree=tuple(data["tree"]), files=int(data["files"]),
+                   bytes=int(data["bytes"]), fingerprint=data["fingerprint"],
+                   source=tuple(data.get("source", ())), partial=bool(data.get("partial", False)),
+                   id=snapshot_id)
+
+
+@dataclass(frozen=True)
+class DamagedSnapshot:
+    """A snapshot document that cannot be read: its id, storage name and why."""
+
+    id: str
+    name: str
+    reason: str
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+class SnapshotStore:
+    """The snapshot documents of one backend."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def save(self, snapshot: Snapshot) -> Snapshot:
+        data = json.dumps(snapshot.to_json(), sort_keys=True, indent=1).encode()
+        snapshot_id = hashlib.sha256(data).hexdigest()
+        self.backend.save(Handle(Kind.SNAPSHOT, snapshot_id), [data])
+        return Snapshot.from_json(snapshot_id, snapshot.to_json())
+
+    def exists(self, snapshot_id: str) -> bool:
+        """Whether the snapshot is there and readable."""
+        try:
+            self.load(snapshot_id)
+            return True
+        except (RepositoryError, BackendError):
+            return False
+
+    def load(self, snapshot_id: str) -> Snapshot:
+        handle = Handle(Kind.SNAPSHOT, snapshot_id)
+        try:
+            data = self.backend.load(handle)
+        except NotFound:
+            raise RepositoryError(f"no snapshot {snapshot_id!r}") from None
+        try:
+            snapshot = Snapshot.from_json(snapshot_id, json.loads(data))
+            _epoch(snapshot.time)
+            return snapshot
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            reason = "empty" if not data else f"unreadable ({type(exc).__name__}: {exc})"
+            raise RepositoryError(f"snapshot {snapshot_id} is damaged: "
+                                  f"{self.backend.describe(handle)} is {reason}") from None
+
+    def list(self, job: Optional[str]) -> Tuple[List[Snapshot], List[DamagedSnapshot]]:
+        """(readable snapshots of `job` (None: all) oldest first, damaged documents)."""
+        good, damaged = [], []
+        for info in self.backend.list(Kind.SNAPSHOT):
+            try:
+                snapshot = self.load(info.name)
+            except RepositoryError as exc:
+                damaged.append(DamagedSnapshot(info.name, self.backend.describe(Handle(Kind.SNAPSHOT, info.name)),
+                                               str(exc)))
+                continue
+            if job is None or snapshot.job == job:
+                good.append(snapshot)
+        good.sort(key=lambda snap: (snap.time, snap.id))
+        return good, damaged
+
+    def delete(self, snapshot_id: str) -> None:
+        self.backend.remove(Handle(Kind.SNAPSHOT, snapshot_id))
+
+    def history(self, job: str) -> List[Snapshot]:
+        """The job's snapshots, oldest first; those dated more than FUTURE_MARGIN_S ahead of this host's
+        clock first of all. A snapshot made while the clock was months ahead thus stops being the last
+        (`latest`) as soon as one is made with the right time."""
+        horizon = time.time() + FUTURE_MARGIN_S
+        found = self.list(job)[0]
+        return [snap for snap in found if _epoch(snap.time) > horizon] + \
+            [snap for snap in found if _epoch(snap.time) <= horizon]
+
+    def latest(self, job: str) -> Snapshot:
+        """The last of `history`; raises RepositoryError if the job has no snapshot."""
+        found = self.history(job)
+        if not found:
+            raise RepositoryError(f"no snapshot of job {job!r}")
+        return found[-1]
+
+    def find(self, ref: str) -> Snapshot:
+        """An id, a unique id prefix, or JOB:latest."""
+        if ref.endswith(":latest"):
+            return self.latest(ref[: -len(":latest")])
+        matches = [info.name for info in self.backend.list(Kind.SNAPSHOT) if ref and info.name.startswith(ref)]
+        if not matches:
+            raise RepositoryError(f"no snapshot {ref!r}")
+        if len(matches) > 1:
+            raise RepositoryError(f"snapshot prefix {ref!r} is ambiguous ({len(matches)} snapshots match)")
+        return self.load(matches[0])
+
+
+def new_config() -> Tuple[str, bytes]:
+    """(name, content) of a new repository's config."""
+    config = {"format": FORMAT_VERSION, "id": secrets.token_hex(16), "hash": "sha256",
+              "compression": "zstd", "chunker": ChunkerParams().to_json(),
+              "stream_chunker": STREAM_CHUNKER.to_json()}
+    return CONFIG_NAME, json.dumps(config, indent=2).encode()
+
+
+def load_config(backend: Backend) -> dict:
+    """The repository's config, checked; raises RepositoryError naming the object."""
+    handle = Handle(Kind.CONFIG, CONFIG_NAME)
+    where = backend.describe(handle)
+    try:
+        config = json.loads(backend.load(handle))
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+        version = config.get("format")
+        ChunkerParams(**config["chunker"])
+        str(config["id"])
+    except NotFound:
+        raise RepositoryError(f"{where}: missing (no repository here)") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RepositoryError(f"{where}: not a repository configuration ({type(exc).__name__}: {exc}); "
+                              f"the file is damaged or was not written by backup-agent") from None
+    if version != FORMAT_VERSION:
+        raise RepositoryError(f"{backend.location}: repository format {version} is not supported by this "
+                              f"version (it reads format {FORMAT_VERSION})")
+    return config

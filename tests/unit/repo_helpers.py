@@ -1,0 +1,27 @@
+"""Small repositories for the store and operation tests: real Repository objects on a real backend."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+from agent.store import Repository, Snapshot
+from agent.store.tree import Entry, write_tree
+
+
+def store_files(repo: Repository, job: str, files: Dict[str, bytes], time: str = "2026-11-27T07:00:00Z",
+                chunk: int = 0) -> Snapshot:
+    """A snapshot of `job` holding `files` (path -> content), each content one blob (or `chunk`-byte
+    pieces when given). Data blobs and the file list go to packs of their own."""
+    writer = repo.writer()
+    entries = [Entry(".", "dir", 0o755, 0, 0, 0)]
+    for path, content in sorted(files.items()):
+        pieces = [content[i:i + chunk] for i in range(0, len(content), chunk)] if chunk else [content]
+        ids = tuple(writer.save(piece)[0] for piece in pieces if piece)
+        entries.append(Entry(path, "file", 0o644, 0, 0, 0, len(content), ids))
+    writer.flush()
+    writer = repo.writer()
+    tree = write_tree(writer, entries)
+    writer.flush()
+    return repo.save_snapshot(Snapshot(job=job, type="fs", host="h", time=time, trigger="manual", tree=tree,
+                                       files=len(files), bytes=sum(map(len, files.values())),
+                                       fingerprint=f"{job}-{time}-{len(files)}"))

@@ -1,0 +1,288 @@
+"""The backend conformance suite: every storage backend (agent.backend) passes every test here.
+
+Parametrised over the backends: local directory, memory, and the fault-injecting wrapper with no fault
+set (around each of them). A new backend (object storage, issue 12) is added to BACKENDS and must pass
+unchanged. Backend-specific behaviour (the local layout, injected faults) is tested after the suite.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+
+import pytest
+
+from agent.backend import BackendError, FileInfo, Handle, Kind, LocalBackend, LockTimeout, NotFound
+from agent.backend.faulty import Faults, FaultyBackend
+from agent.backend.mem import MemBackend
+
+NAME_A = "a1" * 32
+NAME_B = "b2" * 32
+CONTENT_KINDS = [Kind.DATA, Kind.INDEX, Kind.SNAPSHOT, Kind.DAMAGE]
+
+
+def _local(tmp_path):
+    backend = LocalBackend(str(tmp_path / "repo"))
+    backend.create()
+    return backend
+
+
+BACKENDS = {
+    "local": _local,
+    "mem": lambda tmp_path: MemBackend(),
+    "faulty-local": lambda tmp_path: FaultyBackend(_local(tmp_path)),
+    "faulty-mem": lambda tmp_path: FaultyBackend(MemBackend()),
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request, tmp_path):
+    made = BACKENDS[request.param](tmp_path)
+    yield made
+    made.close()
+
+
+@pytest.mark.parametrize("kind", CONTENT_KINDS)
+def test_saved_objects_load_back_whole_and_by_range(backend, kind):
+    handle = Handle(kind, NAME_A)
+    backend.save(handle, [b"hello ", bytearray(b"wide "), memoryview(b"world")])
+    assert backend.load(handle) == b"hello wide world"
+    assert backend.load(handle, 4, 6) == b"wide"
+    assert backend.load(handle, -1, 11) == b"world"
+    assert backend.load(handle, 100, 11) == b"world"  # a range past the end is cut short, not padded
+    assert backend.load(handle, 5, 100) == b""
+    assert backend.stat(handle) == FileInfo(NAME_A, 16)
+
+
+def test_the_config_is_one_object(backend):
+    handle = Handle(Kind.CONFIG, "config")
+    assert backend.list(Kind.CONFIG) == []
+    backend.save(handle, [b'{"format": 1}'])
+    assert backend.load(handle) == b'{"format": 1}'
+    assert backend.list(Kind.CONFIG) == [FileInfo("config", 13)]
+
+
+def test_listing_is_per_kind_sorted_and_sized(backend):
+    backend.save(Handle(Kind.INDEX, NAME_B), [b"bb"])
+    backend.save(Handle(Kind.INDEX, NAME_A), [b"a"])
+    backend.save(Handle(Kind.DATA, NAME_A), [b"pack"])
+    backend.save(Handle(Kind.SNAPSHOT, NAME_B), [b"{}"])
+    assert backend.list(Kind.INDEX) == [FileInfo(NAME_A, 1), FileInfo(NAME_B, 2)]
+    assert backend.list(Kind.DATA) == [FileInfo(NAME_A, 4)]
+    assert backend.list(Kind.SNAPSHOT) == [FileInfo(NAME_B, 2)]
+    assert backend.list(Kind.DAMAGE) == []
+
+
+def test_missing_objects_are_not_found(backend):
+    handle = Handle(Kind.DATA, NAME_A)
+    with pytest.raises(NotFound):
+        backend.load(handle)
+    with pytest.raises(NotFound):
+        backend.load(handle, 10, 0)
+    with pytest.raises(NotFound):
+        backend.stat(handle)
+    with pytest.raises(NotFound):
+        backend.remove(handle)
+    assert issubclass(NotFound, BackendError)
+
+
+def test_removed_objects_are_gone_and_others_stay(backend):
+    backend.save(Handle(Kind.DATA, NAME_A), [b"one"])
+    backend.save(Handle(Kind.DATA, NAME_B), [b"two"])
+    assert backend.load(Handle(Kind.DATA, NAME_A), 3, 0) == b"one"  # may cache a descriptor
+    backend.remove(Handle(Kind.DATA, NAME_A))
+    with pytest.raises(NotFound):
+        backend.load(Handle(Kind.DATA, NAME_A), 3, 0)
+    assert backend.list(Kind.DATA) == [FileInfo(NAME_B, 3)]
+    assert backend.load(Handle(Kind.DATA, NAME_B)) == b"two"
+
+
+def test_saving_the_same_content_again_is_harmless(backend):
+    handle = Handle(Kind.SNAPSHOT, NAME_A)
+    backend.save(handle, [b"same"])
+    backend.save(handle, [b"same"])
+    assert backend.list(Kind.SNAPSHOT) == [FileInfo(NAME_A, 4)]
+    assert backend.load(handle) == b"same"
+
+
+def test_an_empty_object_is_an_object(backend):
+    handle = Handle(Kind.SNAPSHOT, NAME_A)
+    backend.save(handle, [])
+    assert backend.load(handle) == b""
+    assert backend.stat(handle).size == 0
+
+
+@pytest.mark.parametrize("name", ["", "../x", "a/b", ".hidden"])
+def test_names_that_could_escape_are_refused(backend, name):
+    with pytest.raises(BackendError):
+        backend.save(Handle(Kind.INDEX, name), [b"x"])
+
+
+def test_released_resources_are_reopened_on_use(backend):
+    handle = Handle(Kind.DATA, NAME_A)
+    backend.save(handle, [b"0123456789"])
+    assert backend.load(handle, 2, 3) == b"34"
+    backend.release(Kind.DATA)
+    assert backend.load(handle, 2, 5) == b"56"
+    backend.close()
+    assert backend.load(handle, 2, 7) == b"78"
+
+
+def test_reads_from_many_threads_agree(backend):
+    handles = [Handle(Kind.DATA, f"{number:02x}" * 32) for number in range(8)]
+    for number, handle in enumerate(handles):
+        backend.save(handle, [bytes([number]) * 4096])
+    wrong = []
+
+    def read(number: int) -> None:
+        for round_ in range(50):
+            handle = handles[(number + round_) % len(handles)]
+            expected = bytes([handles.index(handle)]) * 16
+            if backend.load(handle, 16, round_) != expected:
+                wrong.append(handle)
+            if round_ % 7 == 0:
+                backend.release()
+
+    threads = [threading.Thread(target=read, args=(number,)) for number in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
+
+
+def test_shared_locks_coexist_and_exclude_the_exclusive_one(backend):
+    first = backend.lock(exclusive=False, purpose="backup a")
+    second = backend.lock(exclusive=False, purpose="backup b")
+    first.acquire(timeout=1)
+    second.acquire(timeout=1)
+    waits = []
+    prune = backend.lock(exclusive=True, purpose="prune")
+    with pytest.raises(LockTimeout):
+        prune.acquire(timeout=0.2, on_wait=waits.append)
+    assert waits and "repository lock" in waits[0]
+    first.release()
+    second.release()
+    prune.acquire(timeout=1)
+    backup = backend.lock(exclusive=False, purpose="backup c")
+    with pytest.raises(LockTimeout):
+        backup.acquire(timeout=0.2, on_wait=waits.append)
+    prune.release()
+    prune.release()  # idempotent
+    with backup:
+        pass
+
+
+def test_a_lock_wait_ends_when_stopped(backend):
+    holder = backend.lock(exclusive=True, purpose="prune")
+    holder.acquire(timeout=1)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(LockTimeout):
+        backend.lock(exclusive=False, purpose="backup").acquire(on_wait=lambda message: None, stop=stop)
+    holder.release()
+
+
+def test_leftovers_are_counted(backend):
+    assert backend.remove_leftovers() >= 0
+    backend.save(Handle(Kind.INDEX, NAME_A), [b"kept"])
+    backend.remove_leftovers()
+    assert backend.load(Handle(Kind.INDEX, NAME_A)) == b"kept"
+
+
+def test_descriptions_name_the_object(backend):
+    assert NAME_A in backend.describe(Handle(Kind.DATA, NAME_A))
+
+
+# --- the local backend: the README's layout and POSIX details ---------------------------------------
+
+
+def test_local_layout_is_the_documented_one(tmp_path):
+    backend = _local(tmp_path)
+    root = tmp_path / "repo"
+    backend.save(Handle(Kind.CONFIG, "config"), [b"{}"])
+    backend.save(Handle(Kind.DATA, NAME_A), [b"p"])
+    backend.save(Handle(Kind.INDEX, NAME_A), [b"i"])
+    backend.save(Handle(Kind.SNAPSHOT, NAME_A), [b"s"])
+    backend.save(Handle(Kind.DAMAGE, NAME_A), [b"d"])
+    assert (root / "config.json").read_bytes() == b"{}"
+    assert (root / "data" / NAME_A[:2] / NAME_A).read_bytes() == b"p"
+    assert (root / "index" / NAME_A).read_bytes() == b"i"
+    assert (root / "snapshots" / (NAME_A + ".json")).read_bytes() == b"s"
+    assert (root / "damage" / NAME_A).read_bytes() == b"d"
+    assert sorted(os.listdir(root / "data")) == [f"{n:02x}" for n in range(256)]
+    assert os.listdir(root / "tmp") == []
+    for path in (root / "config.json", root / "data" / NAME_A[:2] / NAME_A, root / "damage"):
+        assert path.stat().st_mode & 0o077 == 0
+
+
+def test_local_temp_files_are_invisible_and_removed_as_leftovers(tmp_path):
+    backend = _local(tmp_path)
+    root = tmp_path / "repo"
+    (root / "tmp" / "data-crashed").write_bytes(b"half a pack")
+    (root / "snapshots" / ".tmp-123").write_bytes(b"{")
+    assert backend.list(Kind.DATA) == [] and backend.list(Kind.SNAPSHOT) == []
+    assert backend.remove_leftovers() == 1
+    assert os.listdir(root / "tmp") == []
+
+
+def _deleted_descriptors() -> int:
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{name}").endswith("(deleted)")
+        except OSError:
+            pass
+    return count
+
+
+def test_local_packs_removed_elsewhere_are_let_go_on_release(tmp_path):
+    backend = _local(tmp_path)
+    handle = Handle(Kind.DATA, NAME_A)
+    backend.save(handle, [b"x" * 1000])
+    before = _deleted_descriptors()
+    assert backend.load(handle, 10, 0) == b"x" * 10
+    assert backend.cached_descriptors() == 1
+    os.unlink(tmp_path / "repo" / "data" / NAME_A[:2] / NAME_A)  # another process's prune
+    assert _deleted_descriptors() == before + 1
+    backend.release(Kind.DATA)
+    assert backend.cached_descriptors() == 0
+    assert _deleted_descriptors() == before
+
+
+def test_local_remove_closes_the_cached_descriptor(tmp_path):
+    backend = _local(tmp_path)
+    handle = Handle(Kind.DATA, NAME_A)
+    backend.save(handle, [b"y" * 100])
+    backend.load(handle, 1, 0)
+    before = _deleted_descriptors()
+    backend.remove(handle)
+    assert backend.cached_descriptors() == 0
+    assert _deleted_descriptors() == before
+
+
+# --- the fault-injecting wrapper ----------------------------------------------------------------------
+
+
+def test_faulty_fails_the_nth_save_and_stores_nothing():
+    backend = FaultyBackend(MemBackend(), Faults(fail_save=2))
+    backend.save(Handle(Kind.INDEX, NAME_A), [b"one"])
+    with pytest.raises(OSError) as raised:
+        backend.save(Handle(Kind.INDEX, NAME_B), [b"two"])
+    assert raised.value.errno == errno.ENOSPC
+    assert backend.list(Kind.INDEX) == [FileInfo(NAME_A, 3)]
+
+
+def test_faulty_truncates_the_nth_save_of_a_kind():
+    backend = FaultyBackend(MemBackend(), Faults(truncate_save=1, kinds=frozenset({Kind.DATA})))
+    backend.save(Handle(Kind.INDEX, NAME_A), [b"index"])
+    backend.save(Handle(Kind.DATA, NAME_A), [b"abcd", b"efgh"])
+    assert backend.load(Handle(Kind.DATA, NAME_A)) == b"abcd"
+    assert backend.load(Handle(Kind.INDEX, NAME_A)) == b"index"
+
+
+def test_faulty_listing_raises():
+    backend = FaultyBackend(MemBackend(), Faults(fail_list=True))
+    with pytest.raises(BackendError):
+        backend.list(Kind.SNAPSHOT)

@@ -1,0 +1,113 @@
+"""verify (agent.checker): what it finds without reading data, with --read-data, and what it records."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from agent.backend import Handle, Kind, LocalBackend
+from agent.backend.mem import MemBackend
+from agent.checker import verify_repository
+from agent.store import Repository
+from agent.store.tree import read_tree
+from tests.unit.repo_helpers import store_files
+
+
+@pytest.fixture(params=["local", "mem"])
+def repo(request, tmp_path):
+    backend = LocalBackend(str(tmp_path / "repo")) if request.param == "local" else MemBackend()
+    made = Repository.open(backend, create=True)
+    yield made
+    made.close()
+
+
+def _pack_of(repo: Repository, blob_id: bytes) -> bytes:
+    return repo.index.get(blob_id).pack
+
+
+def _rewrite_pack(repo: Repository, pack: bytes, data: bytes) -> None:
+    """Damage a pack in place, as the disk would (bypassing write-once)."""
+    repo.backend.remove(Handle(Kind.DATA, pack.hex()))
+    repo.backend.save(Handle(Kind.DATA, pack.hex()), [data])
+
+
+def test_a_sound_repository_verifies_with_and_without_reading(repo):
+    store_files(repo, "svc", {"a": b"alpha" * 1000, "b": b"beta" * 1000})
+    store_files(repo, "svc", {"a": b"alpha" * 1000, "c": os.urandom(5000)}, time="2026-11-28T07:00:00Z")
+    for read_data in (False, True):
+        result = verify_repository(repo, read_data=read_data)
+        assert result.ok, (result.damaged, result.problems)
+        assert result.snapshots == 2 and result.blobs == 5 and result.packs == 4 and result.recorded == 0
+
+
+def test_a_missing_pack_is_found_without_reading_data(repo):
+    snap = store_files(repo, "svc", {"conf/server.xml": b"<Server/>" * 100})
+    other = store_files(repo, "db", {"dump.sql": b"INSERT" * 100})
+    chunk = list(read_tree(repo, repo.load_snapshot(snap.id).tree))[1].chunks[0]
+    repo.remove_pack(_pack_of(repo, chunk))
+    result = verify_repository(repo)
+    assert not result.ok
+    assert chunk.hex() in result.damaged and "is missing" in result.damaged[chunk.hex()]
+    assert any(where.endswith(": conf/server.xml") for where in result.affected[chunk.hex()])
+    assert other.id[:12] not in " ".join(result.affected[chunk.hex()])
+    assert result.recorded >= 1
+
+
+def test_a_truncated_pack_is_found_without_reading_data(repo):
+    store_files(repo, "svc", {"a": os.urandom(20000)})
+    [(blob_id, loc)] = [(b, loc) for b, loc in repo.index.items() if loc.raw_length == 20000]
+    data = repo.load_pack(loc.pack)
+    _rewrite_pack(repo, loc.pack, data[: loc.offset + 10])
+    result = verify_repository(repo)
+    assert "truncated" in result.damaged[blob_id.hex()]
+
+
+def test_a_flipped_byte_is_found_by_reading_recorded_and_healed_by_the_next_backup(repo):
+    content = os.urandom(30000)
+    store_files(repo, "svc", {"a": content, "b": b"kept" * 100})
+    [(blob_id, loc)] = [(b, loc) for b, loc in repo.index.items() if loc.raw_length == 30000]
+    data = bytearray(repo.load_pack(loc.pack))
+    data[loc.offset + 100] ^= 0xFF
+    _rewrite_pack(repo, loc.pack, bytes(data))
+    assert verify_repository(repo).ok  # the structure is intact: only reading finds it
+    result = verify_repository(repo, read_data=True)
+    assert blob_id.hex() in result.damaged and result.recorded == 1 and result.damage_record
+    assert any(where.endswith(": a") for where in result.affected[blob_id.hex()])
+    assert repo.unhealed() == {blob_id}
+    # no backup deduplicates against the damaged copy: the same content is stored again
+    writer = Repository.open(repo.backend).writer()
+    assert writer.save(content) == (blob_id, True)
+    writer.flush()
+    healed = Repository.open(repo.backend)
+    assert healed.unhealed() == frozenset()
+    assert healed.read_blob(blob_id) == content
+    after = verify_repository(healed, read_data=True)
+    assert after.problems == [f"pack {loc.pack.hex()}: content does not match its name (damaged)"]
+    assert not after.damaged
+
+
+def test_recorded_damage_not_yet_healed_is_named_as_such(repo):
+    store_files(repo, "svc", {"a": b"x" * 5000})
+    [(blob_id, loc)] = [(b, loc) for b, loc in repo.index.items() if loc.raw_length == 5000]
+    repo.record_damage([(blob_id, loc.pack)])
+    result = verify_repository(Repository.open(repo.backend))
+    assert "earlier verify" in result.damaged[blob_id.hex()]
+
+
+def test_an_empty_snapshot_document_is_named_and_the_rest_verified(repo):
+    good = store_files(repo, "svc", {"a": b"a" * 100})
+    bad = store_files(repo, "svc", {"b": b"b" * 100}, time="2026-11-28T07:00:00Z")
+    repo.backend.remove(Handle(Kind.SNAPSHOT, bad.id))
+    repo.backend.save(Handle(Kind.SNAPSHOT, bad.id), [b""])
+    result = verify_repository(repo, read_data=True)
+    assert result.snapshots == 1 and not result.damaged
+    assert len(result.problems) == 1 and bad.id in result.problems[0] and "empty" in result.problems[0]
+    assert [snap.id for snap in repo.snapshots()] == [good.id]
+
+
+def test_an_unreadable_index_file_is_a_problem_not_a_crash(repo):
+    store_files(repo, "svc", {"a": b"a" * 100})
+    repo.backend.save(Handle(Kind.INDEX, "ff" * 32), [b"garbage"])
+    result = verify_repository(Repository.open(repo.backend))
+    assert not result.ok and "index" in result.problems[0] and "ff" * 32 in result.problems[0]
