@@ -51,7 +51,8 @@ def main() -> None:
                          f'options_file = "{server.options_file}"\n')
         agent = f"{os.path.join(os.path.dirname(sys.executable), 'backup-agent')} --config {config}"
         dump = (f"mariadb-dump --defaults-extra-file={server.options_file} --single-transaction --routines "
-                "--triggers --events --hex-blob --quick --skip-dump-date analytics")
+                "--triggers --events --hex-blob --quick --skip-dump-date --default-character-set=utf8mb4 "
+                "--skip-add-locks --databases analytics")  # the agent's own options (agent/dumps/mysql.py)
         restic_repo = os.path.join(work, "restic")
         subprocess.run(["restic", "-r", restic_repo, "init", "-q"], check=True, capture_output=True, env=ENV)
         rows = []
