@@ -18,7 +18,8 @@ from agent.config import Config, Job
 from agent.config.loader import job_warnings
 from agent.durable import FileLock, LockTimeout, make_private_dirs
 from agent.execute import run_hook
-from agent.report import RunReport, new_run_id, utc_now
+from agent.report import Changes, RunReport, new_run_id, utc_now
+from agent.report.schema import MAX_CHANGE_PATHS
 from agent.report.spool import Spool
 from agent.snapshot.cache import FilesCache, cache_path
 from agent.snapshot.changes import ChangeSet
@@ -104,9 +105,11 @@ def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional
     except Exception as exc:  # the run failed as a whole; the report carries why
         return report("failed", (f"{type(exc).__name__}: {exc}",))
     incremental = result.incremental
+    changes = None if result.changes is None else Changes(
+        **result.changes.counts(), paths=tuple(result.changes.paths(MAX_CHANGE_PATHS)))
     return report("failed" if result.errors else "ok", result.errors, changed=result.changed,
                   snapshot=result.snapshot.id if result.snapshot else None, files=result.files,
-                  bytes=result.bytes, new_bytes=result.new_bytes, warnings=result.warnings)
+                  bytes=result.bytes, new_bytes=result.new_bytes, warnings=result.warnings, changes=changes)
 
 
 def _with_hooks(job: Job, stop: Optional[threading.Event], backup: Callable[[], TreeResult]) -> TreeResult:

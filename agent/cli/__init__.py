@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from agent.cli.common import EXIT_FAILED, EXIT_USAGE, UsageError, err, error
+from agent.cli.common import EXIT_FAILED, EXIT_USAGE, CommandFailed, UsageError, err, error
 from agent.text import plural
 
 
@@ -40,7 +40,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UsageError as exc:
         error(str(exc))
         return EXIT_USAGE
-    except (RepositoryError, BackendError) as exc:  # a damaged repository: named, never a traceback
+    except (CommandFailed, RepositoryError, BackendError) as exc:  # a damaged repository: named, never a traceback
         error(str(exc))
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -22,6 +22,10 @@ class UsageError(Exception):
 PREFIX = "backup-agent: "
 
 
+class CommandFailed(Exception):
+    """The command could not do its work (a damaged snapshot, say): printed with the prefix, exit status 1."""
+
+
 def err(message: str) -> None:
     """A line on stderr as it is (progress-like notes, what a restore did)."""
     print(message, file=sys.stderr)

@@ -5,9 +5,21 @@ from __future__ import annotations
 import argparse
 
 from agent import __version__
-from agent.cli.commands import backup, collector, config, control, demo, reports, repository, restore, snapshots
+from agent.cli.commands import (
+    backup,
+    collector,
+    config,
+    control,
+    demo,
+    inspect,
+    reports,
+    repository,
+    restore,
+    snapshots,
+)
 from agent.cli.common import EXIT_USAGE
 
+SNAPSHOT_HELP = "an id, a unique id prefix, JOB:latest, or JOB:latest~N (the N-th before the latest)"
 CONFIG_HELP = "agent.toml (default: $BACKUP_AGENT_CONFIG, else /etc/backup-agent/agent.toml)"
 
 
@@ -35,8 +47,21 @@ def build_parser() -> argparse.ArgumentParser:  # long: one declaration per opti
     p.add_argument("--all", action="store_true", help="every configured job")
     p = command("snapshots", snapshots.run, "list snapshots, oldest first")
     p.add_argument("job", nargs="?", metavar="JOB")
+    p = command("ls", inspect.run_ls, "list a snapshot's entries (type, mode, owner, size, mtime, link target)")
+    p.add_argument("snapshot", metavar="SNAPSHOT", help=SNAPSHOT_HELP)
+    p.add_argument("path", nargs="?", metavar="PATH", help="only this path and what is beneath it")
+    p = command("diff", inspect.run_diff, "what was added, removed and changed between two snapshots of a job")
+    p.add_argument("snapshot_a", metavar="SNAPSHOT_A", help=SNAPSHOT_HELP)
+    p.add_argument("snapshot_b", metavar="SNAPSHOT_B")
+    p.add_argument("path", nargs="?", metavar="PATH", help="only this path and what is beneath it")
+    p = command("find", inspect.run_find, "which snapshots hold a path matching a glob, with its size and mtime")
+    p.add_argument("pattern", metavar="PATTERN", help="a glob; without '/' it matches the name at any depth")
+    p.add_argument("--job", metavar="JOB", help="only this job's snapshots")
+    p = command("forget", snapshots.run_forget, "remove single snapshots (their data goes with the next prune)",
+                listing=False)
+    p.add_argument("snapshots", nargs="+", metavar="SNAPSHOT", help=SNAPSHOT_HELP)
     p = command("restore", restore.run, "restore a snapshot, or some paths of it", listing=False)
-    p.add_argument("snapshot", metavar="SNAPSHOT", help="an id, a unique id prefix, or JOB:latest")
+    p.add_argument("snapshot", metavar="SNAPSHOT", help=SNAPSHOT_HELP)
     p.add_argument("--target", metavar="DIR", help="restore the job's path as DIR itself (a dump: to FILE)")
     p.add_argument("--to-database", metavar="NAME", help="load a mysql dump into database NAME")
     p.add_argument("--options-file", metavar="FILE", help="client options file for --to-database "

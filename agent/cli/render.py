@@ -4,6 +4,8 @@ the commands (and the demo) print the same text, and JSON output never passes th
 
 from __future__ import annotations
 
+import stat
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from agent.text import plural
@@ -12,6 +14,8 @@ if TYPE_CHECKING:
     from agent.checker import VerifyResult
     from agent.pruner import PruneResult
     from agent.report.model import RunReport
+    from agent.store import Snapshot
+    from agent.store.diff import ManifestDiff
 
 
 def size(count: int) -> str:
@@ -29,6 +33,63 @@ def when(iso: str) -> str:
     return iso[:19].replace("T", " ")
 
 
+def iso_ns(epoch_ns: int) -> str:
+    """Nanoseconds since the epoch as ISO 8601 UTC with microseconds (`2026-11-27T07:25:01.123456Z`)."""
+    moment = datetime.fromtimestamp(epoch_ns // 1000 / 1e6, timezone.utc)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+_TYPE_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}
+
+
+def listing(rows: Sequence[Mapping]) -> List[str]:
+    """`ls --json` rows as `ls -l` would show them: mode, owner, size, mtime, path (-> target)."""
+    lines = []
+    for row in rows:
+        mode = stat.filemode(_TYPE_BITS.get(row["type"], 0) | int(row["mode"], 8))
+        link = f" -> {row['target']}" if row["target"] is not None else ""
+        lines.append(f"{mode}  {row['uid']:>5}:{row['gid']:<5} {row['size']:>12}  {when(row['mtime'])}  "
+                     f"{row['path']}{link}")
+    return lines
+
+
+def changes(counts: Optional[Mapping]) -> str:
+    """A snapshot's change counts as `+added -removed ~changed`, or "" without them."""
+    if not counts:
+        return ""
+    return f"+{counts.get('added', 0)} -{counts.get('removed', 0)} ~{counts.get('changed', 0)}"
+
+
+def diff(result: ManifestDiff, old: Snapshot, new: Snapshot) -> List[str]:
+    """restic's `diff` lines: `+` added, `-` removed, `M` changed (with what changed), then the counts."""
+    lines = [f"comparing {old.id[:12]} ({old.job}, {when(old.time)}) with {new.id[:12]} ({new.job}, "
+             f"{when(new.time)})"]
+    marked = [(path, f"+    {path}") for path in result.added] + [(path, f"-    {path}") for path in result.removed]
+    marked += [(item.path, f"M    {item.path}  ({', '.join(item.what)})") for item in result.changed]
+    from agent.store.manifest import manifest_order
+
+    lines += [line for _, line in sorted(marked, key=lambda pair: manifest_order(pair[0]))]
+    lines.append(f"{len(result.added)} added, {len(result.removed)} removed, {len(result.changed)} changed")
+    return lines
+
+
+def found(rows: Sequence[Mapping], pattern: str) -> List[str]:
+    """`find --json` rows grouped by snapshot: the snapshot, then each matching path with size and mtime."""
+    if not rows:
+        return [f"no snapshot holds a path matching {pattern!r}"]
+    lines: List[str] = []
+    current = None
+    for row in rows:
+        if row["snapshot"] != current:
+            current = row["snapshot"]
+            lines.append(f"{current[:12]}  {when(row['time'])}  {row['job']}")
+        shown = size(row["size"]) if row["type"] == "file" else row["type"]
+        lines.append(f"  {row['path']}  {shown}  modified {when(row['mtime'])}")
+    snapshots = len({row["snapshot"] for row in rows})
+    lines.append(f"{plural(len(rows), 'match', 'matches')} in {plural(snapshots, 'snapshot')}")
+    return lines
+
+
 def report(run: RunReport) -> List[str]:
     """One run report: the job, its outcome and sizes, then its notes and errors indented."""
     state = "unchanged" if run.ok and not run.changed else run.status
@@ -44,7 +105,9 @@ def snapshots(rows: Sequence[Mapping]) -> List[str]:
     if not rows:
         return ["no snapshots"]
     return [f"{row['id'][:12]}  {when(row['time'])}  {row['job']:<24} {row['trigger']:<9}"
-            f" {plural(row['files'], 'file'):>13}  {size(row['bytes'])}" for row in rows]
+            f" {plural(row['files'], 'file'):>13}  {size(row['bytes']):>10}"
+            f"{'  partial' if row['partial'] else ''}{'  ' + changes(row['changes']) if row['changes'] else ''}"
+            for row in rows]
 
 
 def verify(result: VerifyResult, read_data: bool) -> List[str]:

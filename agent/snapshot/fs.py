@@ -30,8 +30,9 @@ from agent.snapshot.cache import RECORD, STAT_KEY, UNTRUSTED, FilesCache, owner_
 from agent.snapshot.changes import ChangeSet
 from agent.snapshot.ignore import IgnoreRules
 from agent.store import BlobWriter, Repository, Snapshot
+from agent.store.diff import ManifestDiff, diff_manifests
 from agent.store.manifest import encode_line, manifest_order
-from agent.store.tree import read_tree, write_encoded
+from agent.store.tree import read_encoded, read_tree, write_encoded
 
 # Files up to this size are read whole: one read, one xxhash, no streaming machinery.
 _WHOLE_FILE = 2 * 1024 * 1024
@@ -73,6 +74,7 @@ class TreeResult:
     errors: Tuple[str, ...]
     warnings: Tuple[str, ...]
     incremental: bool = False
+    changes: Optional[ManifestDiff] = None  # change-triggered runs: since the job's previous snapshot
 
 
 class TreeBackup:
@@ -392,16 +394,20 @@ class TreeBackup:
         partial = bool(self.errors)
         unchanged = self.trusted and fingerprint == self.old.fingerprint and not partial
         snapshot: Optional[Snapshot]
+        changes: Optional[ManifestDiff] = None
         if unchanged:
             snapshot = self.repo.load_snapshot(self.old.snapshot)
         else:
             if self.writer is None:
                 self.writer = self.repo.writer()
-            tree = write_encoded(self.writer, self.manifest())
+            manifest = self.manifest()
+            tree = write_encoded(self.writer, manifest)
             self.writer.flush()
+            changes = self.changes_since_previous(manifest) if trigger == "change" else None
             snapshot = self.repo.save_snapshot(Snapshot(
                 job=job, type=job_type, host=host, time=now, trigger=trigger, tree=tree, files=file_count,
-                bytes=total_bytes, fingerprint=fingerprint, source=(self.root,), partial=partial))
+                bytes=total_bytes, fingerprint=fingerprint, source=(self.root,), partial=partial,
+                changes=changes.counts() if changes is not None else None))
         new_bytes = self.writer.new_bytes if self.writer else 0
         others = {rel for rel, record in self.records.items() if record[0] != "file" and rel != "."}
         # The cache is saved only after the manifest is durable: it must never name blobs that no
@@ -426,7 +432,15 @@ class TreeBackup:
             except OSError as exc:  # the snapshot is committed: the report must still name it
                 self.errors.append(f"cannot save the files cache {cache.path}: {exc.strerror}")
         return TreeResult(snapshot, not unchanged, file_count, total_bytes, new_bytes,
-                          tuple(self.errors), tuple(self.warnings), self.incremental)
+                          tuple(self.errors), tuple(self.warnings), self.incremental, changes)
+
+    def changes_since_previous(self, manifest: bytes) -> Optional[ManifestDiff]:
+        """The diff from the snapshot the files cache describes (the job's previous one) to `manifest`;
+        None without one."""
+        if not self.trusted:
+            return None
+        previous = self.repo.load_snapshot(self.old.snapshot)
+        return diff_manifests(read_encoded(self.repo, previous.tree), manifest)
 
 
 def _open_noatime(path: str) -> int:

@@ -14,7 +14,7 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from agent.backend.base import CONFIG_NAME, Backend, BackendError, Handle, Kind, NotFound
 from agent.store.chunker import STREAM_CHUNKER, ChunkerParams
@@ -44,11 +44,15 @@ class Snapshot:
     fingerprint: str
     source: Tuple[str, ...] = ()
     partial: bool = False
+    # a change-triggered snapshot: {"added", "removed", "changed"} entries since the job's previous one
+    changes: Optional[Dict[str, int]] = None
     id: str = field(default="", compare=False)
 
     def to_json(self) -> dict:
         data = asdict(self)
         data.pop("id")
+        if self.changes is None:
+            data.pop("changes")  # documents without it keep the bytes (and so the ids) they always had
         data["tree"] = list(self.tree)
         data["source"] = list(self.source)
         return data
@@ -59,7 +63,7 @@ class Snapshot:
                    trigger=data["trigger"], tree=tuple(data["tree"]), files=int(data["files"]),
                    bytes=int(data["bytes"]), fingerprint=data["fingerprint"],
                    source=tuple(data.get("source", ())), partial=bool(data.get("partial", False)),
-                   id=snapshot_id)
+                   changes=data.get("changes"), id=snapshot_id)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ def two_jobs(agent, tmp_path):
 @pytest.mark.parametrize("argv", [
     ["backup", "nope"], ["backup", "one", "nope"], ["restore", "nope:latest", "--target", "x"],
     ["restore", "nope:latest~1", "--target", "x"], ["snapshots", "nope"], ["snapshots", "nope", "--json"],
-    ["pause", "nope"], ["resume", "nope"], ["status", "nope"], ["status", "nope", "--json"],
+    ["ls", "nope:latest"], ["diff", "one:latest", "nope:latest~2"], ["find", "x", "--job", "nope"],
+    ["forget", "nope:latest"], ["pause", "nope"], ["resume", "nope"], ["status", "nope"], ["status", "nope", "--json"],
 ])
 def test_an_unknown_job_gets_the_same_answer_from_every_command(two_jobs, argv):
     two_jobs.backup("one")  # a repository exists: the answer does not depend on there being none

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import argparse
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import agent.cli.render as render
+from agent.cli import snapshot_ref
 from agent.cli.common import EXIT_OK, check_jobs, err, load_config, open_repository, print_json
+from agent.text import plural
 
 
 def snapshot_rows(config, job: Optional[str] = None) -> List[Dict]:
-    """`snapshots --json`'s rows: {"id", "job", "time", "trigger", "files", "bytes"}, oldest first."""
+    """`snapshots --json`'s rows, oldest first: {"id", "job", "time", "trigger", "files", "bytes", "partial"
+    (a file could not be read), "changes" ({"added", "removed", "changed"} entries since the job's previous
+    snapshot, for change-triggered snapshots; else null)}."""
     from agent.store import Repository
 
     if not Repository(config.repository).exists():
         return []
     return [{"id": snap.id, "job": snap.job, "time": snap.time, "trigger": snap.trigger,
-             "files": snap.files, "bytes": snap.bytes} for snap in open_repository(config).snapshots(job)]
+             "files": snap.files, "bytes": snap.bytes, "partial": snap.partial, "changes": snap.changes}
+            for snap in open_repository(config).snapshots(job)]
 
 
 def snapshots(config, job: Optional[str] = None, as_json: bool = False) -> int:
@@ -38,3 +43,23 @@ def snapshots(config, job: Optional[str] = None, as_json: bool = False) -> int:
 
 def run(args: argparse.Namespace) -> int:
     return snapshots(load_config(args.config), args.job, args.json)
+
+
+def forget(config, refs: Sequence[str]) -> int:
+    """Remove the snapshots `refs` name (each resolved before any is removed); their data stays until the
+    next prune deletes what no snapshot needs."""
+    repo = open_repository(config)
+    with repo.lock(exclusive=True, purpose="forget"):
+        chosen = {}
+        for ref in refs:
+            snapshot = snapshot_ref.resolve(config, repo, ref)
+            chosen[snapshot.id] = snapshot
+        for snapshot in chosen.values():
+            repo.delete_snapshot(snapshot.id)
+            print(f"forgot {snapshot.id[:12]}  {render.when(snapshot.time)}  {snapshot.job}")
+    print(f"{plural(len(chosen), 'snapshot')} forgotten; `backup-agent prune` deletes the data no snapshot needs")
+    return EXIT_OK
+
+
+def run_forget(args: argparse.Namespace) -> int:
+    return forget(load_config(args.config), args.snapshots)

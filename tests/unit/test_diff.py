@@ -1,0 +1,46 @@
+"""The diff engine on encoded manifests: what makes an entry changed, and what does not."""
+
+from __future__ import annotations
+
+from agent.store.diff import Changed, diff_manifests, what_changed
+from agent.store.manifest import Entry, encode_manifest
+
+ROOT = Entry(".", "dir", 0o755, 0, 0, 1)
+
+
+def manifest(*entries: Entry) -> bytes:
+    return encode_manifest(sorted([ROOT, *entries], key=lambda e: e.path.replace("/", "\0")))
+
+
+def test_timestamps_and_changes_beneath_a_directory_do_not_make_it_changed():
+    old = manifest(Entry("conf", "dir", 0o755, 0, 0, 10), Entry("conf/a", "file", 0o644, 0, 0, 10, 1, (b"1" * 32,)))
+    new = manifest(Entry("conf", "dir", 0o755, 0, 0, 99), Entry("conf/a", "file", 0o644, 0, 0, 99, 1, (b"1" * 32,)),
+                   Entry("conf/b", "file", 0o644, 0, 0, 99))
+    result = diff_manifests(old, new)
+    assert (result.added, result.removed, result.changed) == (("conf/b",), (), ())
+    assert result.counts() == {"added": 1, "removed": 0, "changed": 0}
+
+
+def test_each_aspect_is_named_in_order():
+    base = Entry("f", "file", 0o644, 1, 1, 5, 3, (b"a" * 32,))
+    assert what_changed(base, base._replace(mtime_ns=6)) == ()
+    assert what_changed(base, base._replace(chunks=(b"b" * 32,), mode=0o600, gid=2)) == ("content", "mode", "owner")
+    assert what_changed(base, base._replace(size=4)) == ("content",)
+    assert what_changed(base, base._replace(xattrs=(("user.x", b"1"),))) == ("xattrs",)
+    link = Entry("l", "symlink", 0o777, 0, 0, 1, target="a")
+    assert what_changed(link, link._replace(target="b")) == ("link target",)
+    assert what_changed(base, Entry("f", "dir", 0o644, 1, 1, 5)) == ("type",)
+
+
+def test_a_prefix_keeps_its_own_subtree_only_and_paths_come_in_manifest_order():
+    old = manifest(Entry("a", "dir", 0o755, 0, 0, 1), Entry("a-b", "file", 0o644, 0, 0, 1),
+                   Entry("a/x", "file", 0o644, 0, 0, 1))
+    new = manifest(Entry("a", "dir", 0o700, 0, 0, 1), Entry("a/y", "file", 0o644, 0, 0, 1),
+                   Entry("a/x", "file", 0o600, 0, 0, 1))
+    result = diff_manifests(old, new, "a")
+    assert result.added == ("a/y",) and result.removed == ()
+    assert result.changed == (Changed("a", ("mode",)), Changed("a/x", ("mode",)))
+    everything = diff_manifests(old, new)
+    assert everything.removed == ("a-b",)
+    assert everything.paths(3) == ["a", "a/x", "a/y"]  # '/' sorts before '-' in manifest order
+    assert everything.to_json()["changed"][0] == {"path": "a", "what": ["mode"]}
