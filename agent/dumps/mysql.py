@@ -64,13 +64,18 @@ def client_argv(job: Job, options_file: Optional[str], database: Optional[str] =
 
 
 def secrets(job: Job) -> List[str]:
-    """The password in the options file, so that no message ever repeats it."""
+    """The password in the job's options file, so that no message ever repeats it."""
+    return passwords_in(job.options_file)
+
+
+def passwords_in(options_file: Optional[str]) -> List[str]:
+    """Every password an options file holds (any section), for masking."""
     found: List[str] = []
-    if not job.options_file or not os.path.exists(job.options_file):
+    if not options_file or not os.path.exists(options_file):
         return found
     parser = configparser.ConfigParser(strict=False, allow_no_value=True, interpolation=None)
     try:
-        parser.read(job.options_file)
+        parser.read(options_file)
     except (configparser.Error, OSError, UnicodeDecodeError):
         return found
     for section in parser.sections():

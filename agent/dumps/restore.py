@@ -48,11 +48,19 @@ def restore_to_file(repo: Repository, snapshot: Snapshot, target: str, force: bo
     return entry.size
 
 
-def _query(job: Job, options_file: Optional[str], query: str) -> List[str]:
-    done = run_hook(mysql.client_argv(job, options_file, query=query), 300, mysql.secrets(job))
-    if not done.ok:
-        raise RestoreRefused(done.describe())
-    return [_unescape(line) for line in done.output.splitlines() if line.strip()]
+class _Client:
+    """Queries through the engine's client with one options file; its passwords masked in every message."""
+
+    def __init__(self, job: Job, options_file: Optional[str]) -> None:
+        self.job = job
+        self.options_file = options_file or job.options_file
+        self.secrets = [*mysql.secrets(job), *mysql.passwords_in(self.options_file)]
+
+    def query(self, query: str) -> List[str]:
+        done = run_hook(mysql.client_argv(self.job, self.options_file, query=query), 300, self.secrets)
+        if not done.ok:
+            raise RestoreRefused(done.describe())
+        return [_unescape(line) for line in done.output.splitlines() if line.strip()]
 
 
 def _unescape(value: str) -> str:
@@ -81,31 +89,39 @@ def restore_to_database(repo: Repository, snapshot: Snapshot, job: Job, database
                         options_file: Optional[str], force: bool) -> Loaded:
     """Load a mysql snapshot into `database` (any name the server accepts; created if missing) through
     the engine's client, rewritten by `Retarget` so that the copy is self-contained and inert.
-    Raises RestoreRefused: a non-empty database without `force`, or the client's error."""
+    Raises RestoreRefused: a non-empty database without `force`, or the client's error (a database this
+    call created is dropped again, so that the next attempt does not find it half loaded)."""
     if snapshot.type != "mysql":
         raise RestoreRefused(f"--to-database needs a mysql snapshot; this one is {snapshot.type}")
     if not database or "\0" in database:
         raise RestoreRefused(f"{database!r} is not a database name")
     entry = dump_entry(repo, snapshot)
-    options = options_file or job.options_file
-    warnings = [f"options file {problem}" for problem in [secret_file_warning(options or "")] if problem]
+    client = _Client(job, options_file)
+    warnings = [f"options file {problem}" for problem in [secret_file_warning(client.options_file or "")]
+                if problem]
     name, literal = quote_name(database), _string(database)
-    tables = _query(job, options, f"SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = {literal}")
-    if tables and tables[-1].strip() != "0" and not force:
-        raise RestoreRefused(f"database {database} is not empty ({tables[-1].strip()} tables); "
+    existed = client.query(f"SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = {literal}")
+    tables = client.query(f"SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = {literal}")
+    if tables and tables[-1] != "0" and not force:
+        raise RestoreRefused(f"database {database} is not empty ({tables[-1]} tables); "
                              "give --force to load the dump into it anyway")
-    _query(job, options, f"CREATE DATABASE IF NOT EXISTS {name}")
+    client.query(f"CREATE DATABASE IF NOT EXISTS {name}")
     retarget = Retarget(str(job.database), database)
-    done = feed_command(mysql.client_argv(job, options, database=database), retarget.rewrite(_content(repo, entry)),
-                        timeout=max(job.timeout, 3600), secrets=mysql.secrets(job))
+    done = feed_command(mysql.client_argv(job, client.options_file, database=database),
+                        retarget.rewrite(_content(repo, entry)), timeout=max(job.timeout, 3600),
+                        secrets=client.secrets)
     if not done.ok:
-        raise RestoreRefused(f"loading the dump failed: {done.describe()}")
+        dropped = ""
+        if existed == ["0"]:
+            client.query(f"DROP DATABASE IF EXISTS {name}")
+            dropped = f" (database {database}, created for it, dropped again)"
+        raise RestoreRefused(f"loading the dump failed{dropped}: {done.describe()}")
     disabled = list(retarget.disabled_events)
     # the dump's event statements are rewritten as they pass; anything a future dump format hides from
     # that is disabled here, late but still before it can act for long
-    for event in _query(job, options, "SELECT EVENT_NAME FROM information_schema.EVENTS "
-                                      f"WHERE EVENT_SCHEMA = {literal} AND STATUS = 'ENABLED'"):
-        _query(job, options, f"ALTER EVENT {name}.{quote_name(event)} DISABLE")
+    for event in client.query("SELECT EVENT_NAME FROM information_schema.EVENTS "
+                              f"WHERE EVENT_SCHEMA = {literal} AND STATUS = 'ENABLED'"):
+        client.query(f"ALTER EVENT {name}.{quote_name(event)} DISABLE")
         warnings.append(f"event {event} was enabled by the load and has been disabled")
         disabled.append(event)
     if retarget.charset is None:

@@ -377,3 +377,23 @@ def test_every_warning_of_a_run_is_in_its_report(agent, mariadb, tmp_path):
     loaded = agent.run("restore", "db-warned:latest", "--to-database", "warned_copy", "--options-file", readable,
                        check=0)
     assert "warning: options file" in loaded.stderr and readable in loaded.stderr, loaded.stderr
+
+
+def test_a_dump_that_does_not_load_leaves_no_half_loaded_database(agent, mariadb, tmp_path):
+    tool = tmp_path / "bad-dump"  # a complete dump whose third statement the server refuses
+    tool.write_text("#!/bin/sh\nprintf 'CREATE TABLE t (id INT);\\nINSERT INTO t VALUES (1);\\n"
+                    "THIS IS NOT SQL;\\n-- Dump completed\\n'\n")
+    tool.chmod(0o755)
+    mysql_job(agent, "db-bad", "bad", mariadb.options_file, f'dump_command = "{tool}"')
+    [report] = agent.backup("db-bad")
+    assert report["status"] == "ok", report
+    exists = "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = {}"
+    for _ in range(2):  # the second attempt fails the same way, not as "not empty"
+        failed = agent.run("restore", "db-bad:latest", "--to-database", "bad-copy")
+        assert failed.returncode == 1 and "ERROR 1064" in failed.stderr, failed.stderr
+        assert "dropped again" in failed.stderr
+        assert mariadb.sql(exists.format(literal("bad-copy"))) == ["0"]
+    mariadb.sql("DROP DATABASE IF EXISTS `bad-existing`; CREATE DATABASE `bad-existing`")
+    failed = agent.run("restore", "db-bad:latest", "--to-database", "bad-existing")
+    assert failed.returncode == 1 and "dropped" not in failed.stderr, failed.stderr
+    assert mariadb.sql(exists.format(literal("bad-existing"))) == ["1"]  # never drops what it did not create
