@@ -17,9 +17,10 @@ from agent.config import Retention
 from agent.store import Repository, RepositoryError, Snapshot
 from agent.store.index import BlobLocation
 from agent.store.pack import TARGET_SIZE
-from agent.store.tree import read_tree
+from agent.store.tree import referenced_chunks
 
 _REPACK_IF_UNUSED = 0.2
+Blobs = List[Tuple[bytes, BlobLocation]]
 
 
 def _local(snapshot: Snapshot) -> time.struct_time:
@@ -83,20 +84,49 @@ def prune_repository(repo: Repository, policies: Dict[str, Retention], dry_run: 
     return result
 
 
-def _collect_garbage(repo: Repository, result: PruneResult) -> None:
-    repo.index.reload()
+def _used_blobs(repo: Repository, kept: List[Snapshot]) -> Set[bytes]:
+    """Every blob a kept snapshot needs; raises RepositoryError (before anything is deleted) if a file
+    list cannot be read: what it needs is then unknown."""
     used: Set[bytes] = set()
-    for snap in result.kept:
+    for snap in kept:
         used.update(bytes.fromhex(blob) for blob in snap.tree)
-        for entry in read_tree(repo, snap.tree):
-            used.update(entry.chunks)
-    by_pack: Dict[bytes, List[Tuple[bytes, BlobLocation]]] = {}
+        try:
+            used.update(referenced_chunks(repo, snap.tree))
+        except (RepositoryError, ValueError) as exc:
+            raise RepositoryError(f"snapshot {snap.id[:12]} ({snap.job} {snap.time}): file list unreadable "
+                                  f"({exc}); no data was deleted (run verify)") from None
+    return used
+
+
+def _blobs_by_pack(repo: Repository, used: Set[bytes]) -> Dict[bytes, Blobs]:
+    """The index's blobs by pack, plus the needed blobs of packs no readable index names (an index file
+    that cannot be read, a crash between pack and index): their own blob lists (pack trailers) say
+    where they are, so the new index names them again."""
+    by_pack: Dict[bytes, Blobs] = {}
     for blob_id, loc in repo.index.items():
         by_pack.setdefault(loc.pack, []).append((blob_id, loc))
+    missing = used - repo.index.ids()
+    if not missing:
+        return by_pack
+    damaged = repo.index.damaged()
+    for pack in repo.packs():
+        if pack in by_pack:
+            continue
+        found = [(blob_id, loc) for blob_id, loc in repo.pack_blobs(pack)
+                 if blob_id in missing and pack not in damaged.get(blob_id, ())]
+        if found:
+            by_pack[pack] = found
+            missing.difference_update(blob_id for blob_id, _ in found)
+    return by_pack
 
+
+def _collect_garbage(repo: Repository, result: PruneResult) -> None:
+    repo.index.reload()
+    used = _used_blobs(repo, result.kept)
+    by_pack = _blobs_by_pack(repo, used)
     # a pack holding a copy found damaged is rewritten without it, whatever else it holds
     damaged_packs = {pack for packs in repo.index.damaged().values() for pack in packs}
-    new_index: List[Tuple[bytes, BlobLocation]] = []
+    new_index: Blobs = []
     writer = repo.pack_writer()
     for pack, blobs in by_pack.items():
         live = [(blob_id, loc) for blob_id, loc in blobs if blob_id in used]
@@ -106,8 +136,8 @@ def _collect_garbage(repo: Repository, result: PruneResult) -> None:
             continue  # deleted below: no new index names it
         if dead_bytes > _REPACK_IF_UNUSED * total or pack in damaged_packs:
             data = repo.load_pack(pack)
-            if data is None:
-                raise RepositoryError(f"{repo.describe_pack(pack)}: pack missing; run verify (nothing was deleted)")
+            if data is None:  # gone already: its blobs are lost whatever prune does; verify names them
+                continue
             for blob_id, loc in live:
                 writer.add(blob_id, data[loc.offset: loc.offset + loc.length], loc.raw_length, loc.flags)
                 if writer.size >= TARGET_SIZE:

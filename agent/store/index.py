@@ -77,6 +77,7 @@ class Index:
         self.backend = backend
         self._damaged: Dict[bytes, FrozenSet[bytes]] = {}  # blob id -> packs holding a damaged copy
         self._damage_files: Set[str] = set()
+        self.unreadable: Dict[str, str] = {}  # index file name -> why it could not be loaded
         self._listed = False
         self._blobs: Dict[bytes, int] | None = None
         self._segments: List[Tuple[int, bytes, List[bytes]]] = []  # (first row, entries, pack ids)
@@ -248,8 +249,14 @@ class Index:
                 self._damaged = {key: frozenset(packs) for key, packs in found.items()}
                 self._damage_files |= set(new_damage)
                 self._skip_damaged(self._damaged)
+            self.unreadable = {}
             for name in sorted(names - self._loaded):
-                self._add_file(name, self.backend.load(Handle(Kind.INDEX, name)))
+                try:
+                    self._add_file(name, self.backend.load(Handle(Kind.INDEX, name)))
+                except (ValueError, struct.error) as exc:
+                    # one bad index file must not stop every backup: its blobs look absent (a backup
+                    # stores them again), verify names it and prune refuses to delete anything
+                    self.unreadable[name] = str(exc)
             return reset
 
     def __contains__(self, blob_id: bytes) -> bool:

@@ -21,7 +21,7 @@ from agent.backend import Backend, BackendError, Handle, Kind, NotFound, Reposit
 from agent.store.chunker import Chunker, ChunkerParams
 from agent.store.damage import encode_damage
 from agent.store.index import KIND_DATA, BlobLocation, Index
-from agent.store.pack import TARGET_SIZE, Compressor, PackWriter, decode_blob
+from agent.store.pack import TARGET_SIZE, Compressor, PackWriter, decode_blob, read_trailer
 from agent.store.snapshots import DamagedSnapshot, RepositoryError, Snapshot, SnapshotStore, load_config, new_config
 
 _INDEX_EVERY_PACKS = 32
@@ -263,6 +263,14 @@ class Repository:
         except NotFound:
             return None
 
+    def pack_blobs(self, pack_id: bytes) -> List[Tuple[bytes, BlobLocation]]:
+        """The blobs a pack's own trailer lists (empty if the pack is missing or malformed): where its
+        blobs are when no index names it."""
+        data = self.load_pack(pack_id)
+        entries = read_trailer(data) if data is not None else None
+        return [(blob_id, BlobLocation(pack_id, offset, length, raw, flags))
+                for blob_id, flags, offset, length, raw in entries or ()]
+
     def describe_pack(self, pack_id: bytes) -> str:
         return self.backend.describe(Handle(Kind.DATA, pack_id.hex()))
 
@@ -272,7 +280,8 @@ class Repository:
     def replace_index(self, entries: List[Tuple[bytes, BlobLocation]]) -> None:
         """Write `entries` as the complete index, then remove every other index file and the damage
         records (the new index names no damaged copy). Only under the exclusive lock."""
-        old_files, old_damage = self.index.files, self.index.damage_files
+        old_files = self.index.files + sorted(self.index.unreadable)  # prune read the packs of those
+        old_damage = self.index.damage_files
         new_name = self.index.write(entries)
         for name in old_files:
             if name != new_name:

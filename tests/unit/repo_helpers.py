@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Dict
 
 from agent.store import Repository, Snapshot
@@ -25,3 +26,14 @@ def store_files(repo: Repository, job: str, files: Dict[str, bytes], time: str =
     return repo.save_snapshot(Snapshot(job=job, type="fs", host="h", time=time, trigger="manual", tree=tree,
                                        files=len(files), bytes=sum(map(len, files.values())),
                                        fingerprint=f"{job}-{time}-{len(files)}"))
+
+
+def deleted_descriptors() -> int:
+    """How many of this process's descriptors refer to deleted files (space the disk cannot free)."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{name}").endswith("(deleted)")
+        except OSError:
+            pass
+    return count

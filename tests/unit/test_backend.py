@@ -16,6 +16,7 @@ import pytest
 from agent.backend import BackendError, FileInfo, Handle, Kind, LocalBackend, LockTimeout, NotFound
 from agent.backend.faulty import Faults, FaultyBackend
 from agent.backend.mem import MemBackend
+from tests.unit.repo_helpers import deleted_descriptors
 
 NAME_A = "a1" * 32
 NAME_B = "b2" * 32
@@ -227,28 +228,18 @@ def test_local_temp_files_are_invisible_and_removed_as_leftovers(tmp_path):
     assert os.listdir(root / "tmp") == []
 
 
-def _deleted_descriptors() -> int:
-    count = 0
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            count += os.readlink(f"/proc/self/fd/{name}").endswith("(deleted)")
-        except OSError:
-            pass
-    return count
-
-
 def test_local_packs_removed_elsewhere_are_let_go_on_release(tmp_path):
     backend = _local(tmp_path)
     handle = Handle(Kind.DATA, NAME_A)
     backend.save(handle, [b"x" * 1000])
-    before = _deleted_descriptors()
+    before = deleted_descriptors()
     assert backend.load(handle, 10, 0) == b"x" * 10
     assert backend.cached_descriptors() == 1
     os.unlink(tmp_path / "repo" / "data" / NAME_A[:2] / NAME_A)  # another process's prune
-    assert _deleted_descriptors() == before + 1
+    assert deleted_descriptors() == before + 1
     backend.release(Kind.DATA)
     assert backend.cached_descriptors() == 0
-    assert _deleted_descriptors() == before
+    assert deleted_descriptors() == before
 
 
 def test_local_remove_closes_the_cached_descriptor(tmp_path):
@@ -256,10 +247,10 @@ def test_local_remove_closes_the_cached_descriptor(tmp_path):
     handle = Handle(Kind.DATA, NAME_A)
     backend.save(handle, [b"y" * 100])
     backend.load(handle, 1, 0)
-    before = _deleted_descriptors()
+    before = deleted_descriptors()
     backend.remove(handle)
     assert backend.cached_descriptors() == 0
-    assert _deleted_descriptors() == before
+    assert deleted_descriptors() == before
 
 
 # --- the fault-injecting wrapper ----------------------------------------------------------------------

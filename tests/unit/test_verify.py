@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
-from agent.backend import Handle, Kind, LocalBackend
-from agent.backend.mem import MemBackend
+from agent.backend import Handle, Kind
 from agent.checker import verify_repository
 from agent.store import Repository
 from agent.store.tree import read_tree
 from tests.unit.repo_helpers import store_files
-
-
-@pytest.fixture(params=["local", "mem"])
-def repo(request, tmp_path):
-    backend = LocalBackend(str(tmp_path / "repo")) if request.param == "local" else MemBackend()
-    made = Repository.open(backend, create=True)
-    yield made
-    made.close()
 
 
 def _pack_of(repo: Repository, blob_id: bytes) -> bytes:

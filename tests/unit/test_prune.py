@@ -1,0 +1,144 @@
+"""prune (agent.pruner): retention, what is deleted, what is rewritten, and what a failure leaves."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from agent.backend import Handle, Kind, LocalBackend
+from agent.backend.faulty import Faults, FaultyBackend
+from agent.checker import verify_repository
+from agent.config.model import Retention
+from agent.pruner import prune_repository, select_kept
+from agent.store import Repository, RepositoryError, Snapshot
+from agent.store.tree import read_tree
+from tests.unit.repo_helpers import store_files
+
+KEEP_ONE = Retention(keep_last=1, keep_daily=0, keep_weekly=0, keep_monthly=0)
+
+
+def _snap(time: str, ident: str) -> Snapshot:
+    return Snapshot(job="j", type="fs", host="h", time=time, trigger="manual", tree=(), files=0, bytes=0,
+                    fingerprint="", id=ident)
+
+
+def test_retention_keeps_the_newest_and_one_per_bucket(monkeypatch):
+    monkeypatch.setenv("TZ", "UTC")
+    snaps = [_snap(f"2026-11-{day:02d}T{hour:02d}:00:00Z", f"{day}-{hour}") for day in (1, 2, 3) for hour in (6, 18)]
+    assert select_kept(snaps, Retention(2, 0, 0, 0)) == {"3-18", "3-6"}
+    assert select_kept(snaps, Retention(0, 2, 0, 0)) == {"3-18", "2-18"}
+    assert select_kept(snaps, Retention(1, 0, 0, 1)) == {"3-18"}
+    assert select_kept(snaps, Retention(0, 0, 0, 0)) == set()
+
+
+def test_prune_forgets_beyond_retention_and_deletes_unreferenced_packs(repo):
+    old = store_files(repo, "svc", {"a": os.urandom(40000)}, time="2026-11-27T07:00:00Z")
+    new = store_files(repo, "svc", {"b": os.urandom(40000)}, time="2026-11-28T07:00:00Z")
+    other = store_files(repo, "gone", {"c": b"c" * 100})
+    before = repo.packs()
+    result = prune_repository(repo, {"svc": KEEP_ONE})
+    assert [snap.id for snap in result.removed] == [old.id]
+    assert {snap.id for snap in result.kept} == {new.id, other.id}
+    assert result.unknown_jobs == ["gone"]
+    assert result.packs_deleted == 2 and result.bytes_freed > 40000  # old's data pack and tree pack
+    assert len(repo.packs()) == len(before) - 2
+    assert verify_repository(repo, read_data=True).ok
+
+
+def test_dry_run_changes_nothing(repo):
+    store_files(repo, "svc", {"a": b"a" * 1000}, time="2026-11-27T07:00:00Z")
+    store_files(repo, "svc", {"b": b"b" * 1000}, time="2026-11-28T07:00:00Z")
+    packs = repo.packs()
+    result = prune_repository(repo, {"svc": KEEP_ONE}, dry_run=True)
+    assert len(result.removed) == 1 and len(repo.snapshots()) == 2 and repo.packs() == packs
+
+
+def test_a_mostly_garbage_pack_is_rewritten_with_only_its_live_blobs(repo):
+    """Issue 11, breakage (a): a prune that never rewrites such packs keeps the garbage forever."""
+    live = os.urandom(10000)
+    store_files(repo, "svc", {"live": live, "dead1": os.urandom(50000), "dead2": os.urandom(50000)},
+                time="2026-11-27T07:00:00Z")
+    kept = store_files(repo, "svc", {"live": live}, time="2026-11-28T07:00:00Z")
+    [mixed] = [pack for pack, size in repo.packs().items() if size > 100000]
+    result = prune_repository(repo, {"svc": KEEP_ONE})
+    assert result.packs_rewritten == 1
+    assert mixed not in repo.packs()
+    assert sum(repo.packs().values()) < 20000
+    assert verify_repository(repo, read_data=True).ok
+    [entry] = [e for e in read_tree(repo, kept.tree) if e.path == "live"]
+    assert repo.read_blob(entry.chunks[0]) == live
+
+
+def test_a_pack_with_little_garbage_is_kept_as_it_is(repo):
+    live = os.urandom(90000)
+    store_files(repo, "svc", {"live": live, "dead": os.urandom(5000)}, time="2026-11-27T07:00:00Z")
+    store_files(repo, "svc", {"live": live}, time="2026-11-28T07:00:00Z")
+    [mixed] = [pack for pack, size in repo.packs().items() if size > 90000]
+    result = prune_repository(repo, {"svc": KEEP_ONE})
+    assert result.packs_rewritten == 0 and mixed in repo.packs()
+
+
+def test_orphaned_packs_and_leftovers_are_removed(tmp_path):
+    repo = Repository.open(str(tmp_path / "repo"), create=True)
+    store_files(repo, "svc", {"a": b"a" * 100})
+    repo.backend.save(Handle(Kind.DATA, "ab" * 32), [b"a pack no index names (a crash before its index)"])
+    (tmp_path / "repo" / "tmp" / "data-crashed").write_bytes(b"half")
+    result = prune_repository(repo, {"svc": KEEP_ONE})
+    assert result.packs_deleted == 1 and bytes.fromhex("ab" * 32) not in repo.packs()
+    assert os.listdir(tmp_path / "repo" / "tmp") == []
+
+
+def test_a_damaged_snapshot_document_is_kept_named_and_the_rest_pruned(repo):
+    store_files(repo, "svc", {"a": b"a" * 100}, time="2026-11-26T07:00:00Z")
+    bad = store_files(repo, "svc", {"b": b"b" * 100}, time="2026-11-27T07:00:00Z")
+    newest = store_files(repo, "svc", {"c": b"c" * 100}, time="2026-11-28T07:00:00Z")
+    repo.backend.remove(Handle(Kind.SNAPSHOT, bad.id))
+    repo.backend.save(Handle(Kind.SNAPSHOT, bad.id), [b'{"job": "svc", "ti'])
+    result = prune_repository(repo, {"svc": KEEP_ONE})
+    assert len(result.damaged) == 1 and bad.id in result.damaged[0]
+    assert [snap.id for snap in result.kept] == [newest.id] and len(result.removed) == 1
+    assert [d.id for d in repo.damaged_snapshots()] == [bad.id]
+
+
+def test_an_unreadable_file_list_stops_prune_before_anything_is_deleted(repo):
+    snap = store_files(repo, "svc", {"a": b"a" * 100})
+    repo.remove_pack(repo.index.get(bytes.fromhex(snap.tree[0])).pack)
+    packs = repo.packs()
+    with pytest.raises(RepositoryError, match="no data was deleted"):
+        prune_repository(Repository.open(repo.backend), {"svc": KEEP_ONE})
+    assert repo.packs() == packs
+
+
+@pytest.mark.parametrize("failing", [1, 2])
+def test_a_prune_failing_to_save_leaves_a_verifiable_repository(tmp_path, failing):
+    """The rewritten pack (save 1) or the new index (save 2) cannot be written: disk full."""
+    inner = LocalBackend(str(tmp_path / "repo"))
+    repo = Repository.open(inner, create=True)
+    live = os.urandom(10000)
+    store_files(repo, "svc", {"live": live, "dead": os.urandom(90000)}, time="2026-11-27T07:00:00Z")
+    store_files(repo, "svc", {"live": live}, time="2026-11-28T07:00:00Z")
+    faulty = Repository.open(FaultyBackend(inner, Faults(fail_save=failing, kinds=frozenset({Kind.DATA, Kind.INDEX}))))
+    with pytest.raises(OSError):
+        prune_repository(faulty, {"svc": KEEP_ONE})
+    after = Repository.open(inner)
+    assert verify_repository(after, read_data=True).ok
+    assert len(after.snapshots()) == 1
+    assert prune_repository(after, {"svc": KEEP_ONE}).packs_rewritten == 1
+    assert verify_repository(Repository.open(inner), read_data=True).ok
+
+
+def test_a_damaged_copy_is_dropped_by_prune_with_its_record(repo):
+    content = os.urandom(20000)
+    store_files(repo, "svc", {"a": content, "b": os.urandom(20000)})
+    [(blob_id, loc)] = [(b, loc) for b, loc in repo.index.items() if loc.raw_length == 20000 and
+                        repo.read_blob(b) == content]
+    repo.record_damage([(blob_id, loc.pack)])
+    writer = Repository.open(repo.backend).writer()
+    assert writer.save(content)[1]  # stored again
+    writer.flush()
+    fresh = Repository.open(repo.backend)
+    result = prune_repository(fresh, {"svc": KEEP_ONE})
+    assert result.packs_rewritten == 1 and loc.pack not in fresh.packs()
+    assert fresh.backend.list(Kind.DAMAGE) == [] and fresh.unhealed() == frozenset()
+    assert fresh.read_blob(blob_id) == content

@@ -1,0 +1,129 @@
+"""The repository over its backends: damaged documents, JOB:latest and a wrong clock, descriptors of
+packs another process deleted, writes that fail half way."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from agent.backend import Handle, Kind, LocalBackend
+from agent.backend.faulty import Faults, FaultyBackend
+from agent.backend.mem import MemBackend
+from agent.checker import verify_repository
+from agent.config.model import Retention
+from agent.pruner import prune_repository
+from agent.store import Repository, RepositoryError
+from tests.unit.repo_helpers import deleted_descriptors, store_files
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_latest_is_not_pinned_by_a_snapshot_from_a_wrong_clock():
+    """Issue 15 kind 6: a snapshot made while the clock was far ahead must not stay JOB:latest."""
+    repo = Repository.open(MemBackend(), create=True)
+    now = time.time()
+    older = store_files(repo, "svc", {"a": b"1"}, time=_iso(now - 7200))
+    ahead = store_files(repo, "svc", {"a": b"2"}, time="2099-01-01T00:00:00Z")
+    assert repo.find_snapshot("svc:latest").id == older.id
+    right = store_files(repo, "svc", {"a": b"3"}, time=_iso(now - 60))
+    assert repo.find_snapshot("svc:latest").id == right.id
+    assert [snap.id for snap in repo.history("svc")] == [ahead.id, older.id, right.id]
+    assert repo.snapshots("svc")[-1].id == ahead.id  # the listing itself stays ordered by time
+    only = Repository.open(MemBackend(), create=True)
+    lone = store_files(only, "db", {"d": b"x"}, time="2099-01-01T00:00:00Z")
+    assert only.find_snapshot("db:latest").id == lone.id  # nothing better: still found
+    with pytest.raises(RepositoryError, match="no snapshot of job 'nope'"):
+        only.find_snapshot("nope:latest")
+
+
+def test_prefixes_and_missing_snapshots_are_clear_errors():
+    repo = Repository.open(MemBackend(), create=True)
+    snap = store_files(repo, "svc", {"a": b"1"})
+    assert repo.find_snapshot(snap.id[:8]).id == snap.id
+    with pytest.raises(RepositoryError, match="no snapshot"):
+        repo.find_snapshot("0" * 12 if not snap.id.startswith("0") else "f" * 12)
+    with pytest.raises(RepositoryError, match="no snapshot"):
+        repo.find_snapshot("")
+
+
+@pytest.mark.parametrize("content", [b"", b'{"job": "svc", "type"', b"[]", b'{"job": "svc"}', b"\xff\xfe"])
+def test_an_unreadable_snapshot_document_is_named_and_the_others_listed(content):
+    repo = Repository.open(MemBackend(), create=True)
+    good = store_files(repo, "svc", {"a": b"1"})
+    repo.backend.save(Handle(Kind.SNAPSHOT, "0d" * 32), [content])
+    assert [snap.id for snap in repo.snapshots()] == [good.id]
+    [damaged] = repo.damaged_snapshots()
+    assert damaged.id == "0d" * 32 and "0d" * 32 in damaged.reason
+    assert not repo.has_snapshot("0d" * 32) and repo.has_snapshot(good.id)
+    with pytest.raises(RepositoryError, match="damaged"):
+        repo.load_snapshot("0d" * 32)
+    assert repo.find_snapshot("svc:latest").id == good.id
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", b"[]", b'{"format": 1}',
+                                     b'{"format": 1, "id": "x", "chunker": 3}'])
+def test_a_garbage_config_names_the_file(tmp_path, content):
+    Repository.open(str(tmp_path / "r"), create=True)
+    (tmp_path / "r" / "config.json").write_bytes(content)
+    with pytest.raises(RepositoryError) as raised:
+        Repository.open(str(tmp_path / "r"))
+    assert str(tmp_path / "r" / "config.json") in str(raised.value)
+
+
+def test_packs_pruned_by_another_process_are_let_go_by_a_busy_reader(tmp_path):
+    """Issue 15 kind 12: a daemon's repository read packs (descriptors cached); a prune elsewhere
+    deletes them; its next backup lets them go, so their space is freed."""
+    path = str(tmp_path / "r")
+    daemon = Repository.open(path, create=True)
+    old = [store_files(daemon, "svc", {f"f{n}": os.urandom(5000)}, time=f"2026-11-{n + 1:02d}T07:00:00Z")
+           for n in range(4)]
+    for snap in old:
+        for blob in snap.tree:
+            daemon.read_blob(bytes.fromhex(blob))
+    before = deleted_descriptors()
+    pruned = prune_repository(Repository.open(path), {"svc": Retention(1, 0, 0, 0)})
+    assert pruned.packs_deleted >= 6
+    assert deleted_descriptors() > before  # held open: their space is not freed yet
+    daemon.writer()  # the next backup looks at the index first
+    assert deleted_descriptors() == before
+    assert daemon.read_blob(bytes.fromhex(old[-1].tree[0]))
+
+
+def test_release_lets_go_of_the_index_and_the_packs(tmp_path):
+    repo = Repository.open(str(tmp_path / "r"), create=True)
+    snap = store_files(repo, "svc", {"a": b"1" * 100})
+    repo.read_blob(bytes.fromhex(snap.tree[0]))
+    assert repo.holds_index and repo.backend.cached_descriptors() == 1
+    repo.release()
+    assert not repo.holds_index and repo.backend.cached_descriptors() == 0
+    assert repo.read_blob(bytes.fromhex(snap.tree[0]))
+
+
+@pytest.mark.parametrize("fault", [Faults(fail_save=2), Faults(truncate_save=1, kinds=frozenset({Kind.INDEX}))],
+                         ids=["disk-full-on-the-tree-pack", "torn-index-write"])
+def test_a_backup_whose_writes_fail_leaves_no_snapshot_and_a_verifiable_repository(tmp_path, fault):
+    inner = LocalBackend(str(tmp_path / "r"))
+    Repository.open(inner, create=True)
+    store_files(Repository.open(inner), "svc", {"a": b"kept" * 100})
+    broken = Repository.open(FaultyBackend(inner, fault))
+    if fault.fail_save:
+        with pytest.raises(OSError):
+            store_files(broken, "svc", {"b": os.urandom(10000)})
+        after = Repository.open(inner)
+        assert len(after.snapshots()) == 1 and verify_repository(after).ok
+        return
+    # a torn write the storage did not report: the snapshot exists, its blobs look unindexed; verify
+    # names the index file, prune deletes nothing, and the next backup of the same data repairs it
+    torn = store_files(broken, "svc", {"b": b"torn" * 3000})
+    after = Repository.open(inner)
+    result = verify_repository(after)
+    assert any(problem.startswith("index: ") and "truncated" in problem for problem in result.problems)
+    assert any(torn.id[:12] in where for affected in result.affected.values() for where in affected)
+    # prune finds the torn index's blobs through their packs' own blob lists and indexes them again
+    prune_repository(after, {"svc": Retention(5, 0, 0, 0)})
+    assert verify_repository(Repository.open(inner), read_data=True).ok
