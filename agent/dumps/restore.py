@@ -107,9 +107,14 @@ def restore_to_database(repo: Repository, snapshot: Snapshot, job: Job, database
                              "give --force to load the dump into it anyway")
     client.query(f"CREATE DATABASE IF NOT EXISTS {name}")
     retarget = Retarget(str(job.database), database)
-    done = feed_command(mysql.client_argv(job, client.options_file, database=database),
-                        retarget.rewrite(_content(repo, entry)), timeout=max(job.timeout, 3600),
-                        secrets=client.secrets)
+    try:
+        done = feed_command(mysql.client_argv(job, client.options_file, database=database),
+                            retarget.rewrite(_content(repo, entry)), timeout=max(job.timeout, 3600),
+                            secrets=client.secrets)
+    except BaseException:  # the dump could not be read to its end (a damaged object): the load is cut
+        if existed == ["0"]:
+            client.query(f"DROP DATABASE IF EXISTS {name}")
+        raise
     if not done.ok:
         dropped = ""
         if existed == ["0"]:

@@ -397,3 +397,26 @@ def test_a_dump_that_does_not_load_leaves_no_half_loaded_database(agent, mariadb
     failed = agent.run("restore", "db-bad:latest", "--to-database", "bad-existing")
     assert failed.returncode == 1 and "dropped" not in failed.stderr, failed.stderr
     assert mariadb.sql(exists.format(literal("bad-existing"))) == ["1"]  # never drops what it did not create
+
+
+def test_a_damaged_dump_leaves_no_half_loaded_database(agent, mariadb):
+    from agent.store import Repository
+    from agent.store.tree import read_tree
+
+    fill(mariadb, "damaged", 20_000)  # a dump of several chunks
+    mysql_job(agent, "db-damaged", "damaged", mariadb.options_file)
+    agent.backup("db-damaged")
+    repo = Repository.open(agent.repository)
+    [snapshot] = repo.snapshots("db-damaged")
+    [dump] = [entry for entry in read_tree(repo, snapshot.tree) if entry.type == "file"]
+    assert len(dump.chunks) > 2
+    location = repo.index.get(dump.chunks[-1])  # the rows before it load; then the dump cannot be read
+    with open(repo.describe_pack(location.pack), "r+b") as handle:
+        handle.seek(location.offset + location.length // 2)
+        byte = handle.read(1)
+        handle.seek(location.offset + location.length // 2)
+        handle.write(bytes([byte[0] ^ 0x40]))
+    result = agent.run("restore", "db-damaged:latest", "--to-database", "damaged_copy")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "cannot be read" in result.stderr
+    assert mariadb.sql("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'damaged_copy'") == ["0"]

@@ -85,6 +85,8 @@ def test_hook_stop_request_kills_it(tmp_path):
     stop.set()
     thread.join(30)
     assert not thread.is_alive() and result[0].returncode is None and not result[0].ok
+    assert result[0].stopped and not result[0].timed_out
+    assert "the agent is stopping" in result[0].describe()
     wait_gone(grandchild)
 
 
@@ -123,7 +125,7 @@ def test_streaming_command_stop_request(tmp_path):
         stop.set()
         assert command.stdout.read() == b""
         finished = command.finish()
-    assert not finished.ok and finished.returncode is None
+    assert not finished.ok and finished.returncode is None and finished.stopped
 
 
 def test_an_error_while_streaming_kills_the_command(tmp_path):
@@ -155,6 +157,32 @@ def test_feed_command_timeout(tmp_path):
     done = feed_command(grandchild_script(pidfile), iter([b"select 1;\n"]), timeout=0.5)
     assert done.timed_out and not done.ok
     wait_gone(read_pid(pidfile))
+
+
+def test_feed_command_timeout_while_a_write_is_blocked(tmp_path):
+    # the client never reads: the pipe fills and the write blocks until the deadline kills the client
+    pidfile = str(tmp_path / "pid")
+    chunks = (b"x" * 65536 for _ in range(1024))
+    done = feed_command(grandchild_script(pidfile), chunks, timeout=0.5)
+    assert done.timed_out and done.returncode is None and "timed out" in done.describe()
+    wait_gone(read_pid(pidfile))
+
+
+def test_a_failing_chunk_source_kills_the_client_before_it_acts_on_a_cut_input(tmp_path):
+    pidfile = str(tmp_path / "pid")
+    marker = tmp_path / "acted"
+    # the client would act once its input ends: it must be killed instead
+    script = f"sleep 300 & echo $! > {pidfile}; cat > /dev/null; touch {marker}"
+
+    def chunks():
+        yield b"CREATE TABLE t (id INT);\n"
+        read_pid(pidfile)
+        raise OSError("pack 3f2a... is damaged")
+
+    with pytest.raises(OSError, match="damaged"):
+        feed_command(["sh", "-c", script], chunks(), timeout=60)
+    wait_gone(read_pid(pidfile))
+    assert not marker.exists()
 
 
 def test_no_secret_in_the_argv_of_a_dump_or_a_load(tmp_path):
