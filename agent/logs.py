@@ -14,6 +14,8 @@ import os
 import sys
 import threading
 
+from agent.report.schema import escape
+
 LINE_MAX = 400  # characters per log line, the prefix included
 
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
@@ -38,7 +40,7 @@ class BoundedFormatter(logging.Formatter):
         self.prefix_priority = prefix_priority
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        text = escape(super().format(record))  # a name that is not UTF-8 reads `\xff`, never a surrogate
         if self.prefix_priority:
             text = f"<{_PRIORITY.get(record.levelno, 6)}>{text}"
         return bound_lines(text)

@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Callable, List, Optional, Tuple
 
 from agent.config import Config, Job
-from agent.config.loader import job_warnings
+from agent.config.loader import TOKEN_SECRET, job_warnings, secret_file_warning
 from agent.durable import FileLock, LockTimeout, make_private_dirs
 from agent.execute import run_hook
 from agent.report import Changes, RunReport, new_run_id, utc_now
@@ -61,6 +61,11 @@ def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional
     incremental = False
 
     def report(status: str, errors: tuple = (), **values: object) -> RunReport:
+        # every warning of a run belongs in its report, also those about the agent's own configuration
+        token_file = config.collector.token_file if config.collector else None
+        token_note = secret_file_warning(token_file, TOKEN_SECRET) if token_file else None
+        values["warnings"] = tuple(values.get("warnings", ())) + (  # type: ignore[arg-type]
+            (f"collector.token_file: {token_note}",) if token_note else ())
         result = RunReport(id=run_id, host=config.host, job=job.name, type=job.type, trigger=trigger,
                            status=status, changed=bool(values.pop("changed", False)),
                            snapshot=values.pop("snapshot", None), started_at=started, finished_at=utc_now(),

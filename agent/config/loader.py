@@ -231,14 +231,15 @@ def _warn_missing_paths(job: Job, problems: _Problems) -> None:
         problems.warn(job.source, f"{where}.{key}", message)
 
 
-def secret_file_warning(path: str) -> Optional[str]:
-    """Why a file holding a secret (a password, a token) is unsafe, or None: readable by every user."""
+def secret_file_warning(path: str, holds: str = "a password") -> Optional[str]:
+    """Why a file holding a secret (`holds`: a password, a token) is unsafe, or None: readable by every
+    user."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
         return None  # whoever reads it says why it cannot
     if mode & 0o004:
-        return f"{path} is readable by every user: it holds a password (chmod 600)"
+        return f"{path} is readable by every user: it holds {holds} (chmod 600)"
     return None
 
 
@@ -252,6 +253,9 @@ def job_warnings(job: Job) -> List[Tuple[str, str]]:
         if problem:
             found.append(("options_file", problem))
     return found
+
+
+TOKEN_SECRET = "the collector token"
 
 
 def _collector(table: Any, source: str, problems: _Problems) -> Optional[CollectorSettings]:
@@ -274,6 +278,9 @@ def _collector(table: Any, source: str, problems: _Problems) -> Optional[Collect
     if url and not url.startswith(("http://", "https://")):
         problems.error(source, "collector.url", "must start with http:// or https://")
         return None
+    note = secret_file_warning(values["token_file"], TOKEN_SECRET) if values.get("token_file") else None
+    if note:
+        problems.warn(source, "collector.token_file", note)
     return CollectorSettings(**values) if "url" in values else None
 
 

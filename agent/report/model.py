@@ -1,7 +1,8 @@
 """The RunReport: a frozen value that crosses threads (runner → spool → sender) unchanged.
 
-Its JSON form (`to_json`) is the wire contract of `agent.report.schema`: every text in it is escaped and
-every list cut to the contract's bounds there, so every report the agent makes, the collector accepts.
+Its JSON form (`to_json`) is the wire contract of `agent.report.schema`. Every text is escaped and every
+list cut to the contract's bounds when a report is made, so every report the agent makes, the collector
+accepts, and what is printed or logged of it is valid text too.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ class Changes:
     changed: int = 0
     paths: Tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "paths", clip(tuple(self.paths), MAX_CHANGE_PATHS))  # escaped, the first 20
+
     def to_json(self) -> Dict[str, Any]:
-        return {"added": self.added, "removed": self.removed, "changed": self.changed,
-                "paths": list(clip(self.paths, MAX_CHANGE_PATHS))}
+        return {"added": self.added, "removed": self.removed, "changed": self.changed, "paths": list(self.paths)}
 
     @classmethod
     def from_json(cls, data: Dict[str, Any]) -> Changes:
@@ -71,17 +74,26 @@ class RunReport:
     # Change-triggered runs: what changed since the job's previous snapshot (absent from JSON when None)
     changes: Optional[Changes] = None
 
+    def __post_init__(self) -> None:
+        # The report boundary: every text escaped and every list cut here, once, so that what is printed,
+        # logged, recorded in the state dir and sent is the same valid text (a name that is not UTF-8
+        # reads `pipe\xff` everywhere, and never makes the collector refuse the report).
+        for name in ("id", "host", "job", "type", "trigger", "status", "started_at", "finished_at"):
+            object.__setattr__(self, name, escape(getattr(self, name)))
+        if self.snapshot is not None:
+            object.__setattr__(self, "snapshot", escape(self.snapshot))
+        object.__setattr__(self, "errors", clip(tuple(self.errors)))
+        object.__setattr__(self, "warnings", clip(tuple(self.warnings)))
+
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
     def to_json(self) -> Dict[str, Any]:
-        """The contract's JSON: texts escaped (a file name that is not UTF-8 reads `\\xff`), lists cut."""
+        """The contract's JSON (`agent.report.schema`)."""
         data = asdict(self)
-        for name in ("host", "job", "type", "trigger", "status", "started_at", "finished_at"):
-            data[name] = escape(data[name])
-        data["errors"] = list(clip(self.errors))
-        data["warnings"] = list(clip(self.warnings))
+        data["errors"] = list(self.errors)
+        data["warnings"] = list(self.warnings)
         data["every"] = {"low": data.pop("every_low"), "high": data.pop("every_high")}
         changes = data.pop("changes")
         if changes is not None:

@@ -7,8 +7,10 @@ What a response means is decided in one place (`classify`):
   408, 429, 5xx, no answer    transient: retry with exponential backoff and jitter, honouring Retry-After
   anything else (404, 405)    a misconfigured URL: treated like an auth problem (kept, long wait)
 
-Every wait is `stop.wait`, so a stopping agent never sits in a backoff. The token is read from its file
-for each pass (rotation needs no restart) and never appears in a log line or an exception message.
+Every wait is `stop.wait`, so a stopping agent never sits in a backoff. The token is read strictly from
+its file for each pass (rotation needs no restart; a malformed file is a configuration error, not a
+transient one) and never appears in a log line or an exception message: transport errors are logged by
+type, with their text only for kinds that cannot quote a request header (`describe_error`).
 """
 
 from __future__ import annotations
@@ -22,13 +24,17 @@ from email.utils import parsedate_to_datetime
 from typing import Callable, Optional
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential, wait_random
 
 from agent import __version__
 from agent.config import CollectorSettings
 from agent.report.spool import Entry, Spool
+from agent.report.token import TokenFileError, read_token
 
 log = logging.getLogger("backup-agent")
+# httpx logs every request at INFO ("HTTP Request: POST ... 200 OK"): one line per delivered report is
+# noise in the daemon's journal. Its warnings still show; failed deliveries are logged here.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 REPORTS_PATH = "/api/v1/reports"
 RETRY_AFTER_CAP = 3600.0
@@ -82,6 +88,22 @@ def retry_after(response: httpx.Response) -> Optional[float]:
         return None
 
 
+# Transport errors whose text is about the connection (address, timeout, TLS), never about the request's
+# headers. Any other (a LocalProtocolError from h11 quotes an illegal header value whole) is named only.
+_SAFE_TEXT = (httpx.TimeoutException, httpx.ConnectError, httpx.ReadError, httpx.WriteError,
+              httpx.CloseError, httpx.RemoteProtocolError, httpx.ProxyError, httpx.UnsupportedProtocol)
+
+
+def describe_error(exc: BaseException, token: Optional[str] = None) -> str:
+    """A transport error for a log line: its type, and its text only when that cannot hold a header (the
+    token is masked in it all the same)."""
+    name = type(exc).__name__
+    text = str(exc).strip() if isinstance(exc, _SAFE_TEXT) else ""
+    if token and text:
+        text = text.replace(token, "***")
+    return f"{name}: {text[:300]}" if text else name
+
+
 def _short(response: httpx.Response) -> str:
     text = response.text.strip().replace("\n", " ")
     return f"HTTP {response.status_code}" + (f": {text[:200]}" if text else "")
@@ -110,19 +132,14 @@ class Sender:
     def _token(self) -> Optional[str]:
         if not self.settings.token_file:
             return None
-        try:
-            with open(self.settings.token_file, encoding="utf-8") as handle:
-                return handle.read().strip()
-        except OSError as exc:
-            raise Blocked(f"cannot read collector.token_file {self.settings.token_file}: {exc.strerror}") from None
+        return read_token(self.settings.token_file)
 
     def _post(self, body: bytes, token: Optional[str]) -> str:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
             response = self.client.post(self.url, content=body, headers=headers)
         except httpx.TransportError as exc:
-            # the exception's text names the URL at most; the headers (token) are not in it
-            raise Transient(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
+            raise Transient(describe_error(exc, token)) from None
         verdict = classify(response)
         if verdict == "transient":
             raise Transient(_short(response), retry_after(response))
@@ -133,7 +150,10 @@ class Sender:
         return verdict
 
     def _wait(self, state: RetryCallState) -> float:
-        base = wait_exponential_jitter(initial=0.5, max=self.max_backoff, jitter=1.0)(state)
+        # 0.5 s doubling, plus up to 1 s of jitter, at most max_backoff (Google's retry strategy, as tenacity's
+        # wait_exponential_jitter; spelled out because its `initial` is deprecated and `multiplier` is new)
+        base = min((wait_exponential(multiplier=0.5, max=self.max_backoff) + wait_random(0, 1.0))(state),
+                   self.max_backoff)
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, Transient) and exc.retry_after is not None:
             return min(max(base, exc.retry_after), RETRY_AFTER_CAP)
@@ -187,6 +207,9 @@ class Sender:
                     dead += verdict == "dead"
         except Transient:
             pass
+        except TokenFileError as exc:  # a configuration error: retrying cannot help until the file is fixed
+            blocked = f"configuration error: {exc}"
+            log.error("%s; reports stay spooled", blocked)
         except Blocked as exc:
             blocked = str(exc)
             log.error("collector %s refuses this agent's reports (%s): they stay spooled; check "

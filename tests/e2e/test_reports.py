@@ -256,3 +256,45 @@ def test_https_with_a_private_ca(agent, tree, start_collector, tmp_path):
     agent.run("reports", "--flush", check=0)
     stored = httpx.get(collector.url + "/api/v1/reports", verify=ssl.create_default_context(cafile=cert)).json()
     assert [row["id"] for row in stored] == [printed[0]["id"]]
+
+
+def test_a_name_that_is_not_utf8_reaches_the_collector_escaped(agent, tree, start_collector):
+    collector = start_collector()
+    configure(agent, collector.url, make_token(collector.tokens_file, "test-node"))
+    os.mkfifo(os.path.join(os.fsencode(tree), b"conf", b"pipe\xff"))
+    printed = agent.backup("svc")
+    assert any("pipe\\xff" in warning for warning in printed[0]["warnings"]), printed[0]["warnings"]
+    assert spool(agent) == {**spool(agent), "pending": [], "dead": []}  # delivered, not dead-lettered
+    [stored] = collector.reports("test-node")
+    assert stored["warnings"] == printed[0]["warnings"]
+
+
+def test_a_token_file_every_user_can_read_is_warned_about_like_an_options_file(agent, tree, start_collector):
+    collector = start_collector()
+    configure(agent, collector.url, make_token(collector.tokens_file, "test-node"))
+    token_file = os.path.join(agent.base, "collector.token")
+    os.chmod(token_file, 0o644)
+    checked = agent.run("check-config", check=0)
+    assert f"{token_file} is readable by every user: it holds the collector token (chmod 600)" in checked.stderr
+    printed = agent.backup("svc")
+    assert f"collector.token_file: {token_file} is readable by every user: it holds the collector token " \
+           "(chmod 600)" in printed[0]["warnings"]
+    assert collector.reports("test-node")[0]["warnings"] == printed[0]["warnings"]
+
+
+def test_a_token_file_holding_more_than_the_token_is_named_and_never_shown(agent, tree, start_collector):
+    collector = start_collector()
+    token = make_token(collector.tokens_file, "test-node")
+    configure(agent, collector.url, token)
+    token_file = os.path.join(agent.base, "collector.token")
+    with open(token_file, "w") as handle:  # `collector token ... > file 2>&1` on another machine
+        handle.write(f"created token for test-node\n{token}\n")
+    agent.backup("svc")
+    flushed = agent.run("reports", "--flush", "--timeout", "3")
+    assert flushed.returncode != 0 and f"collector.token_file {token_file}" in flushed.stderr
+    assert token not in flushed.stderr and "created token" not in flushed.stderr
+    assert len(spool(agent)["pending"]) == 1 and collector.reports() == []
+    with open(token_file, "w") as handle:
+        handle.write(f"  {token}\n\n")  # whitespace around it is fine
+    assert agent.run("reports", "--flush", "--timeout", "10").returncode == 0
+    assert len(collector.reports("test-node")) == 1
