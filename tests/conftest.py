@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import os
+import pathlib
+import shutil
+import tempfile
 import threading
+from typing import Iterator
 
 import pytest
 
-from tests.helpers import Agent
+from tests.helpers import Agent, new_agent
 
 
 @pytest.fixture
 def agent(tmp_path) -> Agent:
-    base = str(tmp_path / "agent")
-    os.makedirs(os.path.join(base, "conf.d"))
-    config = os.path.join(base, "agent.toml")
-    repository = os.path.join(base, "repo")
-    state_dir = os.path.join(base, "state")
-    with open(config, "w") as handle:
-        handle.write(f'host = "test-node"\nrepository = "{repository}"\nstate_dir = "{state_dir}"\n')
-    return Agent(base, config, repository, state_dir)
+    return new_agent(str(tmp_path / "agent"))
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[pathlib.Path]:
+    """A temp dir that other users may traverse (0755), outside pytest's own base: pytest resets that to
+    0700 whenever a pytest process starts, which would lock an unprivileged test's user out midway.
+    Removed afterwards whoever owns what is inside."""
+    path = tempfile.mkdtemp(prefix="backup-agent-shared-")
+    os.chmod(path, 0o755)
+    try:
+        yield pathlib.Path(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -70,6 +70,17 @@ class Agent:
             handle.write(text)
 
 
+def new_agent(base: str) -> Agent:
+    """An agent configuration (repository and state below `base`) with an empty conf.d."""
+    os.makedirs(os.path.join(base, "conf.d"))
+    config = os.path.join(base, "agent.toml")
+    repository = os.path.join(base, "repo")
+    state_dir = os.path.join(base, "state")
+    with open(config, "w") as handle:
+        handle.write(f'host = "test-node"\nrepository = "{repository}"\nstate_dir = "{state_dir}"\n')
+    return Agent(base, config, repository, state_dir)
+
+
 def fs_job(name: str, path: str, exclude: Sequence[str] = (), extra: str = "") -> str:
     return (f'[jobs.{name}]\ntype = "fs"\npath = "{path}"\nevery = "24h"\n'
             f"exclude = {json.dumps(list(exclude))}\n{extra}\n")

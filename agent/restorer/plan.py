@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
+from typing import AbstractSet, Callable, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Set, Tuple
 
 from agent.restorer.target import Parts, Target, safe_parts
 from agent.restorer.xattrs import reach, xattrs_differ
@@ -39,6 +39,10 @@ class Plan(NamedTuple):
     steps: Tuple[Step, ...]  # manifest order: a directory before what it holds
     delete: Tuple[Parts, ...]  # topmost extra entries only: removing a directory removes what it holds
     problems: Tuple[str, ...] = ()  # directories that could not be listed for --delete, named
+    # directories of ours that could not be listed without a chmod (0000, say): their extra entries are
+    # found once the restore has opened them (see extras), never in a dry run
+    unlisted: Tuple[Parts, ...] = ()
+    held: FrozenSet[Parts] = frozenset()
 
     def paths(self, action: str) -> List[str]:
         return [show(step.parts) for step in self.steps if step.action == action]
@@ -70,18 +74,25 @@ def make_plan(repo: Repository, target: Target, selected: Iterable[Tuple[Parts, 
     dirs = {step.parts for step in steps if step.entry.type == "dir" and step.action == SAME}
     extra: List[Parts] = []
     problems: List[str] = []
+    unlisted: List[Parts] = []
     for top in delete_under:
         for parts in sorted(dirs):
             if parts[: len(top)] == top:
                 try:
-                    names = sorted(target.listdir(parts))
+                    extra.extend(extras(target, parts, held, keep))
+                except PermissionError:
+                    unlisted.append(parts)
                 except OSError as exc:
                     problems.append(f"{show(parts)}: cannot be listed, nothing deleted in it: "
                                     f"{exc.strerror or exc}")
-                    continue
-                extra.extend(parts + (name,) for name in names
-                             if parts + (name,) not in held and not _kept(target, parts + (name,), keep))
-    return Plan(tuple(steps), tuple(dict.fromkeys(extra)), tuple(dict.fromkeys(problems)))
+    return Plan(tuple(steps), tuple(dict.fromkeys(extra)), tuple(dict.fromkeys(problems)),
+                tuple(dict.fromkeys(unlisted)), frozenset(held))
+
+
+def extras(target: Target, parts: Parts, held: AbstractSet[Parts], keep: Optional[Keep]) -> List[Parts]:
+    """The entries of directory `parts` in the target that are not `held` nor kept; raises OSError."""
+    return [parts + (name,) for name in sorted(target.listdir(parts))
+            if parts + (name,) not in held and not _kept(target, parts + (name,), keep)]
 
 
 def _kept(target: Target, parts: Parts, keep: Optional[Keep]) -> bool:

@@ -18,7 +18,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional
 
-from agent.restorer.plan import CREATE, REPLACE, SAME, Keep, Plan, Step, make_plan, selection, show
+from agent.restorer.plan import CREATE, REPLACE, SAME, Keep, Plan, Step, extras, make_plan, selection, show
 from agent.restorer.target import Parts, Target, TargetError, safe_parts
 from agent.restorer.xattrs import apply_xattrs, reach
 from agent.store import DamagedBlobError, Repository, Snapshot
@@ -80,7 +80,7 @@ def restore_snapshot(repo: Repository, snapshot: Snapshot, target: str, paths: I
             _describe(plan, result)
         if result.conflicts or dry_run:
             return result
-        _apply(repo, dest, plan, overwrite == "always", owner, result)
+        _apply(repo, dest, plan, overwrite == "always", owner, result, keep)
     finally:
         dest.close()
     return result
@@ -107,6 +107,8 @@ def _wanted(snapshot: Snapshot, paths: Iterable[str], result: RestoreResult) -> 
 
 
 def _describe(plan: Plan, result: RestoreResult) -> None:
+    result.warnings.extend(f"{show(parts)}: not readable without changing its mode; what --delete would "
+                           "remove in it is known only when the restore opens it" for parts in plan.unlisted)
     result.created = plan.paths(CREATE)
     result.replaced = plan.paths(REPLACE)
     result.deleted = [show(parts) for parts in plan.delete]
@@ -114,13 +116,14 @@ def _describe(plan: Plan, result: RestoreResult) -> None:
 
 
 def _apply(repo: Repository, dest: Target, plan: Plan, always: bool, owner: bool,
-           result: RestoreResult) -> None:
-    for parts in plan.delete:
+           result: RestoreResult, keep: Optional[Keep]) -> None:
+    _delete(dest, plan.delete, result)
+    for parts in plan.unlisted:  # opened (and made readable) by dir_fd, parents first
         try:
-            dest.remove(dest.dir_fd(parts[:-1]), parts[-1])
-            result.deleted.append(show(parts))
+            dest.dir_fd(parts)
+            _delete(dest, extras(dest, parts, plan.held, keep), result)
         except OSError as exc:
-            result.errors.append(f"{show(parts)}: not deleted: {exc.strerror or exc}")
+            result.errors.append(f"{show(parts)}: cannot be listed, nothing deleted in it: {exc.strerror or exc}")
     writer = _Writer(repo, dest, always, owner, result)
     dirs: List[Step] = []
     for step in plan.steps:
@@ -142,6 +145,15 @@ def _apply(repo: Repository, dest: Target, plan: Plan, always: bool, owner: bool
             writer.finish_dir(step)
         except OSError as exc:
             result.errors.append(f"{show(step.parts)}: {exc.strerror or exc}")
+
+
+def _delete(dest: Target, paths: Iterable[Parts], result: RestoreResult) -> None:
+    for parts in paths:
+        try:
+            dest.remove(dest.dir_fd(parts[:-1]), parts[-1])
+            result.deleted.append(show(parts))
+        except OSError as exc:
+            result.errors.append(f"{show(parts)}: not deleted: {exc.strerror or exc}")
 
 
 class _Writer:

@@ -114,6 +114,9 @@ class Target:
             except FileNotFoundError:
                 os.mkdir(name, 0o700, dir_fd=parent)
                 fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            except PermissionError:
+                self._open_up(parent, name)
+                fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
             except OSError as exc:
                 if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise
@@ -127,9 +130,25 @@ class Target:
         return fd
 
     def _make_writable(self, fd: int) -> None:
+        """Owner write and search on a directory of ours that lacks them (a 0555 one)."""
         st = os.fstat(fd)
         if self.euid != 0 and st.st_uid == self.euid and st.st_mode & 0o300 != 0o300:
             os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
+
+    def _open_up(self, parent: int, name: str) -> None:
+        """A directory of ours that we may not even open (0000, say): give the owner rwx. An O_PATH
+        descriptor needs no permission, and chmod through /proc/self/fd/N changes that very inode (a
+        symlink swapped in meanwhile would be what O_NOFOLLOW opened, and O_DIRECTORY refuses it)."""
+        if self.euid == 0:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
+        fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != self.euid:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
+            os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(st.st_mode) | 0o700)
+        finally:
+            os.close(fd)
 
     def remove(self, parent: int, name: str) -> None:
         """Remove `name` in directory `parent`, a directory with everything below it, never following
@@ -143,7 +162,11 @@ class Target:
             if exc.errno not in (errno.EISDIR, errno.EPERM):
                 raise
         self._forget_below(parent, name)
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except PermissionError:
+            self._open_up(parent, name)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
         try:
             self._make_writable(fd)
             for child in os.listdir(fd):

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from agent.store import Repository
-from tests.helpers import Link, fs_job, make_tree, read_tree
+from tests.helpers import Link, fs_job, make_tree, new_agent, read_tree
 
 RELEASE_1 = {
     "tomcat/conf/server.xml": "<Server port='8005'/>", "tomcat/conf/context.xml": "<Context/>",
@@ -207,24 +207,26 @@ def test_a_file_where_a_directory_goes_and_the_other_way_round(agent, tmp_path):
     assert restored == read_tree(src)
 
 
-def _nobody_can_use(tmp_path, *extra: str) -> list:
-    """setpriv argv for a user without CAP_DAC_OVERRIDE, after handing it the test area."""
+def _nobody_can_use(area) -> list:
+    """setpriv argv for a user without CAP_DAC_OVERRIDE, after handing it `area` (a shared_tmp)."""
     if not shutil.which("setpriv"):
         pytest.skip("needs setpriv")
-    for directory, dirs, files in os.walk(str(tmp_path)):
+    for directory, dirs, files in os.walk(str(area)):
         for name in dirs + files + [""]:
             os.lchown(os.path.join(directory, name), 65534, 65534)
-    for parent in [tmp_path, *tmp_path.parents][:4]:
-        os.chmod(parent, os.stat(parent).st_mode | 0o011)
-    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", *extra]
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand the test area to another user")
-def test_second_restore_into_a_read_only_directory_without_cap_dac_override(agent, tmp_path):
+def test_second_restore_into_a_read_only_directory_without_cap_dac_override(shared_tmp):
+    tmp_path = shared_tmp
+    agent = new_agent(str(tmp_path / "agent"))
     src = str(tmp_path / "svc")
-    make_tree(src, {"static/app.js": "v1", "static/css/site.css": "body{}", "conf/a.xml": "<a/>"})
+    make_tree(src, {"static/app.js": "v1", "static/css/site.css": "body{}", "conf/a.xml": "<a/>",
+                    "sealed/key": "k"})
     os.chmod(os.path.join(src, "static/css"), 0o555)
     os.chmod(os.path.join(src, "static"), 0o555)
+    os.chmod(os.path.join(src, "sealed"), 0o000)  # not even its owner may look inside without a chmod
     agent.write_jobs(fs_job("svc", src))
     agent.backup()
     target = str(tmp_path / "out")
@@ -238,7 +240,22 @@ def test_second_restore_into_a_read_only_directory_without_cap_dac_override(agen
         assert result.returncode == 0, result.stderr
         assert read_tree(target) == read_tree(src)
         assert stat.S_IMODE(os.stat(os.path.join(target, "static")).st_mode) == 0o555
+        assert stat.S_IMODE(os.stat(os.path.join(target, "sealed")).st_mode) == 0o000
         assert os.stat(os.path.join(target, "static/app.js")).st_uid == 65534
+    with open(os.path.join(target, "sealed/key")) as handle:  # root reads it: it was restored inside
+        assert handle.read() == "k"
+    os.chmod(os.path.join(target, "sealed"), 0o755)
+    make_tree(target, {"sealed/extra": "x"})
+    os.chmod(os.path.join(target, "sealed"), 0o000)
+    dry = agent.run("restore", "svc:latest", "--target", target, "--overwrite", "if-changed", "--delete",
+                    "--dry-run", user=user)
+    assert dry.returncode == 0 and "sealed: not readable" in dry.stderr, dry.stderr
+    assert os.path.exists(os.path.join(target, "sealed/extra"))
+    result = agent.run("restore", "svc:latest", "--target", target, "--overwrite", "if-changed", "--delete",
+                       "--json", user=user)
+    assert result.returncode == 0 and json.loads(result.stdout)["deleted"] == 1, result.stderr
+    assert not os.path.exists(os.path.join(target, "sealed/extra"))
+    assert stat.S_IMODE(os.stat(os.path.join(target, "sealed")).st_mode) == 0o000
 
 
 def test_target_that_is_a_file_is_a_clear_error(agent, tmp_path):
