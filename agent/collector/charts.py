@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from html import escape
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, Tuple
 
 from agent.collector.storage import Run
 
@@ -76,7 +76,7 @@ class _Scale:
     def x(self, ts: float) -> float:
         return LEFT + (min(max(ts, self.start), self.now) - self.start) / WINDOW * WIDTH
 
-    def ticks(self) -> List[tuple]:
+    def ticks(self) -> List[Tuple[float, str]]:
         """(x, label) at UTC midnight of every 1st and 15th of a month inside the window."""
         result = []
         day = int(self.start // 86400 + 1) * 86400
@@ -105,8 +105,13 @@ def _svg(name: str, height: int, body: str, label: str) -> str:
 
 
 def _bar_width(runs: Sequence[Run]) -> float:
-    """Wide bars for a sparse history, hairlines for a dense one; never under 1.5 px."""
-    return max(1.5, min(6.0, WIDTH / max(len(runs), 1) * 0.6))
+    """0.7 of the median distance between two runs on the time axis, within 1-6 px: wide bars for a
+    sparse history, touching hairlines for a dense one."""
+    times = sorted(run.finished_ts for run in runs)
+    gaps = sorted(b - a for a, b in zip(times, times[1:]))
+    if not gaps:
+        return 6.0
+    return max(1.0, min(6.0, 0.7 * gaps[len(gaps) // 2] / WINDOW * WIDTH))
 
 
 def timeline(now: float, runs: Sequence[Run]) -> str:

@@ -153,7 +153,7 @@ def job_history(now: datetime) -> List[dict]:
     for seq, run in enumerate(sorted(runs, key=lambda run: -run["age"]), 1):
         finished = now - run["age"]
         extra = {"changes": run["changes"]} if "changes" in run else {}
-        body = report("node-3", "services-api", seq, status=run["status"], trigger=run["trigger"], type="fs",
+        body = report("node-03", "services-api", seq, status=run["status"], trigger=run["trigger"], type="fs",
                       started_at=iso(finished - timedelta(seconds=run["seconds"])), finished_at=iso(finished),
                       bytes=(800 + (94 * 24 - run["age"].days * 24)) * 2**20 // 8, new_bytes=run["new_bytes"],
                       files=5120, low=86400, high=86400, **extra)
@@ -165,12 +165,12 @@ def job_history(now: datetime) -> List[dict]:
 
 def test_job_history_draws_90_days_of_runs_and_three_charts(start_collector):
     collector = start_collector()
-    token = make_token(collector.tokens_file, "node-3")
+    token = make_token(collector.tokens_file, "node-03")
     now = datetime.now(timezone.utc)
     bodies = job_history(now)
     for body in bodies:
         assert collector.post(token, body).status_code == 200
-    url = collector.url + "/hosts/node-3/jobs/services-api"
+    url = collector.url + "/hosts/node-03/jobs/services-api"
     dom = browse(url, "--dump-dom")
     page = Svg()
     page.feed(dom)
@@ -212,4 +212,71 @@ def test_job_history_draws_90_days_of_runs_and_three_charts(start_collector):
     change_bars = [bar for bar in page.bars["new-bytes"] if bar["data-trigger"] == "change"]
     assert min(float(bar["height"]) for bar in change_bars) > max(
         float(bar["height"]) for bar in page.bars["new-bytes"] if bar["data-trigger"] == "schedule")
-    screenshot(url, "history.png", "1100,900")
+    screenshot(url, "deployment.png", "1100,1000")
+
+
+POLICY = {**{job: (4 * 3600, 6 * 3600) for job in ("db-analytics", "db-provisioning", "db-riak")},
+          **{job: (86400, 86400) for job in ("db-console", "db-credentials", "db-enstratus-console")},
+          **{f"services-{name}": (86400, 86400)
+             for name in ("api", "console", "dispatcher", "km", "monitor", "worker")}}
+DENIED = ("mariadb-dump: Got error: 1045: \"Access denied for user 'backup'@'localhost' "
+          "(using password: YES)\" when trying to connect")
+
+
+def fleet(now: datetime) -> Tuple[Dict[str, List[dict]], Dict[Tuple[str, str], str]]:
+    """Seven nodes of the Enstratius policy: node-03's db-analytics fails since its password changed
+    (two weeks of history before), node-05's services-worker is a day behind, node-07 has a token and
+    never reported. Returns the reports per host (in sequence order) and the state each cell must show."""
+    runs: Dict[str, List[tuple]] = {}
+    expected: Dict[Tuple[str, str], str] = {}
+    for number in range(1, 7):
+        host = f"node-{number:02d}"
+        for index, (job, (low, high)) in enumerate(POLICY.items()):
+            hours = (1 + (number + index) % 4) * (1 if low < 86400 else 4)
+            if (host, job) == ("node-05", "services-worker"):
+                hours = 31
+            trigger = "change" if job.startswith("services") and (number + index) % 3 == 0 else "schedule"
+            runs.setdefault(host, []).append((hours, job, trigger, "ok"))
+            expected[(host, job)] = "overdue" if hours * 3600 > high + 3600 else "ok"
+    history = runs["node-03"]
+    history.remove(next(run for run in history if run[1] == "db-analytics"))
+    for step in range(14 * 24 // 5, -1, -1):  # every 5 hours for two weeks; the last two runs failed
+        history.append((step * 5 + 0.5, "db-analytics", "schedule", "failed" if step < 2 else "ok"))
+    expected[("node-03", "db-analytics")] = "failing"
+    expected.update({("node-07", job): "never" for job in POLICY})
+    bodies: Dict[str, List[dict]] = {"node-07": []}
+    for host, host_runs in runs.items():
+        for seq, (hours, job, trigger, status) in enumerate(sorted(host_runs, key=lambda run: -run[0]), 1):
+            low, high = POLICY[job]
+            body = report(host, job, seq, status=status, age_hours=hours, low=low, high=high, trigger=trigger,
+                          type="mysql" if job.startswith("db-") else "fs", bytes=(300 + 7 * seq) * 2**20,
+                          new_bytes=(seq % 7 + 1) * 2**18)
+            finished = datetime.fromisoformat(body["finished_at"].replace("Z", "+00:00"))
+            body["started_at"] = iso(finished - timedelta(seconds=20 + seq % 9 * 3))
+            if status == "failed":  # a dump that never started stores nothing
+                body.update(errors=[DENIED], bytes=0, new_bytes=0, started_at=iso(finished - timedelta(seconds=1)))
+            bodies.setdefault(host, []).append(body)
+    return bodies, expected
+
+
+def test_a_fleet_shows_its_failing_overdue_and_new_nodes(start_collector):
+    collector = start_collector()
+    bodies, expected = fleet(datetime.now(timezone.utc))
+    for host, host_bodies in bodies.items():
+        token = make_token(collector.tokens_file, host)
+        for body in host_bodies:
+            assert collector.post(token, body).status_code == 200
+    page = Cells()
+    page.feed(browse(collector.url + "/", "--dump-dom"))
+    assert page.cells == expected
+    assert page.hosts["node-07"] == "never"
+    assert f"last error: {DENIED}" in page.titles[("node-03", "db-analytics")]
+    assert page.rows.index("node-03") < page.rows.index("node-05") < page.rows.index("node-01")
+    screenshot(collector.url + "/", "fleet.png", "1830,280")
+    history = Svg()
+    url = collector.url + "/hosts/node-03/jobs/db-analytics"
+    history.feed(browse(url, "--dump-dom"))
+    failed = [mark for mark in history.marks if mark["data-run-status"] == "failed"]
+    assert len(failed) == 2 and {mark["fill"] for mark in failed} == {FAILED}
+    assert len(history.marks) == sum(1 for body in bodies["node-03"] if body["job"] == "db-analytics")
+    screenshot(url, "failing.png", "1100,760")
