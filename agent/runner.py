@@ -155,7 +155,7 @@ def riak_rules(paths: Tuple[str, ...], exclude: Tuple[str, ...]) -> IgnoreRules:
         if depth > 1:
             patterns += [f"/{parent}/*" for parent in sorted(levels[depth - 1]) if parent not in targets]
         patterns += [f"!/{prefix}/" if prefix not in targets else f"!/{prefix}" for prefix in sorted(levels[depth])]
-    return IgnoreRules([*patterns, *exclude])
+    return IgnoreRules([*patterns, *exclude], keep_excluded_dirs=False)
 
 
 def _backup(config: Config, job: Job, repo: Repository, trigger: str, started: str,

@@ -14,11 +14,16 @@ import xxhash
 
 
 class IgnoreRules:
-    def __init__(self, patterns: Sequence[str]) -> None:
+    """`keep_excluded_dirs`: an excluded directory is still recorded, empty (its mode, owner and xattrs;
+    never its contents), so that a restored Tomcat has the logs/, temp/ and work/ it needs to start.
+    Off for rules that only select what to back up (riak's paths walked from /)."""
+
+    def __init__(self, patterns: Sequence[str], keep_excluded_dirs: bool = True) -> None:
         self.patterns = tuple(patterns)
+        self.keep_excluded_dirs = keep_excluded_dirs
         self._spec = pathspec.GitIgnoreSpec.from_lines(self.patterns) if self.patterns else None
         # Lets the files cache know whether its record of "included last time" still holds.
-        self.digest = xxhash.xxh3_64_hexdigest("\0".join(self.patterns).encode())
+        self.digest = xxhash.xxh3_64_hexdigest(("\0".join(self.patterns) + f"\0{keep_excluded_dirs}").encode())
 
     def excludes(self, relpath: str, is_dir: bool) -> bool:
         """Whether `relpath` (relative to the job's path, '/'-separated) is excluded."""

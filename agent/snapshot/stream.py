@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO, Deque, Optional, Tuple
 
-from agent.snapshot.fs import Aborted
+from agent.snapshot.reader import Aborted
 from agent.store import BlobWriter, Repository, Snapshot
 from agent.store.manifest import Entry
 from agent.store.tree import write_tree

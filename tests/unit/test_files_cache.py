@@ -16,7 +16,8 @@ def _cache(tmp_path, count: int) -> FilesCache:
     for number in range(count):
         # untrusted records (racy files) count no size: they are never kept
         key = UNTRUSTED if number % 7 == 0 else STAT_KEY.pack(rng.randrange(1 << 40), 1, 2, number + 1)
-        files.append((f"f{number}", key, os.urandom(16), os.urandom(32), os.urandom(16), b"\0" * 12))
+        xattrs = ((("user.n", bytes([number % 3])),) if number % 3 else ())
+        files.append((f"f{number}", key, os.urandom(16), os.urandom(32), os.urandom(16), b"\0" * 12, xattrs))
     cache.replace(files, set())
     return cache
 
@@ -44,15 +45,16 @@ def test_totals_survive_save_and_load_and_are_reset_by_replace(tmp_path):
     assert loaded.sums == _brute(cache, range(50))
     assert loaded.totals(range(3, 50)) == _brute(cache, range(3, 50))
     fresh = _cache(tmp_path, 20)
-    loaded.replace([(name, fresh.key(n), fresh.digest(n), fresh.chunks(n), fresh.piece(n), fresh.owner(n))
+    loaded.replace([(name, fresh.key(n), fresh.digest(n), fresh.chunks(n), fresh.piece(n), fresh.owner(n),
+                     fresh.xattrs(n))
                     for n, name in enumerate(sorted(fresh.index, key=fresh.index.__getitem__))], set())
     assert loaded.totals(range(20)) == _brute(fresh, range(20))
 
 
 def _entries(cache: FilesCache) -> list:
     names = sorted(cache.index, key=cache.index.__getitem__)
-    return [(name, cache.key(n), cache.digest(n), cache.chunks(n), cache.piece(n), cache.owner(n))
-            for n, name in enumerate(names)]
+    return [(name, cache.key(n), cache.digest(n), cache.chunks(n), cache.piece(n), cache.owner(n),
+             cache.xattrs(n)) for n, name in enumerate(names)]
 
 
 def test_patch_in_place_equals_a_rebuild_and_refuses_a_new_chunk_count(tmp_path):
@@ -61,16 +63,20 @@ def test_patch_in_place_equals_a_rebuild_and_refuses_a_new_chunk_count(tmp_path)
     wanted = _entries(cache)
     updates = {}
     for number in (0, 17, 39):
-        update = (STAT_KEY.pack(number, 5, 6, 7), os.urandom(16), os.urandom(32), os.urandom(16), b"\1" * 12)
+        update = (STAT_KEY.pack(number, 5, 6, 7), os.urandom(16), os.urandom(32), os.urandom(16), b"\1" * 12,
+                  (("user.new", b"v"),))
         updates[number] = update
         wanted[number] = (wanted[number][0], *update)
     assert cache.patch(updates)
     rebuilt = FilesCache(str(tmp_path / "other.files"))
     rebuilt.replace(wanted, set())
-    assert (cache.records, cache.chunks_blob, list(cache.chunk_ends)) == \
-        (rebuilt.records, rebuilt.chunks_blob, list(rebuilt.chunk_ends))
+    # the same files (xattr sets may be numbered in another order)
+    assert _entries(cache) == _entries(rebuilt) == wanted
+    assert (cache.chunks_blob, list(cache.chunk_ends)) == (rebuilt.chunks_blob, list(rebuilt.chunk_ends))
     assert cache.sums == rebuilt.totals(range(40))
     before = _entries(cache)
     assert not cache.patch({3: (STAT_KEY.pack(1, 2, 3, 4), os.urandom(16), os.urandom(64), os.urandom(16),
-                                b"\0" * 12)})
+                                b"\0" * 12, ())})
     assert _entries(cache) == before
+    cache.save()
+    assert _entries(FilesCache.load(cache.path)) == before  # xattrs too
