@@ -2,8 +2,8 @@
 and the collector validates what it receives against it (`problems`).
 
 The schema is a small subset of JSON Schema written as plain dicts (type, enum, pattern, minimum,
-maximum, maxLength, maxItems, items, properties, required), checked by a validator of a few lines that
-answers with one short message per problem, `field: must be ...` -- the shape of healthchecks'
+maximum, maxLength, maxItems, items, properties, required), compiled once into predicates that answer
+with one short message per problem, `field: must be ...` -- the shape of healthchecks'
 `hc/lib/jsonschema.py`, which does the same for its API. Unknown fields are ignored (a newer agent may
 report to an older collector) and are not kept.
 
@@ -13,9 +13,10 @@ escaped (`pipe\\xff`) by `escape` before it enters a report.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import datetime
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 from agent.config.model import JOB_TYPES
 
@@ -69,29 +70,26 @@ REPORT_SCHEMA: Dict[str, Any] = {
                  "finished_at", "files", "bytes", "new_bytes", "errors", "warnings", "seq", "every"],
 }
 
-_TYPES = {"string": str, "boolean": bool, "object": dict, "array": list, "null": type(None)}
-
-
-def parse_time(value: Any) -> float:
-    """An ISO-8601 time with a zone (`2026-11-27T07:25:01.123456Z`) as POSIX seconds; ValueError else."""
-    if not isinstance(value, str) or len(value) > TIME_LENGTH:
-        raise ValueError("not a time")
+@functools.lru_cache(maxsize=64)  # each report's two times are checked, compared and stored: parse once
+def _parse_time(value: str) -> float:
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if parsed.tzinfo is None:
         raise ValueError("no zone")
     return parsed.timestamp()
 
 
-def _is_type(value: Any, name: str) -> bool:
-    if name == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if name == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-    return isinstance(value, _TYPES[name])
+def parse_time(value: Any) -> float:
+    """An ISO-8601 time with a zone (`2026-11-27T07:25:01.123456Z`) as POSIX seconds; ValueError else."""
+    if not isinstance(value, str) or len(value) > TIME_LENGTH:
+        raise ValueError("not a time")
+    return _parse_time(value)
 
 
-def _text_ok(value: str, limit: Optional[int]) -> bool:
-    if (limit is not None and len(value) > limit) or "\x00" in value:
+Check = Callable[[Any], bool]
+
+
+def _text_ok(value: str, limit: int) -> bool:
+    if len(value) > limit or "\x00" in value:
         return False
     try:
         value.encode()  # a lone surrogate (\ud800) cannot be stored as text
@@ -100,47 +98,68 @@ def _text_ok(value: str, limit: Optional[int]) -> bool:
     return True
 
 
-def _valid(value: Any, schema: Dict[str, Any]) -> bool:
-    """Whether `value` matches `schema` (nested objects report their own fields, see `_check`)."""
-    if "enum" in schema:
-        return any(value == choice and type(value) is type(choice) for choice in schema["enum"])
-    types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-    if not any(_is_type(value, name) for name in types):
+def _is_time(value: str) -> bool:
+    try:
+        parse_time(value)
+    except (ValueError, OverflowError):
         return False
-    if isinstance(value, str):
-        if not _text_ok(value, schema.get("maxLength", MAX_TEXT)):
-            return False
-        if "pattern" in schema and re.fullmatch(schema["pattern"], value) is None:
-            return False
-        if schema.get("format") == "date-time":
-            try:
-                parse_time(value)
-            except (ValueError, OverflowError):
-                return False
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value < schema.get("minimum", value) or value > schema.get("maximum", value):
-            return False
-        if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
-            return False
-    elif isinstance(value, list):
-        if len(value) > schema.get("maxItems", MAX_LIST):
-            return False
-        return all(_valid(item, schema["items"]) for item in value)
-    elif isinstance(value, dict):
-        return not _check(value, schema, "")
     return True
 
 
-def _check(value: Dict[str, Any], schema: Dict[str, Any], prefix: str) -> List[str]:
-    problems = []
-    for name in schema.get("required", ()):
-        if name not in value:
-            problems.append(f"{prefix}{name}: missing")
+def _compile(schema: Dict[str, Any]) -> Check:
+    """`schema` turned once into a predicate (the collector checks every report: interpreting the dicts
+    each time cost three times as much)."""
+    if "enum" in schema:
+        choices = frozenset(schema["enum"])
+        return lambda value: isinstance(value, str) and value in choices
+    types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+    checks: List[Check] = []
+    if "string" in types:
+        limit = schema.get("maxLength", MAX_TEXT)
+        pattern = re.compile(schema["pattern"]).fullmatch if "pattern" in schema else None
+        is_time = schema.get("format") == "date-time"
+        checks.append(lambda value: isinstance(value, str) and _text_ok(value, limit)
+                      and (pattern is None or pattern(value) is not None) and (not is_time or _is_time(value)))
+    if "integer" in types or "number" in types:
+        kinds = int if "number" not in types else (int, float)
+        low, high = schema.get("minimum", float("-inf")), schema.get("maximum", float("inf"))
+        above = schema.get("exclusiveMinimum", float("-inf"))
+        checks.append(lambda value: isinstance(value, kinds) and not isinstance(value, bool)
+                      and low <= value <= high and value > above)
+    if "boolean" in types:
+        checks.append(lambda value: isinstance(value, bool))
+    if "null" in types:
+        checks.append(lambda value: value is None)
+    if "array" in types:
+        most, item = schema.get("maxItems", MAX_LIST), _compile(schema["items"])
+        checks.append(lambda value: isinstance(value, list) and len(value) <= most and all(map(item, value)))
+    if "object" in types:
+        fields = _compile_fields(schema)
+        checks.append(lambda value: isinstance(value, dict) and not fields(value))
+    if len(checks) == 1:
+        return checks[0]
+    return lambda value: any(check(value) for check in checks)
+
+
+def _compile_fields(schema: Dict[str, Any]) -> Callable[[Dict[str, Any]], List[str]]:
+    """An object's fields checked one by one: the problems found, `field: missing` or `field: must be ...`."""
+    required = tuple(schema.get("required", ()))
+    fields = []
     for name, sub in schema["properties"].items():
-        if name in value and not _valid(value[name], sub):
-            expected = sub.get("must") or (f"one of {', '.join(sub['enum'])}" if "enum" in sub else "valid")
-            problems.append(f"{prefix}{name}: must be {expected}")
-    return problems
+        expected = sub.get("must") or (f"one of {', '.join(sub['enum'])}" if "enum" in sub else "valid")
+        fields.append((name, _compile(sub), f"{name}: must be {expected}"))
+
+    def check(value: Dict[str, Any]) -> List[str]:
+        found = [f"{name}: missing" for name in required if name not in value]
+        for name, valid, message in fields:
+            if name in value and not valid(value[name]):
+                found.append(message)
+        return found
+
+    return check
+
+
+_check_report = _compile_fields(REPORT_SCHEMA)
 
 
 def problems(body: Any) -> List[str]:
@@ -148,7 +167,7 @@ def problems(body: Any) -> List[str]:
     [] for a valid report."""
     if not isinstance(body, dict):
         return ["the body must be a JSON object"]
-    found = _check(body, REPORT_SCHEMA, "")
+    found = _check_report(body)
     if found:
         return found
     if body["every"]["low"] > body["every"]["high"]:
