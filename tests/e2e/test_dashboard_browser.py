@@ -101,7 +101,6 @@ def test_dashboard_shows_each_state_in_the_browser(start_collector):
     assert "last error: dump failed: boom" in page.titles[("node-2", "services-api")]
     assert page.rows[0] == "node-2"  # problems first
     assert "3 h ago" in dom and "1 failing" in dom and "1 overdue" in dom
-    screenshot(collector.url + "/", "dashboard.png", "1100,500")
     history = browse(collector.url + "/hosts/node-2/jobs/services-api", "--dump-dom")
     assert 'data-status="failed"' in history and "dump failed: boom" in history
 
@@ -272,7 +271,7 @@ def test_a_fleet_shows_its_failing_overdue_and_new_nodes(start_collector):
     assert page.hosts["node-07"] == "never"
     assert f"last error: {DENIED}" in page.titles[("node-03", "db-analytics")]
     assert page.rows.index("node-03") < page.rows.index("node-05") < page.rows.index("node-01")
-    screenshot(collector.url + "/", "fleet.png", "1830,280")
+    screenshot(collector.url + "/", "fleet.png", "1790,280")
     history = Svg()
     url = collector.url + "/hosts/node-03/jobs/db-analytics"
     history.feed(browse(url, "--dump-dom"))
