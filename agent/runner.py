@@ -18,6 +18,7 @@ from agent.config import Config, Job
 from agent.config.loader import TOKEN_SECRET, job_warnings, secret_file_warning
 from agent.durable import FileLock, LockTimeout, make_private_dirs
 from agent.execute import run_hook
+from agent.progress import Progress
 from agent.report import Changes, RunReport, new_run_id, utc_now
 from agent.report.schema import MAX_CHANGE_PATHS
 from agent.report.spool import Spool
@@ -53,7 +54,8 @@ def job_lock(config: Config, job: str) -> FileLock:
 def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional[ChangeSet] = None,
             on_wait: Callable[[str], None] = _say, stop: Optional[threading.Event] = None,
             repo: Optional[Repository] = None,
-            on_report: Optional[Callable[[RunReport], None]] = None) -> RunReport:
+            on_report: Optional[Callable[[RunReport], None]] = None,
+            progress: Optional[Progress] = None) -> RunReport:
     """Run `job` once. Pass `repo` to share one opened repository (and its loaded index) across runs;
     `on_report` is told when the report is spooled (the daemon's sender wakes up)."""
     run_id = new_run_id()
@@ -98,7 +100,8 @@ def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional
             with _held(job_lock(config, job.name), on_wait, stop), \
                     _held(repo.lock(exclusive=False, purpose=f"backup {job.name}"), on_wait, stop):
                 result = _with_hooks(job, stop,
-                                     lambda: _backup(config, job, repo, trigger, started, changes, stop))
+                                     lambda: _backup(config, job, repo, trigger, started, changes, stop,
+                                                                            progress))
         finally:
             if not shared:
                 repo.close()  # a shared repository's open packs may be in use by another run
@@ -159,7 +162,8 @@ def riak_rules(paths: Tuple[str, ...], exclude: Tuple[str, ...]) -> IgnoreRules:
 
 
 def _backup(config: Config, job: Job, repo: Repository, trigger: str, started: str,
-            changes: Optional[ChangeSet], stop: Optional[threading.Event]) -> TreeResult:
+            changes: Optional[ChangeSet], stop: Optional[threading.Event],
+            progress: Optional[Progress] = None) -> TreeResult:
     names = {"job": job.name, "job_type": job.type, "host": config.host, "trigger": trigger, "now": started}
     if job.type in ("fs", "riak"):
         cache = FilesCache.load(cache_path(config.state_dir, job.name))
@@ -167,9 +171,10 @@ def _backup(config: Config, job: Job, repo: Repository, trigger: str, started: s
             missing = [path for path in job.paths if not os.path.exists(path)]
             if missing:
                 return TreeResult(None, False, 0, 0, 0, tuple(f"{path} does not exist" for path in missing), ())
-            return backup_tree(repo, "/", riak_rules(job.paths, job.exclude), cache, stop=stop, **names)
+            return backup_tree(repo, "/", riak_rules(job.paths, job.exclude), cache, stop=stop, progress=progress,
+                               **names)
         return backup_tree(repo, str(job.path), IgnoreRules(job.exclude), cache, changes=changes, stop=stop,
-                           **names)
+                           progress=progress, **names)
     from agent.dumps.dumping import backup_dump, backup_sqlite  # fs-only agents never load the dump code
 
     if job.type == "sqlite":

@@ -14,6 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set, Tuple
 
+from agent.progress import Progress
 from agent.store import Repository, RepositoryError
 from agent.store.index import BlobLocation
 from agent.store.pack import decode_blob
@@ -87,7 +88,7 @@ def _check_structure(sizes: Dict[bytes, int], pack: bytes, blobs: Blobs, result:
 
 
 def _check_packs(repo: Repository, by_pack: Dict[bytes, Blobs], read_data: bool, result: VerifyResult,
-                 pairs: List[Tuple[bytes, bytes]]):
+                 pairs: List[Tuple[bytes, bytes]], progress: Optional[Progress] = None):
     """Structure now, or (read_data) a pool re-hashing packs meanwhile: returns a function that waits
     for the pool's results."""
     global _REPO
@@ -102,6 +103,11 @@ def _check_packs(repo: Repository, by_pack: Dict[bytes, Blobs], read_data: bool,
     workers = max(1, min(4, os.cpu_count() or 1))
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
     futures = [pool.submit(_check_pack, pack, blobs) for pack, blobs in by_pack.items()]
+    if progress is not None:  # packs as the files, their blobs' stored bytes as the bytes
+        stored = [sum(loc.length for _, loc in blobs) for blobs in by_pack.values()]
+        progress.expect(len(stored), sum(stored))
+        for future, size in zip(futures, stored):
+            future.add_done_callback(lambda _, size=size: progress.advance(files=1, bytes=size))
 
     def collect() -> None:
         try:
@@ -115,8 +121,10 @@ def _check_packs(repo: Repository, by_pack: Dict[bytes, Blobs], read_data: bool,
     return collect
 
 
-def verify_repository(repo: Repository, read_data: bool = False, record: bool = True) -> VerifyResult:
-    """Check `repo`; with `record`, damaged copies found are recorded (see the module docstring)."""
+def verify_repository(repo: Repository, read_data: bool = False, record: bool = True,
+                      progress: Optional[Progress] = None) -> VerifyResult:
+    """Check `repo`; with `record`, damaged copies found are recorded (see the module docstring).
+    With `read_data`, `progress` is told the packs and bytes to read, then each pack as it is done."""
     result = VerifyResult()
     try:
         repo.index.reload()
@@ -130,7 +138,7 @@ def verify_repository(repo: Repository, read_data: bool = False, record: bool = 
     result.packs = len(by_pack)
     result.blobs = len(repo.index)
     pairs: List[Tuple[bytes, bytes]] = []
-    collect = _check_packs(repo, by_pack, read_data, result, pairs)
+    collect = _check_packs(repo, by_pack, read_data, result, pairs, progress)
 
     for damaged in repo.damaged_snapshots():
         result.problems.append(damaged.reason)

@@ -18,6 +18,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional
 
+from agent.progress import Progress
 from agent.restorer.plan import CREATE, REPLACE, SAME, Keep, Plan, Step, extras, make_plan, selection, show
 from agent.restorer.target import Parts, Target, TargetError, safe_parts
 from agent.restorer.xattrs import apply_xattrs, reach
@@ -51,14 +52,15 @@ class RestoreResult:
 
 def restore_snapshot(repo: Repository, snapshot: Snapshot, target: str, paths: Iterable[str] = (),
                      overwrite: str = "never", delete: bool = False, dry_run: bool = False,
-                     keep: Optional[Keep] = None) -> RestoreResult:
+                     keep: Optional[Keep] = None, progress: Optional[Progress] = None) -> RestoreResult:
     """Restore `paths` of `snapshot` (all of it if none) into directory `target`, the job's path
     becoming `target`. `paths` are relative to the job's path, or absolute under it. `overwrite`: one
     of OVERWRITE_MODES; `delete` removes what the target holds under those paths and the snapshot does
     not, except what `keep(path, is_dir)` keeps (the job's excluded paths: Tomcat's logs/ contents).
 
     Raises TargetError if `target` cannot be a directory, DamagedBlobError if the snapshot's file list
-    cannot be read. Everything else (a damaged file, a permission problem) is in the result's errors."""
+    cannot be read. Everything else (a damaged file, a permission problem) is in the result's errors.
+    `progress` is told the files and bytes to write, then each file's as it is done."""
     if overwrite not in OVERWRITE_MODES:
         raise ValueError(f"overwrite must be one of {OVERWRITE_MODES}")
     result = RestoreResult()
@@ -80,7 +82,7 @@ def restore_snapshot(repo: Repository, snapshot: Snapshot, target: str, paths: I
             _describe(plan, result)
         if result.conflicts or dry_run:
             return result
-        _apply(repo, dest, plan, overwrite == "always", owner, result, keep)
+        _apply(repo, dest, plan, overwrite == "always", owner, result, keep, progress)
     finally:
         dest.close()
     return result
@@ -116,7 +118,7 @@ def _describe(plan: Plan, result: RestoreResult) -> None:
 
 
 def _apply(repo: Repository, dest: Target, plan: Plan, always: bool, owner: bool,
-           result: RestoreResult, keep: Optional[Keep]) -> None:
+           result: RestoreResult, keep: Optional[Keep], progress: Optional[Progress] = None) -> None:
     _delete(dest, plan.delete, result)
     for parts in plan.unlisted:  # opened (and made readable) by dir_fd, parents first
         try:
@@ -126,10 +128,15 @@ def _apply(repo: Repository, dest: Target, plan: Plan, always: bool, owner: bool
             result.errors.append(f"{show(parts)}: cannot be listed, nothing deleted in it: {exc.strerror or exc}")
     writer = _Writer(repo, dest, always, owner, result)
     dirs: List[Step] = []
+    files = [step.entry.size for step in plan.steps if step.entry.type == "file"]
+    if progress is not None:
+        progress.expect(len(files), sum(files))
     for step in plan.steps:
         try:
             if writer.step(step):
                 dirs.append(step)
+            if progress is not None and step.entry.type == "file":
+                progress.advance(files=1, bytes=step.entry.size)
         except DamagedBlobError as exc:
             result.errors.append(f"{show(step.parts)}: not restored, {exc}")
         except OSError as exc:

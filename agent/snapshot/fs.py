@@ -19,6 +19,7 @@ import os
 import threading
 from typing import Optional
 
+from agent.progress import Progress
 from agent.snapshot.cache import FilesCache
 from agent.snapshot.changes import ChangeSet
 from agent.snapshot.commit import Previous, RunNames, TreeResult, commit
@@ -34,10 +35,11 @@ __all__ = ["Aborted", "TreeResult", "backup_tree"]
 
 def backup_tree(repo: Repository, root: str, rules: IgnoreRules, cache: FilesCache, *, job: str,
                 job_type: str, host: str, trigger: str, now: str, changes: Optional[ChangeSet] = None,
-                stop: Optional[threading.Event] = None) -> TreeResult:
+                stop: Optional[threading.Event] = None, progress: Optional[Progress] = None) -> TreeResult:
     """Back up the tree at `root` (a directory, or a symlink to one: followed once, at the top) as one
     snapshot of `job`; `cache` is the job's files cache, updated and saved. Raises Aborted when `stop` is
-    set, OSError when `root` cannot be opened (NotADirectoryError: it is not a directory)."""
+    set, OSError when `root` cannot be opened (NotADirectoryError: it is not a directory). `progress` is
+    told the entries listed and the bytes read."""
     stop = stop or threading.Event()
     trusted = cache.repo_id == repo.id and bool(cache.snapshot) and repo.has_snapshot(cache.snapshot)
     damaged = repo.unhealed() if trusted else frozenset()
@@ -49,13 +51,14 @@ def backup_tree(repo: Repository, root: str, rules: IgnoreRules, cache: FilesCac
     reader = FileReader(repo, cached, cache.seed, stop)
     run: Optional[TreeWalk] = None
     if changes is not None and not changes.full and previous.rules_unchanged and not os.path.islink(root):
-        run = TreeWalk(root, rules, TreeRecords(cached, cache.seed), reader, cached, True, stop)
+        run = TreeWalk(root, rules, TreeRecords(cached, cache.seed), reader, cached, True, stop, progress)
         try:
             run.apply_changes(list(read_tree(repo, repo.load_snapshot(cache.snapshot).tree)), changes)
         except NeedsFullWalk:
             run = None
     if run is None:
-        run = TreeWalk(root, rules, TreeRecords(cached, cache.seed), reader, cached, previous.rules_unchanged, stop)
+        run = TreeWalk(root, rules, TreeRecords(cached, cache.seed), reader, cached, previous.rules_unchanged, stop,
+                       progress)
         run.walk()
     return commit(repo, root, rules, run.tree, reader, previous, cache, RunNames(job, job_type, host, trigger, now),
                   run.errors, run.warnings, run.incremental, stop)

@@ -26,6 +26,7 @@ import threading
 import time
 from typing import Callable, List, NamedTuple, Optional, Tuple
 
+from agent.progress import Progress
 from agent.snapshot.cache import RECORD, STAT_KEY, UNTRUSTED, FilesCache, stat_key
 from agent.snapshot.changes import ChangeSet
 from agent.snapshot.ignore import IgnoreRules
@@ -64,8 +65,9 @@ def open_root(root: str) -> int:
 
 class TreeWalk:
     def __init__(self, root: str, rules: IgnoreRules, tree: TreeRecords, reader: FileReader, cached: FilesCache,
-                 rules_unchanged: bool, stop: threading.Event) -> None:
+                 rules_unchanged: bool, stop: threading.Event, progress: Optional[Progress] = None) -> None:
         self.root, self.rules, self.tree, self.reader, self.cached = root, rules, tree, reader, cached
+        self.progress = progress
         self.rules_unchanged = rules_unchanged
         self.stop = stop
         self.errors: List[str] = []
@@ -186,6 +188,8 @@ class TreeWalk:
                     self._symlink(fd, name, rel, st, subdirs, _RETYPES)
             else:
                 self._entry(fd, name, rel, st, subdirs, _RETYPES)
+        if self.progress is not None:  # once per directory: nothing added to the per-file loop
+            self.progress.advance(files=len(children))
         return subdirs
 
     # --- one entry ----------------------------------------------------------------------------------
@@ -247,6 +251,8 @@ class TreeWalk:
         except OSError as exc:
             self.errors.append(f"{rel}: cannot read: {exc.strerror or exc}")
             return
+        if self.progress is not None:
+            self.progress.advance(bytes=read.size)
         opened = read.opened
         trusted = read.settled and max(opened.st_mtime_ns, opened.st_ctime_ns) < self.racy_before_ns
         self.tree.add(rel, "file", opened, read.chunks, stat_key(opened) if trusted else UNTRUSTED, read.digest,

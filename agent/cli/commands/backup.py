@@ -8,6 +8,7 @@ from typing import List, Sequence
 
 import agent.cli.render as render
 from agent.cli.common import EXIT_FAILED, EXIT_OK, UsageError, check_jobs, err, load_config, print_json
+from agent.cli.progress import progress
 from agent.text import plural
 
 BRIEF_DELIVERY = 5.0  # a one-shot backup tries this long; the daemon (or `reports --flush`) does the rest
@@ -25,7 +26,8 @@ def backup(config, names: Sequence[str], as_json: bool = False) -> int:
         pass  # each run reports the problem in its own report
     # One job after the other: measured, two threads were slower (GIL) and doubled peak memory.
     for name in names:
-        report = run_job(config, config.job(name), trigger="manual", repo=repo)
+        with progress(name, as_json, unit="entries") as shown:
+            report = run_job(config, config.job(name), trigger="manual", repo=repo, progress=shown)
         reports.append(report)
         if not as_json:
             render.show(render.report(report))

@@ -6,6 +6,7 @@ import argparse
 
 import agent.cli.render as render
 from agent.cli.common import EXIT_FAILED, EXIT_OK, err, load_config, open_repository, print_json
+from agent.cli.progress import progress
 
 
 def verify(config, read_data: bool = False, as_json: bool = False) -> int:
@@ -19,8 +20,9 @@ def verify(config, read_data: bool = False, as_json: bool = False) -> int:
             print_json({"ok": True, "snapshots": 0, "packs": 0, "blobs": 0, "damaged": [], "problems": []})
         return EXIT_OK
     repo = open_repository(config)
-    with repo.lock(exclusive=False, purpose="verify"):
-        result = verify_repository(repo, read_data=read_data)
+    with repo.lock(exclusive=False, purpose="verify"), \
+            progress("verify", as_json or not read_data, unit="packs") as shown:
+        result = verify_repository(repo, read_data=read_data, progress=shown)
     if as_json:
         print_json({"ok": result.ok, "snapshots": result.snapshots, "packs": result.packs,
                     "blobs": result.blobs, "problems": result.problems, "recorded": result.recorded,

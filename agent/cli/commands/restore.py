@@ -22,6 +22,7 @@ from agent.cli.common import (
     open_repository,
     print_json,
 )
+from agent.cli.progress import progress
 from agent.text import plural
 
 if TYPE_CHECKING:
@@ -67,9 +68,11 @@ def restore(config, options: RestoreOptions) -> int:
         if not options.target:
             raise UsageError("give --target DIR")
         try:
-            result = restore_snapshot(repo, snapshot, os.path.abspath(options.target), list(options.paths),
-                                      overwrite=options.overwrite, delete=options.delete,
-                                      dry_run=options.dry_run, keep=_excluded_by_job(config, snapshot))
+            with progress("restore", options.json or options.dry_run) as shown:
+                result = restore_snapshot(repo, snapshot, os.path.abspath(options.target), list(options.paths),
+                                          overwrite=options.overwrite, delete=options.delete,
+                                          dry_run=options.dry_run, keep=_excluded_by_job(config, snapshot),
+                                          progress=shown)
         except TargetError as exc:
             raise UsageError(f"--target: {exc}") from None
         except (RepositoryError, ValueError, KeyError) as exc:  # a damaged blob, or a damaged manifest line
