@@ -6,13 +6,15 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
+import tempfile
 import time
 
 import pytest
 
 from tests.e2e.test_backup_fs import _unprivileged
 from tests.e2e.test_daemon import QUIET, daemon, wait_for, watched_job  # noqa: F401 - daemon is a fixture
-from tests.helpers import Link, fs_job, make_tree
+from tests.helpers import Agent, Link, fs_job, make_tree
 
 
 def _deployment(agent, src: str) -> None:
@@ -130,25 +132,33 @@ def test_forget_removes_snapshots_and_prune_then_deletes_their_data(agent, tmp_p
     agent.run("verify", "--read-data", check=0)
 
 
-def test_snapshots_show_partial_ones(agent, tmp_path):
+def test_snapshots_show_partial_ones():
     user = _unprivileged()
-    src = str(tmp_path / "svc")
-    make_tree(src, {"ok.txt": "fine", "private.key": "no"})
-    os.chmod(os.path.join(src, "private.key"), 0o000)
-    agent.write_jobs(fs_job("svc", src))
-    if user:
-        for directory, dirs, files in os.walk(str(tmp_path)):
-            for name in dirs + files + [""]:
-                os.lchown(os.path.join(directory, name), 65534, 65534)
-        for parent in [tmp_path, *tmp_path.parents][:4]:
-            os.chmod(parent, os.stat(parent).st_mode | 0o011)
-    agent.run("backup", "svc", check=1, user=user)
-    os.chmod(os.path.join(src, "private.key"), 0o644)
-    agent.run("backup", "svc", check=0, user=user)
-    rows = agent.snapshots("svc")
-    assert [row["partial"] for row in rows] == [True, False]
-    lines = agent.run("snapshots", "svc", check=0).stdout.splitlines()
-    assert lines[0].rstrip().endswith("partial") and "partial" not in lines[1]
+    # not under pytest's base temp dir: another pytest session may make that 0700 again at any moment
+    base = tempfile.mkdtemp(prefix="backup-agent-partial-")
+    try:
+        os.chmod(base, 0o755)
+        agent = Agent(base, os.path.join(base, "agent.toml"), os.path.join(base, "repo"), os.path.join(base, "state"))
+        src = os.path.join(base, "svc")
+        make_tree(src, {"ok.txt": "fine", "private.key": "no"})
+        os.makedirs(os.path.join(base, "conf.d"))
+        with open(agent.config, "w") as handle:
+            handle.write(f'host = "n"\nrepository = "{agent.repository}"\nstate_dir = "{agent.state_dir}"\n')
+        agent.write_jobs(fs_job("svc", src))
+        os.chmod(os.path.join(src, "private.key"), 0o000)
+        if user:
+            for directory, dirs, files in os.walk(base):
+                for name in dirs + files + [""]:
+                    os.lchown(os.path.join(directory, name), 65534, 65534)
+        agent.run("backup", "svc", check=1, user=user)
+        os.chmod(os.path.join(src, "private.key"), 0o644)
+        agent.run("backup", "svc", check=0, user=user)
+        rows = agent.snapshots("svc")
+        assert [row["partial"] for row in rows] == [True, False]
+        lines = agent.run("snapshots", "svc", check=0).stdout.splitlines()
+        assert lines[0].rstrip().endswith("partial") and "partial" not in lines[1]
+    finally:
+        shutil.rmtree(base)
 
 
 def test_a_damaged_manifest_is_named_without_a_traceback(agent, tmp_path):
