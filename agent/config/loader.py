@@ -14,7 +14,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from agent.config.durations import parse_duration, parse_interval
-from agent.config.model import JOB_TYPES, CollectorSettings, Config, Job, Retention
+from agent.config.model import (
+    HOST_PATTERN,
+    JOB_NAME_PATTERN,
+    JOB_TYPES,
+    CollectorSettings,
+    Config,
+    Job,
+    Retention,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -127,7 +135,8 @@ REQUIRED_KEYS: Dict[str, Tuple[str, ...]] = {
     "fs": ("path",), "mysql": ("database",), "riak": ("paths",), "command": ("argv",), "sqlite": ("path",),
 }
 # Job names become file names in state_dir and labels at the collector
-JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+JOB_NAME = re.compile(JOB_NAME_PATTERN)
+HOST_NAME = re.compile(HOST_PATTERN)
 _RETENTION_KEYS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly")
 _AGENT_KEYS = ("host", "repository", "state_dir", "jobs_dir", "retention", "collector", "jobs",
                "max_concurrent_runs", "poll_interval")
@@ -333,6 +342,11 @@ def load_config(path: Optional[str] = None) -> Config:
     if not isinstance(host, str):
         problems.error(path, "host", "must be a string")
         host = os.uname().nodename
+    elif not HOST_NAME.fullmatch(host):  # the collector would refuse every report of this host
+        # a machine name that is not one only warns: backups must not stop over it
+        complain = problems.error if data.get("host") else problems.warn
+        complain(path, "host", f"{host!r} is not a host name the collector accepts (letters, digits, '.', '_', "
+                               f"':' or '-'): set host = \"...\"")
     repository = absolute("repository", None)
     state_dir = absolute("state_dir", "/var/lib/backup-agent")
     jobs_dir_value = data.get("jobs_dir", "conf.d")

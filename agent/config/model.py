@@ -8,6 +8,9 @@ from typing import Optional, Tuple
 from agent.config.durations import Interval, format_duration
 
 JOB_TYPES = ("fs", "mysql", "riak", "command", "sqlite")
+# Names as the run report's contract (agent.report.schema) and the collector's tokens accept them
+JOB_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+HOST_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}"
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,14 @@ import re
 from datetime import datetime
 from typing import Any, Callable, Dict, List, Tuple
 
-from agent.config.model import JOB_TYPES
+from agent.config.model import HOST_PATTERN, JOB_NAME_PATTERN, JOB_TYPES
 
 TRIGGERS = ("manual", "change", "schedule", "catch-up", "retry", "startup", "prune", "drill")
 STATUSES = ("ok", "failed")
 
 ID = r"[A-Za-z0-9_-]{1,80}"
-JOB = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
-HOST = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}"
+JOB = JOB_NAME_PATTERN
+HOST = HOST_PATTERN
 MAX_LIST = 1000  # items in errors, warnings, changes.paths
 MAX_TEXT = 4000  # characters in one item
 MAX_CHANGE_PATHS = 20  # a change report carries the first paths only

@@ -86,3 +86,17 @@ def test_problems_are_short_and_name_the_field():
     body = wire(make())
     body["every"] = {"low": 5, "high": 1}
     assert problems(body) == ['every: must be {"low": seconds, "high": seconds} with 0 < low <= high']
+
+
+def test_a_host_name_the_collector_would_refuse_is_a_configuration_error(tmp_path):
+    import pytest
+
+    from agent.config import ConfigError, load_config
+
+    config = tmp_path / "agent.toml"
+    config.write_text(f'host = "node 1"\nrepository = "{tmp_path}/repo"\nstate_dir = "{tmp_path}/state"\n')
+    with pytest.raises(ConfigError) as raised:
+        load_config(str(config))
+    assert f"{config}: host: 'node 1' is not a host name the collector accepts" in str(raised.value)
+    config.write_text(f'host = "node-1.example"\nrepository = "{tmp_path}/repo"\nstate_dir = "{tmp_path}/state"\n')
+    assert problems(wire(make(host=load_config(str(config)).host))) == []
