@@ -134,3 +134,29 @@ def test_a_reader_sees_changes_committed_by_another_process_even_late(tmp_path):
     assert hosts[0].seq_count == 3 and hosts[0].missing == 0
     writer.close()
     reader.close()
+
+
+def test_a_version_2_database_is_migrated_with_its_reports_and_keyed_by_host(tmp_path):
+    import json
+    import sqlite3
+
+    from agent.collector.schema import validate
+    from agent.collector.storage import MIGRATIONS
+
+    path = f"{tmp_path}/c.db"
+    old = report("node-a", "db-analytics", 1)
+    with sqlite3.connect(path) as conn:  # what a collector of schema version 2 left
+        for statement in MIGRATIONS[0] + MIGRATIONS[1]:
+            conn.execute(statement)
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (2)")
+        conn.execute("INSERT INTO reports VALUES (?, 'node-a', 'db-analytics', 1, 'ok', 'schedule', 'mysql', 1, 2, "
+                     "1, 1000, 10, 3, ?)", (old["id"], json.dumps(old)))
+    storage = open_storage(f"sqlite:///{path}")
+    assert [row["id"] for row in storage.reports("node-a")] == [old["id"]]
+    other = dict(report("node-b", "db-analytics", 1), id=old["id"])  # the same id from another host
+    parsed, problems = validate(other)
+    assert parsed is not None, problems
+    assert storage.insert_many([parsed], time.time()) == [True]
+    assert [row["host"] for row in storage.reports(job="db-analytics")] == ["node-b", "node-a"]
+    storage.close()
