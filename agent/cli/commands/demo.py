@@ -80,8 +80,11 @@ def _walkthrough(base: str, config_path: str, url: str) -> int:
     code = restore(config, RestoreOptions(snapshot="services-api:latest", target=restore_dir))
     restored = os.path.join(restore_dir, "tomcat", "conf", "server.xml")
     same = os.path.exists(restored) and filecmp.cmp(server_xml, restored, shallow=False)
-    logs = os.path.exists(os.path.join(restore_dir, "tomcat", "logs"))
-    print(f"  server.xml restored identical: {_yes(same)}; logs/ restored: {_yes(logs)} (excluded by policy)")
+    # an excluded directory comes back empty (Tomcat needs logs/ to start); its contents stay out
+    logs_dir = os.path.join(restore_dir, "tomcat", "logs")
+    logs = not os.path.isdir(logs_dir) or bool(os.listdir(logs_dir))
+    print(f"  server.xml restored identical: {_yes(same)}; logs/ restored empty (its contents excluded by "
+          f"policy): {_yes(not logs)}")
 
     _step("backup-agent verify --read-data")
     verified = verify(config, read_data=True)
