@@ -13,8 +13,7 @@ from __future__ import annotations
 import enum
 import sys
 import threading
-from dataclasses import dataclass
-from typing import Callable, List, Optional, Protocol, Sequence, Union
+from typing import Callable, List, NamedTuple, Optional, Protocol, Sequence, Union
 
 from agent.durable import LockTimeout
 
@@ -34,16 +33,15 @@ class Kind(enum.Enum):
 CONFIG_NAME = "config"
 
 
-@dataclass(frozen=True)
-class Handle:
-    """One object: its kind and its name (lowercase hex for every content-named kind)."""
+class Handle(NamedTuple):
+    """One object: its kind and its name (lowercase hex for every content-named kind). A NamedTuple:
+    one is made per blob read, and a frozen dataclass costs several times more to make."""
 
     kind: Kind
     name: str
 
 
-@dataclass(frozen=True)
-class FileInfo:
+class FileInfo(NamedTuple):
     """A listed object: its name and size in bytes."""
 
     name: str

@@ -20,7 +20,7 @@ import os
 import shutil
 import threading
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from agent.backend.base import CONFIG_NAME, Buffer, FileInfo, Handle, Kind, NotFound, check_name
 from agent.durable import FileLock, fsync_dir, make_private_dirs, write_temp
@@ -47,15 +47,15 @@ class _Descriptors:
         self._open: Dict[str, _Open] = {}
         self._lock = threading.Lock()
 
-    def pread(self, path: str, name: str, length: int, offset: int) -> bytes:
+    def pread(self, path_of: Callable[[], str], name: str, length: int, offset: int) -> bytes:
         with self._lock:
             entry = self._open.get(name)
             if entry is None and len(self._open) < _MAX_CACHED:
-                entry = self._open[name] = _Open(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+                entry = self._open[name] = _Open(os.open(path_of(), os.O_RDONLY | os.O_CLOEXEC))
             if entry is not None:
                 entry.users += 1
         if entry is None:  # past the cache's size a read opens and closes its own
-            own = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            own = os.open(path_of(), os.O_RDONLY | os.O_CLOEXEC)
             try:
                 return _pread(own, length, offset)
             finally:
@@ -138,15 +138,14 @@ class LocalBackend:
             fsync_dir(self._tmp)
 
     def load(self, handle: Handle, length: int = -1, offset: int = 0) -> bytes:
-        path = self._path(handle)
         try:
-            if handle.kind is Kind.DATA:
-                return self._packs.pread(path, handle.name, length, offset)
-            with open(path, "rb") as source:
+            if handle.kind is Kind.DATA:  # the hot path of restore: no path is built for a cached pack
+                return self._packs.pread(lambda: self._path(handle), handle.name, length, offset)
+            with open(self._path(handle), "rb") as source:
                 source.seek(offset)
                 return source.read() if length < 0 else source.read(length)
         except FileNotFoundError:
-            raise NotFound(f"{path}: no such object") from None
+            raise NotFound(f"{self._path(handle)}: no such object") from None
 
     def stat(self, handle: Handle) -> FileInfo:
         try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from agent.backend import Backend, BackendError, Handle, Kind, NotFound, RepositoryLock, open_backend
 from agent.store.chunker import Chunker, ChunkerParams
@@ -158,6 +158,28 @@ class BlobWriter:
         self._write_index()
 
 
+class _Lock:
+    """The backend's lock, telling the repository when it was acquired (see Repository.lock)."""
+
+    def __init__(self, lock: RepositoryLock, repo: Repository) -> None:
+        self._lock, self._repo = lock, repo
+
+    def acquire(self, *args: Any, **kwargs: Any) -> None:
+        self._lock.acquire(*args, **kwargs)
+        if self._repo.holds_index:
+            self._repo.refresh()
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> _Lock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class Repository:
     """A repository on a backend. `Repository(location)` only names it; `Repository.open` reads (or
     creates) it. Thread-safe for readers and for writers of different jobs (daemon lanes)."""
@@ -209,8 +231,10 @@ class Repository:
         return self._stream_chunker
 
     def lock(self, exclusive: bool, purpose: str) -> RepositoryLock:
-        """Backups, restores and verify share it; prune takes it exclusively."""
-        return self.backend.lock(exclusive, purpose)
+        """Backups, restores and verify share it; prune takes it exclusively. Once it is acquired, a
+        repository that holds its index looks whether a prune replaced the index meanwhile (then it
+        lets go of its open packs): a daemon whose runs need no writer frees deleted packs too."""
+        return _Lock(self.backend.lock(exclusive, purpose), self)
 
     def writer(self) -> BlobWriter:
         return BlobWriter(self)

@@ -75,23 +75,38 @@ def test_a_garbage_config_names_the_file(tmp_path, content):
     assert str(tmp_path / "r" / "config.json") in str(raised.value)
 
 
+def _elsewhere(path: str, action):
+    """Run `action` on a repository object of its own, closed afterwards (another process, in effect)."""
+    other = Repository.open(path)
+    try:
+        return action(other)
+    finally:
+        other.close()
+
+
 def test_packs_pruned_by_another_process_are_let_go_by_a_busy_reader(tmp_path):
     """Issue 15 kind 12: a daemon's repository read packs (descriptors cached); a prune elsewhere
-    deletes them; its next backup lets them go, so their space is freed."""
+    deletes them; its next run lets them go (on taking the lock, or a writer's first look at the
+    index), so their space is freed at once rather than after the idle time."""
     path = str(tmp_path / "r")
+    before = deleted_descriptors()
     daemon = Repository.open(path, create=True)
     old = [store_files(daemon, "svc", {f"f{n}": os.urandom(5000)}, time=f"2026-11-{n + 1:02d}T07:00:00Z")
            for n in range(4)]
     for snap in old:
-        for blob in snap.tree:
-            daemon.read_blob(bytes.fromhex(blob))
-    before = deleted_descriptors()
-    pruned = prune_repository(Repository.open(path), {"svc": Retention(1, 0, 0, 0)})
+        daemon.read_blob(bytes.fromhex(snap.tree[0]))
+    pruned = _elsewhere(path, lambda repo: prune_repository(repo, {"svc": Retention(1, 0, 0, 0)}))
     assert pruned.packs_deleted >= 6
     assert deleted_descriptors() > before  # held open: their space is not freed yet
-    daemon.writer()  # the next backup looks at the index first
-    assert deleted_descriptors() == before
+    with daemon.lock(exclusive=False, purpose="backup"):  # the next run, whether it writes or not
+        assert deleted_descriptors() == before
     assert daemon.read_blob(bytes.fromhex(old[-1].tree[0]))
+    _elsewhere(path, lambda repo: store_files(repo, "svc", {"new": b"n" * 5000}, time="2026-11-29T07:00:00Z"))
+    pruned = _elsewhere(path, lambda repo: prune_repository(repo, {"svc": Retention(1, 0, 0, 0)}))
+    assert pruned.packs_deleted >= 2 and deleted_descriptors() > before
+    daemon.writer()  # a backup's writer looks at the index first
+    assert deleted_descriptors() == before
+    daemon.close()
 
 
 def test_release_lets_go_of_the_index_and_the_packs(tmp_path):
