@@ -23,6 +23,7 @@ from agent.config.model import (
     Job,
     Retention,
 )
+from agent.config.token import TokenFileError, read_token
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -287,9 +288,15 @@ def _collector(table: Any, source: str, problems: _Problems) -> Optional[Collect
     if url and not url.startswith(("http://", "https://")):
         problems.error(source, "collector.url", "must start with http:// or https://")
         return None
-    note = secret_file_warning(values["token_file"], TOKEN_SECRET) if values.get("token_file") else None
+    token_file = values.get("token_file")
+    note = secret_file_warning(token_file, TOKEN_SECRET) if token_file else None
     if note:
         problems.warn(source, "collector.token_file", note)
+    if token_file and os.path.exists(token_file):
+        try:
+            read_token(token_file)
+        except TokenFileError as exc:  # a warning: reports wait in the spool, backups go on
+            problems.warn(source, "collector.token_file", str(exc)[len("collector.token_file "):])
     return CollectorSettings(**values) if "url" in values else None
 
 

@@ -28,8 +28,8 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exp
 
 from agent import __version__
 from agent.config import CollectorSettings
+from agent.config.token import TokenFileError, read_token
 from agent.report.spool import Entry, Spool
-from agent.report.token import TokenFileError, read_token
 
 log = logging.getLogger("backup-agent")
 # httpx logs every request at INFO ("HTTP Request: POST ... 200 OK"): one line per delivered report is

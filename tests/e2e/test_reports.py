@@ -289,6 +289,9 @@ def test_a_token_file_holding_more_than_the_token_is_named_and_never_shown(agent
     token_file = os.path.join(agent.base, "collector.token")
     with open(token_file, "w") as handle:  # `collector token ... > file 2>&1` on another machine
         handle.write(f"created token for test-node\n{token}\n")
+    checked = agent.run("check-config")
+    assert f"collector.token_file: {token_file}: must hold one token and nothing else" in checked.stderr
+    assert token not in checked.stderr and "created token" not in checked.stderr
     agent.backup("svc")
     flushed = agent.run("reports", "--flush", "--timeout", "3")
     assert flushed.returncode != 0 and f"collector.token_file {token_file}" in flushed.stderr

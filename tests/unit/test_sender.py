@@ -15,10 +15,10 @@ from agent.collector.app import create_app
 from agent.collector.storage import open_storage
 from agent.collector.tokens import TokenStore, create_token
 from agent.config import CollectorSettings
+from agent.config.token import TokenFileError, read_token
 from agent.report import Changes
 from agent.report.sender import Sender, describe_error
 from agent.report.spool import Spool
-from agent.report.token import TokenFileError, read_token
 from tests.unit.test_freshness import serving
 from tests.unit.test_report_schema import make
 
