@@ -116,13 +116,15 @@ class TreeRecords:
         """The manifest's lines in path order."""
         records, kept, cache = self.records, self.kept, self.cache
         cached_chunks, cached_stat, cached_xattrs = cache.chunks, cache.stat_of, cache.xattrs
+        any_xattrs = len(cache.xattr_sets) > 1  # most trees have none: no lookup per kept file then
         lines = []
         for rel in sorted(chain(records, kept), key=manifest_order):
             number = kept.get(rel)
             if number is not None:
                 size, mtime_ns, mode, uid, gid = cached_stat(number)
                 lines.append(encode_line(rel, "file", mode & 0o7777, uid, gid, mtime_ns, size, cached_chunks(number),
-                                         hardlink=hardlinks.get(rel, ""), xattrs=cached_xattrs(number)))
+                                         hardlink=hardlinks.get(rel, "") if hardlinks else "",
+                                         xattrs=cached_xattrs(number) if any_xattrs else ()))
                 continue
             record = records[rel]
             if record.kind == "file":
