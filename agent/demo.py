@@ -1,10 +1,25 @@
-"""The demo's sandbox: a /services-like tree with Tomcat logs, a SQLite database, the agent's
-configuration, and a collector on loopback. The walk-through itself is the `demo` command
-(agent/cli/commands/demo.py), which runs the operator's commands against this sandbox."""
+"""The demo's sandbox: a /services-like tree with Tomcat logs, a SQLite database, a database dump that
+fails (its server is down), the agent's configuration, a second node whose agent stopped after one
+backup (its job becomes overdue), and a collector on loopback. The walk-through itself is the `demo`
+command (agent/cli/commands/demo.py), which runs the operator's commands against this sandbox."""
 
 from __future__ import annotations
 
 import os
+from typing import List, NamedTuple
+
+HOST, STALE_HOST = "demo-node", "demo-node-2"
+FAILING_JOB, STALE_JOB = "db-billing", "services-legacy"
+STALE_EVERY = 5.0  # seconds: the stale node's job is overdue this long (plus GRACE) after its one backup
+GRACE = "2s"  # the demo collector's grace beyond a job's policy
+
+
+class Sandbox(NamedTuple):
+    """The sandbox's paths: `config` is the node the demo runs; `stale_config` the node that stopped."""
+
+    base: str
+    config: str
+    stale_config: str
 
 SERVICES = ("api", "console", "dispatcher", "km", "monitor", "worker")
 EXCLUDE = '["logs/", "*.log", "*.log.*", "*.out", "catalina.out*", "localhost_access_log*", "temp/", "work/"]'
@@ -16,8 +31,8 @@ def _write(path: str, content: bytes) -> None:
         handle.write(content)
 
 
-def build_sandbox(base: str) -> str:
-    """Create services/, agent.toml and conf.d/ under `base`; returns the agent.toml path."""
+def build_sandbox(base: str) -> Sandbox:
+    """Create services/, db/, agent.toml, conf.d/ and the stale node's node-2/ under `base`."""
     shared_jar = bytes(range(256)) * 4096  # the same 1 MiB library in every service: stored once
     for name in SERVICES:
         tomcat = os.path.join(base, "services", name, "tomcat")
@@ -44,20 +59,33 @@ def build_sandbox(base: str) -> str:
         connection.execute("CREATE TABLE IF NOT EXISTS accounts (id INTEGER PRIMARY KEY, name TEXT, region TEXT)")
         connection.executemany("INSERT INTO accounts (name, region) VALUES (?, ?)",
                                [(f"account-{n}", ("us-east", "eu-west")[n % 2]) for n in range(5000)])
+    # the billing database's server is down: its dump fails (the dashboard shows it failing)
+    down = ("echo 'pg_dump: error: connection to server on socket \\\"/run/postgresql/.s.PGSQL.5432\\\" "
+            "failed: No such file or directory' >&2; exit 1")
     _write(os.path.join(base, "conf.d", "databases.toml"),
-           f'[jobs.db-console]\ntype = "sqlite"\npath = "{database}"\nevery = "24h"\n'.encode())
+           (f'[jobs.db-console]\ntype = "sqlite"\npath = "{database}"\nevery = "24h"\n\n'
+            f'[jobs.{FAILING_JOB}]\ntype = "command"\nargv = ["sh", "-c", "{down}"]\nevery = "24h"\n').encode())
     config = os.path.join(base, "agent.toml")
-    _write(config, (f'host = "demo-node"\nrepository = "{base}/repository"\nstate_dir = "{base}/state"\n'
+    _write(config, (f'host = "{HOST}"\nrepository = "{base}/repository"\nstate_dir = "{base}/state"\n'
                     'jobs_dir = "conf.d"\n').encode())
-    return config
+    # a second node, whose agent stops after one backup: its job becomes overdue
+    legacy = os.path.join(base, "node-2", "services", "legacy")
+    _write(os.path.join(legacy, "tomcat", "conf", "server.xml"), b'<Server port="8005"/>\n')
+    _write(os.path.join(base, "node-2", "conf.d", "services.toml"),
+           (f'[jobs.{STALE_JOB}]\ntype = "fs"\npath = "{legacy}"\nevery = "{STALE_EVERY:.0f}s"\n').encode())
+    stale_config = os.path.join(base, "node-2", "agent.toml")
+    _write(stale_config, (f'host = "{STALE_HOST}"\nrepository = "{base}/node-2/repository"\n'
+                          f'state_dir = "{base}/node-2/state"\njobs_dir = "conf.d"\n').encode())
+    return Sandbox(base, config, stale_config)
 
 
 def _step(title: str) -> None:
     print(f"\n=== {title}", flush=True)
 
 
-def start_collector(base: str, config: str) -> tuple:
-    """A collector on a loopback port with a token for the sandbox's host; the agent reports to it."""
+def start_collector(base: str, configs: List[str]) -> tuple:
+    """A collector on a loopback port with a token for each configuration's host (`configs` of hosts HOST
+    and STALE_HOST, in that order); their agents report to it. Returns (process, its log, its URL)."""
     import re
     import subprocess
     import sys
@@ -68,13 +96,15 @@ def start_collector(base: str, config: str) -> tuple:
     directory = os.path.join(base, "collector")
     os.makedirs(directory, exist_ok=True)
     tokens = os.path.join(directory, "tokens.toml")
-    token_file = os.path.join(base, "collector.token")
-    _write(token_file, create_token(tokens, "demo-node").encode() + b"\n")
-    os.chmod(token_file, 0o600)
+    token_files = []
+    for host in (HOST, STALE_HOST)[:len(configs)]:
+        token_files.append(os.path.join(base, f"{host}.token"))
+        _write(token_files[-1], create_token(tokens, host).encode() + b"\n")
+        os.chmod(token_files[-1], 0o600)
     log_path = os.path.join(directory, "collector.log")
     log = open(log_path, "wb")  # noqa: SIM115 - handed to the process, closed by stop_collector
     proc = subprocess.Popen([sys.executable, "-m", "agent", "collector", "serve", "--listen", "127.0.0.1:0",
-                             "--tokens", tokens, "--db", f"sqlite:///{directory}/collector.db"],
+                             "--tokens", tokens, "--db", f"sqlite://{directory}/collector.db", "--grace", GRACE],
                             stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     url = None
@@ -87,8 +117,9 @@ def start_collector(base: str, config: str) -> tuple:
         proc.kill()
         log.close()
         raise RuntimeError(f"the demo collector did not start; see {log_path}")
-    with open(config, "a", encoding="utf-8") as handle:
-        handle.write(f'\n[collector]\nurl = "{url}"\ntoken_file = "{token_file}"\nmax_backoff = "2s"\n')
+    for config, token_file in zip(configs, token_files):
+        with open(config, "a", encoding="utf-8") as handle:
+            handle.write(f'\n[collector]\nurl = "{url}"\ntoken_file = "{token_file}"\nmax_backoff = "2s"\n')
     return proc, log, url
 
 

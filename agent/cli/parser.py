@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:  # long: one declaration per opti
                                 listing=False))
     p = command("demo", demo.run, "back up a sandbox /services tree and restore it", listing=False)
     p.add_argument("--dir", metavar="DIR", help="where to build the sandbox (default: a new temp dir)")
+    p.add_argument("--serve", action="store_true", help="keep the collector and its dashboard running at the end, "
+                                                        "until Ctrl-C")
     return parser
 
 
