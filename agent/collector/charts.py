@@ -146,7 +146,7 @@ def bar_chart(name: str, title: str, now: float, runs: Sequence[Run], value: Cal
     the axis is labelled with `text` of that largest value."""
     scale = _Scale(now)
     top, bottom = 18, 18 + CHART
-    values = [max(value(run), 0.0) for run in runs]
+    values = [float(max(value(run), 0.0)) for run in runs]
     largest = max(values, default=0.0)
     width = _bar_width(runs)
     parts = [f'<text x="{LEFT}" y="11" font-weight="600">{escape(title)}</text>',
