@@ -31,7 +31,7 @@ from agent.store import Repository
 
 
 def _say(message: str) -> None:
-    print(message, file=sys.stderr)
+    print(f"backup-agent: {message}", file=sys.stderr)  # the command's one prefix
 
 
 def open_repository(config: Config) -> Repository:

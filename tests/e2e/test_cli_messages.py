@@ -77,6 +77,13 @@ def test_every_error_has_the_one_prefix(two_jobs):
                for line in lines[1:]), lines
 
 
+def test_warnings_have_the_prefix_too(two_jobs, tmp_path):
+    two_jobs.write_jobs(fs_job("later", str(tmp_path / "not-yet")), "later.toml")
+    result = two_jobs.run("check-config", check=0)
+    assert result.stderr.startswith("backup-agent: warning: "), result.stderr
+    assert "later.path" in result.stderr or "not-yet" in result.stderr
+
+
 def test_human_output_has_plurals_and_no_python_literals(two_jobs):
     outputs = [two_jobs.run("backup", "one", check=0).stdout, two_jobs.run("backup", "two", check=0).stdout]
     assert "one: ok snapshot" in outputs[0] and ", 1 file, " in outputs[0]

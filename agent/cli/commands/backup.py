@@ -7,7 +7,7 @@ import argparse
 from typing import List, Sequence
 
 import agent.cli.render as render
-from agent.cli.common import EXIT_FAILED, EXIT_OK, UsageError, check_jobs, err, load_config, print_json
+from agent.cli.common import EXIT_FAILED, EXIT_OK, PREFIX, UsageError, check_jobs, err, load_config, print_json
 from agent.cli.progress import progress
 from agent.text import plural
 
@@ -50,7 +50,7 @@ def deliver_briefly(config) -> None:
     finally:
         sender.close()
     if result.remaining:
-        err(f"note: {plural(result.remaining, 'report')} not delivered to the collector yet: they stay "
+        err(f"{PREFIX}note: {plural(result.remaining, 'report')} not delivered to the collector yet: they stay "
             "spooled (`backup-agent reports`)")
 
 

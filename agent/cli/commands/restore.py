@@ -21,6 +21,7 @@ from agent.cli.common import (
     load_config,
     open_repository,
     print_json,
+    warning,
 )
 from agent.cli.progress import progress
 from agent.text import plural
@@ -159,8 +160,8 @@ def _restore_dump(config, repo, snapshot, options: RestoreOptions) -> int:
                                  "are needed to load the dump") from None
             loaded = restore_to_database(repo, snapshot, job, options.to_database, options.options_file,
                                          options.force)
-            for warning in loaded.warnings:
-                err(f"warning: {warning}")
+            for note in loaded.warnings:
+                warning(note)
             err(f"loaded {render.size(loaded.size)} dump of {snapshot.job} ({snapshot.time}) into database "
                 f"{options.to_database}" + (f" ({loaded.charset})" if loaded.charset else ""))
             if loaded.disabled_events:
