@@ -8,12 +8,13 @@ import json
 import os
 import shutil
 import stat
+import struct
 import subprocess
 
 import pytest
 
 from agent.store import Repository
-from tests.helpers import Link, fs_job, make_tree, new_agent, read_tree
+from tests.helpers import Link, deep_path, fs_job, make_tree, new_agent, read_deep, read_tree, write_deep
 
 RELEASE_1 = {
     "tomcat/conf/server.xml": "<Server port='8005'/>", "tomcat/conf/context.xml": "<Context/>",
@@ -353,3 +354,74 @@ def test_a_dump_target_under_a_file_is_a_clear_error(agent, tmp_path):
     assert existing.read_text() == "keep"
     agent.run("restore", "cmd:latest", "--target", str(tmp_path / "dumps" / "out.txt"), check=0)
     assert (tmp_path / "dumps" / "out.txt").read_text() == "hello\n"
+
+
+def test_a_path_longer_than_path_max_backs_up_and_restores(agent, tmp_path):
+    src = str(tmp_path / "svc")
+    deep = deep_path() + "/at-the-bottom.txt"
+    assert len(deep) > os.pathconf("/", "PC_PATH_MAX")
+    write_deep(src, deep, b"found")
+    make_tree(src, {"conf/server.xml": "<Server/>"})
+    agent.write_jobs(fs_job("svc", src))
+    [report] = agent.backup()
+    assert report["status"] == "ok" and report["files"] == 2, report
+    target = str(tmp_path / "out")
+    agent.run("restore", "svc:latest", "--target", target, check=0)
+    assert read_deep(target, deep) == b"found"
+    write_deep(target, deep, b"edited")
+    write_deep(target, deep_path() + "/extra.txt", b"not in the snapshot")
+    refused = agent.run("restore", "svc:latest", "--target", target)
+    assert refused.returncode == 1 and "at-the-bottom.txt" in refused.stderr
+    document = _restore_json(agent, "svc:latest", "--target", target, "--overwrite", "if-changed", "--delete")
+    assert (document["replaced"], document["deleted"], document["errors"]) == (1, 1, []), document
+    assert read_deep(target, deep) == b"found"
+
+
+def _posix_acl(user: int) -> bytes:
+    """A POSIX access ACL in the kernel's xattr form (what setfacl writes): owner rw, USER r, group r,
+    mask r, other none."""
+    none = 0xFFFFFFFF
+    entries = ((0x01, 6, none), (0x02, 4, user), (0x04, 4, none), (0x10, 4, none), (0x20, 0, none))
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *entry) for entry in entries)
+
+
+def test_extended_attributes_acls_and_hard_links_round_trip(shared_tmp):
+    tmp_path = shared_tmp
+    agent = new_agent(str(tmp_path / "agent"))
+    src = tmp_path / "svc"
+    big = os.urandom(1 << 20)
+    make_tree(str(src), {"lib/app.jar": big, "conf/app.xml": "<app/>", "conf/d/": None})
+    os.link(src / "lib/app.jar", src / "lib/app-current.jar")
+    os.link(src / "lib/app.jar", src / "conf/app.jar")
+    try:
+        os.setxattr(src / "conf/app.xml", "user.origin", b"release 42")
+    except OSError as exc:
+        pytest.skip(f"no user xattrs here: {exc}")
+    os.setxattr(src / "conf/app.xml", "system.posix_acl_access", _posix_acl(4242))
+    os.setxattr(src / "conf/d", "user.dir", b"\x00\xff binary")
+    os.setxattr(src / "lib/app.jar", "trusted.only-root", b"t")
+    agent.write_jobs(fs_job("svc", str(src)))
+    [report] = agent.backup()
+    assert report["status"] == "ok", report
+    target = tmp_path / "out"
+    agent.run("restore", "svc:latest", "--target", str(target), check=0)
+
+    names = [target / "lib/app.jar", target / "lib/app-current.jar", target / "conf/app.jar"]
+    inodes = {(os.stat(name).st_dev, os.stat(name).st_ino) for name in names}
+    assert len(inodes) == 1 and os.stat(names[0]).st_nlink == 3 and names[2].read_bytes() == big
+    blocks = {(st.st_dev, st.st_ino): st.st_blocks for st in map(os.lstat, target.rglob("*"))}
+    assert sum(blocks.values()) * 512 < 1.2 * (1 << 20)  # 1 MB on disk, not 3
+    assert os.getxattr(target / "conf/app.xml", "user.origin") == b"release 42"
+    assert os.getxattr(target / "conf/app.xml", "system.posix_acl_access") == _posix_acl(4242)
+    assert os.getxattr(target / "conf/d", "user.dir") == b"\x00\xff binary"
+    assert os.getxattr(target / "lib/app.jar", "trusted.only-root") == b"t"
+    again = _restore_json(agent, "svc:latest", "--target", str(target))
+    assert (again["created"], again["replaced"], again["conflict_count"]) == (0, 0, 0)
+
+    if os.geteuid() == 0:  # a user that may not set trusted.*: a warning naming the file, run ok
+        user = _nobody_can_use(tmp_path)
+        result = agent.run("restore", "svc:latest", "--target", str(tmp_path / "as-nobody"), user=user)
+        assert result.returncode == 0, result.stderr
+        [warning] = [line for line in result.stderr.splitlines() if "warning:" in line]
+        assert "app.jar: extended attribute trusted.only-root not restored" in warning
+        assert os.getxattr(tmp_path / "as-nobody/conf/app.xml", "user.origin") == b"release 42"
