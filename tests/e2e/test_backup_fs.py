@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.helpers import Link, fs_job, make_tree, read_tree
+from tests.helpers import Link, fs_job, make_tree, new_agent, read_tree
 
 TOMCAT_EXCLUDE = ["logs/", "*.log", "*.log.*", "catalina.out*", "temp/", "work/"]
 
@@ -211,7 +211,9 @@ def _unprivileged() -> list:
     return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
-def test_unreadable_file_fails_the_run_but_stores_the_rest(agent, tmp_path):
+def test_unreadable_file_fails_the_run_but_stores_the_rest(shared_tmp):
+    tmp_path = shared_tmp  # not pytest's base: a concurrent pytest resets it to 0700, locking the user out
+    agent = new_agent(str(tmp_path / "agent"))
     user = _unprivileged()
     src = str(tmp_path / "svc")
     make_tree(src, {"ok.txt": "fine", "secret/locked.txt": "no", "private.key": "no"})
@@ -222,9 +224,6 @@ def test_unreadable_file_fails_the_run_but_stores_the_rest(agent, tmp_path):
         for directory, dirs, files in os.walk(str(tmp_path)):
             for name in dirs + files + [""]:
                 os.lchown(os.path.join(directory, name), 65534, 65534)
-        # pytest's base temp dirs are 0700: let the unprivileged user traverse them
-        for parent in [tmp_path, *tmp_path.parents][:4]:
-            os.chmod(parent, os.stat(parent).st_mode | 0o011)
     result = agent.run("backup", "svc", "--json", user=user)
     assert result.returncode == 1, result.stderr
     [report] = json.loads(result.stdout)
