@@ -71,3 +71,14 @@ def test_names_are_quoted_for_any_name():
     assert quote_name("it's `odd`") == "`it's ``odd```"
     out, _ = rewritten("app", "a`b", [DUMP])
     assert b"ALTER DATABASE `a``b` DEFAULT" in out
+
+
+def test_mysql_8_create_database_line():
+    line = (b"CREATE DATABASE /*!32312 IF NOT EXISTS*/ `app` /*!40100 DEFAULT CHARACTER SET utf8mb4 "
+            b"COLLATE utf8mb4_0900_ai_ci */ /*!80016 DEFAULT ENCRYPTION='N' */;\n")
+    out, retarget = rewritten("x", "copy", [b"--\n" + line + b"USE `app`;\n"])
+    assert out == b"--\nALTER DATABASE `copy` DEFAULT CHARACTER SET utf8mb4 COLLATE utf8mb4_0900_ai_ci;\n"
+    assert retarget.source == "app"
+    # a default collation is printed without COLLATE by older servers
+    out, retarget = rewritten("x", "copy", [line.replace(b" COLLATE utf8mb4_0900_ai_ci", b"")])
+    assert out == b"ALTER DATABASE `copy` DEFAULT CHARACTER SET utf8mb4;\n"
