@@ -178,8 +178,8 @@ def _backup(config: Config, job: Job, repo: Repository, trigger: str, started: s
     from agent.dumps.dumping import backup_dump, backup_sqlite  # fs-only agents never load the dump code
 
     if job.type == "sqlite":
-        return backup_sqlite(repo, job, config.state_dir, stop, names)
-    return backup_dump(repo, job, stop, names)
+        return backup_sqlite(repo, job, config.state_dir, stop, names, progress)
+    return backup_dump(repo, job, stop, names, progress)
 
 
 class _held:

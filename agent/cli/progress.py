@@ -12,15 +12,16 @@ from contextlib import contextmanager
 from typing import Dict, Iterator, Optional
 
 from agent.progress import Progress
+from agent.text import plural
 
 
 class TerminalProgress:
     """A `Progress` drawn as one tqdm line on stderr: bytes as the bar (rate, ETA), files as a count."""
 
-    def __init__(self, label: str, unit: str = "files") -> None:
+    def __init__(self, label: str, unit: str = "file", many: Optional[str] = None) -> None:
         from tqdm import tqdm
 
-        self.unit = unit
+        self.unit, self.many = unit, many
         self.files = 0
         self.total_files: Optional[int] = None
         self.lock = threading.Lock()
@@ -42,8 +43,11 @@ class TerminalProgress:
                 self.bar.update(bytes)
 
     def _show(self) -> None:
-        of = f"/{self.total_files}" if self.total_files is not None else ""
-        self.bar.set_postfix_str(f"{self.files}{of} {self.unit}", refresh=False)
+        if self.total_files is None:
+            shown = plural(self.files, self.unit, self.many)
+        else:
+            shown = f"{self.files}/{plural(self.total_files, self.unit, self.many)}"
+        self.bar.set_postfix_str(shown, refresh=False)
 
     def close(self) -> None:
         with self.lock:
@@ -68,12 +72,14 @@ def wanted(as_json: bool = False) -> bool:
 
 
 @contextmanager
-def progress(label: str, as_json: bool = False, unit: str = "files") -> Iterator[Optional[Progress]]:
-    """A `Progress` for the operation named `label` while the block runs, or None when none is wanted."""
+def progress(label: str, as_json: bool = False, unit: str = "file",
+             many: Optional[str] = None) -> Iterator[Optional[Progress]]:
+    """A `Progress` for the operation named `label` while the block runs, or None when none is wanted.
+    Its count reads `unit` (`many` when irregular: "entry", "entries")."""
     if not wanted(as_json):
         yield None
         return
-    shown = TerminalProgress(label, unit)
+    shown = TerminalProgress(label, unit, many)
     try:
         yield shown
     finally:

@@ -12,12 +12,14 @@ from agent.config import Job
 from agent.dumps import engine
 from agent.durable import make_private_dirs
 from agent.execute import Finished, StreamingCommand, mask
+from agent.progress import Progress
 from agent.snapshot.fs import TreeResult
 from agent.snapshot.stream import commit_stream, store_stream
 from agent.store import Repository
 
 
-def backup_dump(repo: Repository, job: Job, stop: Optional[threading.Event], names: Dict[str, str]) -> TreeResult:
+def backup_dump(repo: Repository, job: Job, stop: Optional[threading.Event], names: Dict[str, str],
+                progress: Optional[Progress] = None) -> TreeResult:
     module = engine(job.type)
     secret_values = module.secrets(job)
     try:
@@ -26,7 +28,7 @@ def backup_dump(repo: Repository, job: Job, stop: Optional[threading.Event], nam
         return TreeResult(None, False, 0, 0, 0, (str(exc),), ())
     try:
         with StreamingCommand(argv, job.timeout, secret_values, stop) as command:
-            stored = store_stream(repo, command.stdout, stop)
+            stored = store_stream(repo, command.stdout, stop, progress)
             finished = command.finish()
     except OSError as exc:
         # disk full in the repository, or the tool could not start: never a snapshot
@@ -57,7 +59,7 @@ def tool_warnings(finished: Finished) -> Tuple[str, ...]:
 
 
 def backup_sqlite(repo: Repository, job: Job, state_dir: str, stop: Optional[threading.Event],
-                  names: Dict[str, str]) -> TreeResult:
+                  names: Dict[str, str], progress: Optional[Progress] = None) -> TreeResult:
     """A consistent copy through SQLite's online backup API, then stored like a dump."""
     import sqlite3  # only agents with a sqlite job pay for the module
     if not os.path.exists(str(job.path)):
@@ -75,7 +77,7 @@ def backup_sqlite(repo: Repository, job: Job, state_dir: str, stop: Optional[thr
             target.close()
             source.close()
         with open(copy, "rb") as handle:
-            stored = store_stream(repo, handle, stop)
+            stored = store_stream(repo, handle, stop, progress)
     except sqlite3.Error as exc:
         return TreeResult(None, False, 0, 0, 0, (f"sqlite backup of {job.path} failed: {exc}",), ())
     finally:

@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO, Deque, Optional, Tuple
 
+from agent.progress import Progress
 from agent.snapshot.reader import Aborted
 from agent.store import BlobWriter, Repository, Snapshot
 from agent.store.manifest import Entry
@@ -34,9 +35,11 @@ class StoredStream:
     writer: BlobWriter
 
 
-def store_stream(repo: Repository, stream: BinaryIO, stop: Optional[threading.Event] = None) -> StoredStream:
+def store_stream(repo: Repository, stream: BinaryIO, stop: Optional[threading.Event] = None,
+                 progress: Optional[Progress] = None) -> StoredStream:
     """Chunk the stream on this thread while worker threads hash and compress the chunks before it: the
-    dump tool, the chunker and compression run at once, so the tool is not held up by a full pipe."""
+    dump tool, the chunker and compression run at once, so the tool is not held up by a full pipe.
+    `progress` is told each chunk's bytes."""
     writer = repo.writer()
     ids = []
     size = 0
@@ -52,12 +55,16 @@ def store_stream(repo: Repository, stream: BinaryIO, stop: Optional[threading.Ev
                 # (a chunk that does not compress is still stored raw)
                 in_flight.append(pool.submit(writer.prepare, data, False))
                 size += len(data)
+                if progress is not None:
+                    progress.advance(bytes=len(data))
                 tail += data[-_TAIL:]
                 del tail[:-_TAIL]
                 while len(in_flight) > _AHEAD or (in_flight and in_flight[0].done()):
                     ids.append(_add(writer, in_flight.popleft()))
             while in_flight:
                 ids.append(_add(writer, in_flight.popleft()))
+            if progress is not None:
+                progress.advance(files=1)  # the dump is one file of the snapshot
         finally:
             for future in in_flight:
                 future.cancel()

@@ -63,7 +63,7 @@ def test_backup_restore_and_verify_show_progress_on_a_terminal(job, tmp_path):
 
     code, out, shown = on_terminal(job, "verify", "--read-data")
     assert code == 0 and out.startswith("ok:")
-    assert "verify:" in shown and "100%" in shown and "packs" in shown, shown
+    assert "verify:" in shown and "100%" in shown and "1/1 pack]" in shown, shown
 
 
 def test_no_progress_with_json_or_when_stderr_is_not_a_terminal(job, tmp_path):
@@ -80,3 +80,17 @@ def test_no_progress_with_json_or_when_stderr_is_not_a_terminal(job, tmp_path):
     code, out, shown = on_terminal(job, "restore", "svc:latest", "--target", str(tmp_path / "out2"), "--json")
     assert code == 0 and json.loads(out)["files"] == 7 and "B/s" not in shown
 
+
+
+def test_a_dump_backup_shows_the_bytes_it_stored(agent, tmp_path):
+    import sqlite3
+
+    database = str(tmp_path / "app.db")
+    with sqlite3.connect(database) as connection:
+        connection.execute("CREATE TABLE t (v TEXT)")
+        connection.executemany("INSERT INTO t VALUES (?)", [(os.urandom(64).hex(),) for _ in range(5000)])
+    agent.write_jobs(f'[jobs.db-app]\ntype = "sqlite"\npath = "{database}"\nevery = "24h"\n')
+    code, out, shown = on_terminal(agent, "backup", "db-app")
+    assert code == 0 and out.startswith("db-app: ok snapshot")
+    size = os.path.getsize(database)
+    assert size == 700 * 1024 and "db-app: 700kB [" in shown and "B/s, 1 entry]" in shown, shown

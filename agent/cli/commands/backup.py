@@ -26,7 +26,7 @@ def backup(config, names: Sequence[str], as_json: bool = False) -> int:
         pass  # each run reports the problem in its own report
     # One job after the other: measured, two threads were slower (GIL) and doubled peak memory.
     for name in names:
-        with progress(name, as_json, unit="entries") as shown:
+        with progress(name, as_json, "entry", "entries") as shown:
             report = run_job(config, config.job(name), trigger="manual", repo=repo, progress=shown)
         reports.append(report)
         if not as_json:

@@ -21,7 +21,7 @@ def verify(config, read_data: bool = False, as_json: bool = False) -> int:
         return EXIT_OK
     repo = open_repository(config)
     with repo.lock(exclusive=False, purpose="verify"), \
-            progress("verify", as_json or not read_data, unit="packs") as shown:
+            progress("verify", as_json or not read_data, unit="pack") as shown:
         result = verify_repository(repo, read_data=read_data, progress=shown)
     if as_json:
         print_json({"ok": result.ok, "snapshots": result.snapshots, "packs": result.packs,
