@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from typing import AbstractSet, Callable, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Set, Tuple
+from typing import AbstractSet, BinaryIO, Callable, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Set, Tuple
 
 from agent.restorer.target import Parts, Target, safe_parts
 from agent.restorer.xattrs import reach, xattrs_differ
@@ -185,7 +185,7 @@ def _same_content(repo: Repository, target: Target, parts: Parts, entry: Entry) 
         os.close(fd)
 
 
-def _read_exactly(handle, size: int) -> Optional[bytes]:
+def _read_exactly(handle: BinaryIO, size: int) -> Optional[bytes]:
     pieces = []
     while size:
         piece = handle.read(size)

@@ -425,3 +425,20 @@ def test_extended_attributes_acls_and_hard_links_round_trip(shared_tmp):
         [warning] = [line for line in result.stderr.splitlines() if "warning:" in line]
         assert "app.jar: extended attribute trusted.only-root not restored" in warning
         assert os.getxattr(tmp_path / "as-nobody/conf/app.xml", "user.origin") == b"release 42"
+
+
+def test_riak_paths_absolute_and_delete_only_within_the_jobs_paths(agent, tmp_path):
+    data = str(tmp_path / "var/lib/riak")
+    make_tree(data, {"ring/riak_core_ring": "ring", "bitcask/0/1.data": "b"})
+    agent.write_jobs(f'[jobs.db-riak]\ntype = "riak"\nevery = "4h"\npaths = ["{data}"]\n')
+    agent.backup("db-riak")
+    target = tmp_path / "restored"
+    inside = target / data.lstrip("/")
+    agent.run("restore", "db-riak:latest", "--target", str(target), os.path.join(data, "ring"), check=0)
+    assert set(read_tree(str(inside))) == {b"ring", b"ring/riak_core_ring"}
+    make_tree(str(target), {"home/operator/notes.txt": "not riak's", f"{data.lstrip('/')}/stale.tmp": "x"})
+    document = _restore_json(agent, "db-riak:latest", "--target", str(target), "--overwrite", "if-changed",
+                             "--delete")
+    assert document["deleted"] == 1 and not (inside / "stale.tmp").exists()
+    assert (target / "home/operator/notes.txt").read_text() == "not riak's"
+    assert read_tree(str(inside)) == read_tree(data)

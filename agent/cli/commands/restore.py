@@ -27,6 +27,7 @@ from agent.cli.progress import progress
 from agent.text import plural
 
 if TYPE_CHECKING:
+    from agent.config import Config
     from agent.restorer import RestoreResult
     from agent.store import Snapshot
 
@@ -86,7 +87,7 @@ def restore(config, options: RestoreOptions) -> int:
     return EXIT_FAILED if result.errors or result.conflicts else EXIT_OK
 
 
-def _excluded_by_job(config, snapshot: Snapshot) -> Optional[Callable[[str, bool], bool]]:
+def _excluded_by_job(config: Config, snapshot: Snapshot) -> Optional[Callable[[str, bool], bool]]:
     """What --delete must leave alone: the paths the job excludes (Tomcat's logs/, temp/, work/
     contents) were never in any snapshot, so the snapshot cannot say they should go. None (delete
     everything extra) when the job is no longer configured."""
