@@ -232,3 +232,30 @@ def test_the_shipped_tomcat_policy_keeps_application_files_and_empty_log_dirs(ag
             with open(os.path.join(directory, file), "rb") as handle:
                 assert b"SECRET" not in handle.read()
     shutil.rmtree(target)
+
+
+def test_a_change_triggered_run_sees_a_change_of_only_an_xattr(tmp_path):
+    src = str(tmp_path / "svc")
+    make_tree(src, {"conf/server.xml": "<Server/>", "webapps/ROOT/index.html": "hi"})
+    repo = Repository.open(str(tmp_path / "repo"), create=True)
+    cache_path = str(tmp_path / "job.files")
+
+    def run(paths, second):
+        result = backup_tree(repo, src, IgnoreRules(()), FilesCache.load(cache_path), job="svc", job_type="fs",
+                             host="h", trigger="change", now=f"2026-11-30T10:00:0{second}.000000Z",
+                             changes=ChangeSet(paths=frozenset(os.path.join(src, path) for path in paths)))
+        return result, {entry.path: entry for entry in read_tree(repo, result.snapshot.tree)}
+
+    try:
+        run(["conf/server.xml"], 1)
+        os.setxattr(os.path.join(src, "conf/server.xml"), "user.deployed-by", b"ops")
+        result, entries = run(["conf/server.xml"], 2)
+        assert result.incremental and result.changed
+        assert entries["conf/server.xml"].xattrs == (("user.deployed-by", b"ops"),)
+        os.setxattr(os.path.join(src, "webapps"), "system.posix_acl_default", _acl(1000))
+        result, entries = run(["webapps"], 3)  # a directory's own event: only its own entry is read again
+        assert result.incremental and result.changed
+        assert entries["webapps"].xattrs == (("system.posix_acl_default", _acl(1000)),)
+        assert entries["conf/server.xml"].xattrs == (("user.deployed-by", b"ops"),)
+    finally:
+        repo.close()
