@@ -13,45 +13,22 @@ import shutil
 import subprocess
 import sys
 import threading
-from typing import Dict, Optional, Tuple
 
 import pytest
 
 from agent.snapshot.cache import FilesCache
 from agent.snapshot.changes import ChangeSet
-from agent.snapshot.fs import Aborted, TreeResult, backup_tree
+from agent.snapshot.fs import Aborted, backup_tree
 from agent.snapshot.ignore import IgnoreRules
-from agent.store import Repository
-from agent.store.manifest import Entry
-from agent.store.tree import read_tree
+from tests.e2e.tree_runner import Runner
 from tests.helpers import fs_job, make_tree
-
-
-class Runner:
-    """Backs up one tree in-process into a real repository, with a files cache kept between runs."""
-
-    def __init__(self, base) -> None:
-        self.repo = Repository.open(str(base / "repo"), create=True)
-        self.cache_path = str(base / "state" / "job.files")
-        self.runs = 0
-
-    def backup(self, root: str, changes: Optional[ChangeSet] = None, exclude=()) -> Tuple[TreeResult, Dict[str, Entry]]:
-        self.runs += 1
-        result = backup_tree(self.repo, root, IgnoreRules(exclude), FilesCache.load(self.cache_path), job="svc",
-                             job_type="fs", host="h", trigger="manual", now=f"2026-11-30T10:00:{self.runs:02d}.000000Z",
-                             changes=changes)
-        entries = {entry.path: entry for entry in read_tree(self.repo, result.snapshot.tree)} if result.snapshot else {}
-        return result, entries
-
-    def content(self, entry: Entry) -> bytes:
-        return b"".join(self.repo.read_blob(chunk) for chunk in entry.chunks)
 
 
 @pytest.fixture
 def runner(tmp_path):
     runner = Runner(tmp_path)
     yield runner
-    runner.repo.close()
+    runner.close()
 
 
 def _on_open(monkeypatch, name: str, action) -> None:

@@ -14,19 +14,24 @@ from typing import Dict
 
 import pytest
 
-from agent.snapshot.cache import FilesCache
 from agent.snapshot.changes import ChangeSet
-from agent.snapshot.fs import backup_tree
-from agent.snapshot.ignore import IgnoreRules
 from agent.store import Repository
 from agent.store.manifest import Entry
 from agent.store.tree import read_tree
+from tests.e2e.tree_runner import Runner
 from tests.helpers import Link, fs_job, make_tree
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:
     import tomli as tomllib
+
+@pytest.fixture
+def runner(tmp_path):
+    runner = Runner(tmp_path)
+    yield runner
+    runner.close()
+
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -140,29 +145,18 @@ def test_hard_links_are_one_inode_with_every_name(agent, tmp_path):
     assert first.st_ino == second.st_ino and first.st_nlink == 2
 
 
-def test_an_incremental_run_that_meets_hard_links_walks_the_whole_tree(tmp_path):
+def test_an_incremental_run_that_meets_hard_links_walks_the_whole_tree(runner, tmp_path):
     src = str(tmp_path / "svc")
     make_tree(src, {"a.txt": "a", "b.txt": "b"})
-    repo = Repository.open(str(tmp_path / "repo"), create=True)
-    cache_path = str(tmp_path / "job.files")
-
-    def run(changes, second):
-        result = backup_tree(repo, src, IgnoreRules(()), FilesCache.load(cache_path), job="svc", job_type="fs",
-                             host="h", trigger="change", now=f"2026-11-30T10:00:0{second}.000000Z", changes=changes)
-        return result, {entry.path: entry for entry in read_tree(repo, result.snapshot.tree)}
-
-    try:
-        run(None, 1)
-        os.link(os.path.join(src, "a.txt"), os.path.join(src, "z.txt"))  # a new name of an existing file
-        result, entries = run(ChangeSet(paths=frozenset({os.path.join(src, "z.txt")})), 2)
-        assert not result.incremental and entries["z.txt"].hardlink == "a.txt"
-        with open(os.path.join(src, "b.txt"), "a") as handle:
-            handle.write("more")
-        # the previous snapshot has hard links: a full walk again, and they are kept
-        result, entries = run(ChangeSet(paths=frozenset({os.path.join(src, "b.txt")})), 3)
-        assert not result.incremental and entries["z.txt"].hardlink == "a.txt"
-    finally:
-        repo.close()
+    runner.backup(src)
+    os.link(os.path.join(src, "a.txt"), os.path.join(src, "z.txt"))  # a new name of an existing file
+    result, entries = runner.backup(src, ChangeSet(paths=frozenset({os.path.join(src, "z.txt")})), trigger="change")
+    assert not result.incremental and entries["z.txt"].hardlink == "a.txt"
+    with open(os.path.join(src, "b.txt"), "a") as handle:
+        handle.write("more")
+    # the previous snapshot has hard links: a full walk again, and they are kept
+    result, entries = runner.backup(src, ChangeSet(paths=frozenset({os.path.join(src, "b.txt")})), trigger="change")
+    assert not result.incremental and entries["z.txt"].hardlink == "a.txt"
 
 
 def test_a_job_path_that_is_a_symlink_backs_up_the_directory_it_points_to(agent, tmp_path):
@@ -234,28 +228,21 @@ def test_the_shipped_tomcat_policy_keeps_application_files_and_empty_log_dirs(ag
     shutil.rmtree(target)
 
 
-def test_a_change_triggered_run_sees_a_change_of_only_an_xattr(tmp_path):
+def test_a_change_triggered_run_sees_a_change_of_only_an_xattr(runner, tmp_path):
     src = str(tmp_path / "svc")
     make_tree(src, {"conf/server.xml": "<Server/>", "webapps/ROOT/index.html": "hi"})
-    repo = Repository.open(str(tmp_path / "repo"), create=True)
-    cache_path = str(tmp_path / "job.files")
 
-    def run(paths, second):
-        result = backup_tree(repo, src, IgnoreRules(()), FilesCache.load(cache_path), job="svc", job_type="fs",
-                             host="h", trigger="change", now=f"2026-11-30T10:00:0{second}.000000Z",
-                             changes=ChangeSet(paths=frozenset(os.path.join(src, path) for path in paths)))
-        return result, {entry.path: entry for entry in read_tree(repo, result.snapshot.tree)}
+    def run(*paths):
+        return runner.backup(src, ChangeSet(paths=frozenset(os.path.join(src, path) for path in paths)),
+                             trigger="change")
 
-    try:
-        run(["conf/server.xml"], 1)
-        os.setxattr(os.path.join(src, "conf/server.xml"), "user.deployed-by", b"ops")
-        result, entries = run(["conf/server.xml"], 2)
-        assert result.incremental and result.changed
-        assert entries["conf/server.xml"].xattrs == (("user.deployed-by", b"ops"),)
-        os.setxattr(os.path.join(src, "webapps"), "system.posix_acl_default", _acl(1000))
-        result, entries = run(["webapps"], 3)  # a directory's own event: only its own entry is read again
-        assert result.incremental and result.changed
-        assert entries["webapps"].xattrs == (("system.posix_acl_default", _acl(1000)),)
-        assert entries["conf/server.xml"].xattrs == (("user.deployed-by", b"ops"),)
-    finally:
-        repo.close()
+    run("conf/server.xml")
+    os.setxattr(os.path.join(src, "conf/server.xml"), "user.deployed-by", b"ops")
+    result, entries = run("conf/server.xml")
+    assert result.incremental and result.changed
+    assert entries["conf/server.xml"].xattrs == (("user.deployed-by", b"ops"),)
+    os.setxattr(os.path.join(src, "webapps"), "system.posix_acl_default", _acl(1000))
+    result, entries = run("webapps")  # a directory's own event: only its own entry is read again
+    assert result.incremental and result.changed
+    assert entries["webapps"].xattrs == (("system.posix_acl_default", _acl(1000)),)
+    assert entries["conf/server.xml"].xattrs == (("user.deployed-by", b"ops"),)
