@@ -257,3 +257,74 @@ def test_remove_and_replace_never_follow_a_symlink(tmp_path):
         target.close()
     assert (outside / "sub" / "keep").read_text() == "keep" and os.listdir(outside / "sub") == ["keep"]
     assert not os.path.islink(root / "where-a-dir-goes") and not os.path.lexists(root / "link-to-dir")
+
+
+def test_delete_removes_extra_trees_below_the_restored_paths_only_and_keeps_what_keep_keeps(tmp_path):
+    repo, snap = _snapshot(tmp_path, [("conf", "dir", None), ("conf/a.xml", "file", b"a"), ("lib", "dir", None),
+                                      ("lib/x.jar", "file", b"x"), ("logs", "dir", None)])
+    out = tmp_path / "out"
+    restore_snapshot(repo, snap, str(out))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("p")
+    os.makedirs(out / "conf/old/deeper")
+    (out / "conf/old/deeper/f").write_text("f")
+    os.chmod(out / "conf/old/deeper", 0o555)
+    os.symlink(str(outside), str(out / "conf/old/link-out"))
+    (out / "conf/b.xml").write_text("b")
+    (out / "lib/extra.jar").write_text("e")
+    (out / "logs/catalina.out").write_text("log")
+    os.symlink(str(outside / "precious"), str(out / "stray-link"))
+
+    dry = restore_snapshot(repo, snap, str(out), ["conf"], delete=True, dry_run=True)
+    assert dry.deleted == ["conf/b.xml", "conf/old"] and (out / "conf/b.xml").exists()
+    only_conf = restore_snapshot(repo, snap, str(out), ["conf"], delete=True)
+    assert only_conf.deleted == ["conf/b.xml", "conf/old"] and only_conf.errors == []
+    assert not (out / "conf/old").exists() and (out / "lib/extra.jar").exists()
+    everything = restore_snapshot(repo, snap, str(out), delete=True,
+                                  keep=lambda path, is_dir: path.startswith("logs/"))
+    assert everything.deleted == ["stray-link", "lib/extra.jar"], everything
+    assert (out / "logs/catalina.out").read_text() == "log" and not os.path.lexists(out / "stray-link")
+    assert (outside / "precious").read_text() == "p"
+
+
+def test_a_removed_directory_is_not_reached_through_a_stale_descriptor(tmp_path):
+    root = tmp_path / "t"
+    root.mkdir()
+    target = Target(str(root))
+    try:
+        fd = target.dir_fd(("a", "b"))
+        os.mkdir("was-here", dir_fd=fd)
+        target.remove(target.dir_fd(()), "a")
+        assert not (root / "a").exists()
+        fresh = target.dir_fd(("a", "b"))  # a new directory, not the removed one's descriptor
+        os.mkdir("new", dir_fd=fresh)
+        assert os.listdir(root / "a" / "b") == ["new"]
+        assert target.find_dir(("gone",)) is None and target.lstat(("gone", "x")) is None
+        assert list(target.listdir(("gone",))) == []
+    finally:
+        target.close()
+
+
+def test_many_directories_go_through_the_descriptor_cache(tmp_path):
+    entries: List[Tuple[str, str, object]] = []
+    for number in range(300):  # more than the cache holds open at once
+        entries += [(f"d{number:03}", "dir", None), (f"d{number:03}/f", "file", b"%d" % number)]
+    repo, snap = _snapshot(tmp_path, entries)
+    out = tmp_path / "out"
+    assert restore_snapshot(repo, snap, str(out)).errors == []
+    assert (out / "d299/f").read_bytes() == b"299" and (out / "d000/f").read_bytes() == b"0"
+    again = restore_snapshot(repo, snap, str(out), overwrite="if-changed", delete=True)
+    assert (again.created, again.replaced, again.deleted, again.unchanged) == ([], [], [], 601)
+    assert len(os.listdir("/proc/self/fd")) < 100  # every directory descriptor closed
+
+
+def test_a_symlinks_attributes_are_its_own_not_its_targets(tmp_path):
+    repo, snap = _snapshot(tmp_path, [("f", "file", b"x"), ("l", "symlink", "f")],
+                           xattrs={"f": (("user.a", b"1"),)})
+    out = tmp_path / "out"
+    assert restore_snapshot(repo, snap, str(out)).errors == []
+    assert os.getxattr(out / "l", "user.a") == b"1"  # read through the link: the file's
+    assert restore_snapshot(repo, snap, str(out)).conflicts == []
+    os.setxattr(out / "f", "user.b", b"2")
+    assert restore_snapshot(repo, snap, str(out)).conflicts == ["f"]
