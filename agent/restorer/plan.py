@@ -110,7 +110,7 @@ def _compare(repo: Repository, target: Target, parts: Parts, entry: Entry, owner
         st = target.lstat(parts)
     except OSError:
         return REPLACE
-    if st is None:
+    if st is None or (not parts and target.fresh):
         return CREATE
     if entry.type == "dir":
         return SAME if stat.S_ISDIR(st.st_mode) else REPLACE

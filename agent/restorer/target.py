@@ -47,6 +47,7 @@ class Target:
         self.euid = os.geteuid()
         self._fds: Dict[Parts, int] = {}
         self._opened_writable: Set[Parts] = set()
+        self.fresh = not os.path.lexists(root)  # DIR did not exist: made (or, in a dry run, to be made) now
         try:
             if create:
                 os.makedirs(root, 0o700, exist_ok=True)

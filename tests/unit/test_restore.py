@@ -238,6 +238,8 @@ def test_target_that_is_a_file_and_a_dry_run_that_creates_nothing(tmp_path):
         restore_snapshot(repo, snap, str(tmp_path / "file"))
     dry = restore_snapshot(repo, snap, str(tmp_path / "new" / "dir"), dry_run=True)
     assert dry.created == [".", "a"] and not (tmp_path / "new").exists()
+    done = restore_snapshot(repo, snap, str(tmp_path / "new" / "dir"))
+    assert (done.created, done.unchanged) == ([".", "a"], 0)
 
 
 def test_remove_and_replace_never_follow_a_symlink(tmp_path):
