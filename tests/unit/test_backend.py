@@ -8,6 +8,7 @@ unchanged. Backend-specific behaviour (the local layout, injected faults) is tes
 from __future__ import annotations
 
 import errno
+import json
 import os
 import threading
 
@@ -53,6 +54,7 @@ def test_saved_objects_load_back_whole_and_by_range(backend, kind):
     assert backend.load(handle, -1, 11) == b"world"
     assert backend.load(handle, 100, 11) == b"world"  # a range past the end is cut short, not padded
     assert backend.load(handle, 5, 100) == b""
+    assert backend.load(handle, 0, 6) == b""
     assert backend.stat(handle) == FileInfo(NAME_A, 16)
 
 
@@ -75,17 +77,15 @@ def test_listing_is_per_kind_sorted_and_sized(backend):
     assert backend.list(Kind.DAMAGE) == []
 
 
-def test_missing_objects_are_not_found(backend):
-    handle = Handle(Kind.DATA, NAME_A)
-    with pytest.raises(NotFound):
-        backend.load(handle)
-    with pytest.raises(NotFound):
-        backend.load(handle, 10, 0)
-    with pytest.raises(NotFound):
-        backend.stat(handle)
-    with pytest.raises(NotFound):
-        backend.remove(handle)
+@pytest.mark.parametrize("kind", [Kind.DATA, Kind.SNAPSHOT])
+def test_missing_objects_are_not_found_and_named(backend, kind):
+    handle = Handle(kind, NAME_A)
+    for attempt in (lambda: backend.load(handle), lambda: backend.load(handle, 10, 0),
+                    lambda: backend.stat(handle), lambda: backend.remove(handle)):
+        with pytest.raises(NotFound, match=NAME_A):
+            attempt()
     assert issubclass(NotFound, BackendError)
+    assert isinstance(backend.location, str) and backend.location
 
 
 def test_removed_objects_are_gone_and_others_stay(backend):
@@ -171,8 +171,29 @@ def test_shared_locks_coexist_and_exclude_the_exclusive_one(backend):
         backup.acquire(timeout=0.2, on_wait=waits.append)
     prune.release()
     prune.release()  # idempotent
-    with backup:
-        pass
+    with backup, pytest.raises(LockTimeout):
+        backend.lock(exclusive=True, purpose="prune").acquire(timeout=0.2, on_wait=waits.append)
+    backup.release()  # idempotent for a shared lock too: it must not count twice
+    with backend.lock(exclusive=True, purpose="prune"), pytest.raises(LockTimeout, match="repository lock"):
+        backend.lock(exclusive=False, purpose="backup").acquire(timeout=0.2, on_wait=waits.append)
+    assert all(message.startswith("waiting for the repository lock") for message in waits)
+
+
+def test_a_timeout_names_the_exclusive_holder(backend):
+    waiter = backend.lock(exclusive=False, purpose="backup")
+    with backend.lock(exclusive=True, purpose="prune on node-1"), pytest.raises(LockTimeout, match="prune on node-1"):
+        waiter.acquire(timeout=0.2, on_wait=lambda message: None)
+
+
+def test_a_waiter_gets_the_lock_once_it_is_released(backend):
+    holder = backend.lock(exclusive=True, purpose="prune")
+    holder.acquire(timeout=1)
+    releaser = threading.Timer(0.2, holder.release)
+    releaser.start()
+    waiter = backend.lock(exclusive=False, purpose="backup")
+    waiter.acquire(timeout=1.0, on_wait=lambda message: None)  # in time, however short the wait left
+    waiter.release()
+    releaser.join()
 
 
 def test_a_lock_wait_ends_when_stopped(backend):
@@ -180,7 +201,7 @@ def test_a_lock_wait_ends_when_stopped(backend):
     holder.acquire(timeout=1)
     stop = threading.Event()
     stop.set()
-    with pytest.raises(LockTimeout):
+    with pytest.raises(LockTimeout, match="stopped"):
         backend.lock(exclusive=False, purpose="backup").acquire(on_wait=lambda message: None, stop=stop)
     holder.release()
 
@@ -222,10 +243,24 @@ def test_local_temp_files_are_invisible_and_removed_as_leftovers(tmp_path):
     backend = _local(tmp_path)
     root = tmp_path / "repo"
     (root / "tmp" / "data-crashed").write_bytes(b"half a pack")
+    (root / "tmp" / "old-dir" / "sub").mkdir(parents=True)
+    (root / "tmp" / "old-dir" / "sub" / "f").write_bytes(b"x")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "keep").write_bytes(b"not the repository's")
+    os.symlink(tmp_path / "outside", root / "tmp" / "link")
     (root / "snapshots" / ".tmp-123").write_bytes(b"{")
     assert backend.list(Kind.DATA) == [] and backend.list(Kind.SNAPSHOT) == []
-    assert backend.remove_leftovers() == 1
+    assert backend.remove_leftovers() == 3
     assert os.listdir(root / "tmp") == []
+    assert (tmp_path / "outside" / "keep").read_bytes() == b"not the repository's"
+
+
+def test_local_lock_is_the_documented_file_with_its_holder(tmp_path):
+    backend = _local(tmp_path)
+    with backend.lock(exclusive=True, purpose="prune"):
+        holder = json.loads((tmp_path / "repo" / "lock.holder").read_text())
+        assert holder["purpose"] == "prune" and holder["pid"] == os.getpid()
+    assert (tmp_path / "repo" / "lock").exists() and not (tmp_path / "repo" / "lock.holder").exists()
 
 
 def test_local_packs_removed_elsewhere_are_let_go_on_release(tmp_path):
@@ -257,12 +292,17 @@ def test_local_remove_closes_the_cached_descriptor(tmp_path):
 
 
 def test_faulty_fails_the_nth_save_and_stores_nothing():
-    backend = FaultyBackend(MemBackend(), Faults(fail_save=2))
+    inner = MemBackend("mem:test/")
+    backend = FaultyBackend(inner, Faults(fail_save=2, delay=0.001))
+    assert backend.location == "mem:test/"
     backend.save(Handle(Kind.INDEX, NAME_A), [b"one"])
     with pytest.raises(OSError) as raised:
         backend.save(Handle(Kind.INDEX, NAME_B), [b"two"])
-    assert raised.value.errno == errno.ENOSPC
+    assert raised.value.errno == errno.ENOSPC and raised.value.strerror == os.strerror(errno.ENOSPC)
+    assert raised.value.filename == inner.describe(Handle(Kind.INDEX, NAME_B))
     assert backend.list(Kind.INDEX) == [FileInfo(NAME_A, 3)]
+    backend.save(Handle(Kind.INDEX, NAME_B), [b"two"])  # only the Nth
+    assert backend.saves == 3
 
 
 def test_faulty_truncates_the_nth_save_of_a_kind():

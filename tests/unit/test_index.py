@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import pytest
@@ -22,9 +23,9 @@ def test_encoding_round_trips_and_refuses_damage():
     entries = [(os.urandom(32), _loc(PACK_A, n * 10)) for n in range(5)] + [(os.urandom(32), _loc(PACK_B))]
     data = encode_index(entries)
     assert list(decode_index(data)) == entries
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^truncated index file$"):
         list(decode_index(data[:-3]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^not an index file$"):
         list(decode_index(b"garbage"))
 
 
@@ -84,3 +85,42 @@ def test_a_malformed_damage_record_is_skipped():
     assert blob in Index(backend)
     with pytest.raises(ValueError):
         decode_damage(b'{"damaged": [{"blob": 1}]}')
+
+
+def _with_damage(backend: MemBackend, blob: bytes, pack: bytes) -> None:
+    name, data = encode_damage([(blob, pack)])
+    backend.save(Handle(Kind.DAMAGE, name), [data])
+
+
+@pytest.mark.parametrize("lookups", [1, 40])  # answered by scanning, then by the dict
+def test_the_good_copy_is_the_last_good_row(lookups):
+    blob, pack_c = os.urandom(32), b"C" * 32
+    fillers = [(os.urandom(32), _loc(PACK_B)) for _ in range(lookups)]
+    backend = MemBackend()
+    Index(backend).write([(blob, _loc(PACK_A)), (blob, _loc(PACK_B, 7)), (blob, _loc(pack_c, 5))] + fillers)
+    _with_damage(backend, blob, PACK_A)
+    index = Index(backend)
+    for filler, _ in fillers:
+        assert filler in index
+    assert index.get(blob) == _loc(pack_c, 5)
+    first_row = MemBackend()  # the only good copy is the file's first row
+    Index(first_row).write([(blob, _loc(PACK_B, 7)), (blob, _loc(PACK_A))] + fillers)
+    _with_damage(first_row, blob, PACK_A)
+    index = Index(first_row)
+    for filler, _ in fillers:
+        assert filler in index
+    assert index.get(blob) == _loc(PACK_B, 7)
+
+
+def test_a_good_copy_in_a_later_file_is_found_at_its_own_row():
+    blob = os.urandom(32)
+    damaged_file = [(blob, _loc(PACK_A)), (blob, _loc(PACK_B, 70))]
+    while True:  # the file holding the copies must load second, so that its rows do not start at 0
+        fillers = [(os.urandom(32), _loc(PACK_B)) for _ in range(3)]
+        if hashlib.sha256(encode_index(fillers)).hexdigest() < hashlib.sha256(encode_index(damaged_file)).hexdigest():
+            break
+    backend = MemBackend()
+    Index(backend).write(fillers)
+    Index(backend).write(damaged_file)
+    _with_damage(backend, blob, PACK_A)
+    assert Index(backend).get(blob) == _loc(PACK_B, 70)

@@ -50,3 +50,7 @@ def test_malformed_packs_have_no_trailer():
     assert read_trailer(b"not a pack at all") is None
     assert read_trailer(MAGIC + b"\x00" * 4 + b"BAPT") is not None  # an empty pack is well formed
     assert read_trailer(MAGIC + b"\xff\xff\x00\x00BAPT") is None  # claims more entries than it holds
+    assert read_trailer(MAGIC + b"\xff\xff\xff\xffBAPT") is None  # an unsigned count, not -1
+    assert read_trailer(b"XXXXX" + b"\x00" * 4 + b"BAPT") is None  # not a pack's magic
+    assert read_trailer(MAGIC + b"\x00" * 8) is None  # no trailer magic
+    assert read_trailer(MAGIC + b"BAPT") is None  # too short to hold a count

@@ -3,6 +3,7 @@ packs another process deleted, writes that fail half way."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from datetime import datetime, timezone
@@ -15,7 +16,7 @@ from agent.backend.mem import MemBackend
 from agent.checker import verify_repository
 from agent.config.model import Retention
 from agent.pruner import prune_repository
-from agent.store import Repository, RepositoryError
+from agent.store import DamagedBlobError, LockTimeout, Repository, RepositoryError
 from tests.unit.repo_helpers import deleted_descriptors, store_files
 
 
@@ -142,3 +143,41 @@ def test_a_backup_whose_writes_fail_leaves_no_snapshot_and_a_verifiable_reposito
     # prune finds the torn index's blobs through their packs' own blob lists and indexes them again
     prune_repository(after, {"svc": Retention(5, 0, 0, 0)})
     assert verify_repository(Repository.open(inner), read_data=True).ok
+
+
+def test_the_repository_lock_passes_on_what_it_is_given(tmp_path):
+    repo = Repository.open(str(tmp_path / "r"), create=True)
+    waits = []
+    with repo.lock(exclusive=True, purpose="prune"):
+        assert json.loads((tmp_path / "r" / "lock.holder").read_text())["purpose"] == "prune"
+        shared = repo.lock(exclusive=False, purpose="backup")
+        with pytest.raises(LockTimeout, match="prune"):
+            shared.acquire(0.2, on_wait=waits.append)  # a positional timeout reaches the backend's lock
+    assert waits and "repository lock" in waits[0]
+    with repo.lock(exclusive=False, purpose="backup"), repo.lock(exclusive=False, purpose="verify"):
+        pass  # shared: both at once
+
+
+def test_unhealed_damage_costs_no_index_load_until_some_is_recorded():
+    backend = MemBackend()
+    repo = Repository.open(backend, create=True)
+    snap = store_files(repo, "svc", {"a": b"a" * 100})
+    fresh = Repository.open(backend)
+    assert fresh.unhealed() == frozenset() and not fresh.holds_index
+    blob = bytes.fromhex(snap.tree[0])
+    repo.record_damage([(blob, repo.index.get(blob).pack)])
+    assert Repository.open(backend).unhealed() == {blob}
+    assert repo.record_damage([]) is None
+    with pytest.raises(DamagedBlobError, match=f"blob {blob.hex()}: content in pack .* does not match"):
+        Repository.open(backend).read_blob(blob)
+
+
+def test_history_and_pack_lists_are_per_job_and_per_pack():
+    repo = Repository.open(MemBackend(), create=True)
+    mine = store_files(repo, "svc", {"a": b"1"})
+    store_files(repo, "db", {"d": b"2"})
+    assert [snap.id for snap in repo.history("svc")] == [mine.id]
+    assert repo.pack_blobs(b"\x00" * 32) == []
+    blob = bytes.fromhex(mine.tree[0])
+    loc = repo.index.get(blob)
+    assert (blob, loc) in repo.pack_blobs(loc.pack)
