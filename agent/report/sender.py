@@ -56,7 +56,8 @@ class PassResult:
     delivered: int
     dead: int
     remaining: int
-    blocked: Optional[str] = None  # why delivery is blocked (401/403/404), if it is
+    blocked: Optional[str] = None  # why delivery is blocked (401/403/404, the token file), if it is
+    config_error: bool = False  # blocked by the agent's own configuration (the token file), not the collector
 
     @property
     def done(self) -> bool:
@@ -193,6 +194,7 @@ class Sender:
         (time.monotonic) passes, `stop` is set, or the collector refuses us."""
         delivered = dead = 0
         blocked: Optional[str] = None
+        config_error = False
         try:
             token = self._token()
             while not self.stop.is_set():
@@ -208,13 +210,13 @@ class Sender:
         except Transient:
             pass
         except TokenFileError as exc:  # a configuration error: retrying cannot help until the file is fixed
-            blocked = f"configuration error: {exc}"
+            blocked, config_error = f"configuration error: {exc}", True
             log.error("%s; reports stay spooled", blocked)
         except Blocked as exc:
             blocked = str(exc)
             log.error("collector %s refuses this agent's reports (%s): they stay spooled; check "
                       "collector.url and collector.token_file", self.settings.url, blocked)
-        return PassResult(delivered, dead, len(self.spool.pending()), blocked)
+        return PassResult(delivered, dead, len(self.spool.pending()), blocked, config_error)
 
 
 class DeliveryLoop:

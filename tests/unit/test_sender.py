@@ -87,6 +87,7 @@ def test_a_malformed_token_file_is_a_configuration_error_that_never_shows_its_co
     sender.close()
     assert result.remaining == 1 and result.delivered == 0
     assert result.blocked is not None and result.blocked.startswith("configuration error: collector.token_file ")
+    assert result.config_error
     assert str(tmp_path / "collector.token") in result.blocked
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert "collector.token_file" in logged

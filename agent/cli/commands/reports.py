@@ -7,17 +7,19 @@ import json
 from typing import Optional
 
 import agent.cli.render as render
-from agent.cli.common import EXIT_FAILED, EXIT_OK, UsageError, load_config, print_json
+from agent.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, load_config, print_json
 
 
 def reports(config, flush: bool = False, timeout: float = 60.0, as_json: bool = False) -> int:
-    """Exit status 1 when `flush` left reports undelivered or refused, else 0."""
+    """Exit status 1 when `flush` left reports undelivered or refused, 2 when the agent's own configuration
+    (the token file) stopped it, else 0."""
     import time
 
     from agent.runner import spool_for
 
     spool = spool_for(config)
     flushed = None
+    config_error = False
     if flush:
         if config.collector is None:
             raise UsageError(f"{config.path}: no [collector] is configured; reports stay local")
@@ -29,6 +31,7 @@ def reports(config, flush: bool = False, timeout: float = 60.0, as_json: bool = 
         finally:
             sender.close()
         flushed = {"delivered": result.delivered, "dead": result.dead, "blocked": result.blocked}
+        config_error = result.config_error
     pending = [_spooled(spool, entry, None) for entry in spool.pending()]
     dead = [_spooled(spool, entry, reason) for entry, reason in spool.dead()]
     if as_json:
@@ -40,6 +43,8 @@ def reports(config, flush: bool = False, timeout: float = 60.0, as_json: bool = 
     else:
         where = f"collector {config.collector.url}" if config.collector else "no collector configured: kept locally"
         render.show(render.spool(where, pending, dead, spool.dropped(), flushed))
+    if config_error:
+        return EXIT_USAGE
     if flushed is not None and (pending or flushed["blocked"]):
         return EXIT_FAILED
     return EXIT_OK
