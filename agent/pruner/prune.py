@@ -105,16 +105,18 @@ def _blobs_by_pack(repo: Repository, used: Set[bytes]) -> Dict[bytes, Blobs]:
     by_pack: Dict[bytes, Blobs] = {}
     for blob_id, loc in repo.index.items():
         by_pack.setdefault(loc.pack, []).append((blob_id, loc))
-    missing = used - repo.index.ids()
+    indexed = repo.index.ids()
+    missing = used - indexed
     if not missing:
         return by_pack
     damaged = repo.index.damaged()
     for pack in repo.packs():
         if pack in by_pack:
             continue
+        # every blob of the pack that no index names counts, so that its garbage is weighed too
         found = [(blob_id, loc) for blob_id, loc in repo.pack_blobs(pack)
-                 if blob_id in missing and pack not in damaged.get(blob_id, ())]
-        if found:
+                 if blob_id not in indexed and pack not in damaged.get(blob_id, ())]
+        if any(blob_id in missing for blob_id, _ in found):
             by_pack[pack] = found
             missing.difference_update(blob_id for blob_id, _ in found)
     return by_pack

@@ -32,6 +32,19 @@ def test_retention_keeps_the_newest_and_one_per_bucket(monkeypatch):
     assert select_kept(snaps, Retention(0, 0, 0, 0)) == set()
 
 
+def test_weekly_and_monthly_buckets_are_iso_weeks_and_calendar_months(monkeypatch):
+    """2026-11-01 is a Sunday: ISO week 44 with 2026-10-31; 2026-11-02 starts week 45."""
+    monkeypatch.setenv("TZ", "UTC")
+    days = ["2026-09-30", "2026-10-15", "2026-10-31", "2026-11-01", "2026-11-02", "2026-11-08", "2026-11-09",
+            "2026-11-20"]
+    snaps = [_snap(f"{day}T07:00:00Z", day) for day in days]
+    assert select_kept(snaps, Retention(0, 0, 4, 0)) == {"2026-11-20", "2026-11-09", "2026-11-08", "2026-11-01"}
+    assert select_kept(snaps, Retention(0, 0, 0, 3)) == {"2026-11-20", "2026-10-31", "2026-09-30"}
+    assert select_kept(snaps, Retention(0, 3, 0, 0)) == {"2026-11-20", "2026-11-09", "2026-11-08"}
+    later_same_day = _snap("2026-11-20T08:00:00Z", "later")
+    assert select_kept([*snaps, later_same_day], Retention(0, 1, 0, 0)) == {"later"}
+
+
 def test_prune_forgets_beyond_retention_and_deletes_unreferenced_packs(repo):
     old = store_files(repo, "svc", {"a": os.urandom(40000)}, time="2026-11-27T07:00:00Z")
     new = store_files(repo, "svc", {"b": os.urandom(40000)}, time="2026-11-28T07:00:00Z")
@@ -142,3 +155,57 @@ def test_a_damaged_copy_is_dropped_by_prune_with_its_record(repo):
     assert result.packs_rewritten == 1 and loc.pack not in fresh.packs()
     assert fresh.backend.list(Kind.DAMAGE) == [] and fresh.unhealed() == frozenset()
     assert fresh.read_blob(blob_id) == content
+
+
+def test_a_missing_pack_does_not_stop_the_others_being_kept(repo):
+    live, other = os.urandom(10000), os.urandom(10000)
+    store_files(repo, "svc", {"live": live, "dead": os.urandom(90000)}, time="2026-11-27T07:00:00Z")
+    kept = store_files(repo, "svc", {"live": live, "other": other}, time="2026-11-28T07:00:00Z")
+    [mixed] = [pack for pack, size in repo.packs().items() if size > 90000]
+    repo.remove_pack(mixed)  # lost before prune: the blobs it held are gone whatever prune does
+    prune_repository(Repository.open(repo.backend), {"svc": KEEP_ONE})
+    after = Repository.open(repo.backend)
+    [entry] = [e for e in read_tree(after, kept.tree) if e.path == "other"]
+    assert after.read_blob(entry.chunks[0]) == other
+
+
+def test_rewritten_blobs_fill_new_packs_of_the_target_size(repo, monkeypatch):
+    monkeypatch.setattr("agent.pruner.prune.TARGET_SIZE", 25000)
+    lives = {f"live{n}": os.urandom(10000) for n in range(6)}
+    first = store_files(repo, "svc", {**dict(list(lives.items())[:3]), "dead1": os.urandom(60000)},
+                        time="2026-11-26T07:00:00Z")
+    second = store_files(repo, "svc", {**dict(list(lives.items())[3:]), "dead2": os.urandom(60000)},
+                         time="2026-11-27T07:00:00Z")
+    kept = store_files(repo, "svc", lives, time="2026-11-28T07:00:00Z")
+    before = set(repo.packs())
+    result = prune_repository(repo, {"svc": KEEP_ONE})
+    assert result.packs_rewritten == 2
+    new_packs = set(repo.packs()) - before
+    # 60 kB of live blobs: two packs cut at the target size while filling, none left to finish at the end
+    assert len(new_packs) == 2 and all(size < 40000 for pack, size in repo.packs().items() if pack in new_packs)
+    fresh = Repository.open(repo.backend)
+    for entry in read_tree(fresh, kept.tree):
+        if entry.type == "file":
+            assert fresh.read_blob(entry.chunks[0]) == lives[entry.path]
+    assert {snap.id for snap in fresh.snapshots()} == {kept.id}
+    assert {snap.id for snap in result.removed} == {first.id, second.id}
+
+
+def test_an_unindexed_pack_a_snapshot_needs_is_indexed_again_and_its_garbage_dropped(tmp_path):
+    """An index file lost its content (a torn write): prune finds the needed blob through the pack's
+    own blob list, and rewrites that pack without the blobs nothing needs."""
+    repo = Repository.open(str(tmp_path / "r"), create=True)
+    live = os.urandom(10000)
+    store_files(repo, "svc", {"live": live, "dead": os.urandom(90000)}, time="2026-11-27T07:00:00Z")
+    kept = store_files(repo, "svc", {"live": live}, time="2026-11-28T07:00:00Z")
+    [entry] = [e for e in read_tree(repo, kept.tree) if e.path == "live"]
+    pack = repo.index.get(entry.chunks[0]).pack
+    for name in repo.index.files:
+        data = repo.backend.load(Handle(Kind.INDEX, name))
+        if pack in data:
+            (tmp_path / "r" / "index" / name).write_bytes(data[:-7])
+    result = prune_repository(Repository.open(repo.location), {"svc": KEEP_ONE})
+    assert result.packs_rewritten == 1 and pack not in repo.packs()
+    after = Repository.open(repo.location)
+    assert after.read_blob(entry.chunks[0]) == live
+    assert verify_repository(after, read_data=True).ok
