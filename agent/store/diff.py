@@ -8,8 +8,10 @@ anything beneath a directory (a directory's own entry changes only with its own 
 restic's `diff`.
 
 Manifest lines are a deterministic encoding of their entry, so equal lines are equal entries: the two
-manifests are compared as sets of lines and only the lines that differ are decoded. A change-triggered
-backup of a 100k-entry tree where one file changed decodes two lines, not 200k.
+manifests are compared as sets of lines and only the lines that differ are decoded. Before that, the
+bytes both manifests begin and end with are skipped with a few memcmp calls (a deployment usually
+touches a few neighbouring paths): a change-triggered backup of a 16k-entry tree where one file changed
+compares a handful of lines, not 33k, and decodes two.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ def under(path: str, prefix: Optional[str]) -> bool:
 def diff_manifests(old: bytes, new: bytes, prefix: Optional[str] = None) -> ManifestDiff:
     """Compare two encoded manifests, only entries at or beneath `prefix` (a manifest path) if given.
     Raises ValueError or KeyError for a damaged line."""
+    old, new = _differing_lines(old, new)
     old_lines, new_lines = set(old.split(b"\n")), set(new.split(b"\n"))
     gone = _decoded(old_lines - new_lines, prefix)
     came = _decoded(new_lines - old_lines, prefix)
@@ -94,6 +97,52 @@ def diff_manifests(old: bytes, new: bytes, prefix: Optional[str] = None) -> Mani
             changed.append(Changed(path, what))
     return ManifestDiff(added=_ordered(came.keys() - gone.keys()), removed=_ordered(gone.keys() - came.keys()),
                         changed=tuple(sorted(changed, key=lambda item: manifest_order(item.path))))
+
+
+_BLOCK = 1 << 16  # bytes compared per call while skipping what the manifests share
+
+
+def _differing_lines(old: bytes, new: bytes) -> Tuple[bytes, bytes]:
+    """The whole lines of `old` and `new` between the bytes both begin with and the bytes both end with.
+    Every line left out is in both manifests, so leaving it out changes no set difference of lines."""
+    start = _common_prefix(old, new)
+    start = old.rfind(b"\n", 0, start) + 1  # back to the start of the line the first difference is in
+    shared = _common_suffix(old, new, start)
+    if shared:
+        # forward to just past the first newline of the common tail: whole lines on both sides (the same
+        # offset in both, as the tails are equal)
+        newline = old.find(b"\n", len(old) - shared)
+        shared = len(old) - newline - 1 if newline >= 0 else 0
+    return old[start:len(old) - shared], new[start:len(new) - shared]
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    """Length of the bytes `a` and `b` begin with: block by block, then halving the block that differs."""
+    limit, view, done, step = min(len(a), len(b)), memoryview(b), 0, _BLOCK
+    while done < limit:
+        size = min(step, limit - done)
+        if a.startswith(view[done:done + size], done):
+            done += size
+        elif size == 1:
+            break
+        else:
+            step = size // 2
+    return done
+
+
+def _common_suffix(a: bytes, b: bytes, floor: int) -> int:
+    """Length of the bytes `a` and `b` end with, not reaching below offset `floor` in either."""
+    limit, view, done, step = min(len(a), len(b)) - floor, memoryview(b), 0, _BLOCK
+    while done < limit:
+        size = min(step, limit - done)
+        end_b = len(b) - done
+        if a.endswith(view[end_b - size:end_b], 0, len(a) - done):
+            done += size
+        elif size == 1:
+            break
+        else:
+            step = size // 2
+    return done
 
 
 def _decoded(lines: Iterable[bytes], prefix: Optional[str]) -> Dict[str, Entry]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from agent.store.diff import Changed, diff_manifests, what_changed
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.store.diff import Changed, _differing_lines, diff_manifests, what_changed
 from agent.store.manifest import Entry, encode_manifest
 
 ROOT = Entry(".", "dir", 0o755, 0, 0, 1)
@@ -44,3 +47,25 @@ def test_a_prefix_keeps_its_own_subtree_only_and_paths_come_in_manifest_order():
     assert everything.removed == ("a-b",)
     assert everything.paths(3) == ["a", "a/x", "a/y"]  # '/' sorts before '-' in manifest order
     assert everything.to_json()["changed"][0] == {"path": "a", "what": ["mode"]}
+
+
+_line = st.builds(lambda name, mode, size: Entry(name, "file", mode, 0, 0, 1, size),
+                  st.text("ab/c\n\\\"", min_size=1, max_size=4), st.sampled_from([0o644, 0o600]), st.integers(0, 2))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_line, max_size=12), st.lists(_line, max_size=12), st.lists(_line, max_size=12),
+       st.lists(_line, max_size=12))
+def test_skipping_the_shared_head_and_tail_gives_what_comparing_every_line_gives(head, old_middle, new_middle, tail):
+    def unique(entries):  # a manifest names each path once
+        return list({entry.path: entry for entry in entries}.values())
+
+    old = encode_manifest(unique(head + old_middle + tail))
+    new = encode_manifest(unique(head + new_middle + tail))
+    def lines(data):
+        return {line for line in data.split(b"\n") if line}
+
+    old_part, new_part = _differing_lines(old, new)
+    assert lines(old_part) - lines(new_part) == lines(old) - lines(new)
+    assert lines(new_part) - lines(old_part) == lines(new) - lines(old)
+    assert old_part in old and new_part in new
