@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import os
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import agent.cli.render as render
 from agent.cli import snapshot_ref
@@ -120,14 +120,36 @@ def find(config, pattern: str, job: Optional[str] = None, as_json: bool = False)
     found: List[Dict] = []
     if Repository(config.repository).exists():
         repo = open_repository(config)
+        # Snapshots of a job share nearly all their lines: each distinct line is decoded and matched once
+        # (per job path, which an absolute pattern depends on).
+        verdicts: Dict[Tuple[str, bytes], Optional[Dict]] = {}
         for snapshot in repo.snapshots(job):
-            found += [{"snapshot": snapshot.id, "job": snapshot.job, "time": snapshot.time, **entry_json(entry)}
-                      for entry in entries(repo, snapshot) if _matches(pattern, snapshot, entry.path)]
+            root = snapshot.source[0] if snapshot.source else "/"
+            for line in manifest(repo, snapshot).split(b"\n"):
+                if not line:
+                    continue
+                key = (root, line)
+                if key not in verdicts:
+                    verdicts[key] = _match(pattern, snapshot, line)
+                if verdicts[key] is not None:
+                    found.append({"snapshot": snapshot.id, "job": snapshot.job, "time": snapshot.time,
+                                  **verdicts[key]})
     if as_json:
         print_json(found)
     else:
         render.show(render.found(found, pattern))
     return EXIT_OK
+
+
+def _match(pattern: str, snapshot: Snapshot, line: bytes) -> Optional[Dict]:
+    """The entry of a manifest line as `ls --json` shows it, if its path matches `pattern`; else None."""
+    from agent.store.manifest import decode_entry
+
+    try:
+        entry = decode_entry(line)
+    except (ValueError, KeyError) as exc:
+        raise _damaged(snapshot, exc) from None
+    return entry_json(entry) if _matches(pattern, snapshot, entry.path) else None
 
 
 def _matches(pattern: str, snapshot: Snapshot, path: str) -> bool:
