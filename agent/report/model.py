@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Dict, Optional, Tuple
 
-from agent.report.schema import MAX_CHANGE_PATHS, STATUSES, TRIGGERS, clip, escape
+from agent.report.schema import MAX_CHANGE_PATHS, MAX_SECONDS, STATUSES, TRIGGERS, clip, escape
 
 __all__ = ["STATUSES", "TRIGGERS", "Changes", "RunReport", "new_run_id", "utc_now"]
 
@@ -84,6 +84,9 @@ class RunReport:
             object.__setattr__(self, "snapshot", escape(self.snapshot))
         object.__setattr__(self, "errors", clip(tuple(self.errors)))
         object.__setattr__(self, "warnings", clip(tuple(self.warnings)))
+        # a policy beyond the contract's ten years (every = "1000w") is as good as never: say ten years
+        object.__setattr__(self, "every_low", min(float(self.every_low), MAX_SECONDS))
+        object.__setattr__(self, "every_high", min(float(self.every_high), MAX_SECONDS))
 
     @property
     def ok(self) -> bool:

@@ -100,3 +100,25 @@ def test_a_host_name_the_collector_would_refuse_is_a_configuration_error(tmp_pat
     assert f"{config}: host: 'node 1' is not a host name the collector accepts" in str(raised.value)
     config.write_text(f'host = "node-1.example"\nrepository = "{tmp_path}/repo"\nstate_dir = "{tmp_path}/state"\n')
     assert problems(wire(make(host=load_config(str(config)).host))) == []
+
+
+def test_any_report_the_agent_can_make_is_one_the_collector_accepts():
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    texts = st.lists(st.text(max_size=5000), max_size=1100)  # any code points: surrogates, NUL, too long
+    reports = st.builds(
+        make, trigger=st.sampled_from(TRIGGERS), status=st.sampled_from(["ok", "failed"]), errors=texts,
+        warnings=texts, files=st.integers(0, 2**63 - 1), bytes=st.integers(0, 2**63 - 1),
+        every_low=st.floats(1, 1e12), changed=st.booleans(),
+        changes=st.none() | st.builds(Changes, st.integers(0, 10**9), st.integers(0, 10**9),
+                                      st.integers(0, 10**9), st.lists(st.text(max_size=300), max_size=50)))
+
+    @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(report=reports)
+    def check(report: RunReport) -> None:
+        report = RunReport.from_json({**report.to_json(), "every": {"low": report.every_low,
+                                                                    "high": report.every_low * 2}})
+        assert problems(wire(report)) == []
+
+    check()
