@@ -51,7 +51,8 @@ class Finished:
 
 
 class _Tail(threading.Thread):
-    """Drains a pipe (so the child never blocks on it) and keeps its last bytes."""
+    """Drains a pipe (so the child never blocks on it) and keeps its last bytes; closes the pipe at its
+    end (no one else reads it, so no error path can leave it open)."""
 
     def __init__(self, pipe: IO[bytes]) -> None:
         super().__init__(name="subprocess-output", daemon=True)
@@ -60,10 +61,13 @@ class _Tail(threading.Thread):
 
     def run(self) -> None:
         read = getattr(self.pipe, "read1", self.pipe.read)
-        for block in iter(lambda: read(65536), b""):
-            self.data += block
-            if len(self.data) > 2 * _KEEP:
-                del self.data[:-_KEEP]
+        try:
+            for block in iter(lambda: read(65536), b""):
+                self.data += block
+                if len(self.data) > 2 * _KEEP:
+                    del self.data[:-_KEEP]
+        finally:
+            self.pipe.close()
 
     def text(self, secrets: Iterable[str]) -> str:
         return mask(bytes(self.data[-_KEEP:]).decode("utf-8", "replace"), secrets)

@@ -1,16 +1,17 @@
-"""Watching the job trees: one watchdog observer (inotify on Linux) for every watched tree.
+"""Watching the job trees: which mode each job is watched in, and degrading instead of stopping.
 
-Events under excluded paths and events of mere reading (ours included: open and close-without-write)
-are dropped here, before the debouncer. Watch failures degrade instead of stopping the agent:
+inotify (agent.watch.inotify: one reader thread for every tree, excluded directories never watched, reads
+never asked for) is the normal mode; watchdog's polling observer the fallback, whose events under
+excluded paths and of mere reading are dropped here. Watch failures degrade instead of stopping the agent:
 - a path that does not exist yet is watched from its nearest existing ancestor and armed when it appears;
 - a tree replaced wholesale (deploy by rename) is noticed through its parent's watch and re-armed;
-- ENOSPC/EMFILE (inotify limits) or a network filesystem (nfs, cifs, fuse, ...) switch that job to polling;
+- ENOSPC/EMFILE (inotify limits, at arming or on a new directory later) or a network filesystem (nfs,
+  cifs, fuse, ...) switch that job to polling;
 - a kernel queue overflow (lost events) asks the owner for a full scan of every inotify-watched job.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import threading
@@ -18,11 +19,12 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
+from watchdog.observers.api import ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
 from agent.snapshot.changes import ChangeSet
 from agent.snapshot.ignore import IgnoreRules
+from agent.watch.inotify import LIMITS, EntryWatch, Inotify, TreeWatch
 
 log = logging.getLogger("backup-agent.watch")
 
@@ -52,12 +54,28 @@ def filesystem_type(path: str) -> str:
     return fstype
 
 
+def _nearest_ancestor(path: str) -> str:
+    """The nearest existing directory above `path`."""
+    ancestor = os.path.dirname(path.rstrip("/")) or "/"
+    while not os.path.isdir(ancestor) and ancestor != "/":
+        ancestor = os.path.dirname(ancestor)
+    return ancestor
+
+
+def _inode(path: str) -> Optional[int]:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
 def is_network_fs(fstype: str) -> bool:
     return any(fstype == kind or fstype.startswith(kind + ".") for kind in NETWORK_FILESYSTEMS)
 
 
 class _TreeHandler(FileSystemEventHandler):
-    """Turns watchdog events under one job's path into change sets, dropping excluded paths."""
+    """Turns the polling observer's events under one job's path into change sets, dropping excluded
+    paths."""
 
     def __init__(self, job: str, root: str, rules: IgnoreRules, on_change: OnChange) -> None:
         self.job, self.root, self.rules, self.on_change = job, root.rstrip("/") or "/", rules, on_change
@@ -92,42 +110,21 @@ class _TreeHandler(FileSystemEventHandler):
             self.on_change(self.job, ChangeSet(frozenset(paths), frozenset(trees)))
 
 
-class _ParentHandler(FileSystemEventHandler):
-    """Watches the directory above a job's path (non-recursively) for the path appearing, vanishing or
-    being replaced by a rename; the watcher then re-arms the job."""
-
-    def __init__(self, watcher: TreeWatcher, job: str) -> None:
-        self.watcher, self.job = watcher, job
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type not in _READ_ONLY_EVENTS:
-            self.watcher.recheck(self.job)
-
-
 @dataclass
 class _Armed:
     path: str
     rules: IgnoreRules
-    mode: str                      # "inotify", "polling" or "waiting" (path missing)
+    mode: str                                  # "inotify", "polling" or "waiting" (path missing)
     inode: Optional[int] = None
-    tree_watch: object = None
-    parent_watch: object = None
-    observer: object = None
-
-
-class _OverflowHook(logging.Handler):
-    """watchdog only logs a kernel queue overflow; this handler turns that log line into a callback."""
-
-    def __init__(self, callback: Callable[[], None]) -> None:
-        super().__init__(logging.WARNING)
-        self.callback = callback
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "overflow" in record.getMessage().lower():
-            self.callback()
+    tree: Optional[TreeWatch] = None           # inotify mode
+    polled: Optional[ObservedWatch] = None     # polling mode
+    above: Optional[EntryWatch] = None         # the nearest existing ancestor, to see the path (re)appear
 
 
 class TreeWatcher:
+    """Every watched job's tree: `watch(job, path, rules)` arms one (and says in which mode), `unwatch`
+    disarms it. `on_change(job, changes)` and `on_events_lost(job)` are called from the watch threads."""
+
     def __init__(self, on_change: OnChange, on_events_lost: Callable[[str], None],
                  poll_interval: float = 30.0) -> None:
         self.on_change = on_change
@@ -135,30 +132,42 @@ class TreeWatcher:
         self.poll_interval = poll_interval
         self._lock = threading.RLock()
         self._jobs: Dict[str, _Armed] = {}
-        self._observer = Observer(timeout=5)
+        self._hub: Optional[Inotify] = None
         self._poller: Optional[PollingObserver] = None
-        self._hook = _OverflowHook(self._overflowed)
         self._started = False
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        logging.getLogger("watchdog").addHandler(self._hook)
-        self._observer.start()
+        try:
+            self._hub = Inotify()
+            self._hub.start()
+        except OSError as exc:  # EMFILE: max_user_instances reached
+            log.warning("inotify is not available (%s): every tree is polled every %.0f s", exc.strerror,
+                        self.poll_interval)
+            self._hub = None
         self._started = True
 
     def stop(self) -> None:
-        logging.getLogger("watchdog").removeHandler(self._hook)
-        for observer in (self._observer, self._poller):
-            if observer is not None and observer.is_alive():
-                observer.stop()
-        for observer in (self._observer, self._poller):
-            if observer is not None and observer.is_alive():
-                observer.join(timeout=5)
+        with self._lock:
+            for armed in self._jobs.values():
+                self._disarm(armed)
+        if self._hub is not None:
+            self._hub.stop()
+            self._hub = None
+        if self._poller is not None and self._poller.is_alive():
+            self._poller.stop()
+            self._poller.join(timeout=5)
 
     def modes(self) -> Dict[str, str]:
         with self._lock:
             return {job: armed.mode for job, armed in self._jobs.items()}
+
+    def watched_directories(self, job: str) -> int:
+        """How many directories of `job` have an inotify watch (0 when polling or waiting)."""
+        with self._lock:
+            armed = self._jobs.get(job)
+            return len(armed.tree) if armed is not None and armed.tree is not None else 0
 
     # --- arming ---------------------------------------------------------------------------------------
 
@@ -177,23 +186,27 @@ class TreeWatcher:
                 self._disarm(armed)
 
     def _disarm(self, armed: _Armed) -> None:
-        for watch, observer in ((armed.tree_watch, armed.observer), (armed.parent_watch, self._observer)):
-            if watch is not None and observer is not None:
-                try:
-                    observer.unschedule(watch)
-                except (KeyError, OSError):
-                    pass  # already gone with its directory
-        armed.tree_watch = armed.parent_watch = armed.observer = None
+        for watch in (armed.tree, armed.above):
+            if watch is not None:
+                watch.close()
+        if armed.polled is not None and self._poller is not None:
+            try:
+                self._poller.unschedule(armed.polled)
+            except KeyError:
+                pass
+        armed.tree = armed.above = armed.polled = None
 
     def _watch_ancestor(self, job: str, armed: _Armed) -> None:
         """Watch the nearest existing ancestor of the job's path, to see it (re)appear."""
-        ancestor = os.path.dirname(armed.path.rstrip("/")) or "/"
-        while not os.path.isdir(ancestor) and ancestor != "/":
-            ancestor = os.path.dirname(ancestor)
+        if self._hub is None:
+            return
+        ancestor = _nearest_ancestor(armed.path)
+        above = EntryWatch(self._hub, ancestor, lambda: self.recheck(job))
         try:
-            armed.parent_watch = self._observer.schedule(_ParentHandler(self, job), ancestor, recursive=False)
+            above.start()
+            armed.above = above
         except OSError as exc:
-            log.warning("%s: cannot watch %s for %s to appear: %s", job, ancestor, armed.path, exc)
+            log.warning("%s: cannot watch %s for %s to appear: %s", job, ancestor, armed.path, exc.strerror)
 
     def _arm(self, job: str, armed: _Armed) -> None:
         self._watch_ancestor(job, armed)
@@ -203,35 +216,56 @@ class TreeWatcher:
             armed.mode = "waiting"
             log.warning("%s: %s does not exist yet; watching for it to appear", job, armed.path)
             return
-        handler = _TreeHandler(job, armed.path, armed.rules, self.on_change)
         fstype = filesystem_type(armed.path)
         if is_network_fs(fstype):
             log.warning("%s: %s is on %s, where inotify misses remote changes: polling every %.0f s",
                         job, armed.path, fstype, self.poll_interval)
-            self._poll(job, armed, handler)
+            self._poll(job, armed)
             return
+        if self._hub is None:
+            self._poll(job, armed)
+            return
+        tree = TreeWatch(self._hub, job, armed.path, armed.rules, self.on_change, self.on_events_lost,
+                         self._limit_reached)
         try:
-            armed.tree_watch = self._observer.schedule(handler, armed.path, recursive=True)
-            armed.observer, armed.mode = self._observer, "inotify"
+            tree.start()
+            armed.tree, armed.mode = tree, "inotify"
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EMFILE):
-                log.warning("%s: inotify limit reached (%s); polling %s every %.0f s instead. Raise "
-                            "fs.inotify.max_user_watches to get change-triggered backups back.",
-                            job, exc.strerror, armed.path, self.poll_interval)
-                self._poll(job, armed, handler)
+            if exc.errno in LIMITS:
+                self._warn_limit(job, armed, exc)
+                self._poll(job, armed)
             elif not os.path.exists(armed.path):
                 armed.mode = "waiting"
             else:
-                log.warning("%s: cannot watch %s (%s); polling instead", job, armed.path, exc)
-                self._poll(job, armed, handler)
+                log.warning("%s: cannot watch %s (%s); polling instead", job, armed.path, exc.strerror)
+                self._poll(job, armed)
 
-    def _poll(self, job: str, armed: _Armed, handler: _TreeHandler) -> None:
+    def _warn_limit(self, job: str, armed: _Armed, exc: OSError) -> None:
+        log.warning("%s: inotify limit reached (%s); polling %s every %.0f s instead. Raise "
+                    "fs.inotify.max_user_watches to get change-triggered backups back.",
+                    job, exc.strerror, armed.path, self.poll_interval)
+
+    def _limit_reached(self, job: str, exc: OSError) -> None:
+        """A new directory could not be watched (inotify limit): the whole job is polled from now on."""
+        with self._lock:
+            armed = self._jobs.get(job)
+            if armed is None or armed.mode != "inotify":
+                return
+            self._warn_limit(job, armed, exc)
+            if armed.tree is not None:
+                armed.tree.close()
+                armed.tree = None
+            self._poll(job, armed)
+        self.on_events_lost(job)
+
+    def _poll(self, job: str, armed: _Armed) -> None:
         if self._poller is None:
             self._poller = PollingObserver(timeout=self.poll_interval)
             if self._started:
                 self._poller.start()
-        armed.tree_watch = self._poller.schedule(handler, armed.path, recursive=True)
-        armed.observer, armed.mode = self._poller, "polling"
+        handler = _TreeHandler(job, armed.path, armed.rules, self.on_change)
+        armed.polled = self._poller.schedule(handler, armed.path, recursive=True)
+        armed.mode = "polling"
 
     # --- failures -------------------------------------------------------------------------------------
 
@@ -241,10 +275,14 @@ class TreeWatcher:
             armed = self._jobs.get(job)
             if armed is None:
                 return
-            try:
-                inode: Optional[int] = os.stat(armed.path).st_ino
-            except OSError:
-                inode = None
+            inode = _inode(armed.path)
+            # still missing: a nearer ancestor that appeared (mkdir -p) is watched instead
+            while inode is None and armed.mode == "waiting" and armed.above is not None and \
+                    armed.above.directory != _nearest_ancestor(armed.path):
+                armed.above.close()
+                armed.above = None
+                self._watch_ancestor(job, armed)
+                inode = _inode(armed.path)  # it may have appeared meanwhile
             if inode == armed.inode and (armed.mode != "waiting" or inode is None):
                 return
             was = armed.mode
@@ -259,8 +297,3 @@ class TreeWatcher:
     def recheck_all(self) -> None:
         for job in list(self._jobs):
             self.recheck(job)
-
-    def _overflowed(self) -> None:
-        for job, mode in self.modes().items():
-            if mode == "inotify":
-                self.on_events_lost(job)

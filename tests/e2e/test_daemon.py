@@ -78,6 +78,7 @@ def daemon(agent):
     for d in made:
         if d.proc is not None and d.proc.poll() is None:
             d.stop(signal.SIGKILL)
+        d.log.close()  # also for a daemon the test killed itself
 
 
 def watched_job(agent, src: str, name: str = "svc", exclude=("logs/", "*.log", "temp/")) -> None:
