@@ -295,14 +295,16 @@ class Daemon:
         assert self.config is not None
         what = "changes" if changes is not None and not changes.full else "full scan"
         log.info("%s: backup started (%s, %s)", job.name, trigger, what)
-        report = run_job(self.config, job, trigger=trigger, changes=changes, repo=self.repo,
-                         on_wait=lambda message: log.info("%s: %s", job.name, message), stop=self.abort_runs,
-                         on_report=self._on_report)
-        self._log_report(report)
-        with self._lock:
-            self.states.pop(job.name, None)
-        release_memory()
-        self.wake.set()
+        try:
+            report = run_job(self.config, job, trigger=trigger, changes=changes, repo=self.repo,
+                             on_wait=lambda message: log.info("%s: %s", job.name, message),
+                             stop=self.abort_runs, on_report=self._on_report)
+            self._log_report(report)
+            with self._lock:
+                self.states.pop(job.name, None)
+            release_memory()
+        finally:
+            self.wake.set()  # the loop reaps the run (and starts a held follow-up) now, whatever happened
 
     def _on_report(self, report: RunReport) -> None:
         delivery = self.delivery
