@@ -11,6 +11,7 @@ from agent.cli.commands import (
     config,
     control,
     demo,
+    drill,
     inspect,
     reports,
     repository,
@@ -77,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:  # long: one declaration per opti
     p.add_argument("--json", action="store_true", help="what was done, as JSON on stdout")
     p.add_argument("paths", nargs="*", metavar="PATH",
                    help="paths relative to the job's path, or absolute under it (/services/api/conf)")
+    p = command("drill", drill.run, "prove that each job's latest snapshot restores (a restore drill)")
+    p.add_argument("jobs", nargs="*", metavar="JOB")
+    p.add_argument("--all", action="store_true", help="every configured job (with --host: every job of that host)")
+    p.add_argument("--identity", metavar="FILE", help="the identity that opens an encrypted repository")
+    p.add_argument("--repository", metavar="URL", help="drill another host's jobs in this repository (with --host)")
+    p.add_argument("--host", metavar="NODE", help="whose snapshots to drill; the reports carry this name")
     p = command("verify", repository.run_verify, "check that every snapshot is complete")
     p.add_argument("--read-data", action="store_true", help="read and re-hash every stored object")
     p = command("prune", repository.run_prune, "forget snapshots beyond retention and delete unneeded data")

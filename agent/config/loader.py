@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from agent.config.durations import parse_duration, parse_interval
 from agent.config.model import (
+    DEFAULT_DRILL_EVERY,
     HOST_PATTERN,
     JOB_NAME_PATTERN,
     JOB_TYPES,
@@ -118,7 +119,7 @@ def _positive(value: Any) -> int:
 Checker = Callable[[Any], Any]
 
 _HOOKS: Dict[str, Checker] = {"before": _argv, "after": _argv, "timeout": _duration}
-_COMMON: Dict[str, Checker] = {"type": _string, "every": _interval, "retention": dict}
+_COMMON: Dict[str, Checker] = {"type": _string, "every": _interval, "retention": dict, "drill_every": _duration}
 JOB_KEYS: Dict[str, Dict[str, Checker]] = {
     "fs": {
         "path": _abspath, "on_change": _bool, "quiet": _duration, "max_delay": _duration,
@@ -140,7 +141,7 @@ JOB_NAME = re.compile(JOB_NAME_PATTERN)
 HOST_NAME = re.compile(HOST_PATTERN)
 _RETENTION_KEYS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly")
 _AGENT_KEYS = ("host", "repository", "state_dir", "jobs_dir", "retention", "collector", "jobs",
-               "max_concurrent_runs", "poll_interval")
+               "max_concurrent_runs", "poll_interval", "drill_every")
 _COLLECTOR_KEYS = {"url": _string, "token_file": _abspath, "ca_file": _abspath, "max_backoff": _duration,
                    "spool_max_reports": _positive, "spool_max_bytes": _positive}
 
@@ -377,6 +378,13 @@ def load_config(path: Optional[str] = None) -> Config:
         except ValueError as exc:
             problems.error(path, "poll_interval", str(exc))
 
+    drill_every = DEFAULT_DRILL_EVERY
+    if "drill_every" in data:
+        try:
+            drill_every = _duration(data["drill_every"])
+        except ValueError as exc:
+            problems.error(path, "drill_every", str(exc))
+
     seen: Dict[str, str] = {}
     jobs = _collect_jobs(data.get("jobs", {}), path, retention, seen, problems)
     if os.path.isdir(jobs_dir):
@@ -395,4 +403,5 @@ def load_config(path: Optional[str] = None) -> Config:
         raise ConfigError(problems.errors)
     return Config(path=path, host=host, repository=repository, state_dir=state_dir, jobs_dir=jobs_dir,
                   retention=retention, jobs=tuple(jobs), collector=collector,
-                  max_concurrent_runs=max_runs, poll_interval=poll_interval, warnings=tuple(problems.warnings))
+                  max_concurrent_runs=max_runs, poll_interval=poll_interval, drill_every=drill_every,
+                  warnings=tuple(problems.warnings))

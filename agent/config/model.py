@@ -8,6 +8,7 @@ from typing import Optional, Tuple
 from agent.config.durations import Interval, format_duration
 
 JOB_TYPES = ("fs", "mysql", "riak", "command", "sqlite")
+DEFAULT_DRILL_EVERY = 7 * 86400.0  # seconds between restore drills of a job, unless configured
 # Names as the run report's contract (agent.report.schema) and the collector's tokens accept them
 JOB_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 HOST_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}"
@@ -45,6 +46,8 @@ class Job:
     extra_args: Tuple[str, ...] = ()
     # command
     argv: Tuple[str, ...] = ()
+    # seconds between restore drills; None: the configuration's top-level drill_every
+    drill_every: Optional[float] = None
 
     @property
     def target(self) -> str:
@@ -87,7 +90,12 @@ class Config:
     collector: Optional[CollectorSettings] = None
     max_concurrent_runs: int = 1
     poll_interval: float = 30.0
+    drill_every: float = DEFAULT_DRILL_EVERY  # the default of jobs that set none
     warnings: Tuple[str, ...] = ()
+
+    def drill_every_of(self, job: Job) -> float:
+        """Seconds between restore drills of `job`: its own drill_every, else the top-level one."""
+        return self.drill_every if job.drill_every is None else job.drill_every
 
     def job(self, name: str) -> Job:
         for job in self.jobs:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
-from agent.report.schema import MAX_CHANGE_PATHS, MAX_SECONDS, STATUSES, TRIGGERS, clip, escape
+from agent.report.schema import MAX_CHANGE_PATHS, MAX_LIST, MAX_SECONDS, STATUSES, TRIGGERS, clip, escape
 
-__all__ = ["STATUSES", "TRIGGERS", "Changes", "RunReport", "new_run_id", "utc_now"]
+__all__ = ["STATUSES", "TRIGGERS", "Changes", "RunReport", "TableRows", "new_run_id", "utc_now"]
 
 
 def utc_now() -> str:
@@ -49,6 +49,13 @@ class Changes:
                    tuple(data.get("paths", ())))
 
 
+class TableRows(NamedTuple):
+    """One table of a drilled mysql dump (`schema.table`) and its exact row count (COUNT(*))."""
+
+    table: str
+    rows: int
+
+
 @dataclass(frozen=True)
 class RunReport:
     id: str
@@ -73,6 +80,10 @@ class RunReport:
     seq: int = 0
     # Change-triggered runs: what changed since the job's previous snapshot (absent from JSON when None)
     changes: Optional[Changes] = None
+    # Drill reports: the job's drill policy in seconds (0: not a drill; absent from JSON), and for a
+    # mysql drill the tables of the loaded dump (None: absent from JSON)
+    drill_every: float = 0.0
+    tables: Optional[Tuple[TableRows, ...]] = None
 
     def __post_init__(self) -> None:
         # The report boundary: every text escaped and every list cut here, once, so that what is printed,
@@ -82,11 +93,15 @@ class RunReport:
             object.__setattr__(self, name, escape(getattr(self, name)))
         if self.snapshot is not None:
             object.__setattr__(self, "snapshot", escape(self.snapshot))
+        if self.tables is not None:
+            object.__setattr__(self, "tables", tuple(TableRows(escape(name), rows)
+                                                     for name, rows in self.tables[:MAX_LIST]))
         object.__setattr__(self, "errors", clip(tuple(self.errors)))
         object.__setattr__(self, "warnings", clip(tuple(self.warnings)))
         # a policy beyond the contract's ten years (every = "1000w") is as good as never: say ten years
         object.__setattr__(self, "every_low", min(float(self.every_low), MAX_SECONDS))
         object.__setattr__(self, "every_high", min(float(self.every_high), MAX_SECONDS))
+        object.__setattr__(self, "drill_every", min(float(self.drill_every), MAX_SECONDS))
 
     @property
     def ok(self) -> bool:
@@ -101,6 +116,12 @@ class RunReport:
         changes = data.pop("changes")
         if changes is not None:
             data["changes"] = self.changes.to_json()  # type: ignore[union-attr]
+        if not data["drill_every"]:
+            del data["drill_every"]
+        if data["tables"] is None:
+            del data["tables"]
+        else:
+            data["tables"] = [{"table": name, "rows": rows} for name, rows in self.tables or ()]
         return data
 
     @classmethod
@@ -113,4 +134,6 @@ class RunReport:
         known["warnings"] = tuple(known.get("warnings", ()))
         if isinstance(data.get("changes"), dict):
             known["changes"] = Changes.from_json(data["changes"])
+        if isinstance(data.get("tables"), list):
+            known["tables"] = tuple(TableRows(str(item["table"]), int(item["rows"])) for item in data["tables"])
         return cls(**known)

@@ -65,6 +65,13 @@ REPORT_SCHEMA: Dict[str, Any] = {
                     "properties": {"added": _COUNT, "removed": _COUNT, "changed": _COUNT,
                                    "paths": {**_TEXTS, "maxItems": MAX_LIST}},
                     "must": '{"added": N, "removed": N, "changed": N, "paths": [texts]}'},
+        # optional, drill reports: the job's drill policy in seconds (the collector judges drills with it)
+        "drill_every": {**_SECONDS, "must": "a number of seconds"},
+        # optional, drills of mysql snapshots: every table of the loaded dump with its exact row count
+        "tables": {"type": "array", "maxItems": MAX_LIST,
+                   "items": {"type": "object", "required": ["table", "rows"],
+                             "properties": {"table": {"type": "string", "maxLength": MAX_TEXT}, "rows": _COUNT}},
+                   "must": f'a list of at most {MAX_LIST} {{"table": name, "rows": N}}'},
     },
     "required": ["id", "host", "job", "type", "trigger", "status", "changed", "snapshot", "started_at",
                  "finished_at", "files", "bytes", "new_bytes", "errors", "warnings", "seq", "every"],

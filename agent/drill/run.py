@@ -1,0 +1,108 @@
+"""A drill of one job: find the snapshot to prove (the job's latest of the host), prove it in a scratch
+directory by the snapshot's type, and turn the outcome into a run report (`"trigger": "drill"`) that
+is spooled for the collector like every report -- but never recorded as a backup of the job (a drill
+says nothing about how fresh the backups are).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, List, Optional
+
+from agent.drill.dumps import prove_command, prove_mysql, prove_sqlite
+from agent.drill.proof import Proof
+from agent.drill.scratch import Scratch
+from agent.drill.server import ServerError
+from agent.drill.tree import prove_tree
+from agent.report import RunReport, new_run_id, utc_now
+from agent.report.spool import Spool
+from agent.store import DamagedBlobError, Repository, RepositoryError, Snapshot
+
+Prover = Callable[[Repository, Snapshot, str], Proof]
+PROVERS: Dict[str, Prover] = {"fs": prove_tree, "riak": prove_tree, "mysql": prove_mysql,
+                              "command": prove_command, "sqlite": prove_sqlite}
+
+
+@dataclass(frozen=True)
+class DrillTarget:
+    """One job to drill. `host`: whose snapshots (and whose name the report carries); `every_low`,
+    `every_high`: the job's backup policy in seconds, carried in the report like a backup's;
+    `drill_every`: the drill policy in seconds; `job_type`: the configured type (None: unknown here, the
+    snapshot's is taken); `identity`: the file holding the identity of an encrypted repository (unused
+    while repositories are not encrypted)."""
+
+    job: str
+    host: str
+    every_low: float
+    every_high: float
+    drill_every: float
+    job_type: Optional[str] = None
+    identity: Optional[str] = None
+
+
+def latest_of_host(repo: Repository, job: str, host: str) -> Optional[Snapshot]:
+    """The newest snapshot of `job` made by `host` (the order of Repository.history), None if none."""
+    found = [snapshot for snapshot in repo.history(job) if snapshot.host == host]
+    return found[-1] if found else None
+
+
+def drill(repo: Repository, target: DrillTarget, state_dir: str, spool: Optional[Spool] = None) -> RunReport:
+    """Prove `target`'s latest snapshot in a scratch directory under `state_dir` (removed afterwards;
+    leftovers of killed drills removed first) and return the run report, spooled in `spool` if given.
+    Nothing escapes as an exception: every failure is the report's error."""
+    run_id, started = new_run_id(), utc_now()
+    snapshot: Optional[Snapshot] = None
+    try:
+        with repo.lock(exclusive=False, purpose=f"drill {target.job}"):  # prune waits: no pack goes mid-drill
+            repo.refresh()
+            snapshot = latest_of_host(repo, target.job, target.host)
+            if snapshot is None:
+                proof = Proof(errors=(f"no snapshot of {target.job} by host {target.host} to prove",))
+            else:
+                proof = _prove(repo, snapshot, state_dir)
+    except (RepositoryError, OSError) as exc:
+        proof = Proof(errors=(f"{type(exc).__name__}: {exc}",))
+    report = RunReport(id=run_id, host=target.host, job=target.job,
+                       type=snapshot.type if snapshot else (target.job_type or "fs"), trigger="drill",
+                       status="ok" if proof.ok else "failed", changed=False,
+                       snapshot=snapshot.id if snapshot else None, started_at=started, finished_at=utc_now(),
+                       files=proof.files, bytes=proof.bytes, errors=proof.errors, warnings=proof.warnings,
+                       every_low=target.every_low, every_high=target.every_high, drill_every=target.drill_every,
+                       tables=proof.tables)
+    if spool is not None:
+        try:
+            report = spool.add(report)
+        except OSError as exc:  # the drill's outcome stands; it is printed even if it cannot be sent
+            report = replace(report, warnings=report.warnings + (
+                f"the report could not be spooled in {state_dir}: {exc.strerror}",))
+    return report
+
+
+def _prove(repo: Repository, snapshot: Snapshot, state_dir: str) -> Proof:
+    prover = PROVERS.get(snapshot.type)
+    if prover is None:
+        return Proof(errors=(f"snapshot {snapshot.id[:12]} is of type {snapshot.type}, which no drill proves",))
+    with Scratch(state_dir) as scratch:
+        try:
+            return prover(repo, snapshot, scratch.directory(snapshot.type))
+        except DamagedBlobError as exc:  # a blob of the manifest, or of a dump being read: named with its pack
+            location = repo.index.get(exc.blob_id)
+            pack = f" (pack {location.pack.hex()})" if location is not None else ""
+            return Proof(errors=(f"snapshot {snapshot.id[:12]} cannot be read: {exc}{pack}",))
+        except RepositoryError as exc:
+            return Proof(errors=(f"snapshot {snapshot.id[:12]} cannot be read: {exc}",))
+        except ServerError as exc:
+            return Proof(errors=(f"throwaway server: {exc}",))
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            return Proof(errors=(f"{where}{exc.strerror or exc}",))
+        except Exception as exc:  # a restore path that fails in a way of its own: the drill fails, named
+            return Proof(errors=(f"{type(exc).__name__}: {exc}",))
+
+
+def remove_leftovers(state_dir: str) -> List[str]:
+    """Scratch directories of killed drills, removed (with their servers); for start-up of the daemon."""
+    from agent.drill.scratch import clear_leftovers
+
+    return clear_leftovers(os.path.join(state_dir, "drill"))
