@@ -5,6 +5,7 @@ command (agent/cli/commands/demo.py), which runs the operator's commands against
 
 from __future__ import annotations
 
+import json
 import os
 from typing import List, NamedTuple
 
@@ -22,7 +23,10 @@ class Sandbox(NamedTuple):
     stale_config: str
 
 SERVICES = ("api", "console", "dispatcher", "km", "monitor", "worker")
-EXCLUDE = '["logs/", "*.log", "*.log.*", "*.out", "catalina.out*", "localhost_access_log*", "temp/", "work/"]'
+# The shipped policy's excludes (conf.d/services.toml, which the wheel does not carry): Tomcat's own logs/,
+# temp/ and work/, anchored to the instance directory, so a webapp's *.log.* or *.out files are kept.
+# tests/e2e/test_demo.py holds the two equal.
+EXCLUDE = ("/logs/", "/temp/", "/work/", "/tomcat/logs/", "/tomcat/temp/", "/tomcat/work/")
 
 
 def _write(path: str, content: bytes) -> None:
@@ -48,7 +52,8 @@ def build_sandbox(base: str) -> Sandbox:
     jobs = ["# The Enstratius policy, pointed at the sandbox's services/ tree."]
     for name in SERVICES:
         jobs += [f"[jobs.services-{name}]", 'type = "fs"', f'path = "{base}/services/{name}"', 'every = "24h"',
-                 "on_change = true", 'quiet = "2s"', 'max_delay = "10s"', f"exclude = {EXCLUDE}", ""]
+                 "on_change = true", 'quiet = "2s"', 'max_delay = "10s"',
+                 f"exclude = {json.dumps(list(EXCLUDE))}", ""]  # a JSON array of strings is a TOML one
     _write(os.path.join(base, "conf.d", "services.toml"), "\n".join(jobs).encode())
     # a SQLite database stands in for the MySQL ones: no server needed, same dump path
     import sqlite3

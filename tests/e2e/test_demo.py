@@ -13,7 +13,29 @@ import time
 import httpx
 import pytest
 
+from agent.demo import build_sandbox
 from tests.helpers import agent_command
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _excludes(path: str) -> set:
+    with open(path, "rb") as handle:
+        return {tuple(job["exclude"]) for job in tomllib.load(handle)["jobs"].values()}
+
+
+def test_the_demo_runs_the_shipped_tomcat_policy(tmp_path):
+    """The sandbox's service jobs exclude exactly what conf.d/services.toml does (the anchored logs/, temp/
+    and work/), so the demo shows what the shipped policy keeps."""
+    sandbox = build_sandbox(str(tmp_path))
+    shipped = _excludes(os.path.join(REPO_ROOT, "conf.d", "services.toml"))
+    assert len(shipped) == 1 and "/tomcat/logs/" in next(iter(shipped))
+    assert _excludes(os.path.join(sandbox.base, "conf.d", "services.toml")) == shipped
 
 
 def shown_command(cwd: str) -> str:
@@ -45,7 +67,9 @@ def test_demo_finishes_by_itself_and_shows_a_failing_and_an_overdue_job(tmp_path
 
 
 @pytest.mark.timeout(300)
-def test_demo_serve_keeps_the_dashboard_until_ctrl_c(tmp_path):
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_demo_serve_keeps_the_dashboard_until_ctrl_c(tmp_path, stop):
+    """Ctrl-C (SIGINT to the foreground group) or a SIGTERM to the demo alone: the collector stops too."""
     log_path = tmp_path / "demo.log"
     with open(log_path, "wb") as log:
         # its own process group, as a shell gives a foreground job: Ctrl-C reaches the demo and its collector
@@ -64,7 +88,10 @@ def test_demo_serve_keeps_the_dashboard_until_ctrl_c(tmp_path):
         assert proc.poll() is None  # still serving after the walk-through
         page = httpx.get(url + "/", timeout=10)
         assert page.status_code == 200 and "db-billing" in page.text and "demo-node-2" in page.text
-        os.killpg(proc.pid, signal.SIGINT)
+        if stop == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)  # the collector child must not outlive it
         assert proc.wait(timeout=60) == 0, log_path.read_text()
         with pytest.raises(httpx.TransportError):
             httpx.get(url + "/healthz", timeout=5)

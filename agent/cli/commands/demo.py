@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import filecmp
 import os
+import signal
 import tempfile
 from typing import Optional
 
@@ -60,6 +61,8 @@ def run_demo(directory: Optional[str] = None, serve: bool = False) -> int:
     sandbox = build_sandbox(base)
     proc, log, url = start_collector(base, [sandbox.config, sandbox.stale_config])
     command = installed_command()
+    # SIGTERM (a `kill`, a closing session) ends the demo like Ctrl-C: the collector child goes with it
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         code = _walkthrough(sandbox, url, command)
         if serve:
@@ -71,8 +74,13 @@ def run_demo(directory: Optional[str] = None, serve: bool = False) -> int:
         else:
             print(f"The dashboard stops with the demo; `{command} demo --serve` keeps it up until Ctrl-C.")
     finally:
+        signal.signal(signal.SIGTERM, previous)
         stop_collector(proc, log)
     return code
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _walkthrough(sandbox: Sandbox, url: str, command: str) -> int:
