@@ -136,3 +136,5 @@ def _collector_commands(parent: argparse.ArgumentParser) -> None:
     p.add_argument("host", metavar="HOST")
     p.add_argument("--tokens", required=True, metavar="FILE")
     p.add_argument("--reader", action="store_true", help="a read-only token (for --require-read-token)")
+    p.add_argument("--drill", action="store_true", help="a token that posts drill reports of any host, and "
+                                                         "nothing else (a central `drill --host`)")

@@ -23,7 +23,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import AsyncIterator, Callable, List, Optional, Tuple
 
 from starlette.applications import Starlette
@@ -165,7 +165,7 @@ def create_app(storage: Storage, tokens: TokenStore, settings: Optional[Settings
             return _problem(413, f"a report is at most {MAX_BODY} bytes", Connection="close")
         token = _bearer(request)
         principal: Optional[Principal] = tokens.lookup(token) if token else None
-        if principal is None or principal.role != "host":
+        if principal is None or principal.role not in ("host", "drill"):
             return _problem(401, "missing or unknown token", **{"WWW-Authenticate": "Bearer"})
         try:
             body = json.loads(raw)
@@ -173,11 +173,16 @@ def create_app(storage: Storage, tokens: TokenStore, settings: Optional[Settings
             return _problem(400, "the body is not JSON")
         except RecursionError:  # the decoder's own depth guard: not a report, and not our fault
             return _problem(400, "the body is not a report: JSON nested too deeply")
-        if not isinstance(body, dict) or body.get("host") != principal.name:
+        if principal.role == "drill":  # a central drill host: drill reports of any host, nothing else
+            if not isinstance(body, dict) or body.get("trigger") != "drill":
+                return _problem(403, f"this token ({principal.name}) may post drill reports only")
+        elif not isinstance(body, dict) or body.get("host") != principal.name:
             return _problem(403, f"this token may post reports of host {principal.name} only")
         report, problems = validate(body)
         if report is None:
             return _problem(422, "; ".join(problems[:10]))
+        if principal.role == "drill":  # its sequence numbers are the drill host's, not the reported host's
+            report = replace(report, seq=0)
         assert writer is not None
         try:
             new = await asyncio.wrap_future(writer.submit(report))
@@ -198,7 +203,7 @@ def create_app(storage: Storage, tokens: TokenStore, settings: Optional[Settings
 
     def _fleet(request: Request) -> tuple:
         now = clock()
-        jobs, views = fleet(*storage.fleet_rows(now), tokens.hosts(), now, settings.grace)
+        jobs, views = fleet(*storage.fleet_rows(now), tokens.hosts(), now, settings.grace, storage.drill_rows(now))
         return now, jobs, views
 
     async def status(request: Request) -> Response:

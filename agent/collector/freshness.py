@@ -7,6 +7,12 @@ inject the time.
   failing  the last run failed
   never    a host/job that has sent no report yet
   silent   (a host) nothing arrived for longer than its shortest policy high end + grace
+
+Restore drills are judged apart (`drill_state`), against the drill policy their reports carry:
+  ok       the last drill passed and the last passing one is younger than drill_every + grace
+  overdue  the last passing drill is older than that (or none passed)
+  failing  the last drill failed
+  never    no drill yet
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from agent.collector.storage import HostRow, JobRow
+from agent.collector.storage import DrillRow, HostRow, JobRow
 
 STATES = ("failing", "overdue", "never", "ok")  # worst first: the order the dashboard sorts by
 DEFAULT_GRACE = 3600.0
@@ -26,17 +32,21 @@ class Cell(NamedTuple):
     job: str
     state: str
     row: Optional[JobRow]
+    drill: Optional[DrillRow] = None
+    drill_state: str = "never"
 
     def to_json(self, host_state: str) -> dict:
-        row = self.row
+        row, drill = self.row, self.drill
+        drills = {"last_drill_ok": iso(drill.last_ok_ts) if drill else None,
+                  "last_drill_status": drill.last_status if drill else None, "drill_state": self.drill_state}
         if row is None:
             return {"host": self.host, "job": self.job, "state": self.state, "last_ok": None, "last_run": None,
                     "last_status": None, "last_error": None, "last_trigger": None, "every": None,
-                    "host_state": host_state}
+                    "host_state": host_state, **drills}
         return {"host": self.host, "job": self.job, "state": self.state, "last_ok": iso(row.last_ok_ts),
                 "last_run": iso(row.last_run_ts), "last_status": row.last_status, "last_error": row.last_error,
                 "last_trigger": row.last_trigger, "every": {"low": row.every_low, "high": row.every_high},
-                "host_state": host_state}
+                "host_state": host_state, **drills}
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,16 @@ def job_state(row: Optional[JobRow], now: float, grace: float = DEFAULT_GRACE) -
     return "ok"
 
 
+def drill_state(drill: Optional[DrillRow], now: float, grace: float = DEFAULT_GRACE) -> str:
+    if drill is None:
+        return "never"
+    if drill.last_status != "ok":
+        return "failing"
+    if drill.last_ok_ts is None or now - drill.last_ok_ts > drill.drill_every + grace:
+        return "overdue"
+    return "ok"
+
+
 def host_state(host: Optional[HostRow], rows: Sequence[JobRow], now: float, grace: float = DEFAULT_GRACE) -> str:
     if host is None:
         return "never"
@@ -81,9 +101,10 @@ def host_state(host: Optional[HostRow], rows: Sequence[JobRow], now: float, grac
 
 
 def fleet(jobs: Sequence[JobRow], hosts: Sequence[HostRow], known_hosts: Sequence[str], now: float,
-          grace: float = DEFAULT_GRACE) -> Tuple[List[str], List[HostView]]:
+          grace: float = DEFAULT_GRACE, drills: Sequence[DrillRow] = ()) -> Tuple[List[str], List[HostView]]:
     """(job names, one view per host): every host that reported or holds a token, every job any host
-    reported; a host/job without a report is `never`."""
+    reported; a host/job without a report is `never`. `drills`: the drills rows, judged by drill_state."""
+    drilled = {(row.host, row.job): row for row in drills}
     by_host: Dict[str, Dict[str, JobRow]] = {}
     for row in jobs:
         by_host.setdefault(row.host, {})[row.job] = row
@@ -104,7 +125,11 @@ def fleet(jobs: Sequence[JobRow], hosts: Sequence[HostRow], known_hosts: Sequenc
                 state = "overdue"
             else:
                 state = "ok"
-            cells.append(Cell(name, job, state, row))
+            drill = drilled.get((name, job)) if drilled else None
+            if drill is None:
+                cells.append(Cell(name, job, state, row))
+            else:
+                cells.append(Cell(name, job, state, row, drill, drill_state(drill, now, grace)))
         host = host_rows.get(name)
         views.append(HostView(name, host_state(host, list(rows.values()), now, grace),
                               host.last_seen_ts if host else None, host.missing if host else 0, tuple(cells)))

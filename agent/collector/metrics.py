@@ -22,6 +22,8 @@ PER_JOB = (
     ("backup_last_success_timestamp_seconds", "Finish time of the newest successful run"),
     ("backup_last_run_status", "1 if the newest run succeeded, 0 if it failed"),
     ("backup_overdue", "1 if the newest success is older than the policy's high end plus the grace (or there is none)"),
+    ("backup_last_drill_success_timestamp_seconds", "Finish time of the newest restore drill that passed"),
+    ("backup_drill_failing", "1 if the newest restore drill failed, 0 if it passed (absent before the first)"),
 )
 
 
@@ -49,10 +51,12 @@ def _per_job(now: float, views: Sequence[HostView], grace: float) -> str:
     last_ok: List[str] = []
     status: List[str] = []
     overdue: List[str] = []
+    drill_ok: List[str] = []
+    drill_failing: List[str] = []
     for view in views:
         host = _label(view.host)
         for cell in view.cells:
-            row = cell.row
+            row, drill = cell.row, cell.drill
             if row is None:
                 continue
             labels = f'{{host="{host}",job="{_label(cell.job)}"}}'
@@ -61,8 +65,12 @@ def _per_job(now: float, views: Sequence[HostView], grace: float) -> str:
             status.append(f"backup_last_run_status{labels} {'1.0' if row.last_status == 'ok' else '0.0'}\n")
             late = row.last_ok_ts is None or now - row.last_ok_ts > row.every_high + grace
             overdue.append(f"backup_overdue{labels} {'1.0' if late else '0.0'}\n")
+            if drill is not None:
+                if drill.last_ok_ts is not None:
+                    drill_ok.append(f"backup_last_drill_success_timestamp_seconds{labels} {drill.last_ok_ts!r}\n")
+                drill_failing.append(f"backup_drill_failing{labels} {'0.0' if drill.last_status == 'ok' else '1.0'}\n")
     parts = []
-    for (name, help_text), lines in zip(PER_JOB, (last_ok, status, overdue)):
+    for (name, help_text), lines in zip(PER_JOB, (last_ok, status, overdue, drill_ok, drill_failing)):
         parts.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n")
         parts.extend(lines)
     return "".join(parts)

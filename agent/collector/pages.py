@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from agent.collector.charts import STYLE as CHART_STYLE
 from agent.collector.charts import history_charts, size_text
-from agent.collector.freshness import STATES, HostView, age, iso
+from agent.collector.freshness import STATES, Cell, HostView, age, iso
 from agent.collector.storage import Run
 
 REFRESH_SECONDS = 60
@@ -24,6 +24,8 @@ th{background:#f4f4f4;position:sticky;top:0}
 td a{color:inherit;text-decoration:none;display:block}
 .ok{background:#d9f2d9}.overdue{background:#ffe8a8}.failing{background:#f8b4b4}.never{background:#eee;color:#777}
 .silent{background:#d6c8f0}
+.drill{display:block;font-size:.8em;color:#555}.drill-overdue{color:#8a5a00;font-weight:bold}
+.drill-failing{color:#b00;font-weight:bold}
 td.err{white-space:normal;max-width:50em;color:#900}
 td.changes{white-space:normal;max-width:40em;font-size:.9em}
 .muted{color:#777}
@@ -49,19 +51,35 @@ def _row(view: HostView, columns: Sequence[Tuple[str, str]], now: float) -> str:
             cells.append(f'<td class="never" data-job="{job}" data-state="never">never</td>')
             continue
         text = age(now - row.last_ok_ts) if row.last_ok_ts is not None else "no success"
+        drill = "" if cell.drill is None else _drill(cell, now)
         if state == "ok":
-            cells.append(f'<td class="ok" data-job="{job}" data-state="ok"><a href="{link}{job_link}">{text}</a></td>')
+            cells.append(f'<td class="ok" data-job="{job}" data-state="ok" data-drill-state="{cell.drill_state}">'
+                         f'<a href="{link}{job_link}">{text}{drill}</a></td>')
             continue
         tip = f"{state}; last run {iso(row.last_run_ts)} {row.last_status} ({row.last_trigger})"
         if row.last_error:
             tip = escape(f"{tip}\nlast error: {row.last_error}")
-        cells.append(f'<td class="{state}" data-job="{job}" data-state="{state}" title="{tip}">'
-                     f'<a href="{link}{job_link}">{text}</a></td>')
+        cells.append(f'<td class="{state}" data-job="{job}" data-state="{state}" data-drill-state="{cell.drill_state}"'
+                     f' title="{tip}"><a href="{link}{job_link}">{text}{drill}</a></td>')
     silent = view.state == "silent"
     seen = f"last report {age(now - view.last_seen)}" if view.last_seen else "no report yet"
     return (f'<tr data-host="{host}" data-host-state="{view.state}"><td class="{"silent" if silent else ""}" '
             f'title="{seen}">{host}{" (silent)" if silent else ""}</td>{"".join(cells)}'
             f'<td>{view.missing or ""}</td></tr>')
+
+
+def _drill(cell: Cell, now: float) -> str:
+    """The line a cell shows about restore drills: when the job was last proven restorable, flagged
+    when that is overdue or the last drill failed (its error on hover)."""
+    drill = cell.drill
+    assert drill is not None
+    proven = f"proven restorable {age(now - drill.last_ok_ts)}" if drill.last_ok_ts is not None else "never proven"
+    if cell.drill_state == "failing":
+        tip = escape(f"last drill {iso(drill.last_drill_ts)} failed: {drill.last_error or ''}")
+        return f'<span class="drill drill-failing" title="{tip}">drill failed; {proven}</span>'
+    if cell.drill_state == "overdue":
+        return f'<span class="drill drill-overdue">drill overdue; {proven}</span>'
+    return f'<span class="drill">{proven}</span>'
 
 
 def dashboard(now: float, jobs: Sequence[str], views: Sequence[HostView], only: Optional[str] = None) -> str:

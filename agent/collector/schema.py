@@ -35,6 +35,7 @@ class Report:
     every_high: float
     first_error: Optional[str]
     body: Dict[str, Any]
+    drill_every: float = 0.0  # drill reports: the job's drill policy in seconds
 
 
 def validate(body: Any) -> Tuple[Optional[Report], List[str]]:
@@ -48,4 +49,5 @@ def validate(body: Any) -> Tuple[Optional[Report], List[str]]:
                   status=body["status"], seq=body["seq"], started_ts=parse_time(body["started_at"]),
                   finished_ts=parse_time(body["finished_at"]), files=body["files"], bytes=body["bytes"],
                   new_bytes=body["new_bytes"], every_low=float(every["low"]), every_high=float(every["high"]),
-                  first_error="; ".join(errors[:3])[:1000] if errors else None, body=canonical(body)), []
+                  first_error="; ".join(errors[:3])[:1000] if errors else None, body=canonical(body),
+                  drill_every=float(body.get("drill_every", 0.0))), []

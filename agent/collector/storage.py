@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Se
 
 from agent.collector.schema import Report
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 REPORT_COLUMNS = """id TEXT NOT NULL, host TEXT NOT NULL, job TEXT NOT NULL, seq BIGINT NOT NULL,
             status TEXT NOT NULL, trigger_name TEXT NOT NULL, job_type TEXT NOT NULL,
@@ -62,6 +62,13 @@ MIGRATIONS: List[List[str]] = [
         "ALTER TABLE reports_v3 RENAME TO reports",
         "CREATE INDEX reports_by_job ON reports (host, job, finished_ts)",
     ],
+    [   # 4: per host and job, the last restore drill and the last one that passed
+        """CREATE TABLE drills (
+            host TEXT NOT NULL, job TEXT NOT NULL, last_drill_ts DOUBLE PRECISION NOT NULL,
+            last_status TEXT NOT NULL, last_error TEXT, last_ok_ts DOUBLE PRECISION,
+            drill_every DOUBLE PRECISION NOT NULL, changed_ts DOUBLE PRECISION NOT NULL, PRIMARY KEY (host, job))""",
+        "CREATE INDEX drills_by_change ON drills (changed_ts)",
+    ],
 ]
 
 # Runs that are not backups: stored and listed, but they neither refresh nor fail a job's backup state
@@ -98,6 +105,23 @@ UPSERT_JOB = """INSERT INTO jobs (host, job, job_type, last_run_ts, last_status,
                    THEN excluded.last_ok_ts ELSE jobs.last_ok_ts END,
       runs = jobs.runs + 1"""
 
+# Like UPSERT_JOB: a drill report that arrives late moves nothing back in time
+UPSERT_DRILL = """INSERT INTO drills (host, job, last_drill_ts, last_status, last_error, last_ok_ts, drill_every,
+    changed_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (host, job) DO UPDATE SET
+      changed_ts = excluded.changed_ts,
+      last_status = CASE WHEN excluded.last_drill_ts >= drills.last_drill_ts THEN excluded.last_status
+                    ELSE drills.last_status END,
+      last_error = CASE WHEN excluded.last_drill_ts >= drills.last_drill_ts THEN excluded.last_error
+                   ELSE drills.last_error END,
+      drill_every = CASE WHEN excluded.last_drill_ts >= drills.last_drill_ts THEN excluded.drill_every
+                    ELSE drills.drill_every END,
+      last_drill_ts = CASE WHEN excluded.last_drill_ts >= drills.last_drill_ts THEN excluded.last_drill_ts
+                      ELSE drills.last_drill_ts END,
+      last_ok_ts = CASE WHEN excluded.last_ok_ts IS NOT NULL
+                        AND (drills.last_ok_ts IS NULL OR excluded.last_ok_ts > drills.last_ok_ts)
+                   THEN excluded.last_ok_ts ELSE drills.last_ok_ts END"""
+
 UPSERT_HOST = """INSERT INTO hosts (host, last_seen_ts, min_seq, max_seq, seq_count, changed_ts)
     VALUES (?, ?, ?, ?, 1, ?)
     ON CONFLICT (host) DO UPDATE SET
@@ -123,6 +147,19 @@ class JobRow(NamedTuple):
     every_low: float
     every_high: float
     runs: int
+
+
+class DrillRow(NamedTuple):
+    """A host/job's restore drills: the last one (time, status, first error), the last that passed, and
+    the drill policy (seconds) its report carried."""
+
+    host: str
+    job: str
+    last_drill_ts: float
+    last_status: str
+    last_error: Optional[str]
+    last_ok_ts: Optional[float]
+    drill_every: float
 
 
 class Run(NamedTuple):
@@ -189,6 +226,8 @@ class Storage:
         self._jobs_cache: Optional[Dict[Tuple[str, str], JobRow]] = None
         self._hosts_cache: Optional[Dict[str, HostRow]] = None
         self._last_read = 0.0
+        self._drills_cache: Optional[Dict[Tuple[str, str], DrillRow]] = None
+        self._drills_read = 0.0
         self._down_until = 0.0
         self._backoff = 0.0
 
@@ -317,7 +356,13 @@ class Storage:
             json.dumps(report.body, separators=(",", ":"))))
         if cur.rowcount != 1:
             return False
-        cur.execute(self._sql(UPSERT_HOST), (report.host, received_ts, report.seq, report.seq, received_ts))
+        if report.seq > 0:  # 0: posted for the host by another (a central drill): its numbers are not the host's
+            cur.execute(self._sql(UPSERT_HOST), (report.host, received_ts, report.seq, report.seq, received_ts))
+        if report.trigger == "drill":
+            cur.execute(self._sql(UPSERT_DRILL), (
+                report.host, report.job, finished_ts, report.status, report.first_error,
+                finished_ts if report.status == "ok" else None, report.drill_every or report.every_high,
+                received_ts))
         if report.trigger in NOT_BACKUPS:
             return True
         cur.execute(self._sql(UPSERT_JOB), (
@@ -361,6 +406,20 @@ class Storage:
             self._jobs_cache, self._hosts_cache, self._last_read = job_cache, host_cache, now
             return list(job_cache.values()), list(host_cache.values())
 
+    def drill_rows(self, now: float) -> List[DrillRow]:
+        """Every drills row, kept in memory and refreshed with the rows changed since the previous call
+        (as fleet_rows)."""
+        with self._fleet_lock:
+            since = self._drills_read - CHANGE_OVERLAP if self._drills_cache is not None else None
+            where = "" if since is None else " WHERE changed_ts >= ?"
+            rows = self._query("SELECT host, job, last_drill_ts, last_status, last_error, last_ok_ts, drill_every "
+                               "FROM drills" + where, [] if since is None else [since])
+            cache = self._drills_cache if self._drills_cache is not None else {}
+            for row in rows:
+                cache[(row[0], row[1])] = DrillRow._make(row)
+            self._drills_cache, self._drills_read = cache, now
+            return list(cache.values())
+
     def jobs(self) -> List[JobRow]:
         return self.fleet_rows(time.time())[0]
 
@@ -398,11 +457,13 @@ class Storage:
     def missing_seqs(self, host: str, limit: int = 50) -> List[Tuple[int, int]]:
         """Gaps in a host's sequence numbers as (first missing, last missing) ranges, oldest first."""
         rows = self._query("SELECT seq FROM (SELECT seq, LAG(seq) OVER (ORDER BY seq) AS prev FROM reports "
-                           "WHERE host = ?) AS s WHERE prev IS NOT NULL AND seq > prev + 1 ORDER BY seq LIMIT ?",
+                           "WHERE host = ? AND seq > 0) AS s WHERE prev IS NOT NULL AND seq > prev + 1 "
+                           "ORDER BY seq LIMIT ?",
                            [host, limit])
         gaps = []
         for (seq,) in rows:
-            prev = self._query("SELECT MAX(seq) FROM reports WHERE host = ? AND seq < ?", [host, seq])[0][0]
+            prev = self._query("SELECT MAX(seq) FROM reports WHERE host = ? AND seq > 0 AND seq < ?",
+                               [host, seq])[0][0]
             gaps.append((prev + 1, seq - 1))
         return gaps
 

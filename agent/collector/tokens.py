@@ -8,6 +8,9 @@
     [readers."grafana"]
     sha256 = "…"
 
+    [drills."central"]                 # may post reports whose trigger is "drill", for any host
+    sha256 = "…"
+
 Tokens are 256-bit random strings, so a plain hash is enough (nothing to brute-force). The file is
 re-read when it changes: rotating a token needs no restart.
 """
@@ -41,7 +44,7 @@ class TokenFileError(Exception):
 @dataclass(frozen=True)
 class Principal:
     name: str
-    role: str  # "host" or "reader"
+    role: str  # "host", "reader" or "drill"
 
 
 def digest(token: str) -> str:
@@ -58,10 +61,11 @@ def _read(path: str) -> dict:
         raise TokenFileError(f"{path}: {exc}") from None
 
 
-def create_token(path: str, name: str, reader: bool = False) -> str:
-    """Create (or rotate) the token of `name`; only its hash is stored. Returns the token."""
+def create_token(path: str, name: str, reader: bool = False, drill: bool = False) -> str:
+    """Create (or rotate) the token of `name` (a host's; a reader's; a drill host's, which posts drill
+    reports of any host); only its hash is stored. Returns the token."""
     data = _read(path)
-    section = "readers" if reader else "hosts"
+    section = "readers" if reader else "drills" if drill else "hosts"
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     data.setdefault(section, {})[name] = {"sha256": digest(token), "created": utc_now()}
     directory = os.path.dirname(os.path.abspath(path))
@@ -88,7 +92,7 @@ class TokenStore:
             return
         data = _read(self.path)
         by_hash: Dict[str, Principal] = {}
-        for section, role in (("hosts", "host"), ("readers", "reader")):
+        for section, role in (("hosts", "host"), ("readers", "reader"), ("drills", "drill")):
             for name, entry in (data.get(section) or {}).items():
                 if isinstance(entry, dict) and isinstance(entry.get("sha256"), str):
                     by_hash[entry["sha256"]] = Principal(name, role)

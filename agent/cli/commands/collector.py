@@ -35,10 +35,12 @@ def run_token(args: argparse.Namespace) -> int:
     if not HOST.fullmatch(args.host):
         raise UsageError(f"{args.host!r} is not a host name")
     try:
-        token = create_token(args.tokens, args.host, reader=args.reader)
+        if args.reader and args.drill:
+            raise UsageError("a token is --reader or --drill, not both")
+        token = create_token(args.tokens, args.host, reader=args.reader, drill=args.drill)
     except (TokenFileError, OSError) as exc:
         raise UsageError(str(exc)) from None
-    what = "reader" if args.reader else "host"
+    what = "reader" if args.reader else "drill host" if args.drill else "host"
     err(f"token for {what} {args.host} stored (as a hash) in {args.tokens}; any earlier token of {args.host} "
         "no longer works. It is shown once:")
     print(token, flush=True)
