@@ -71,24 +71,23 @@ def iso(ts: Optional[float]) -> Optional[str]:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def job_state(row: Optional[JobRow], now: float, grace: float = DEFAULT_GRACE) -> str:
-    if row is None:
-        return "never"
-    if row.last_status != "ok":
+def _judged(status: str, last_ok_ts: Optional[float], policy: float, now: float, grace: float) -> str:
+    if status != "ok":
         return "failing"
-    if row.last_ok_ts is None or now - row.last_ok_ts > row.every_high + grace:
+    if last_ok_ts is None or now - last_ok_ts > policy + grace:
         return "overdue"
     return "ok"
+
+
+def job_state(row: Optional[JobRow], now: float, grace: float = DEFAULT_GRACE) -> str:
+    return "never" if row is None else _judged(row.last_status, row.last_ok_ts, row.every_high, now, grace)
 
 
 def drill_state(drill: Optional[DrillRow], now: float, grace: float = DEFAULT_GRACE) -> str:
+    """A host/job's restore drills judged against the drill policy their last report carried."""
     if drill is None:
         return "never"
-    if drill.last_status != "ok":
-        return "failing"
-    if drill.last_ok_ts is None or now - drill.last_ok_ts > drill.drill_every + grace:
-        return "overdue"
-    return "ok"
+    return _judged(drill.last_status, drill.last_ok_ts, drill.drill_every, now, grace)
 
 
 def host_state(host: Optional[HostRow], rows: Sequence[JobRow], now: float, grace: float = DEFAULT_GRACE) -> str:
