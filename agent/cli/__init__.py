@@ -15,8 +15,10 @@ from agent.text import plural
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from agent.cli.common import escape_names_in_output
     from agent.cli.parser import build_parser
 
+    escape_names_in_output()
     parser = build_parser()
     # argparse cannot give positionals that follow an option (restore X --target D PATH...) to an
     # earlier nargs="*" positional, so restore collects them from the leftovers.

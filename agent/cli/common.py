@@ -26,6 +26,35 @@ class CommandFailed(Exception):
     """The command could not do its work (a damaged snapshot, say): printed with the prefix, exit status 1."""
 
 
+def escape_names_in_output() -> None:
+    """Make stdout and stderr write a name that is not UTF-8 (os.fsdecode's surrogate escapes, from a file
+    named b'd\\xfe') as `d\\xfe`, as reports and logs do, whatever the locale: a strict UTF-8 stdout
+    would raise, a C one would pass the raw byte to the terminal."""
+    import codecs
+
+    try:
+        codecs.lookup_error(_ESCAPE_ERRORS)
+    except LookupError:
+        codecs.register_error(_ESCAPE_ERRORS, _escape_unencodable)
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)  # absent on a replaced stream (a test's capture)
+        if reconfigure is not None:
+            reconfigure(errors=_ESCAPE_ERRORS)
+
+
+_ESCAPE_ERRORS = "backup-agent-escape"
+
+
+def _escape_unencodable(exc: UnicodeError) -> tuple:
+    """The codec error handler of escape_names_in_output: `\\xNN` for an undecodable byte's surrogate
+    (U+DC80..U+DCFF), `\\uNNNN` for any other character the stream cannot encode."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    bad = exc.object[exc.start:exc.end]
+    return "".join(f"\\x{ord(char) - 0xDC00:02x}" if "\udc80" <= char <= "\udcff" else f"\\u{ord(char):04x}"
+                   for char in bad), exc.end
+
+
 def err(message: str) -> None:
     """A line on stderr as it is (progress-like notes, what a restore did)."""
     print(message, file=sys.stderr)
@@ -41,8 +70,21 @@ def warning(message: str) -> None:
 
 
 def print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2)
+    """`data` as indented JSON on stdout; every text in it valid UTF-8 (names that are not: `\\xff`)."""
+    json.dump(_escaped(data), sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def _escaped(data: Any) -> Any:
+    from agent.report.schema import escape
+
+    if isinstance(data, str):
+        return escape(data)
+    if isinstance(data, dict):
+        return {_escaped(key): _escaped(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_escaped(item) for item in data]
+    return data
 
 
 def load_config(path: Optional[str]) -> Config:

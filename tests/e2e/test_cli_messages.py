@@ -102,3 +102,23 @@ def test_the_collector_prints_the_sqlite_url_as_written(start_collector, tmp_pat
     url = f"sqlite:///{tmp_path}/fleet.db"
     collector = start_collector(db=url)
     assert f"(storage {url}," in collector.text()
+
+
+def test_names_that_are_not_utf8_are_shown_escaped_by_every_listing(agent, tmp_path, monkeypatch):
+    """A snapshot holding b'd\\xfe/f\\xfd': ls, find and diff show `d\\xfe/f\\xfd`, as reports do, in text
+    and JSON, even on a strict UTF-8 stdout (a UTF-8 locale: before, a UnicodeEncodeError traceback)."""
+    src = tmp_path / "src"
+    make_tree(str(src), {"a.txt": "a"})
+    agent.write_jobs(fs_job("one", str(src)))
+    agent.backup("one")
+    os.makedirs(os.path.join(os.fsencode(src), b"d\xfe"))
+    with open(os.path.join(os.fsencode(src), b"d\xfe", b"f\xfd"), "w") as handle:
+        handle.write("x")
+    agent.backup("one")
+    monkeypatch.setenv("PYTHONIOENCODING", "utf-8:strict")
+    for argv, line in [(["ls", "one:latest"], r"  d\xfe/f\xfd"), (["find", "f*"], r"  d\xfe/f\xfd  1 B"),
+                       (["diff", "one:latest~1", "one:latest"], r"+    d\xfe/f\xfd")]:
+        result = agent.run(*argv, check=0)
+        assert line in result.stdout and "\udcfe" not in result.stdout, result.stdout
+        data = agent.run(*argv, "--json", check=0).stdout
+        assert "\\\\xfe/f\\\\xfd" in data and "\\udc" not in data, data
