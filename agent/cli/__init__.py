@@ -45,6 +45,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (CommandFailed, RepositoryError, BackendError) as exc:  # a damaged repository: named, never a traceback
         error(str(exc))
         return EXIT_FAILED
+    except BrokenPipeError:  # `ls ... | head`: the reader had enough; say nothing, as ls(1) does
+        import os
+        import sys
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return EXIT_FAILED
+    except OSError as exc:  # what the system refused (a repository not ours to lock, a full disk): named
+        error(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))
+        return EXIT_FAILED
     except KeyboardInterrupt:
         error("interrupted")
         return 130

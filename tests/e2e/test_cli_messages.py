@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 
 import pytest
 
-from tests.helpers import agent_command, fs_job, make_tree
+from tests.helpers import agent_command, fs_job, make_tree, new_agent
 
 UNKNOWN = "backup-agent: error: unknown job 'nope' (known: one, two)\n"
 
@@ -122,3 +124,34 @@ def test_names_that_are_not_utf8_are_shown_escaped_by_every_listing(agent, tmp_p
         assert line in result.stdout and "\udcfe" not in result.stdout, result.stdout
         data = agent.run(*argv, "--json", check=0).stdout
         assert "\\\\xfe/f\\\\xfd" in data and "\\udc" not in data, data
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a repository another user may not lock")
+def test_a_repository_the_user_may_not_lock_is_an_error_naming_it_not_a_traceback(shared_tmp):
+    """An operator's restore as an unprivileged user (CAP_DAC_READ_SEARCH only: it may read, not write, the
+    root-owned repository): one prefixed line naming the lock file, exit 1."""
+    if not shutil.which("setpriv"):
+        pytest.skip("needs setpriv")
+    agent = new_agent(str(shared_tmp / "agent"))
+    os.chmod(agent.base, 0o755)
+    make_tree(str(shared_tmp / "src"), {"a.txt": "a"})
+    agent.write_jobs(fs_job("one", str(shared_tmp / "src")))
+    agent.backup("one")
+    user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+            "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+    for argv in (["restore", "one:latest", "--target", str(shared_tmp / "out")], ["verify"], ["prune"]):
+        result = agent.run(*argv, user=user)
+        lock = os.path.join(agent.repository, "lock")
+        assert (result.returncode, result.stderr) == (1, f"backup-agent: error: {lock}: Permission denied\n")
+
+
+def test_a_reader_that_stops_reading_ends_the_listing_quietly(two_jobs):
+    two_jobs.backup("one")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # `| head -0`: nobody reads, every write is EPIPE
+    try:
+        result = subprocess.run([*agent_command(), "--config", two_jobs.config, "find", "*"], stdout=write_end,
+                                stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (1, b"")
