@@ -354,6 +354,9 @@ def test_a_dump_target_under_a_file_is_a_clear_error(agent, tmp_path):
     assert existing.read_text() == "keep"
     agent.run("restore", "cmd:latest", "--target", str(tmp_path / "dumps" / "out.txt"), check=0)
     assert (tmp_path / "dumps" / "out.txt").read_text() == "hello\n"
+    for option in (["--overwrite", "always"], ["--delete"], ["--dry-run"], ["some/path"]):
+        refused = agent.run("restore", "cmd:latest", "--target", str(tmp_path / "dumps" / "out.txt"), *option)
+        assert refused.returncode == 2 and "for file trees" in refused.stderr and "--force" in refused.stderr
 
 
 def test_a_path_longer_than_path_max_backs_up_and_restores(agent, tmp_path):

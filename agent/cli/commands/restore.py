@@ -64,6 +64,12 @@ def restore(config, options: RestoreOptions) -> int:
     with repo.lock(exclusive=False, purpose="restore"):
         snapshot = snapshot_ref.resolve(config, repo, options.snapshot)
         if snapshot.type in STREAM_TYPES:
+            tree_only = [name for name, given in (("--overwrite", options.overwrite != "never"),
+                                                  ("--delete", options.delete), ("--dry-run", options.dry_run),
+                                                  ("PATH", bool(options.paths))) if given]
+            if tree_only:
+                raise UsageError(f"{', '.join(tree_only)}: for file trees; {snapshot.id[:12]} is a "
+                                 f"{snapshot.type} dump (--force replaces an existing --target FILE)")
             return _restore_dump(config, repo, snapshot, options)
         if options.to_database:
             raise UsageError(f"--to-database restores mysql snapshots; {snapshot.id[:12]} is {snapshot.type}")
