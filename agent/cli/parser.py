@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 
 from agent import __version__
 from agent.cli.commands import (
@@ -23,8 +24,12 @@ from agent.cli.common import EXIT_USAGE
 SNAPSHOT_HELP = "an id, a unique id prefix, JOB:latest, or JOB:latest~N (the N-th before the latest)"
 CONFIG_HELP = "agent.toml (default: $BACKUP_AGENT_CONFIG, else /etc/backup-agent/agent.toml)"
 
+# declares one command: (name, the function that runs it, help text, listing=True) -> its parser
+_Command = Callable[..., argparse.ArgumentParser]
 
-def build_parser() -> argparse.ArgumentParser:  # long: one declaration per option, read top to bottom
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command in the order `--help` lists them; each group of commands declared by one function."""
     parser = argparse.ArgumentParser(
         prog="backup-agent",
         description="Change-triggered, deduplicated, verifiable backups for Enstratius nodes.")
@@ -33,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:  # long: one declaration per opti
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    def command(name: str, func, help_text: str, listing: bool = True) -> argparse.ArgumentParser:
+    def command(name: str, func: Callable[[argparse.Namespace], int], help_text: str,
+                listing: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=func)
         # also after the command; SUPPRESS keeps a --config given before it when none follows
@@ -43,6 +49,21 @@ def build_parser() -> argparse.ArgumentParser:  # long: one declaration per opti
         return p
 
     command("check-config", config.run, "validate the configuration and list the jobs")
+    _snapshot_commands(command)
+    _restore_commands(command)
+    _repository_commands(command)
+    _agent_commands(command)
+    _collector_commands(command("collector", lambda _: EXIT_USAGE, "the central collector: serve it, make tokens",
+                                listing=False))
+    p = command("demo", demo.run, "back up a sandbox /services tree and restore it", listing=False)
+    p.add_argument("--dir", metavar="DIR", help="where to build the sandbox (default: a new temp dir)")
+    p.add_argument("--serve", action="store_true", help="keep the collector and its dashboard running at the end, "
+                                                        "until Ctrl-C")
+    return parser
+
+
+def _snapshot_commands(command: _Command) -> None:
+    """backup, and the commands that list, compare, search and forget snapshots."""
     p = command("backup", backup.run, "back up jobs now")
     p.add_argument("jobs", nargs="*", metavar="JOB")
     p.add_argument("--all", action="store_true", help="every configured job")
@@ -61,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:  # long: one declaration per opti
     p = command("forget", snapshots.run_forget, "remove single snapshots (their data goes with the next prune)",
                 listing=False)
     p.add_argument("snapshots", nargs="+", metavar="SNAPSHOT", help=SNAPSHOT_HELP)
+
+
+def _restore_commands(command: _Command) -> None:
+    """restore, and the drill that proves a restore works."""
     p = command("restore", restore.run, "restore a snapshot, or some paths of it", listing=False)
     p.add_argument("snapshot", metavar="SNAPSHOT", help=SNAPSHOT_HELP)
     p.add_argument("--target", metavar="DIR", help="restore the job's path as DIR itself (a dump: to FILE)")
@@ -84,10 +109,18 @@ def build_parser() -> argparse.ArgumentParser:  # long: one declaration per opti
     p.add_argument("--identity", metavar="FILE", help="the identity that opens an encrypted repository")
     p.add_argument("--repository", metavar="URL", help="drill another host's jobs in this repository (with --host)")
     p.add_argument("--host", metavar="NODE", help="whose snapshots to drill; the reports carry this name")
+
+
+def _repository_commands(command: _Command) -> None:
+    """verify and prune: the whole repository."""
     p = command("verify", repository.run_verify, "check that every snapshot is complete")
     p.add_argument("--read-data", action="store_true", help="read and re-hash every stored object")
     p = command("prune", repository.run_prune, "forget snapshots beyond retention and delete unneeded data")
     p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+
+
+def _agent_commands(command: _Command) -> None:
+    """The daemon and what talks to it or to its state: run, status, pause, resume, reports."""
     p = command("run", control.run_daemon, "run the agent: watch trees, run jobs on their schedule", listing=False)
     p.add_argument("--verbose", action="store_true", help="debug logging")
     p = command("status", control.run_status, "per job: last run, last success, next due, watcher mode")
@@ -102,13 +135,6 @@ def build_parser() -> argparse.ArgumentParser:  # long: one declaration per opti
     p.add_argument("--flush", action="store_true", help="deliver pending reports now (exit 1 if some remain)")
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                    help="how long --flush may try (default 60)")
-    _collector_commands(command("collector", lambda _: EXIT_USAGE, "the central collector: serve it, make tokens",
-                                listing=False))
-    p = command("demo", demo.run, "back up a sandbox /services tree and restore it", listing=False)
-    p.add_argument("--dir", metavar="DIR", help="where to build the sandbox (default: a new temp dir)")
-    p.add_argument("--serve", action="store_true", help="keep the collector and its dashboard running at the end, "
-                                                        "until Ctrl-C")
-    return parser
 
 
 def _collector_commands(parent: argparse.ArgumentParser) -> None:

@@ -145,26 +145,46 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(storage: Storage, tokens: TokenStore, settings: Optional[Settings] = None,
-               clock: Callable[[], float] = time.time) -> Starlette:
-    settings = settings or Settings()
-    writer: Optional[BatchWriter] = None
+def _timed(build: Callable[[], bytes], media_type: str) -> Callable[[], Response]:
+    """Run `build` and tell how long it took (Server-Timing: what the benchmark reports as render time)."""
 
-    def reader_allowed(request: Request) -> Optional[Response]:
-        if not settings.read_auth:
+    def run() -> Response:
+        started = time.perf_counter()
+        body = build()
+        elapsed = (time.perf_counter() - started) * 1000
+        return Response(body, media_type=media_type, headers={"Server-Timing": f"render;dur={elapsed:.1f}"})
+
+    return run
+
+
+class _Endpoints:
+    """The collector's request handlers over one storage and token store. `writer` exists between the
+    app's startup and shutdown (the lifespan), so a report posted outside it is a bug, not a 503."""
+
+    def __init__(self, storage: Storage, tokens: TokenStore, settings: Settings,
+                 clock: Callable[[], float]) -> None:
+        self.storage = storage
+        self.tokens = tokens
+        self.settings = settings
+        self.clock = clock
+        self.writer: Optional[BatchWriter] = None
+
+    def denied(self, request: Request) -> Optional[Response]:
+        """None when `request` may read (no read auth configured, or any known token), else the 401."""
+        if not self.settings.read_auth:
             return None
         token = _bearer(request)
-        if token and tokens.lookup(token) is not None:
+        if token and self.tokens.lookup(token) is not None:
             return None
         return _problem(401, "this collector requires a token to read", **{"WWW-Authenticate": 'Basic realm="backup"'})
 
-    async def post_report(request: Request) -> Response:
+    async def post_report(self, request: Request) -> Response:
         try:
             raw = await _read_body(request)
         except _TooLarge:
             return _problem(413, f"a report is at most {MAX_BODY} bytes", Connection="close")
         token = _bearer(request)
-        principal: Optional[Principal] = tokens.lookup(token) if token else None
+        principal: Optional[Principal] = self.tokens.lookup(token) if token else None
         if principal is None or principal.role not in ("host", "drill"):
             return _problem(401, "missing or unknown token", **{"WWW-Authenticate": "Bearer"})
         try:
@@ -183,121 +203,117 @@ def create_app(storage: Storage, tokens: TokenStore, settings: Optional[Settings
             return _problem(422, "; ".join(problems[:10]))
         if principal.role == "drill":  # its sequence numbers are the drill host's, not the reported host's
             report = replace(report, seq=0)
-        assert writer is not None
+        assert self.writer is not None
         try:
-            new = await asyncio.wrap_future(writer.submit(report))
+            new = await asyncio.wrap_future(self.writer.submit(report))
         except Exception as exc:
             return await _unavailable(request, exc)
         return JSONResponse({"id": report.id, "stored": bool(new), "duplicate": not new})
 
-    def timed(build: Callable[[], bytes], media_type: str) -> Callable[[], Response]:
-        """Run `build` and tell how long it took (Server-Timing: what the benchmark reports as render time)."""
-
-        def run() -> Response:
-            started = time.perf_counter()
-            body = build()
-            elapsed = (time.perf_counter() - started) * 1000
-            return Response(body, media_type=media_type, headers={"Server-Timing": f"render;dur={elapsed:.1f}"})
-
-        return run
-
-    def _fleet(request: Request) -> tuple:
-        now = clock()
-        jobs, views = fleet(*storage.fleet_rows(now), tokens.hosts(), now, settings.grace, storage.drill_rows(now))
+    def fleet(self) -> tuple:
+        """(now, jobs, views) of the whole fleet as of now (agent.collector.freshness.fleet)."""
+        now = self.clock()
+        jobs, views = fleet(*self.storage.fleet_rows(now), self.tokens.hosts(), now, self.settings.grace,
+                            self.storage.drill_rows(now))
         return now, jobs, views
 
-    async def status(request: Request) -> Response:
-        denied = reader_allowed(request)
+    async def status(self, request: Request) -> Response:
+        denied = self.denied(request)
         if denied:
             return denied
 
         def build() -> bytes:
-            now, _, views = _fleet(request)
+            now, _, views = self.fleet()
             return json.dumps({
-                "now": iso(now), "grace": settings.grace,
+                "now": iso(now), "grace": self.settings.grace,
                 "hosts": [{"host": view.host, "state": view.state, "last_seen": iso(view.last_seen),
                            "missing_reports": view.missing} for view in views],
                 "jobs": [cell.to_json(view.state) for view in views for cell in view.cells],
             }, separators=(",", ":")).encode()
 
-        return await run_in_threadpool(timed(build, "application/json"))
+        return await run_in_threadpool(_timed(build, "application/json"))
 
-    async def list_reports(request: Request) -> Response:
-        denied = reader_allowed(request)
+    async def list_reports(self, request: Request) -> Response:
+        denied = self.denied(request)
         if denied:
             return denied
         try:
             limit = min(max(int(request.query_params.get("limit", "100")), 1), 1000)
         except ValueError:
             return _problem(400, "limit must be a number")
-        rows = await run_in_threadpool(storage.reports, request.query_params.get("host"),
+        rows = await run_in_threadpool(self.storage.reports, request.query_params.get("host"),
                                        request.query_params.get("job"), limit)
         return JSONResponse(rows)
 
-    async def dashboard(request: Request) -> Response:
-        denied = reader_allowed(request)
+    async def dashboard(self, request: Request) -> Response:
+        denied = self.denied(request)
         if denied:
             return denied
 
         def build() -> bytes:
-            now, jobs, views = _fleet(request)
+            now, jobs, views = self.fleet()
             return pages.dashboard(now, jobs, views, request.query_params.get("state")).encode()
 
-        return await run_in_threadpool(timed(build, "text/html; charset=utf-8"))
+        return await run_in_threadpool(_timed(build, "text/html; charset=utf-8"))
 
-    async def history(request: Request) -> Response:
-        denied = reader_allowed(request)
+    async def history(self, request: Request) -> Response:
+        denied = self.denied(request)
         if denied:
             return denied
         host, job = request.path_params["host"], request.path_params["job"]
-        now = clock()
+        now = self.clock()
 
         def load() -> tuple:
-            return (storage.reports(host, job, 500), storage.missing_seqs(host),
-                    storage.runs(host, job, now - charts.WINDOW, charts.MAX_RUNS))
+            return (self.storage.reports(host, job, 500), self.storage.missing_seqs(host),
+                    self.storage.runs(host, job, now - charts.WINDOW, charts.MAX_RUNS))
 
         rows, gaps, runs = await run_in_threadpool(load)
         if not rows:
             return HTMLResponse(pages.not_found(host, job), status_code=404)
         return HTMLResponse(pages.history(now, host, job, rows, gaps, runs))
 
-    async def metrics(request: Request) -> Response:
-        denied = reader_allowed(request)
+    async def metrics(self, request: Request) -> Response:
+        denied = self.denied(request)
         if denied:
             return denied
         from agent.collector.metrics import CONTENT_TYPE, render
 
-        return await run_in_threadpool(timed(
-            lambda: render(*_fleet(request), storage.count_reports(), settings.grace), CONTENT_TYPE))
+        return await run_in_threadpool(_timed(
+            lambda: render(*self.fleet(), self.storage.count_reports(), self.settings.grace), CONTENT_TYPE))
 
-    async def healthz(request: Request) -> Response:
+    async def healthz(self, request: Request) -> Response:
         """What a load balancer asks: ok only while a report could be stored (the writer thread runs
         and the database takes a write now)."""
-        if writer is None or not writer.thread.is_alive():
+        if self.writer is None or not self.writer.thread.is_alive():
             return PlainTextResponse("report writer not running\n", status_code=503)
         try:
-            await run_in_threadpool(storage.ping)
+            await run_in_threadpool(self.storage.ping)
         except StorageUnavailable as exc:
             return PlainTextResponse(f"storage unavailable: {exc}\n", status_code=503,
                                      headers={"Retry-After": str(RETRY_AFTER)})
         return PlainTextResponse("ok\n")
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        nonlocal writer
-        writer = BatchWriter(storage, clock)
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.writer = BatchWriter(self.storage, self.clock)
         try:
             yield
         finally:
-            writer.close()
+            self.writer.close()
 
+
+def create_app(storage: Storage, tokens: TokenStore, settings: Optional[Settings] = None,
+               clock: Callable[[], float] = time.time) -> Starlette:
+    """The collector's ASGI app over `storage` and `tokens`; `clock` (epoch seconds) is what "now" is."""
+    endpoints = _Endpoints(storage, tokens, settings or Settings(), clock)
     routes = [
-        Route("/", dashboard),
-        Route("/hosts/{host}/jobs/{job}", history),
-        Route("/api/v1/reports", post_report, methods=["POST"]),
-        Route("/api/v1/reports", list_reports, methods=["GET"]),
-        Route("/api/v1/status", status),
-        Route("/metrics", metrics),
-        Route("/healthz", healthz),
+        Route("/", endpoints.dashboard),
+        Route("/hosts/{host}/jobs/{job}", endpoints.history),
+        Route("/api/v1/reports", endpoints.post_report, methods=["POST"]),
+        Route("/api/v1/reports", endpoints.list_reports, methods=["GET"]),
+        Route("/api/v1/status", endpoints.status),
+        Route("/metrics", endpoints.metrics),
+        Route("/healthz", endpoints.healthz),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={StorageUnavailable: _unavailable})
+    return Starlette(routes=routes, lifespan=endpoints.lifespan,
+                     exception_handlers={StorageUnavailable: _unavailable})

@@ -11,7 +11,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from agent.config.durations import parse_duration, parse_interval
 from agent.config.model import (
@@ -32,6 +32,7 @@ else:  # pragma: no cover - exercised on older interpreters only
     import tomli as tomllib
 
 DEFAULT_CONFIG = "/etc/backup-agent/agent.toml"
+_T = TypeVar("_T")
 
 
 class ConfigError(Exception):
@@ -322,6 +323,55 @@ def _collect_jobs(tables: Any, source: str, defaults: Retention, seen: Dict[str,
     return jobs
 
 
+def _setting(data: Dict[str, Any], key: str, parse: Callable[[Any], _T], default: _T, source: str,
+             problems: _Problems) -> _T:
+    """`data[key]` through `parse`, or `default` when the key is absent or its value wrong (recorded)."""
+    if key not in data:
+        return default
+    try:
+        return parse(data[key])
+    except ValueError as exc:
+        problems.error(source, key, str(exc))
+        return default
+
+
+def _host(data: Dict[str, Any], source: str, problems: _Problems) -> str:
+    """The configured host name, else the machine's; one the collector would refuse is a problem."""
+    host = data.get("host") or os.uname().nodename
+    if not isinstance(host, str):
+        problems.error(source, "host", "must be a string")
+        return os.uname().nodename
+    if not HOST_NAME.fullmatch(host):  # the collector would refuse every report of this host
+        # a machine name that is not one only warns: backups must not stop over it
+        complain = problems.error if data.get("host") else problems.warn
+        complain(source, "host", f"{host!r} is not a host name the collector accepts (letters, digits, '.', '_', "
+                                 f"':' or '-'): set host = \"...\"")
+    return host
+
+
+def _jobs_dir(data: Dict[str, Any], source: str, problems: _Problems) -> str:
+    """The job files' directory, absolute (a relative one is relative to agent.toml's directory)."""
+    value = data.get("jobs_dir", "conf.d")
+    if not isinstance(value, str) or not value:
+        problems.error(source, "jobs_dir", "must be a path (relative to agent.toml or absolute)")
+        value = "conf.d"
+    return os.path.normpath(os.path.join(os.path.dirname(source), value))
+
+
+def _job_files(jobs_dir: str, defaults: Retention, seen: Dict[str, str], problems: _Problems) -> List[Job]:
+    """The jobs of every jobs_dir/*.toml, in file name order."""
+    jobs: List[Job] = []
+    for job_file in sorted(glob.glob(os.path.join(jobs_dir, "*.toml"))):
+        job_data = _read_toml(job_file, problems)
+        if job_data is None:
+            continue
+        for key in job_data:
+            if key != "jobs":
+                problems.error(job_file, key, "unknown key (a job file holds only [jobs.NAME] tables)")
+        jobs.extend(_collect_jobs(job_data.get("jobs", {}), job_file, defaults, seen, problems))
+    return jobs
+
+
 def load_config(path: Optional[str] = None) -> Config:
     """Read and validate the configuration; raises ConfigError listing every problem."""
     path = os.path.abspath(path or default_config_path())
@@ -333,69 +383,22 @@ def load_config(path: Optional[str] = None) -> Config:
     for key in data:
         if key not in _AGENT_KEYS:
             problems.error(path, key, f"unknown key (known: {', '.join(_AGENT_KEYS)})")
-
-    def absolute(key: str, default: Optional[str]) -> str:
-        if key not in data:
-            if default is None:
-                problems.error(path, key, "missing")
-                return ""
-            return default
-        try:
-            return _abspath(data[key])
-        except ValueError as exc:
-            problems.error(path, key, str(exc))
-            return ""
-
-    host = data.get("host") or os.uname().nodename
-    if not isinstance(host, str):
-        problems.error(path, "host", "must be a string")
-        host = os.uname().nodename
-    elif not HOST_NAME.fullmatch(host):  # the collector would refuse every report of this host
-        # a machine name that is not one only warns: backups must not stop over it
-        complain = problems.error if data.get("host") else problems.warn
-        complain(path, "host", f"{host!r} is not a host name the collector accepts (letters, digits, '.', '_', "
-                               f"':' or '-'): set host = \"...\"")
-    repository = absolute("repository", None)
-    state_dir = absolute("state_dir", "/var/lib/backup-agent")
-    jobs_dir_value = data.get("jobs_dir", "conf.d")
-    if not isinstance(jobs_dir_value, str) or not jobs_dir_value:
-        problems.error(path, "jobs_dir", "must be a path (relative to agent.toml or absolute)")
-        jobs_dir_value = "conf.d"
-    jobs_dir = os.path.normpath(os.path.join(os.path.dirname(path), jobs_dir_value))
+    host = _host(data, path, problems)
+    if "repository" not in data:
+        problems.error(path, "repository", "missing")
+    repository = _setting(data, "repository", _abspath, "", path, problems)
+    state_dir = _setting(data, "state_dir", _abspath, "/var/lib/backup-agent", path, problems)
+    jobs_dir = _jobs_dir(data, path, problems)
     retention = _retention(data.get("retention", {}), Retention(), path, "retention", problems)
     collector = _collector(data["collector"], path, problems) if "collector" in data else None
-    max_runs = 1
-    if "max_concurrent_runs" in data:
-        try:
-            max_runs = _positive(data["max_concurrent_runs"])
-        except ValueError as exc:
-            problems.error(path, "max_concurrent_runs", str(exc))
-
-    poll_interval = 30.0
-    if "poll_interval" in data:
-        try:
-            poll_interval = _duration(data["poll_interval"])
-        except ValueError as exc:
-            problems.error(path, "poll_interval", str(exc))
-
-    drill_every = DEFAULT_DRILL_EVERY
-    if "drill_every" in data:
-        try:
-            drill_every = _duration(data["drill_every"])
-        except ValueError as exc:
-            problems.error(path, "drill_every", str(exc))
+    max_runs = _setting(data, "max_concurrent_runs", _positive, 1, path, problems)
+    poll_interval = _setting(data, "poll_interval", _duration, 30.0, path, problems)
+    drill_every = _setting(data, "drill_every", _duration, DEFAULT_DRILL_EVERY, path, problems)
 
     seen: Dict[str, str] = {}
     jobs = _collect_jobs(data.get("jobs", {}), path, retention, seen, problems)
     if os.path.isdir(jobs_dir):
-        for job_file in sorted(glob.glob(os.path.join(jobs_dir, "*.toml"))):
-            job_data = _read_toml(job_file, problems)
-            if job_data is None:
-                continue
-            for key in job_data:
-                if key != "jobs":
-                    problems.error(job_file, key, "unknown key (a job file holds only [jobs.NAME] tables)")
-            jobs.extend(_collect_jobs(job_data.get("jobs", {}), job_file, retention, seen, problems))
+        jobs.extend(_job_files(jobs_dir, retention, seen, problems))
     elif "jobs_dir" in data:
         problems.warn(path, "jobs_dir", f"{jobs_dir} does not exist (yet)")
 
