@@ -121,10 +121,13 @@ def check_jobs(config: Config, names: Iterable[str]) -> None:
 
 
 def open_repository(config: Config) -> Repository:
-    """The configured repository; a missing or unreadable one is a UsageError."""
+    """The configured repository. A missing one is a UsageError (exit 2: the configuration names the wrong
+    place); a damaged one (its config.json unreadable) raises RepositoryError naming it (exit 1)."""
     from agent.store import Repository, RepositoryError
 
     try:
         return Repository.open(config.repository)
     except RepositoryError as exc:
+        if Repository(config.repository).exists():
+            raise
         raise UsageError(str(exc)) from None

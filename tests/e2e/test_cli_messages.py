@@ -155,3 +155,31 @@ def test_a_reader_that_stops_reading_ends_the_listing_quietly(two_jobs):
     finally:
         os.close(write_end)
     assert (result.returncode, result.stderr) == (1, b"")
+
+
+def test_a_damaged_repository_is_a_failure_and_a_missing_one_a_usage_error(two_jobs):
+    """Exit 1 for a repository whose config.json is garbage (a check that failed), 2 for none at all (the
+    configuration names the wrong place)."""
+    for argv in (["ls", "one:latest"], ["restore", "one:latest", "--target", "/nonexistent/x"]):
+        missing = two_jobs.run(*argv)
+        assert missing.returncode == 2 and "no repository here" in missing.stderr, missing.stderr
+    two_jobs.backup("one")
+    config = os.path.join(two_jobs.repository, "config.json")
+    with open(config, "w") as handle:
+        handle.write("garbage{")
+    for argv in (["verify"], ["ls", "one:latest"], ["prune"], ["find", "*"]):
+        damaged = two_jobs.run(*argv)
+        assert damaged.returncode == 1 and damaged.stderr.startswith(f"backup-agent: error: {config}: "), damaged
+
+
+def test_a_damaged_snapshot_document_is_one_prefixed_warning(two_jobs):
+    first = two_jobs.backup("one")[0]["snapshot"]
+    make_tree(os.path.join(two_jobs.base, "..", "one"), {"a.txt": "changed"})
+    two_jobs.backup("one")
+    document = os.path.join(two_jobs.repository, "snapshots", first + ".json")
+    with open(document, "r+b") as handle:
+        handle.truncate(20)  # a power loss on a filesystem without data journaling
+    for argv in (["snapshots"], ["prune", "--dry-run"]):
+        result = two_jobs.run(*argv, check=0)
+        [line] = [line for line in result.stderr.splitlines() if first in line]
+        assert line.startswith(f"backup-agent: warning: snapshot {first} is damaged: {document}"), line

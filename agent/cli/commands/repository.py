@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 import agent.cli.render as render
-from agent.cli.common import EXIT_FAILED, EXIT_OK, err, load_config, open_repository, print_json
+from agent.cli.common import EXIT_FAILED, EXIT_OK, err, load_config, open_repository, print_json, warning
 from agent.cli.progress import progress
 
 
@@ -49,7 +49,7 @@ def prune(config, dry_run: bool = False, as_json: bool = False) -> int:
     else:
         render.show(render.prune(result, dry_run))
     for reason in result.damaged:
-        err(f"damaged (kept, not pruned): {reason}")
+        warning(f"{reason} (kept, not pruned)")
     return EXIT_OK
 
 

@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence
 
 import agent.cli.render as render
 from agent.cli import snapshot_ref
-from agent.cli.common import EXIT_OK, check_jobs, err, load_config, open_repository, print_json
+from agent.cli.common import EXIT_OK, check_jobs, load_config, open_repository, print_json, warning
 from agent.text import plural
 
 
@@ -31,7 +31,7 @@ def snapshots(config, job: Optional[str] = None, as_json: bool = False) -> int:
 
         if Repository(config.repository).exists():
             for damaged in open_repository(config).damaged_snapshots():
-                err(f"damaged: {damaged.reason}")
+                warning(damaged.reason)  # "snapshot X is damaged: FILE is ..."
     if job and not rows:
         check_jobs(config, [job])  # a job that is gone from the configuration still lists its snapshots
     if as_json:
