@@ -70,7 +70,7 @@ class _Tail(threading.Thread):
             self.pipe.close()
 
     def text(self, secrets: Iterable[str]) -> str:
-        return mask(bytes(self.data[-_KEEP:]).decode("utf-8", "replace"), secrets)
+        return mask(bytes(self.data[-_KEEP:]).decode("utf-8", "backslashreplace"), secrets)
 
 
 def _kill(proc: subprocess.Popen) -> None:

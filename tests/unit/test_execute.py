@@ -55,6 +55,12 @@ def test_hook_output_and_exit_status():
     assert run_hook(["true"], 30).ok
 
 
+def test_output_that_is_not_utf8_is_kept_escaped_as_names_are():
+    """A tool's message holding byte 0xff reads `\\xff` in the report (as a file name would), not U+FFFD."""
+    done = run_hook(["sh", "-c", "printf 'cannot open dump\\377.sql\\n' >&2; exit 1"], 30)
+    assert done.output.strip() == "cannot open dump\\xff.sql"
+
+
 def test_hook_killed_by_a_signal_is_named():
     done = run_hook(["sh", "-c", "kill -KILL $$"], 30)
     assert done.returncode == -9 and "killed by signal SIGKILL" in done.describe()
