@@ -25,7 +25,9 @@ class TerminalProgress:
         self.files = 0
         self.total_files: Optional[int] = None
         self.lock = threading.Lock()
-        self.bar = tqdm(desc=label, file=sys.stderr, unit="B", unit_scale=True, unit_divisor=1024,
+        # SI units (MB = 10^6 B), as tqdm always scales the rate: with unit_divisor=1024 the amounts were
+        # MiB and the rate MB, both labelled "MB"
+        self.bar = tqdm(desc=label, file=sys.stderr, unit="B", unit_scale=True, unit_divisor=1000,
                         **_size(), leave=True, mininterval=0.2)
 
     def expect(self, files: Optional[int], bytes: Optional[int]) -> None:

@@ -59,7 +59,7 @@ def test_backup_restore_and_verify_show_progress_on_a_terminal(job, tmp_path):
     code, out, shown = on_terminal(job, "restore", "svc:latest", "--target", str(tmp_path / "out"))
     assert code == 0 and out == ""
     assert "100%" in shown and "7/7 files" in shown and "<00:00" in shown, shown  # files, bytes, rate, ETA
-    assert "1.14M/1.14M" in shown, shown  # 1,200,009 bytes in MiB
+    assert "1.20M/1.20M" in shown, shown  # 1,200,009 bytes in MB, the unit of the rate beside it
 
     code, out, shown = on_terminal(job, "verify", "--read-data")
     assert code == 0 and out.startswith("ok:")
@@ -93,4 +93,4 @@ def test_a_dump_backup_shows_the_bytes_it_stored(agent, tmp_path):
     code, out, shown = on_terminal(agent, "backup", "db-app")
     assert code == 0 and out.startswith("db-app: ok snapshot")
     size = os.path.getsize(database)
-    assert size == 700 * 1024 and "db-app: 700kB [" in shown and "B/s, 1 entry]" in shown, shown
+    assert size == 716_800 and "db-app: 717kB [" in shown and "B/s, 1 entry]" in shown, shown  # SI kB
