@@ -27,6 +27,7 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from agent.config import Config, ConfigError, Job, load_config
 from agent.durable import atomic_write, make_private_dirs
+from agent.maintenance import Lane
 from agent.report import RunReport
 from agent.report.sender import DeliveryLoop, Sender
 from agent.runner import open_repository, run_job, spool_for
@@ -79,6 +80,7 @@ class Daemon:
         self.last_activity = self.monotonic()
         self.passes = 0                       # passes of the main loop: each one is a wake-up
         self._startup_scans: Set[str] = set()  # jobs whose pending full scan is the start-up one
+        self.maintenance: Optional[Lane] = None  # drills and prunes (agent.maintenance)
 
     # --- events from other threads ----------------------------------------------------------------------
 
@@ -115,6 +117,8 @@ class Daemon:
         self._start_delivery()
         for job in self.config.jobs:
             self._arm(job, startup=True)
+        self.maintenance = Lane(self.config, self.started_at, lambda name: self.job_state(name).last_ok_at is not None,
+                                self._on_report, self.wake.set, self.clock)
         self._write_daemon_file()
         log.info("backup-agent running: %d jobs, host %s, repository %s", len(self.config.jobs),
                  self.config.host, self.config.repository)
@@ -172,6 +176,8 @@ class Daemon:
         collector_changed = (self.config.collector if self.config else None) != new.collector \
             or (self.config.state_dir if self.config else None) != new.state_dir
         self.config = new
+        if self.maintenance is not None:
+            self.maintenance.config = new
         if collector_changed:
             self._start_delivery()
         self._write_daemon_file()
@@ -242,6 +248,10 @@ class Daemon:
                     self._start(jobs[name], trigger, changes, "change")
                     busy = busy | {name}
         waits = self._start_due_timers(now, busy)
+        if self.maintenance is not None:  # drills and prunes: after the backups, one at a time
+            until = self.maintenance.step(now, idle=not self.running)
+            if until is not None:
+                waits.append(until)
         # Only a burst that could start when it settles may shorten the wait: a paused job's burst waits
         # for the pause to end, a busy job's or one behind a full change lane for a run to end.
         deadline = None if self._change_lane_busy() else \
@@ -359,6 +369,8 @@ class Daemon:
             self.abort_runs.set()
             for run in list(self.running.values()):
                 run.thread.join(2.0)
+        if self.maintenance is not None:
+            self.maintenance.join(SHUTDOWN_GRACE)  # a drill's server dies with the process, if not before
         if self.watcher is not None:
             self.watcher.stop()
         if self.delivery is not None:

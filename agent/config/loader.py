@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 from agent.config.durations import parse_duration, parse_interval
 from agent.config.model import (
     DEFAULT_DRILL_EVERY,
+    DEFAULT_PRUNE_EVERY,
     HOST_PATTERN,
     JOB_NAME_PATTERN,
     JOB_TYPES,
@@ -142,7 +143,7 @@ JOB_NAME = re.compile(JOB_NAME_PATTERN)
 HOST_NAME = re.compile(HOST_PATTERN)
 _RETENTION_KEYS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly")
 _AGENT_KEYS = ("host", "repository", "state_dir", "jobs_dir", "retention", "collector", "jobs",
-               "max_concurrent_runs", "poll_interval", "drill_every")
+               "max_concurrent_runs", "poll_interval", "drill_every", "prune_every")
 _COLLECTOR_KEYS = {"url": _string, "token_file": _abspath, "ca_file": _abspath, "max_backoff": _duration,
                    "spool_max_reports": _positive, "spool_max_bytes": _positive}
 
@@ -394,6 +395,7 @@ def load_config(path: Optional[str] = None) -> Config:
     max_runs = _setting(data, "max_concurrent_runs", _positive, 1, path, problems)
     poll_interval = _setting(data, "poll_interval", _duration, 30.0, path, problems)
     drill_every = _setting(data, "drill_every", _duration, DEFAULT_DRILL_EVERY, path, problems)
+    prune_every = _setting(data, "prune_every", _duration, DEFAULT_PRUNE_EVERY, path, problems)
 
     seen: Dict[str, str] = {}
     jobs = _collect_jobs(data.get("jobs", {}), path, retention, seen, problems)
@@ -407,4 +409,4 @@ def load_config(path: Optional[str] = None) -> Config:
     return Config(path=path, host=host, repository=repository, state_dir=state_dir, jobs_dir=jobs_dir,
                   retention=retention, jobs=tuple(jobs), collector=collector,
                   max_concurrent_runs=max_runs, poll_interval=poll_interval, drill_every=drill_every,
-                  warnings=tuple(problems.warnings))
+                  prune_every=prune_every, warnings=tuple(problems.warnings))

@@ -9,6 +9,7 @@ from agent.config.durations import Interval, format_duration
 
 JOB_TYPES = ("fs", "mysql", "riak", "command", "sqlite")
 DEFAULT_DRILL_EVERY = 7 * 86400.0  # seconds between restore drills of a job, unless configured
+DEFAULT_PRUNE_EVERY = 86400.0      # seconds between the daemon's prunes, unless configured
 # Names as the run report's contract (agent.report.schema) and the collector's tokens accept them
 JOB_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 HOST_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}"
@@ -91,6 +92,7 @@ class Config:
     max_concurrent_runs: int = 1
     poll_interval: float = 30.0
     drill_every: float = DEFAULT_DRILL_EVERY  # the default of jobs that set none
+    prune_every: float = DEFAULT_PRUNE_EVERY
     warnings: Tuple[str, ...] = ()
 
     def drill_every_of(self, job: Job) -> float:

@@ -84,6 +84,9 @@ class RunReport:
     # mysql drill the tables of the loaded dump (None: absent from JSON)
     drill_every: float = 0.0
     tables: Optional[Tuple[TableRows, ...]] = None
+    # Prune reports: the repository's stored bytes before and after (None: absent from JSON)
+    repository_bytes_before: Optional[int] = None
+    repository_bytes_after: Optional[int] = None
 
     def __post_init__(self) -> None:
         # The report boundary: every text escaped and every list cut here, once, so that what is printed,
@@ -116,6 +119,9 @@ class RunReport:
         changes = data.pop("changes")
         if changes is not None:
             data["changes"] = self.changes.to_json()  # type: ignore[union-attr]
+        for name in ("repository_bytes_before", "repository_bytes_after"):
+            if data[name] is None:
+                del data[name]
         if not data["drill_every"]:
             del data["drill_every"]
         if data["tables"] is None:

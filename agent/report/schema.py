@@ -20,6 +20,8 @@ from typing import Any, Callable, Dict, List, Tuple
 
 from agent.config.model import HOST_PATTERN, JOB_NAME_PATTERN, JOB_TYPES
 
+# a report's type: the job's, or "repository" for a prune run (which covers the whole repository)
+REPORT_TYPES = (*JOB_TYPES, "repository")
 TRIGGERS = ("manual", "change", "schedule", "catch-up", "retry", "startup", "prune", "drill")
 STATUSES = ("ok", "failed")
 
@@ -45,7 +47,7 @@ REPORT_SCHEMA: Dict[str, Any] = {
         "id": {"type": "string", "pattern": ID, "must": "1-80 letters, digits, '_' or '-'"},
         "host": {"type": "string", "pattern": HOST, "must": "a host name"},
         "job": {"type": "string", "pattern": JOB, "must": "a job name"},
-        "type": {"enum": JOB_TYPES},
+        "type": {"enum": REPORT_TYPES},
         "trigger": {"enum": TRIGGERS},
         "status": {"enum": STATUSES},
         "changed": {"type": "boolean", "must": "true or false"},
@@ -65,6 +67,9 @@ REPORT_SCHEMA: Dict[str, Any] = {
                     "properties": {"added": _COUNT, "removed": _COUNT, "changed": _COUNT,
                                    "paths": {**_TEXTS, "maxItems": MAX_LIST}},
                     "must": '{"added": N, "removed": N, "changed": N, "paths": [texts]}'},
+        # optional, prune reports: the repository's stored bytes before and after the prune
+        "repository_bytes_before": _COUNT,
+        "repository_bytes_after": _COUNT,
         # optional, drill reports: the job's drill policy in seconds (the collector judges drills with it)
         "drill_every": {**_SECONDS, "must": "a number of seconds"},
         # optional, drills of mysql snapshots: every table of the loaded dump with its exact row count

@@ -1,0 +1,93 @@
+"""The daemon's maintenance lane with the real `backup-agent run`: drills and prunes on their schedule
+(short intervals), reported to a real collector; what killed runs leave behind is pruned."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+
+from tests.e2e.test_daemon import Daemon, wait_for
+from tests.fixtures.collector import make_token
+from tests.helpers import agent_command, fs_job, make_tree
+
+
+def configure(agent, collector, tmp_path, extra: str = "") -> None:
+    token_file = str(tmp_path / "token")
+    with open(token_file, "w") as handle:
+        handle.write(make_token(collector.tokens_file, "test-node"))
+    os.chmod(token_file, 0o600)
+    with open(agent.config, "a") as handle:
+        handle.write(f'{extra}\n[retention]\nkeep_last = 1\nkeep_daily = 0\nkeep_weekly = 0\nkeep_monthly = 0\n'
+                     f'[collector]\nurl = "{collector.url}"\ntoken_file = "{token_file}"\nmax_backoff = "1s"\n')
+
+
+def repository_bytes(agent) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(os.path.join(agent.repository, "data")):
+        total += sum(os.path.getsize(os.path.join(root, name)) for name in files)
+    return total
+
+
+def test_the_daemon_drills_and_prunes_on_schedule_and_the_collector_shows_it(agent, start_collector, tmp_path):
+    collector = start_collector()
+    configure(agent, collector, tmp_path, 'drill_every = "2s"\nprune_every = "3s"')
+    tree = str(tmp_path / "svc")
+    make_tree(tree, {"conf/a.xml": "<a/>", "lib/big.jar": os.urandom(2_000_000)})
+    agent.write_jobs(fs_job("svc", tree))
+    agent.backup("svc")
+    with open(os.path.join(tree, "lib/big.jar"), "wb") as handle:  # the first snapshot's data becomes garbage
+        handle.write(os.urandom(2_000_000))
+    agent.backup("svc")
+    before = repository_bytes(agent)
+    daemon = Daemon(agent).start()
+    try:
+        reports = wait_for(lambda: (lambda rows: rows if {"drill", "prune"} <= {r["trigger"] for r in rows}
+                                    and sum(r["trigger"] == "drill" for r in rows) >= 2 else None)(
+            collector.reports("test-node")), timeout=60)
+    finally:
+        assert daemon.stop() == 0
+    drills = [row for row in reports if row["trigger"] == "drill"]
+    assert all(row["status"] == "ok" and row["job"] == "svc" for row in drills), drills
+    assert drills[0]["snapshot"] == agent.snapshots("svc")[-1]["id"]
+    [prune] = [row for row in reports if row["trigger"] == "prune"][-1:]
+    assert prune["status"] == "ok" and prune["job"] == "repository" and prune["type"] == "repository"
+    assert prune["repository_bytes_before"] >= before > prune["repository_bytes_after"]
+    assert len(agent.snapshots("svc")) == 1 and repository_bytes(agent) == prune["repository_bytes_after"]
+    [row] = collector.get("/api/v1/status").json()["jobs"]
+    assert row["drill_state"] == "ok" and row["state"] == "ok" and row["last_trigger"] == "manual"
+    assert "drill of svc started" in daemon.text() and "prune ok" in daemon.text()
+    assert os.listdir(os.path.join(agent.state_dir, "drill")) == []
+
+
+def test_killed_backups_leave_nothing_that_outlives_the_next_prune(agent, start_collector, tmp_path):
+    collector = start_collector()
+    configure(agent, collector, tmp_path, 'prune_every = "2s"\ndrill_every = "1w"')
+    tree = str(tmp_path / "svc")
+    make_tree(tree, {f"d{n}/f{i}": os.urandom(60_000) for n in range(10) for i in range(20)})
+    agent.write_jobs(fs_job("svc", tree))
+    agent.backup("svc")
+    clean = repository_bytes(agent)
+    for round_ in range(4):  # new content each time, and the backup killed half way
+        for n in range(10):
+            with open(os.path.join(tree, f"d{n}/f0"), "wb") as handle:
+                handle.write(os.urandom(600_000))
+        proc = subprocess.Popen([*agent_command(), "--config", agent.config, "backup", "svc"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        grown_by = clean + 500_000 * (round_ + 1)
+        wait_for(lambda p=proc, limit=grown_by: repository_bytes(agent) > limit or p.poll() is not None,
+                 timeout=60, interval=0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    grown = repository_bytes(agent)
+    daemon = Daemon(agent).start()
+    try:
+        wait_for(lambda: any(r["trigger"] == "prune" for r in collector.reports("test-node")), timeout=60)
+    finally:
+        assert daemon.stop() == 0
+    [prune] = [r for r in collector.reports("test-node") if r["trigger"] == "prune"][:1]
+    assert prune["status"] == "ok", prune
+    assert repository_bytes(agent) <= clean * 1.1 < grown, (clean, grown, repository_bytes(agent))
+    agent.run("verify", "--read-data", check=0)
+    assert len(json.loads(agent.run("snapshots", "--json", check=0).stdout)) == 1
