@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+import sys
+from typing import Callable, NoReturn
 
 from agent import __version__
 from agent.cli.commands import (
@@ -19,7 +20,7 @@ from agent.cli.commands import (
     restore,
     snapshots,
 )
-from agent.cli.common import EXIT_USAGE
+from agent.cli.common import EXIT_USAGE, PREFIX
 
 SNAPSHOT_HELP = "an id, a unique id prefix, JOB:latest, or JOB:latest~N (the N-th before the latest)"
 CONFIG_HELP = "agent.toml (default: $BACKUP_AGENT_CONFIG, else /etc/backup-agent/agent.toml)"
@@ -28,9 +29,18 @@ CONFIG_HELP = "agent.toml (default: $BACKUP_AGENT_CONFIG, else /etc/backup-agent
 _Command = Callable[..., argparse.ArgumentParser]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one error prefix of every message (`backup-agent: error: ...`, not argparse's
+    `backup-agent forget: error: ...`); its subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{PREFIX}error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every command in the order `--help` lists them; each group of commands declared by one function."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="backup-agent",
         description="Change-triggered, deduplicated, verifiable backups for Enstratius nodes.")
     parser.add_argument("--version", action="version", version=f"backup-agent {__version__}")

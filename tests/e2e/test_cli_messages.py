@@ -183,3 +183,13 @@ def test_a_damaged_snapshot_document_is_one_prefixed_warning(two_jobs):
         result = two_jobs.run(*argv, check=0)
         [line] = [line for line in result.stderr.splitlines() if first in line]
         assert line.startswith(f"backup-agent: warning: snapshot {first} is damaged: {document}"), line
+
+
+@pytest.mark.parametrize("argv", [["forget"], ["find"], ["restore", "x:latest", "--overwrite", "sometimes"],
+                                  ["nope"], ["ls", "x:latest", "--bogus"]])
+def test_usage_errors_have_the_one_prefix(two_jobs, argv):
+    result = two_jobs.run(*argv)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("usage: backup-agent")
+    [message] = [line for line in result.stderr.splitlines() if ": error: " in line]
+    assert message.startswith("backup-agent: error: "), result.stderr
