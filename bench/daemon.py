@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fs import ENV, HERE, timed  # noqa: E402
-from treegen import PROFILES, SERVICES, generate  # noqa: E402
+from treegen import PROFILES, SERVICES, generate, shipped_exclude  # noqa: E402
 
 QUIET = 1.0
 
@@ -63,7 +63,7 @@ def main() -> None:
         for service in SERVICES:
             handle.write(f'[jobs.services-{service}]\ntype = "fs"\npath = "{tree}/{service}"\nevery = "24h"\n'
                          f'on_change = true\nquiet = "{QUIET}s"\nmax_delay = "10s"\n'
-                         'exclude = ["logs/", "*.log", "*.log.*", "catalina.out*", "temp/", "work/"]\n\n')
+                         f'exclude = {shipped_exclude()}\n\n')
     agent = [os.path.join(os.path.dirname(sys.executable), "backup-agent"), "--config", config]
     subprocess.run([*agent, "backup", "--all"], check=True, capture_output=True, env=ENV)
     restic_repo = os.path.join(work, "restic")

@@ -17,7 +17,7 @@ import time
 from typing import Dict, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from treegen import PROFILES, SERVICES, all_files, generate  # noqa: E402
+from treegen import PROFILES, SERVICES, all_files, generate, shipped_exclude  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # PYTHONDONTWRITEBYTECODE (set in some sandboxes) would make every start recompile the agent's modules,
@@ -78,7 +78,7 @@ class BackupAgent(Tool):
             for service in SERVICES:
                 handle.write(f'[jobs.services-{service}]\ntype = "fs"\npath = "{self.tree}/{service}"\n'
                              'every = "24h"\non_change = true\n'
-                             'exclude = ["logs/", "*.log", "*.log.*", "catalina.out*", "temp/", "work/"]\n\n')
+                             f'exclude = {shipped_exclude()}\n\n')
         self.cmd = f"{os.path.join(os.path.dirname(sys.executable), 'backup-agent')} --config {self.config}"
 
     def backup(self, step: int) -> str:

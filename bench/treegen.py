@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass
 
 SERVICES = ("api", "console", "dispatcher", "km", "monitor", "worker")
+SHIPPED_POLICY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf.d", "services.toml")
 WORDS = """server connector port thread pool jdbc url user timeout cache session valve realm host engine context
 resource factory driver enstratius provisioning analytics console credentials dispatcher monitor worker km
 region datacenter account billing role group key value true false""".split()  # noqa: SIM905
@@ -97,3 +98,19 @@ def all_files(root: str):
             continue
         for name in sorted(files):
             yield os.path.join(directory, name)
+
+
+def shipped_exclude() -> str:
+    """The shipped Tomcat excludes (conf.d/services.toml: the same for every service), as a TOML array, so
+    that the benchmarks back up what a node does."""
+    import json
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    with open(SHIPPED_POLICY, "rb") as handle:
+        jobs = tomllib.load(handle)["jobs"]
+    [exclude] = {tuple(job["exclude"]) for job in jobs.values()}
+    return json.dumps(list(exclude))
