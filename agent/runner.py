@@ -35,7 +35,7 @@ def _say(message: str) -> None:
 
 
 def open_repository(config: Config) -> Repository:
-    return Repository.open(config.repository, create=True)
+    return Repository.open(config.repository, create=True, encryption=config.encryption)
 
 
 def spool_for(config: Config) -> Spool:

@@ -28,6 +28,8 @@ class Kind(enum.Enum):
     INDEX = "index"        # index files, named by the SHA-256 of their content
     SNAPSHOT = "snapshots"  # snapshot documents, named by the SHA-256 of their content
     DAMAGE = "damage"      # damage records written by `verify --read-data` (see agent.store.damage)
+    KEYS = "keys"          # encrypted repositories: the node key, wrapped for the recipients (agent.crypt)
+    PACK_KEYS = "packkeys"  # encrypted repositories: packs' data keys, wrapped for the recipients
 
 
 CONFIG_NAME = "config"

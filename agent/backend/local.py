@@ -26,7 +26,8 @@ from agent.backend.base import CONFIG_NAME, Buffer, FileInfo, Handle, Kind, NotF
 from agent.durable import FileLock, fsync_dir, make_private_dirs, write_temp
 
 _MAX_CACHED = 256  # open pack descriptors; each may hold a 16 MiB pack's disk space after its deletion
-_DIRS = {Kind.DATA: "data", Kind.INDEX: "index", Kind.SNAPSHOT: "snapshots", Kind.DAMAGE: "damage"}
+_DIRS = {Kind.DATA: "data", Kind.INDEX: "index", Kind.SNAPSHOT: "snapshots", Kind.DAMAGE: "damage",
+         Kind.KEYS: "keys", Kind.PACK_KEYS: "packkeys"}
 _SUFFIX = {Kind.SNAPSHOT: ".json"}
 
 

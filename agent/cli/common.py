@@ -122,12 +122,43 @@ def check_jobs(config: Config, names: Iterable[str]) -> None:
 
 def open_repository(config: Config) -> Repository:
     """The configured repository. A missing one is a UsageError (exit 2: the configuration names the wrong
-    place); a damaged one (its config.json unreadable) raises RepositoryError naming it (exit 1)."""
-    from agent.store import Repository, RepositoryError
+    place), and so is an encrypted one this node has no key or identity for; a damaged one (its config.json
+    unreadable or not authentic) raises RepositoryError naming it (exit 1)."""
+    from agent.store import KeyUnusable, Repository, RepositoryError
 
     try:
-        return Repository.open(config.repository)
+        return Repository.open(config.repository, encryption=config.encryption)
+    except KeyUnusable as exc:
+        raise UsageError(str(exc)) from None
     except RepositoryError as exc:
         if Repository(config.repository).exists():
             raise
+        raise UsageError(str(exc)) from None
+
+
+def with_identity(config: Config, identity: Optional[str]) -> Config:
+    """`config` with `--identity FILE` (if given) in place of [encryption] identity_file."""
+    if not identity:
+        return config
+    from dataclasses import replace
+
+    return replace(config, encryption=replace(config.encryption, identity_file=os.path.abspath(identity)))
+
+
+def require_identity(repo: Repository, config: Config, required: bool) -> None:
+    """Read the identity an encrypted repository's contents need now, so that a missing, malformed or
+    wrong one is a UsageError before anything is done; `required`: its absence is one too (restore)."""
+    if repo.cipher is None:
+        return
+    from agent.crypt.keys import KeyFileError
+
+    if repo.cipher.identity_file is None:
+        if required:
+            raise UsageError(f"{repo.location} is encrypted: reading file contents and dumps needs an identity; "
+                             f"give --identity FILE, or set identity_file in the [encryption] table of {config.path}")
+        return
+    try:
+        if not repo.cipher.identities:
+            raise UsageError(f"{repo.cipher.identity_file}: holds no identity")
+    except KeyFileError as exc:
         raise UsageError(str(exc)) from None

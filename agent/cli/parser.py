@@ -15,6 +15,7 @@ from agent.cli.commands import (
     demo,
     drill,
     inspect,
+    key,
     reports,
     repository,
     restore,
@@ -23,6 +24,7 @@ from agent.cli.commands import (
 from agent.cli.common import EXIT_USAGE, PREFIX
 
 SNAPSHOT_HELP = "an id, a unique id prefix, JOB:latest, or JOB:latest~N (the N-th before the latest)"
+IDENTITY_HELP = "an age identity file (overrides [encryption] identity_file)"
 CONFIG_HELP = "agent.toml (default: $BACKUP_AGENT_CONFIG, else /etc/backup-agent/agent.toml)"
 
 # declares one command: (name, the function that runs it, help text, listing=True) -> its parser
@@ -63,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     _restore_commands(command)
     _repository_commands(command)
     _agent_commands(command)
+    _key_commands(command("key", lambda _: EXIT_USAGE, "encryption keys: make an identity, recover a node key",
+                          listing=False))
     _collector_commands(command("collector", lambda _: EXIT_USAGE, "the central collector: serve it, make tokens",
                                 listing=False))
     p = command("demo", demo.run, "back up a sandbox /services tree and restore it", listing=False)
@@ -113,6 +117,7 @@ def _restore_commands(command: _Command) -> None:
     p.add_argument("--json", action="store_true", help="what was done, as JSON on stdout")
     p.add_argument("paths", nargs="*", metavar="PATH",
                    help="paths relative to the job's path, or absolute under it (/services/api/conf)")
+    p.add_argument("--identity", metavar="FILE", help=IDENTITY_HELP)
     p = command("drill", drill.run, "prove that each job's latest snapshot restores (a restore drill)")
     p.add_argument("jobs", nargs="*", metavar="JOB")
     p.add_argument("--all", action="store_true", help="every configured job (with --host: every job of that host)")
@@ -125,8 +130,10 @@ def _repository_commands(command: _Command) -> None:
     """verify and prune: the whole repository."""
     p = command("verify", repository.run_verify, "check that every snapshot is complete")
     p.add_argument("--read-data", action="store_true", help="read and re-hash every stored object")
+    p.add_argument("--identity", metavar="FILE", help=IDENTITY_HELP + "; also checks the encryption of contents")
     p = command("prune", repository.run_prune, "forget snapshots beyond retention and delete unneeded data")
     p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    p.add_argument("--identity", metavar="FILE", help=IDENTITY_HELP + "; stands in for a missing node key")
 
 
 def _agent_commands(command: _Command) -> None:
@@ -145,6 +152,22 @@ def _agent_commands(command: _Command) -> None:
     p.add_argument("--flush", action="store_true", help="deliver pending reports now (exit 1 if some remain)")
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                    help="how long --flush may try (default 60)")
+
+
+def _key_commands(parent: argparse.ArgumentParser) -> None:
+    ksub = parent.add_subparsers(dest="key_command", metavar="COMMAND")
+    ksub.required = True
+    text = "write a new age identity (mode 0600); its recipient is the last line of stdout"
+    p = ksub.add_parser("generate", help=text, description=text)
+    p.set_defaults(func=key.run_generate)
+    p.add_argument("--identity", required=True, metavar="FILE", help="where to write it (never overwritten)")
+    text = "recover the node key of the configured encrypted repository with an identity, into a new file"
+    p = ksub.add_parser("recover-node", help=text, description=text)
+    p.set_defaults(func=key.run_recover_node)
+    p.add_argument("--identity", required=True, metavar="FILE", help="an identity the repository was written for")
+    p.add_argument("--out", required=True, metavar="FILE", help="the node key file to write (mode 0600; "
+                                                                 "never overwritten)")
+    p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=CONFIG_HELP)
 
 
 def _collector_commands(parent: argparse.ArgumentParser) -> None:

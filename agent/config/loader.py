@@ -26,6 +26,7 @@ from agent.config.model import (
     Retention,
 )
 from agent.config.token import TokenFileError, read_token
+from agent.crypt.settings import EncryptionSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -143,7 +144,8 @@ JOB_NAME = re.compile(JOB_NAME_PATTERN)
 HOST_NAME = re.compile(HOST_PATTERN)
 _RETENTION_KEYS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly")
 _AGENT_KEYS = ("host", "repository", "state_dir", "jobs_dir", "retention", "collector", "jobs",
-               "max_concurrent_runs", "poll_interval", "drill_every", "prune_every")
+               "max_concurrent_runs", "poll_interval", "drill_every", "prune_every", "encryption")
+_ENCRYPTION_KEYS = ("recipients", "identity_file", "node_key_file", "disabled")
 _COLLECTOR_KEYS = {"url": _string, "token_file": _abspath, "ca_file": _abspath, "max_backoff": _duration,
                    "spool_max_reports": _positive, "spool_max_bytes": _positive}
 
@@ -303,6 +305,36 @@ def _collector(table: Any, source: str, problems: _Problems) -> Optional[Collect
     return CollectorSettings(**values) if "url" in values else None
 
 
+def _encryption(table: Any, source: str, state_dir: str, problems: _Problems) -> EncryptionSettings:
+    """[encryption]: recipients (age1… strings), identity_file, node_key_file (absolute), disabled."""
+    node_key_file = os.path.join(state_dir, "node.key")
+    if not isinstance(table, dict):
+        problems.error(source, "encryption", "must be a table")
+        return EncryptionSettings(node_key_file=node_key_file)
+    values: Dict[str, Any] = {"node_key_file": node_key_file}
+    checkers: Dict[str, Checker] = {"recipients": _string_list, "identity_file": _abspath,
+                                    "node_key_file": _abspath, "disabled": _bool}
+    for key, value in table.items():
+        if key not in checkers:
+            problems.error(source, f"encryption.{key}", f"unknown key (known: {', '.join(_ENCRYPTION_KEYS)})")
+            continue
+        try:
+            values[key] = checkers[key](value)
+        except ValueError as exc:
+            problems.error(source, f"encryption.{key}", str(exc))
+    for number, text in enumerate(values.get("recipients", ())):
+        if not re.fullmatch(r"age1[02-9ac-hj-np-z]{58}", text):
+            problems.error(source, f"encryption.recipients[{number}]",
+                           f"{text!r} is not an age X25519 recipient (age1… as `backup-agent key generate` prints)")
+    if "recipients" in values and not values["recipients"] and not values.get("disabled"):
+        problems.error(source, "encryption.recipients", "empty: name at least one recipient, or set disabled = true")
+    identity = values.get("identity_file")
+    note = secret_file_warning(identity, "an identity") if identity else None
+    if note:
+        problems.warn(source, "encryption.identity_file", note)
+    return EncryptionSettings(**values)
+
+
 def _collect_jobs(tables: Any, source: str, defaults: Retention, seen: Dict[str, str],
                   problems: _Problems) -> List[Job]:
     jobs: List[Job] = []
@@ -396,6 +428,7 @@ def load_config(path: Optional[str] = None) -> Config:
     poll_interval = _setting(data, "poll_interval", _duration, 30.0, path, problems)
     drill_every = _setting(data, "drill_every", _duration, DEFAULT_DRILL_EVERY, path, problems)
     prune_every = _setting(data, "prune_every", _duration, DEFAULT_PRUNE_EVERY, path, problems)
+    encryption = _encryption(data.get("encryption", {}), path, state_dir, problems)
 
     seen: Dict[str, str] = {}
     jobs = _collect_jobs(data.get("jobs", {}), path, retention, seen, problems)
@@ -409,4 +442,4 @@ def load_config(path: Optional[str] = None) -> Config:
     return Config(path=path, host=host, repository=repository, state_dir=state_dir, jobs_dir=jobs_dir,
                   retention=retention, jobs=tuple(jobs), collector=collector,
                   max_concurrent_runs=max_runs, poll_interval=poll_interval, drill_every=drill_every,
-                  prune_every=prune_every, warnings=tuple(problems.warnings))
+                  prune_every=prune_every, warnings=tuple(problems.warnings), encryption=encryption)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 from agent.config.durations import Interval, format_duration
+from agent.crypt.settings import EncryptionSettings
 
 JOB_TYPES = ("fs", "mysql", "riak", "command", "sqlite")
 DEFAULT_DRILL_EVERY = 7 * 86400.0  # seconds between restore drills of a job, unless configured
@@ -94,6 +95,7 @@ class Config:
     drill_every: float = DEFAULT_DRILL_EVERY  # the default of jobs that set none
     prune_every: float = DEFAULT_PRUNE_EVERY
     warnings: Tuple[str, ...] = ()
+    encryption: EncryptionSettings = field(default_factory=EncryptionSettings)
 
     def drill_every_of(self, job: Job) -> float:
         """Seconds between restore drills of `job`: its own drill_every, else the top-level one."""

@@ -10,7 +10,6 @@ directories never conflict, their recorded metadata is applied.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from typing import AbstractSet, BinaryIO, Callable, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Set, Tuple
@@ -161,7 +160,8 @@ def _compare_link(target: Target, parts: Parts, first: Step) -> str:
 def _same_content(repo: Repository, target: Target, parts: Parts, entry: Entry) -> bool:
     """Whether the file at `parts` holds exactly the entry's chunks: read in the chunks' raw lengths
     (from the index, no pack is read) and hashed as the repository names blobs (SHA-256 of the raw
-    bytes). A chunk missing from the index, or a file that cannot be read, is a difference."""
+    bytes, keyed in an encrypted repository). A chunk missing from the index, or a file that cannot be
+    read, is a difference."""
     parent = target.find_dir(parts[:-1])
     if parent is None:
         return False
@@ -176,7 +176,7 @@ def _same_content(repo: Repository, target: Target, parts: Parts, entry: Entry) 
                 if location is None:
                     return False
                 data = _read_exactly(handle, location.raw_length)
-                if data is None or hashlib.sha256(data).digest() != chunk:
+                if data is None or repo.hash_blob(data) != chunk:
                     return False
             return handle.read(1) == b""
     except OSError:

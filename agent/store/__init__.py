@@ -10,12 +10,14 @@ from agent.store.repository import (
     BlobWriter,
     DamagedBlobError,
     DamagedSnapshot,
+    KeyUnusable,
     Repository,
     RepositoryError,
     Snapshot,
 )
 
 __all__ = [
-    "KIND_DATA", "KIND_TREE", "BlobWriter", "DamagedBlobError", "DamagedSnapshot", "LockTimeout", "Repository",
+    "KIND_DATA", "KIND_TREE", "BlobWriter", "DamagedBlobError", "DamagedSnapshot", "KeyUnusable", "LockTimeout",
+    "Repository",
     "RepositoryError", "Snapshot",
 ]

@@ -33,11 +33,13 @@ STREAM_CHUNKER = ChunkerParams(avg=64 * 1024, min=16 * 1024, max=512 * 1024)
 
 
 class Chunker:
-    def __init__(self, params: ChunkerParams) -> None:
+    def __init__(self, params: ChunkerParams, seed: int = 0) -> None:
+        """`seed`: 0, FastCDC's published gear table; an encrypted repository's secret seed otherwise, so
+        that chunk boundaries (and so sizes) do not fingerprint known files (Borg's chunker seed)."""
         from pyfastcdc import FastCDC  # here: a backup that reads no file never needs it (start-up time)
 
         self.params = params
-        self._cdc = FastCDC(params.avg, min_size=params.min, max_size=params.max)
+        self._cdc = FastCDC(params.avg, min_size=params.min, max_size=params.max, seed=seed)
 
     def split(self, data: bytes) -> Iterator[memoryview]:
         if len(data) <= self.params.min:

@@ -3,6 +3,10 @@
 Layout: MAGIC, the stored blobs back to back, then a trailer listing them (id, flags, offset, lengths),
 its entry count and TRAILER_MAGIC. The index is the fast path; the trailer lets a damaged index be
 rebuilt from the packs alone. A pack's name is the SHA-256 of its content.
+
+A pack of an encrypted repository begins with SEALED_MAGIC; its blobs are sealed by the writer
+(agent.crypt.seal) and its trailer is sealed under the metadata key, followed by the sealed trailer's
+length (not the entry count) and TRAILER_MAGIC, so blob lengths and ids are not readable in storage.
 """
 
 from __future__ import annotations
@@ -10,14 +14,19 @@ from __future__ import annotations
 import hashlib
 import struct
 import threading
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import zstandard
 
 from agent.backend.base import Backend, Handle, Kind
 from agent.store.index import FLAG_ZSTD, BlobLocation
 
+if TYPE_CHECKING:
+    from agent.crypt.seal import RepositoryCipher
+
 MAGIC = b"BAPK\x01"
+SEALED_MAGIC = b"BAPK\x02"
+_TRAILER_AAD = b"pack trailer"
 TRAILER_MAGIC = b"BAPT"
 _TRAILER_ENTRY = struct.Struct("<32sBIII")
 TARGET_SIZE = 16 * 1024 * 1024
@@ -56,11 +65,12 @@ def decode_blob(stored: bytes | memoryview, flags: int, raw_length: int) -> byte
 class PackWriter:
     """Accumulates blobs for one pack and writes it durably when full or flushed."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, cipher: Optional[RepositoryCipher] = None) -> None:
         self.backend = backend
+        self._cipher = cipher  # an encrypted repository's: the trailer is sealed (blobs come sealed)
         # One growing buffer, not a list of blobs: zstd's output objects keep their worst-case allocation,
         # so holding them would cost ~2.5x the pack size in memory.
-        self._buffer = bytearray(MAGIC)
+        self._buffer = bytearray(MAGIC if cipher is None else SEALED_MAGIC)
         self._trailer = bytearray()  # the blob list, packed as it grows: 1 object, not 5 per blob
         self._count = 0
 
@@ -78,16 +88,33 @@ class PackWriter:
 
     def finish(self) -> List[Tuple[bytes, BlobLocation]]:
         """Save the pack durably through the backend; returns its blobs' locations."""
-        self._buffer += self._trailer
-        self._buffer += struct.pack("<I", self._count) + TRAILER_MAGIC
+        if self._cipher is None:
+            self._buffer += self._trailer
+            self._buffer += struct.pack("<I", self._count) + TRAILER_MAGIC
+        else:
+            sealed = self._cipher.seal_meta(bytes(self._trailer), _TRAILER_AAD)
+            self._buffer += sealed
+            self._buffer += struct.pack("<I", len(sealed)) + TRAILER_MAGIC
         pack_id = hashlib.sha256(self._buffer).digest()
         self.backend.save(Handle(Kind.DATA, pack_id.hex()), [self._buffer])
         return [(blob_id, BlobLocation(pack_id, offset, length, raw, flags))
                 for blob_id, flags, offset, length, raw in _TRAILER_ENTRY.iter_unpack(self._trailer)]
 
 
-def read_trailer(data: bytes) -> Optional[List[Tuple[bytes, int, int, int, int]]]:
-    """The blob list of a whole pack's bytes, or None if the pack is malformed."""
+def read_trailer(data: bytes,
+                 cipher: Optional[RepositoryCipher] = None) -> Optional[List[Tuple[bytes, int, int, int, int]]]:
+    """The blob list of a whole pack's bytes, or None if the pack is malformed (or, sealed, does not
+    authenticate or cannot be read without `cipher`)."""
+    if data.startswith(SEALED_MAGIC) and data.endswith(TRAILER_MAGIC) and len(data) >= len(MAGIC) + 8:
+        (size,) = struct.unpack_from("<I", data, len(data) - 8)
+        start = len(data) - 8 - size
+        if cipher is None or start < len(MAGIC):
+            return None
+        try:
+            trailer = cipher.open_meta(data[start:len(data) - 8], _TRAILER_AAD, "pack trailer")
+        except ValueError:
+            return None
+        return list(_TRAILER_ENTRY.iter_unpack(trailer)) if not len(trailer) % _TRAILER_ENTRY.size else None
     if not data.startswith(MAGIC) or not data.endswith(TRAILER_MAGIC) or len(data) < len(MAGIC) + 8:
         return None
     (count,) = struct.unpack_from("<I", data, len(data) - 8)

@@ -8,6 +8,8 @@ repository (agent.checker, agent.pruner, agent.restorer) use only the methods of
 
 Blob ids are SHA-256 of the raw content: files under /services and database rows can be influenced by
 users, so identity must resist crafted collisions. xxhash is used only where a collision is harmless.
+An encrypted repository (agent.crypt, README "Encryption") keys its blob ids and seals every object;
+`self.cipher` is then set and the backend is a SealedBackend.
 """
 
 from __future__ import annotations
@@ -15,16 +17,29 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from agent.backend import Backend, BackendError, Handle, Kind, NotFound, RepositoryLock, open_backend
 from agent.store.chunker import Chunker, ChunkerParams
 from agent.store.damage import encode_damage
-from agent.store.index import KIND_DATA, BlobLocation, Index
+from agent.store.index import KIND_DATA, KIND_TREE, BlobLocation, Index, kind_of
 from agent.store.pack import TARGET_SIZE, Compressor, PackWriter, decode_blob, read_trailer
 from agent.store.snapshots import DamagedSnapshot, RepositoryError, Snapshot, SnapshotStore, load_config, new_config
 
+if TYPE_CHECKING:
+    from agent.crypt import EncryptionSettings
+    from agent.crypt.seal import RepositoryCipher
+
 _INDEX_EVERY_PACKS = 32
+
+
+def _sha256(data: bytes | memoryview) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+class KeyUnusable(RepositoryError):
+    """An encrypted repository this node cannot open: no node key, a node key of another repository, a
+    missing, malformed or wrong identity. The message names the file (never its content)."""
 
 
 class DamagedBlobError(RepositoryError):
@@ -75,7 +90,11 @@ class BlobWriter:
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
         repo.refresh()  # another process may have added blobs since this repository was opened
-        self._pack = PackWriter(repo.backend)
+        self._pack = repo.pack_writer()
+        self._blob_id: Callable[[bytes | memoryview], bytes] = _sha256 if repo.cipher is None else repo.cipher.blob_id
+        self._cipher = repo.cipher
+        # the data key blobs are sealed with: a new one with every pack (blobs name theirs: see agent.crypt)
+        self._data_key = self._cipher.data_key() if self._cipher is not None else None
         self._pending: List[Tuple[bytes, BlobLocation]] = []
         self._in_pack: Dict[bytes, int] = {}
         self._packs_since_index = 0
@@ -87,10 +106,12 @@ class BlobWriter:
 
     def save(self, data: bytes | memoryview, kind: int = KIND_DATA) -> Tuple[bytes, bool]:
         """Store `data` unless the repository has it; returns (blob id, whether it was new)."""
-        blob_id = hashlib.sha256(data).digest()
+        blob_id = self._blob_id(data)
         if blob_id in self._in_pack or blob_id in self.repo.index:
             return blob_id, False
         stored, flags = self._compressor.compress(data)
+        if self._cipher is not None:
+            stored = self._seal(blob_id, stored, kind)
         self._pack.add(blob_id, stored, len(data), flags | (kind << 4))
         self._in_pack[blob_id] = 1
         self.new_blobs += 1
@@ -103,14 +124,22 @@ class BlobWriter:
     def prepare(self, data: bytes, probe: bool = True) -> PreparedBlob:
         """The costly, thread-safe half of `save`: hash, look up, compress (hashlib and zstd release the
         GIL, so several threads keep several cores busy). `save_prepared` then adds it, in order."""
-        blob_id = hashlib.sha256(data).digest()
+        blob_id = self._blob_id(data)
         if blob_id in self.repo.index:
             return PreparedBlob(blob_id, None, 0, len(data))
         compressor = getattr(_compressors, "compressor", None)
         if compressor is None:
             compressor = _compressors.compressor = Compressor()
         stored, flags = compressor.compress(data, probe)
+        if self._cipher is not None:  # prepared blobs are data: sealed here, on the worker's thread
+            return PreparedBlob(blob_id, self._seal(blob_id, stored, KIND_DATA), flags, len(data))
         return PreparedBlob(blob_id, bytes(stored), flags, len(data))
+
+    def _seal(self, blob_id: bytes, stored: bytes | memoryview, kind: int) -> bytes:
+        assert self._cipher is not None and self._data_key is not None
+        if kind == KIND_TREE:
+            return self._cipher.seal_tree(blob_id, stored)
+        return self._data_key.seal(blob_id, stored)
 
     def save_prepared(self, blob: PreparedBlob, kind: int = KIND_DATA) -> bool:
         """Add a prepared blob unless it is already stored (or was added since it was prepared)."""
@@ -133,7 +162,9 @@ class BlobWriter:
             return
         self._wait_sealed()
         self._sealing = _Sealer(self._pack)
-        self._pack = PackWriter(self.repo.backend)
+        self._pack = self.repo.pack_writer()
+        if self._cipher is not None:  # the finished pack's key is forgotten: this node cannot read it back
+            self._data_key = self._cipher.data_key()
         self._packs_since_index += 1
         if self._packs_since_index >= _INDEX_EVERY_PACKS:
             self._write_index()
@@ -192,6 +223,7 @@ class Repository:
         self._snapshots = SnapshotStore(self.backend)
         self._chunker: Optional[Chunker] = None
         self._stream_chunker: Optional[Chunker] = None
+        self.cipher: Optional[RepositoryCipher] = None
 
     # --- creation and opening -----------------------------------------------------------------------
 
@@ -199,17 +231,43 @@ class Repository:
         return bool(self.backend.list(Kind.CONFIG))
 
     @classmethod
-    def open(cls, location: str | Backend, create: bool = False) -> Repository:
-        """Raises RepositoryError (naming the object) for a missing, unreadable or foreign config."""
+    def open(cls, location: str | Backend, create: bool = False,
+             encryption: Optional[EncryptionSettings] = None) -> Repository:
+        """Raises RepositoryError (naming the object) for a missing, unreadable, foreign or tampered config,
+        or an encrypted repository this node has no key for. `encryption`: the configured settings (a new
+        repository is created encrypted when they name recipients)."""
         repo = cls(location)
         if not repo.exists():
             if not create:
                 raise RepositoryError(f"{repo.location}: no repository here (run a backup to create one)")
             repo.backend.create()
             name, data = new_config()
+            if encryption is not None and encryption.enabled:
+                from agent.crypt.opening import create_encrypted
+
+                try:
+                    data = create_encrypted(repo.backend, data, encryption)
+                except ValueError as exc:  # the node key file cannot be made
+                    raise KeyUnusable(str(exc)) from None
             repo.backend.save(Handle(Kind.CONFIG, name), [data])
         repo.config = load_config(repo.backend)
+        if "encryption" in repo.config or (encryption is not None and encryption.enabled):
+            from agent.crypt.keys import KeyFileError
+            from agent.crypt.opening import attach
+
+            try:
+                repo.cipher, repo.backend = attach(repo.backend, repo.config, encryption, writing=create)
+            except KeyFileError as exc:
+                raise KeyUnusable(str(exc)) from None
+            except ValueError as exc:  # a config.json that does not authenticate
+                raise RepositoryError(str(exc)) from None
+            repo.index = Index(repo.backend)  # index files and snapshot documents are sealed
+            repo._snapshots = SnapshotStore(repo.backend)
         return repo
+
+    def hash_blob(self, data: bytes | memoryview) -> bytes:
+        """A blob's id: SHA-256 of the content, or in an encrypted repository the keyed id (agent.crypt)."""
+        return _sha256(data) if self.cipher is None else self.cipher.blob_id(data)
 
     @property
     def id(self) -> str:
@@ -218,7 +276,7 @@ class Repository:
     @property
     def chunker(self) -> Chunker:
         if self._chunker is None:
-            self._chunker = Chunker(ChunkerParams(**self.config["chunker"]))
+            self._chunker = Chunker(ChunkerParams(**self.config["chunker"]), self._chunker_seed)
         return self._chunker
 
     @property
@@ -227,8 +285,13 @@ class Repository:
         this setting existed cuts them like files."""
         if self._stream_chunker is None:
             params = self.config.get("stream_chunker") or self.config["chunker"]
-            self._stream_chunker = Chunker(ChunkerParams(**params))
+            self._stream_chunker = Chunker(ChunkerParams(**params), self._chunker_seed)
         return self._stream_chunker
+
+    @property
+    def _chunker_seed(self) -> int:
+        """FastCDC's gear table: the default, or a secret one per encrypted repository."""
+        return 0 if self.cipher is None else self.cipher.node.chunker_seed
 
     def lock(self, exclusive: bool, purpose: str) -> RepositoryLock:
         """Backups, restores and verify share it; prune takes it exclusively. Once it is acquired, a
@@ -241,7 +304,7 @@ class Repository:
 
     def pack_writer(self) -> PackWriter:
         """A pack of already stored blobs (prune copies live blobs with it); the caller indexes it."""
-        return PackWriter(self.backend)
+        return PackWriter(self.backend, self.cipher)
 
     # --- blobs --------------------------------------------------------------------------------------
 
@@ -267,13 +330,53 @@ class Repository:
             raise DamagedBlobError(blob_id, f"pack {loc.pack.hex()} is missing") from None
         if len(stored) != loc.length:
             raise DamagedBlobError(blob_id, f"pack {loc.pack.hex()} is truncated")
+        if self.cipher is not None:
+            stored = self._open_sealed(blob_id, stored, loc)
         try:
             data = decode_blob(stored, loc.flags, loc.raw_length)
         except Exception as exc:  # zstd raises its own error type for corrupt frames
             raise DamagedBlobError(blob_id, f"cannot be decompressed ({exc})") from None
-        if hashlib.sha256(data).digest() != blob_id:
+        if self.hash_blob(data) != blob_id:
             raise DamagedBlobError(blob_id, "content does not match its id")
         return data
+
+    def _open_sealed(self, blob_id: bytes, stored: bytes, loc: BlobLocation) -> bytes:
+        """Decrypt and authenticate a stored blob: damage is a DamagedBlobError naming the pack; a missing
+        or wrong identity a RepositoryError saying so."""
+        from agent.crypt.keys import KeyFileError
+        from agent.crypt.seal import AuthenticationError, IdentityRequired
+
+        assert self.cipher is not None
+        try:
+            return self.cipher.open_blob(blob_id, stored, kind_of(loc.flags) == KIND_TREE, self.describe_pack(loc.pack))
+        except AuthenticationError as exc:
+            raise DamagedBlobError(blob_id, str(exc)) from None
+        except (IdentityRequired, KeyFileError) as exc:
+            raise RepositoryError(str(exc)) from None
+
+    def blob_intact(self, blob_id: bytes, stored: bytes | memoryview, loc: BlobLocation) -> Optional[bool]:
+        """Whether a stored blob decodes to content matching its id; None when this node cannot tell
+        (a data blob of an encrypted repository without an identity: its pack's hash vouches for it)."""
+        try:
+            if self.cipher is not None:
+                if kind_of(loc.flags) != KIND_TREE and self.cipher.identity_file is None:
+                    return None
+                stored = self._open_sealed(blob_id, bytes(stored), loc)
+            return self.hash_blob(decode_blob(stored, loc.flags, loc.raw_length)) == blob_id
+        except DamagedBlobError:
+            return False
+        except RepositoryError:
+            raise
+        except Exception:  # a corrupt zstd frame is damage, not a crash of verify
+            return False
+
+    def check_keys(self) -> List[str]:
+        """Problems of an encrypted repository's wrapped keys, each naming the object (none: unencrypted)."""
+        if self.cipher is None:
+            return []
+        from agent.crypt.bootstrap import check_key_objects
+
+        return check_key_objects(self.cipher.backend, self.cipher.node)
 
     def packs(self) -> Dict[bytes, int]:
         """Every stored pack (indexed or not): id -> size in bytes."""
@@ -291,7 +394,7 @@ class Repository:
         """The blobs a pack's own trailer lists (empty if the pack is missing or malformed): where its
         blobs are when no index names it."""
         data = self.load_pack(pack_id)
-        entries = read_trailer(data) if data is not None else None
+        entries = read_trailer(data, self.cipher) if data is not None else None
         return [(blob_id, BlobLocation(pack_id, offset, length, raw, flags))
                 for blob_id, flags, offset, length, raw in entries or ()]
 
@@ -390,5 +493,6 @@ class Repository:
         return self._snapshots.find(ref)
 
 
-__all__ = ["BackendError", "BlobWriter", "DamagedBlobError", "DamagedSnapshot", "PreparedBlob", "Repository",
+__all__ = ["BackendError", "BlobWriter", "DamagedBlobError", "DamagedSnapshot", "KeyUnusable", "PreparedBlob",
+           "Repository",
            "RepositoryError", "Snapshot"]

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Dict, List, Optional, Tuple
 
 from agent.backend.base import CONFIG_NAME, Backend, BackendError, Handle, Kind, NotFound
+from agent.crypt.settings import ENCRYPTED_FORMAT
 from agent.store.chunker import STREAM_CHUNKER, ChunkerParams
 
 FORMAT_VERSION = 1
@@ -105,6 +106,8 @@ class SnapshotStore:
             data = self.backend.load(handle)
         except NotFound:
             raise RepositoryError(f"no snapshot {snapshot_id!r}") from None
+        except ValueError as exc:  # a sealed document that does not authenticate (agent.crypt)
+            raise RepositoryError(f"snapshot {snapshot_id} is damaged: {exc}") from None
         try:
             snapshot = Snapshot.from_json(snapshot_id, json.loads(data))
             _epoch(snapshot.time)
@@ -184,7 +187,9 @@ def load_config(backend: Backend) -> dict:
     except (ValueError, KeyError, TypeError) as exc:
         raise RepositoryError(f"{where}: not a repository configuration ({type(exc).__name__}: {exc}); "
                               f"the file is damaged or was not written by backup-agent") from None
-    if version != FORMAT_VERSION:
+    if version == ENCRYPTED_FORMAT and isinstance(config.get("encryption"), dict):
+        return config
+    if version != FORMAT_VERSION or "encryption" in config:
         raise RepositoryError(f"{backend.location}: repository format {version} is not supported by this "
                               f"version (it reads format {FORMAT_VERSION})")
     return config

@@ -4,11 +4,27 @@ from __future__ import annotations
 
 import argparse
 
-from agent.cli.common import EXIT_OK, load_config, print_json
+from agent.cli.common import EXIT_OK, UsageError, load_config, print_json, warning
 from agent.text import plural
 
 
+def check_encryption(config) -> None:
+    """An unencrypted repository on object storage is refused unless [encryption] disabled = true says so
+    (UsageError); a local one is a warning. A repository made before encryption existed stays as it is."""
+    settings = config.encryption
+    if settings.recipients or settings.disabled:
+        return
+    if config.repository.startswith("s3:"):
+        raise UsageError(f"{config.path}: encryption: the repository {config.repository} is object storage and "
+                         "would be stored unencrypted: set [encryption] recipients (see `backup-agent key generate`),"
+                         " or disabled = true to store it unencrypted knowingly")
+    if not config.repository.startswith("s3:"):
+        warning(f"{config.path}: encryption: the repository {config.repository} is not encrypted: whoever reads "
+                "its disk reads every backup (set [encryption] recipients)")
+
+
 def check_config(config, as_json: bool = False) -> int:
+    check_encryption(config)
     if as_json:
         print_json({"config": config.path, "host": config.host, "repository": config.repository,
                     "jobs": [{"name": job.name, "type": job.type, "target": job.target,

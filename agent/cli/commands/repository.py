@@ -5,7 +5,17 @@ from __future__ import annotations
 import argparse
 
 import agent.cli.render as render
-from agent.cli.common import EXIT_FAILED, EXIT_OK, err, load_config, open_repository, print_json, warning
+from agent.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    err,
+    load_config,
+    open_repository,
+    print_json,
+    require_identity,
+    warning,
+    with_identity,
+)
 from agent.cli.progress import progress
 
 
@@ -20,6 +30,7 @@ def verify(config, read_data: bool = False, as_json: bool = False) -> int:
             print_json({"ok": True, "snapshots": 0, "packs": 0, "blobs": 0, "damaged": [], "problems": []})
         return EXIT_OK
     repo = open_repository(config)
+    require_identity(repo, config, required=False)
     with repo.lock(exclusive=False, purpose="verify"), \
             progress("verify", as_json or not read_data, unit="pack") as shown:
         result = verify_repository(repo, read_data=read_data, progress=shown)
@@ -54,8 +65,8 @@ def prune(config, dry_run: bool = False, as_json: bool = False) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    return verify(load_config(args.config), args.read_data, args.json)
+    return verify(with_identity(load_config(args.config), args.identity), args.read_data, args.json)
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    return prune(load_config(args.config), args.dry_run, args.json)
+    return prune(with_identity(load_config(args.config), args.identity), args.dry_run, args.json)

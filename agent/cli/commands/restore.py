@@ -21,7 +21,9 @@ from agent.cli.common import (
     load_config,
     open_repository,
     print_json,
+    require_identity,
     warning,
+    with_identity,
 )
 from agent.cli.progress import progress
 from agent.text import plural
@@ -61,6 +63,7 @@ def restore(config, options: RestoreOptions) -> int:
     from agent.store import RepositoryError
 
     repo = open_repository(config)
+    require_identity(repo, config, required=True)
     with repo.lock(exclusive=False, purpose="restore"):
         snapshot = snapshot_ref.resolve(config, repo, options.snapshot)
         if snapshot.type in STREAM_TYPES:
@@ -194,7 +197,7 @@ def _restore_dump(config, repo, snapshot, options: RestoreOptions) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = with_identity(load_config(args.config), args.identity)
     return restore(config, RestoreOptions(snapshot=args.snapshot, target=args.target, paths=tuple(args.paths),
                                           to_database=args.to_database, options_file=args.options_file,
                                           force=args.force, overwrite=args.overwrite, delete=args.delete,
