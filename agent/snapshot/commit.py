@@ -71,8 +71,11 @@ def commit(repo: Repository, root: str, rules: IgnoreRules, tree: TreeRecords, r
     unchanged = previous.trusted and fingerprint == previous.cache.fingerprint and not partial
     snapshot: Snapshot
     changes: Optional[ManifestDiff] = None
+    same = None if unchanged or partial or not previous.trusted else _latest_alike(repo, names.job, fingerprint)
     if unchanged:
         snapshot = repo.load_snapshot(previous.cache.snapshot)
+    elif same is not None:
+        snapshot, unchanged = same, True
     else:
         if reader.writer is None:
             reader.writer = repo.writer()
@@ -89,7 +92,7 @@ def commit(repo: Repository, root: str, rules: IgnoreRules, tree: TreeRecords, r
     others = tree.others()
     # Rewriting an identical cache is skipped: that is most runs.
     if tree.dirty or not unchanged or file_count != len(cached) or others != cached.others \
-            or not previous.rules_unchanged:
+            or not previous.rules_unchanged or snapshot.id != cached.snapshot:
         cache.repo_id, cache.snapshot, cache.fingerprint = repo.id, snapshot.id, fingerprint
         cache.rules, cache.seed = rules.digest, tree.seed
         sync_cache(cache, tree, file_count, others)
@@ -99,6 +102,14 @@ def commit(repo: Repository, root: str, rules: IgnoreRules, tree: TreeRecords, r
             errors.append(f"cannot save the files cache {cache.path}: {exc.strerror}")
     return TreeResult(snapshot, not unchanged, file_count, total_bytes, new_bytes, tuple(errors), tuple(warnings),
                       incremental, changes)
+
+
+def _latest_alike(repo: Repository, job: str, fingerprint: str) -> Optional[Snapshot]:
+    """The job's latest snapshot if it holds this very tree though the files cache names an older one: the
+    run that committed it could not save the cache (state_dir full). Without this, the next run would
+    write the same snapshot again."""
+    latest = repo.snapshots(job)[-1:]
+    return latest[0] if latest and latest[0].fingerprint == fingerprint and not latest[0].partial else None
 
 
 def sync_cache(cache: FilesCache, tree: TreeRecords, file_count: int, others: set) -> None:

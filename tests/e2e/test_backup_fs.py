@@ -318,3 +318,26 @@ def test_verify_of_new_repository_and_flipped_byte(agent, tmp_path):
     assert report["snapshot"][:12] in result.stdout
     broken = agent.run("restore", "svc:latest", "--target", str(tmp_path / "out"))
     assert broken.returncode == 1 and "does not match" in broken.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("chattr"), reason="needs root and chattr")
+def test_a_snapshot_whose_files_cache_could_not_be_saved_is_not_written_again(agent, tmp_path):
+    """The run after one that committed a snapshot but could not save the files cache (an immutable cache
+    file stands in for a full state_dir) finds that snapshot holds the tree: `changed: false`, no copy."""
+    src = str(tmp_path / "svc")
+    make_tree(src, {"conf/a.xml": "one"})
+    agent.write_jobs(fs_job("svc", src))
+    agent.backup()
+    make_tree(src, {"conf/a.xml": "two"})
+    cache = os.path.join(agent.state_dir, "cache", "svc.files")
+    subprocess.run(["chattr", "+i", cache], check=True)
+    try:
+        [failed] = agent.backup(expect=1)
+    finally:
+        subprocess.run(["chattr", "-i", cache], check=True)
+    assert failed["changed"] and "cannot save the files cache" in failed["errors"][0]
+    [again] = agent.backup()
+    assert (again["changed"], again["snapshot"]) == (False, failed["snapshot"])
+    assert [row["id"] for row in agent.snapshots("svc")][-1] == failed["snapshot"] and len(agent.snapshots()) == 2
+    [third] = agent.backup()  # the cache now names that snapshot
+    assert (third["changed"], third["snapshot"]) == (False, failed["snapshot"])
