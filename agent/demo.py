@@ -21,6 +21,7 @@ class Sandbox(NamedTuple):
     base: str
     config: str
     stale_config: str
+    identity: str  # the operator's age identity: the node's repository is encrypted to its recipient
 
 SERVICES = ("api", "console", "dispatcher", "km", "monitor", "worker")
 # The shipped policy's excludes (conf.d/services.toml, which the wheel does not carry): Tomcat's own logs/,
@@ -70,9 +71,10 @@ def build_sandbox(base: str) -> Sandbox:
     _write(os.path.join(base, "conf.d", "databases.toml"),
            (f'[jobs.db-console]\ntype = "sqlite"\npath = "{database}"\nevery = "24h"\n\n'
             f'[jobs.{FAILING_JOB}]\ntype = "command"\nargv = ["sh", "-c", "{down}"]\nevery = "24h"\n').encode())
+    identity = os.path.join(base, "operator", "identity")
     config = os.path.join(base, "agent.toml")
     _write(config, (f'host = "{HOST}"\nrepository = "{base}/repository"\nstate_dir = "{base}/state"\n'
-                    'jobs_dir = "conf.d"\n').encode())
+                    f'jobs_dir = "conf.d"\n[encryption]\nrecipients = ["{_recipient(identity)}"]\n').encode())
     # a second node, whose agent stops after one backup: its job becomes overdue
     legacy = os.path.join(base, "node-2", "services", "legacy")
     _write(os.path.join(legacy, "tomcat", "conf", "server.xml"), b'<Server port="8005"/>\n')
@@ -81,7 +83,17 @@ def build_sandbox(base: str) -> Sandbox:
     stale_config = os.path.join(base, "node-2", "agent.toml")
     _write(stale_config, (f'host = "{STALE_HOST}"\nrepository = "{base}/node-2/repository"\n'
                           f'state_dir = "{base}/node-2/state"\njobs_dir = "conf.d"\n').encode())
-    return Sandbox(base, config, stale_config)
+    return Sandbox(base, config, stale_config, identity)
+
+
+def _recipient(identity: str) -> str:
+    """The recipient of the sandbox's identity, made now unless an earlier demo in this directory did."""
+    from agent.crypt.keys import generate_identity
+
+    if not os.path.exists(identity):
+        return generate_identity(identity)
+    with open(identity) as handle:
+        return next(line.split(": ", 1)[1].strip() for line in handle if line.startswith("# public key: "))
 
 
 def _step(title: str) -> None:

@@ -19,7 +19,7 @@ from agent.cli.commands.inspect import diff
 from agent.cli.commands.repository import verify
 from agent.cli.commands.restore import RestoreOptions, restore
 from agent.cli.commands.snapshots import snapshots
-from agent.cli.common import load_config
+from agent.cli.common import UsageError, load_config, with_identity
 from agent.demo import FAILING_JOB, STALE_HOST, STALE_JOB, Sandbox
 
 
@@ -92,6 +92,8 @@ def _walkthrough(sandbox: Sandbox, url: str, command: str) -> int:
           "stops after this backup, so its job becomes overdue)")
     backup(stale, [job.name for job in stale.jobs])
 
+    _step(f"{command} key generate --identity {sandbox.identity}   (the operator's identity: the node's "
+          "[encryption] recipients names its age1… recipient; the identity stays off the node)")
     _step(f"{command} check-config")
     config = load_config(sandbox.config)
     check_config(config)
@@ -114,7 +116,7 @@ def _walkthrough(sandbox: Sandbox, url: str, command: str) -> int:
     _step(f"{command} diff services-api:latest~1 services-api:latest   (what that edit changed)")
     diff(config, "services-api:latest~1", "services-api:latest")
 
-    restored = _restore_demo(config, sandbox.base, server_xml, command)
+    restored = _restore_demo(config, sandbox, server_xml, command)
     _step(f"{command} verify --read-data")
     verified = verify(config, read_data=True)
 
@@ -125,10 +127,19 @@ def _walkthrough(sandbox: Sandbox, url: str, command: str) -> int:
     return 0 if restored and verified == 0 and watched and reported else 1
 
 
-def _restore_demo(config, base: str, server_xml: str, command: str) -> bool:
-    restore_dir = os.path.join(base, "restore", "api")
-    _step(f"{command} restore services-api:latest --target {restore_dir}")
-    code = restore(config, RestoreOptions(snapshot="services-api:latest", target=restore_dir))
+def _restore_demo(config, sandbox: Sandbox, server_xml: str, command: str) -> bool:
+    """The repository is encrypted to the sandbox operator's identity: the node alone cannot restore."""
+    restore_dir = os.path.join(sandbox.base, "restore", "api")
+    _step(f"{command} restore services-api:latest --target {restore_dir}   (no identity on this node)")
+    try:
+        restore(config, RestoreOptions(snapshot="services-api:latest", target=restore_dir))
+        refused = False
+    except UsageError as exc:
+        print(f"  refused, as it must be: {exc}")
+        refused = True
+    _step(f"{command} restore services-api:latest --target {restore_dir} --identity {sandbox.identity}")
+    code = restore(with_identity(config, sandbox.identity),
+                   RestoreOptions(snapshot="services-api:latest", target=restore_dir))
     restored = os.path.join(restore_dir, "tomcat", "conf", "server.xml")
     same = os.path.exists(restored) and filecmp.cmp(server_xml, restored, shallow=False)
     # an excluded directory comes back empty (Tomcat needs logs/ to start); its contents stay out
@@ -136,7 +147,7 @@ def _restore_demo(config, base: str, server_xml: str, command: str) -> bool:
     logs = not os.path.isdir(logs_dir) or bool(os.listdir(logs_dir))
     print(f"  server.xml restored identical: {_yes(same)}; logs/ restored empty (its contents excluded by "
           f"policy): {_yes(not logs)}")
-    return code == 0 and same and not logs
+    return refused and code == 0 and same and not logs
 
 
 def _collector_demo(config, url: str, command: str) -> bool:
@@ -178,7 +189,7 @@ def _daemon_demo(base: str, config_path: str, command: str) -> bool:
     from agent.store import Repository
 
     _step(f"{command} run   (the daemon: watches the trees; quiet 2s in this sandbox)")
-    repo = Repository.open(os.path.join(base, "repository"))
+    repo = Repository.open(os.path.join(base, "repository"), encryption=load_config(config_path).encryption)
     before = len(repo.snapshots("services-worker"))
     log_path = os.path.join(base, "daemon.log")
     with open(log_path, "wb") as log:
