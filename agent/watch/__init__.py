@@ -1,1 +1,2 @@
-"""Watching trees: ignore rules now; the observer and debouncer live beside them."""
+"""Watching trees: inotify watches that leave excluded directories out (inotify), each job's mode and its
+degradation to polling (observer), and the debouncer that turns a burst of events into one backup."""
