@@ -14,8 +14,9 @@ import threading
 from dataclasses import replace
 from typing import Callable, List, Optional, Tuple
 
+from agent.backend import Backend, open_backend
 from agent.config import Config, Job
-from agent.config.loader import TOKEN_SECRET, job_warnings, secret_file_warning
+from agent.config.loader import S3_SECRET, TOKEN_SECRET, job_warnings, secret_file_warning
 from agent.durable import FileLock, LockTimeout, make_private_dirs
 from agent.execute import run_hook
 from agent.progress import Progress
@@ -34,8 +35,27 @@ def _say(message: str) -> None:
     print(f"backup-agent: {message}", file=sys.stderr)  # the command's one prefix
 
 
+def repository_backend(config: Config) -> Backend:
+    """The configured repository's backend; an object store's immutable small objects (index, snapshot
+    documents) are cached under state_dir/cache/repository. Raises BackendError for a bad location."""
+    return open_backend(config.repository, config.s3, os.path.join(config.state_dir, "cache", "repository"))
+
+
 def open_repository(config: Config) -> Repository:
-    return Repository.open(config.repository, create=True, encryption=config.encryption)
+    return Repository.open(repository_backend(config), create=True, encryption=config.encryption)
+
+
+def config_warnings(config: Config) -> Tuple[str, ...]:
+    """What is wrong with the agent's own settings as things stand now, for every run's report (the
+    daemon read its configuration long before; a file's mode may have changed since)."""
+    found = []
+    for key, path, holds in (("collector.token_file", config.collector.token_file if config.collector else None,
+                              TOKEN_SECRET),
+                             ("s3.credentials_file", config.s3.credentials_file if config.s3 else None, S3_SECRET)):
+        note = secret_file_warning(path, holds) if path else None
+        if note:
+            found.append(f"{key}: {note}")
+    return tuple(found)
 
 
 def spool_for(config: Config) -> Spool:
@@ -64,10 +84,7 @@ def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional
 
     def report(status: str, errors: tuple = (), **values: object) -> RunReport:
         # every warning of a run belongs in its report, also those about the agent's own configuration
-        token_file = config.collector.token_file if config.collector else None
-        token_note = secret_file_warning(token_file, TOKEN_SECRET) if token_file else None
-        values["warnings"] = tuple(values.get("warnings", ())) + (  # type: ignore[arg-type]
-            (f"collector.token_file: {token_note}",) if token_note else ())
+        values["warnings"] = tuple(values.get("warnings", ())) + config_warnings(config)  # type: ignore[arg-type]
         result = RunReport(id=run_id, host=config.host, job=job.name, type=job.type, trigger=trigger,
                            status=status, changed=bool(values.pop("changed", False)),
                            snapshot=values.pop("snapshot", None), started_at=started, finished_at=utc_now(),

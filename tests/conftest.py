@@ -86,3 +86,26 @@ def start_collector(tmp_path):
     yield start
     for collector in started:
         collector.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One real S3 server (rclone serve s3) on loopback for the session; each test uses a prefix of its own."""
+    from tests.fixtures.s3 import start_s3_server
+
+    server = start_s3_server()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+@pytest.fixture
+def s3_proxy(s3_server):
+    """A fault-injecting proxy in front of the session's S3 server, for this test only."""
+    from tests.fixtures.s3 import S3Proxy
+
+    proxy = S3Proxy(s3_server.url)
+    yield proxy
+    proxy.close()

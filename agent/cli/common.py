@@ -120,18 +120,27 @@ def check_jobs(config: Config, names: Iterable[str]) -> None:
             raise unknown_job(config, name)
 
 
+def repository_exists(config: Config) -> bool:
+    """Whether the configured repository has been created (by a first backup)."""
+    from agent.runner import repository_backend
+    from agent.store import Repository
+
+    return Repository(repository_backend(config)).exists()
+
+
 def open_repository(config: Config) -> Repository:
     """The configured repository. A missing one is a UsageError (exit 2: the configuration names the wrong
     place), and so is an encrypted one this node has no key or identity for; a damaged one (its config.json
     unreadable or not authentic) raises RepositoryError naming it (exit 1)."""
+    from agent.runner import repository_backend
     from agent.store import KeyUnusable, Repository, RepositoryError
 
     try:
-        return Repository.open(config.repository, encryption=config.encryption)
+        return Repository.open(repository_backend(config), encryption=config.encryption)
     except KeyUnusable as exc:
         raise UsageError(str(exc)) from None
     except RepositoryError as exc:
-        if Repository(config.repository).exists():
+        if repository_exists(config):
             raise
         raise UsageError(str(exc)) from None
 

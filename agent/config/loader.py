@@ -24,6 +24,7 @@ from agent.config.model import (
     Config,
     Job,
     Retention,
+    S3Settings,
 )
 from agent.config.token import TokenFileError, read_token
 from agent.crypt.settings import EncryptionSettings
@@ -143,7 +144,7 @@ REQUIRED_KEYS: Dict[str, Tuple[str, ...]] = {
 JOB_NAME = re.compile(JOB_NAME_PATTERN)
 HOST_NAME = re.compile(HOST_PATTERN)
 _RETENTION_KEYS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly")
-_AGENT_KEYS = ("host", "repository", "state_dir", "jobs_dir", "retention", "collector", "jobs",
+_AGENT_KEYS = ("host", "repository", "state_dir", "jobs_dir", "retention", "collector", "s3", "jobs",
                "max_concurrent_runs", "poll_interval", "drill_every", "prune_every", "encryption")
 _ENCRYPTION_KEYS = ("recipients", "identity_file", "node_key_file", "disabled")
 _COLLECTOR_KEYS = {"url": _string, "token_file": _abspath, "ca_file": _abspath, "max_backoff": _duration,
@@ -273,19 +274,26 @@ def job_warnings(job: Job) -> List[Tuple[str, str]]:
 TOKEN_SECRET = "the collector token"
 
 
+def _table_values(table: Dict[str, Any], name: str, keys: Dict[str, Callable[[Any], Any]], source: str,
+                  problems: _Problems) -> Dict[str, Any]:
+    """The table's known keys, each converted; unknown keys and bad values are problems naming NAME.KEY."""
+    values: Dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in keys:
+            problems.error(source, f"{name}.{key}", f"unknown key (known: {', '.join(keys)})")
+            continue
+        try:
+            values[key] = keys[key](value)
+        except ValueError as exc:
+            problems.error(source, f"{name}.{key}", str(exc))
+    return values
+
+
 def _collector(table: Any, source: str, problems: _Problems) -> Optional[CollectorSettings]:
     if not isinstance(table, dict):
         problems.error(source, "collector", "must be a table")
         return None
-    values = {}
-    for key, value in table.items():
-        if key not in _COLLECTOR_KEYS:
-            problems.error(source, f"collector.{key}", f"unknown key (known: {', '.join(_COLLECTOR_KEYS)})")
-            continue
-        try:
-            values[key] = _COLLECTOR_KEYS[key](value)
-        except ValueError as exc:
-            problems.error(source, f"collector.{key}", str(exc))
+    values = _table_values(table, "collector", _COLLECTOR_KEYS, source, problems)
     if "url" not in table:
         problems.error(source, "collector.url", "missing")
         return None
@@ -333,6 +341,46 @@ def _encryption(table: Any, source: str, state_dir: str, problems: _Problems) ->
     if note:
         problems.warn(source, "encryption.identity_file", note)
     return EncryptionSettings(**values)
+
+
+S3_SECRET = "the S3 secret key"
+_S3_KEYS = {"credentials_file": _abspath, "region": _string, "ca_file": _abspath}
+
+
+def _repository(value: Any, table: Any, source: str, problems: _Problems) -> Tuple[str, Optional[S3Settings]]:
+    """`repository` (an absolute path, or `s3:ENDPOINT/BUCKET[/PREFIX]`) and the `[s3]` table it needs."""
+    from agent.backend.s3 import is_s3, parse_location  # the client library itself loads only when used
+
+    if not isinstance(value, str) or not is_s3(value):
+        if table is not None:
+            problems.warn(source, "s3", "ignored: the repository is not an s3: location")
+        try:
+            return _abspath(value), None
+        except ValueError as exc:
+            problems.error(source, "repository", f"{exc} (or s3:https://HOST[:PORT]/BUCKET[/PREFIX])")
+            return "", None
+    try:
+        where = parse_location(value)
+    except ValueError as exc:
+        problems.error(source, "repository", str(exc))
+        return "", None
+    if not where.secure:
+        problems.warn(source, "repository", "plain http: the keys' signatures and all data cross the network "
+                                            "unencrypted (use https outside a trusted network)")
+    if not isinstance(table, dict):
+        problems.error(source, "s3", "an s3 repository needs an [s3] table with credentials_file")
+        return value, None
+    values = _table_values(table, "s3", _S3_KEYS, source, problems)
+    credentials = values.get("credentials_file")
+    if "credentials_file" not in table:
+        problems.error(source, "s3.credentials_file", "missing (an AWS shared-credentials file, mode 0600)")
+    elif credentials and not os.path.exists(credentials):
+        problems.warn(source, "s3.credentials_file", f"{credentials} does not exist (yet)")
+    elif credentials:
+        note = secret_file_warning(credentials, S3_SECRET)
+        if note:
+            problems.warn(source, "s3.credentials_file", note)
+    return value, S3Settings(**values)
 
 
 def _collect_jobs(tables: Any, source: str, defaults: Retention, seen: Dict[str, str],
@@ -419,7 +467,9 @@ def load_config(path: Optional[str] = None) -> Config:
     host = _host(data, path, problems)
     if "repository" not in data:
         problems.error(path, "repository", "missing")
-    repository = _setting(data, "repository", _abspath, "", path, problems)
+        repository, s3 = "", None
+    else:
+        repository, s3 = _repository(data["repository"], data.get("s3"), path, problems)
     state_dir = _setting(data, "state_dir", _abspath, "/var/lib/backup-agent", path, problems)
     jobs_dir = _jobs_dir(data, path, problems)
     retention = _retention(data.get("retention", {}), Retention(), path, "retention", problems)
@@ -440,6 +490,6 @@ def load_config(path: Optional[str] = None) -> Config:
     if problems.errors:
         raise ConfigError(problems.errors)
     return Config(path=path, host=host, repository=repository, state_dir=state_dir, jobs_dir=jobs_dir,
-                  retention=retention, jobs=tuple(jobs), collector=collector,
+                  retention=retention, jobs=tuple(jobs), collector=collector, s3=s3,
                   max_concurrent_runs=max_runs, poll_interval=poll_interval, drill_every=drill_every,
                   prune_every=prune_every, warnings=tuple(problems.warnings), encryption=encryption)

@@ -81,6 +81,15 @@ class CollectorSettings:
 
 
 @dataclass(frozen=True)
+class S3Settings:
+    """The `[s3]` table: how to reach an `s3:` repository (agent.backend.s3)."""
+
+    credentials_file: Optional[str] = None  # AWS shared-credentials format, [default] keys, mode 0600
+    region: Optional[str] = None
+    ca_file: Optional[str] = None           # a private CA for https
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     host: str
@@ -90,6 +99,7 @@ class Config:
     retention: Retention
     jobs: Tuple[Job, ...]
     collector: Optional[CollectorSettings] = None
+    s3: Optional[S3Settings] = None
     max_concurrent_runs: int = 1
     poll_interval: float = 30.0
     drill_every: float = DEFAULT_DRILL_EVERY  # the default of jobs that set none

@@ -1,8 +1,9 @@
 """The backend conformance suite: every storage backend (agent.backend) passes every test here.
 
-Parametrised over the backends: local directory, memory, and the fault-injecting wrapper with no fault
-set (around each of them). A new backend (object storage, issue 12) is added to BACKENDS and must pass
-unchanged. Backend-specific behaviour (the local layout, injected faults) is tested after the suite.
+Parametrised over the backends: local directory, memory, S3 (a real server on loopback, and the same
+with the local cache of immutable objects in front), and the fault-injecting wrapper with no fault set
+(around local and memory). A new backend is added to BACKENDS and must pass unchanged.
+Backend-specific behaviour (the local layout, injected faults) is tested after the suite.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import threading
 
 import pytest
 
-from agent.backend import BackendError, FileInfo, Handle, Kind, LocalBackend, LockTimeout, NotFound
+from agent.backend import BackendError, FileInfo, Handle, Kind, LocalBackend, LockTimeout, NotFound, open_backend
 from agent.backend.faulty import Faults, FaultyBackend
 from agent.backend.mem import MemBackend
 from tests.unit.repo_helpers import deleted_descriptors
@@ -30,17 +31,31 @@ def _local(tmp_path):
     return backend
 
 
+def _s3(tmp_path, server, cache: bool = False):
+    from tests.fixtures.s3 import s3_location
+
+    location, settings = s3_location(server, str(tmp_path))
+    made = open_backend(location, settings, str(tmp_path / "cache") if cache else None)
+    made.create()
+    return made
+
+
 BACKENDS = {
     "local": _local,
     "mem": lambda tmp_path: MemBackend(),
     "faulty-local": lambda tmp_path: FaultyBackend(_local(tmp_path)),
     "faulty-mem": lambda tmp_path: FaultyBackend(MemBackend()),
+    "s3": _s3,
+    "s3-cached": lambda tmp_path, server: _s3(tmp_path, server, cache=True),
 }
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request, tmp_path):
-    made = BACKENDS[request.param](tmp_path)
+    if request.param.startswith("s3"):
+        made = BACKENDS[request.param](tmp_path, request.getfixturevalue("s3_server"))
+    else:
+        made = BACKENDS[request.param](tmp_path)
     yield made
     made.close()
 

@@ -19,6 +19,7 @@ from agent.cli.common import (
     load_config,
     open_repository,
     print_json,
+    repository_exists,
 )
 
 if TYPE_CHECKING:
@@ -113,12 +114,10 @@ def find(config, pattern: str, job: Optional[str] = None, as_json: bool = False)
     """Every snapshot (of `job`, if given) holding a path that matches the glob `pattern`; a pattern
     without '/' matches the name at any depth, one with '/' the whole path (relative to the job's path,
     or absolute)."""
-    from agent.store import Repository
-
     if job:
         check_jobs(config, [job])
     found: List[Dict] = []
-    if Repository(config.repository).exists():
+    if repository_exists(config):
         repo = open_repository(config)
         # Snapshots of a job share nearly all their lines: each distinct line is decoded and matched once
         # (per job path, which an absolute pattern depends on).

@@ -12,6 +12,7 @@ from agent.cli.common import (
     load_config,
     open_repository,
     print_json,
+    repository_exists,
     require_identity,
     warning,
     with_identity,
@@ -22,9 +23,7 @@ from agent.cli.progress import progress
 def verify(config, read_data: bool = False, as_json: bool = False) -> int:
     """Exit status 0 if every snapshot is complete (and, with `read_data`, every object intact), else 1."""
     from agent.checker import verify_repository
-    from agent.store import Repository
-
-    if not Repository(config.repository).exists():
+    if not repository_exists(config):
         err(f"{config.repository}: no repository yet, nothing to verify")
         if as_json:
             print_json({"ok": True, "snapshots": 0, "packs": 0, "blobs": 0, "damaged": [], "problems": []})

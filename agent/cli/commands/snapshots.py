@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence
 
 import agent.cli.render as render
 from agent.cli import snapshot_ref
-from agent.cli.common import EXIT_OK, check_jobs, load_config, open_repository, print_json, warning
+from agent.cli.common import EXIT_OK, check_jobs, load_config, open_repository, print_json, repository_exists, warning
 from agent.text import plural
 
 
@@ -15,9 +15,7 @@ def snapshot_rows(config, job: Optional[str] = None) -> List[Dict]:
     """`snapshots --json`'s rows, oldest first: {"id", "job", "time", "trigger", "files", "bytes", "partial"
     (a file could not be read), "changes" ({"added", "removed", "changed"} entries since the job's previous
     snapshot, for change-triggered snapshots; else null)}."""
-    from agent.store import Repository
-
-    if not Repository(config.repository).exists():
+    if not repository_exists(config):
         return []
     return [{"id": snap.id, "job": snap.job, "time": snap.time, "trigger": snap.trigger,
              "files": snap.files, "bytes": snap.bytes, "partial": snap.partial, "changes": snap.changes}
@@ -26,12 +24,9 @@ def snapshot_rows(config, job: Optional[str] = None) -> List[Dict]:
 
 def snapshots(config, job: Optional[str] = None, as_json: bool = False) -> int:
     rows = snapshot_rows(config, job)
-    if rows or not job:
-        from agent.store import Repository
-
-        if Repository(config.repository).exists():
-            for damaged in open_repository(config).damaged_snapshots():
-                warning(damaged.reason)  # "snapshot X is damaged: FILE is ..."
+    if (rows or not job) and repository_exists(config):
+        for damaged in open_repository(config).damaged_snapshots():
+            warning(damaged.reason)  # "snapshot X is damaged: FILE is ..."
     if job and not rows:
         check_jobs(config, [job])  # a job that is gone from the configuration still lists its snapshots
     if as_json:

@@ -1,0 +1,351 @@
+"""The S3 backend: a repository in a bucket of S3-compatible object storage (MinIO, Ceph RGW, AWS S3).
+
+Location: `s3:ENDPOINT/BUCKET[/PREFIX]`, ENDPOINT `https://host[:port]` (or `http://`). Keys under the
+prefix follow the local layout: `config`, `data/XX/ID`, `index/ID`, `snapshots/ID`, `damage/ID`, and
+`locks/` for the repository lock (s3lock.py).
+
+Every object is written once under its final name with one PUT (S3 makes an object visible whole or
+not at all), so no rename and no temp object exist; a content-named object written twice gets the same
+bytes. Nothing but `remove` and prune's lock clean-up deletes: backups, restores and verify need no
+delete permission (append-only nodes).
+
+The client is boto3/botocore (the reference S3 client; see README "Off-host repository"): path-style
+addressing (any endpoint, no DNS per bucket), its "standard" retry mode (timeouts, dropped connections,
+5xx and SlowDown retried with exponential backoff and jitter). Errors that will not change (403, a
+missing bucket) fail at once with a message naming the bucket and endpoint. The keys come from an AWS
+shared-credentials file and are given to the client only: they are never in argv, the environment,
+a message or an object.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, Dict, List, NamedTuple, Optional, Protocol, Sequence, Tuple
+from urllib.parse import urlsplit
+
+from agent.backend.base import CONFIG_NAME, BackendError, Buffer, FileInfo, Handle, Kind, NotFound, check_name
+from agent.backend.s3lock import Listed, S3Lock, remove_dead_locks
+
+SCHEME = "s3:"
+_DIRS = {Kind.DATA: "data", Kind.INDEX: "index", Kind.SNAPSHOT: "snapshots", Kind.DAMAGE: "damage"}
+_ATTEMPTS = 8           # botocore's standard mode: backoff min(2^n * random, 20 s) between attempts
+_CONNECT_TIMEOUT = 10.0
+_READ_TIMEOUT = 60.0
+POOL_SIZE = 16          # connections: parallel pack uploads and restore reads
+
+
+class S3Options(Protocol):
+    """What the `[s3]` table of agent.toml gives (agent.config.model.S3Settings)."""
+
+    credentials_file: Optional[str]
+    region: Optional[str]
+    ca_file: Optional[str]
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """A parsed `s3:ENDPOINT/BUCKET[/PREFIX]`."""
+
+    endpoint: str   # scheme://host[:port]
+    bucket: str
+    prefix: str     # without slashes at either end; may be empty
+
+    @property
+    def secure(self) -> bool:
+        return self.endpoint.startswith("https://")
+
+    def __str__(self) -> str:
+        return f"{SCHEME}{self.endpoint}/{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
+
+
+def is_s3(location: str) -> bool:
+    return location.startswith(SCHEME)
+
+
+def parse_location(location: str) -> S3Location:
+    """Raises ValueError saying what is wrong with an `s3:` repository string."""
+    url = location[len(SCHEME):] if is_s3(location) else location
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("an s3 repository is s3:https://HOST[:PORT]/BUCKET[/PREFIX]")
+    if "@" in parts.netloc:
+        raise ValueError("keys do not belong in the repository URL: put them in [s3] credentials_file")
+    if parts.query or parts.fragment:
+        raise ValueError("an s3 repository URL has no query or fragment")
+    path = parts.path.strip("/")
+    bucket, _, prefix = path.partition("/")
+    if not bucket:
+        raise ValueError("the bucket is missing: s3:https://HOST[:PORT]/BUCKET[/PREFIX]")
+    if any(piece in ("", ".", "..") for piece in prefix.split("/")) and prefix:
+        raise ValueError(f"prefix {prefix!r}: empty, '.' or '..' path elements are not allowed")
+    return S3Location(f"{parts.scheme}://{parts.netloc}", bucket, prefix)
+
+
+class Keys(NamedTuple):
+    """The access key pair read from a shared-credentials file (never printed: see __repr__)."""
+
+    access_key: str
+    secret_key: str
+
+    def __repr__(self) -> str:
+        return "Keys(...)"
+
+
+def read_credentials(path: str, profile: str = "default") -> Keys:
+    """The `[default]` keys of an AWS shared-credentials file (`aws_access_key_id`,
+    `aws_secret_access_key`). Raises BackendError naming the file and key, never a value."""
+    import configparser
+
+    parser = configparser.RawConfigParser()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except OSError as exc:
+        raise BackendError(f"s3.credentials_file {path}: cannot be read ({exc.strerror})") from None
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        raise BackendError(f"s3.credentials_file {path}: not an AWS shared-credentials file "
+                           f"({type(exc).__name__})") from None
+    if not parser.has_section(profile):
+        raise BackendError(f"s3.credentials_file {path}: no [{profile}] section")
+    values = []
+    for key in ("aws_access_key_id", "aws_secret_access_key"):
+        value = parser.get(profile, key, fallback="").strip()
+        if not value:
+            raise BackendError(f"s3.credentials_file {path}: [{profile}] {key} is missing")
+        values.append(value)
+    return Keys(*values)
+
+
+class S3Backend:
+    """A repository under `s3:ENDPOINT/BUCKET/PREFIX` (see the module docstring)."""
+
+    def __init__(self, location: str, options: S3Options) -> None:
+        self.where = parse_location(location)
+        self.location = str(self.where)
+        if not options.credentials_file:
+            raise BackendError(f"{self.location}: [s3] credentials_file is required for an s3 repository")
+        self._options = options
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+        self._pid = 0
+
+    # --- the client -------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        with self._client_lock:
+            # a forked child (verify's workers) must not share the parent's pooled connections: two
+            # processes reading answers from one socket get each other's bytes
+            if self._client is None or self._pid != os.getpid():
+                self._client = self._make_client()
+                self._pid = os.getpid()
+            return self._client
+
+    def _make_client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        keys = read_credentials(str(self._options.credentials_file))
+        config = Config(
+            region_name=self._options.region or "us-east-1",
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            retries={"mode": "standard", "max_attempts": _ATTEMPTS},
+            connect_timeout=_CONNECT_TIMEOUT, read_timeout=_READ_TIMEOUT,
+            max_pool_connections=POOL_SIZE,
+            # integrity is ours (content-named objects re-hashed on read, Content-MD5 on every PUT);
+            # the newer default (aws-chunked trailing checksums) is not understood by every server
+            request_checksum_calculation="when_required", response_checksum_validation="when_required",
+            tcp_keepalive=True)
+        verify: Any = self._options.ca_file if self._options.ca_file else True
+        # a session of its own: nothing from the environment or ~/.aws is mixed in
+        session = boto3.session.Session(aws_access_key_id=keys.access_key,
+                                        aws_secret_access_key=keys.secret_key)
+        return session.client("s3", endpoint_url=self.where.endpoint, config=config, verify=verify)
+
+    def _call(self, operation: str, what: str, **params: Any) -> Any:
+        """One client call; a botocore error becomes NotFound or BackendError with a message naming the
+        object (`what`), the bucket and the endpoint (never the keys nor the server's raw text)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self.client, operation)(Bucket=self.where.bucket, **params)
+        except ClientError as exc:
+            raise self._client_error(exc, what) from None
+        except BotoCoreError as exc:  # connection refused, timeouts after every retry, TLS
+            raise BackendError(f"{what}: {self._name_error(exc)} (endpoint {self.where.endpoint}, "
+                               f"bucket {self.where.bucket})") from None
+
+    @staticmethod
+    def _name_error(exc: Exception) -> str:
+        kind = type(exc).__name__
+        if kind == "SSLError":
+            return "TLS verification failed (a private CA goes in [s3] ca_file)"
+        if kind in ("EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError"):
+            return "cannot connect, after retrying"
+        if kind == "ReadTimeoutError":
+            return "no answer in time, after retrying"
+        return f"{kind}, after retrying"
+
+    def _client_error(self, exc: Any, what: str) -> BackendError:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        where = f"bucket {self.where.bucket} at {self.where.endpoint}"
+        if code == "NoSuchBucket":
+            return BackendError(f"{what}: {where}: the bucket does not exist (create it first)")
+        if code == "InvalidRange" or status == 416:
+            return _PastTheEnd(f"{what}: the range is past the end")
+        if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+            return NotFound(f"{what}: no such object")
+        if status == 403 or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            hint = {"InvalidAccessKeyId": "the access key is not known to the server",
+                    "SignatureDoesNotMatch": "the secret key does not match the access key"}.get(
+                        code, "access denied")
+            return AccessDenied(f"{what}: {where}: {hint} (HTTP 403 {code}; the keys are in [s3] credentials_file)")
+        return BackendError(f"{what}: {where}: HTTP {status} {code}".rstrip())
+
+    # --- names --------------------------------------------------------------------------------------
+
+    def key(self, handle: Handle) -> str:
+        if handle.kind is Kind.CONFIG:
+            return self.key_under(CONFIG_NAME)
+        check_name(handle)
+        name = handle.name
+        if handle.kind is Kind.DATA:
+            return self.key_under(f"data/{name[:2]}/{name}")
+        return self.key_under(f"{_DIRS[handle.kind]}/{name}")
+
+    def key_under(self, relative: str) -> str:
+        return f"{self.where.prefix}/{relative}" if self.where.prefix else relative
+
+    def describe(self, handle: Handle) -> str:
+        return f"{self.location}/{self.key(handle)[len(self.where.prefix) + 1 if self.where.prefix else 0:]}"
+
+    # --- objects ------------------------------------------------------------------------------------
+
+    def create(self) -> None:
+        try:
+            self._call("head_bucket", self.location)
+        except NotFound:  # HEAD answers carry no error code: a 404 here is the bucket's
+            raise BackendError(f"{self.location}: bucket {self.where.bucket} at {self.where.endpoint}: the bucket "
+                               "does not exist (create it first)") from None
+
+    def save(self, handle: Handle, pieces: Sequence[Buffer]) -> None:
+        self.put(self.key(handle), pieces, self.describe(handle))
+
+    def put(self, key: str, pieces: Sequence[Buffer], what: str) -> Dict[str, Any]:
+        """One PUT of the concatenated pieces with their Content-MD5 (the server refuses a body damaged
+        on the way); returns the response's headers."""
+        body = pieces[0] if len(pieces) == 1 and isinstance(pieces[0], bytes) else \
+            b"".join(bytes(piece) if not isinstance(piece, bytes) else piece for piece in pieces)
+        digest = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
+        answer = self._call("put_object", what, Key=key, Body=body, ContentMD5=digest)
+        return dict(answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}))
+
+    def load(self, handle: Handle, length: int = -1, offset: int = 0) -> bytes:
+        return self.get(self.key(handle), self.describe(handle), length, offset)
+
+    def get(self, key: str, what: str, length: int = -1, offset: int = 0) -> bytes:
+        params: Dict[str, Any] = {"Key": key}
+        if length == 0:
+            self._call("head_object", what, Key=key)  # NotFound for a missing object, as for others
+            return b""
+        if offset or length > 0:
+            params["Range"] = f"bytes={offset}-" + (str(offset + length - 1) if length > 0 else "")
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            answer = self._call("get_object", what, **params)
+            return answer["Body"].read()
+        except _PastTheEnd:  # a range wholly past the end of an existing object
+            return b""
+        except BotoCoreError as exc:  # the body cut short while read (retries were for the request)
+            raise BackendError(f"{what}: {self._name_error(exc)} (endpoint {self.where.endpoint})") from None
+
+    def stat(self, handle: Handle) -> FileInfo:
+        answer = self._call("head_object", self.describe(handle), Key=self.key(handle))
+        return FileInfo(handle.name, int(answer["ContentLength"]))
+
+    def list(self, kind: Kind) -> List[FileInfo]:
+        if kind is Kind.CONFIG:
+            try:
+                return [self.stat(Handle(Kind.CONFIG, CONFIG_NAME))]
+            except NotFound:
+                return []
+        found = [FileInfo(item.key.rsplit("/", 1)[-1], item.size)
+                 for item in self.list_keys(self.key_under(_DIRS[kind] + "/"))[0]]
+        return sorted(found, key=lambda info: info.name)
+
+    def list_keys(self, prefix: str) -> Tuple[List[Listed], float]:
+        """Every object under `prefix` (a full key prefix), and the server's clock at the answer (the
+        Date header, seconds since the epoch): lock staleness is judged by the server's clock alone."""
+        listed: List[Listed] = []
+        token: Optional[str] = None
+        now = 0.0
+        while True:
+            params: Dict[str, Any] = {"Prefix": prefix, "MaxKeys": 1000}
+            if token:
+                params["ContinuationToken"] = token
+            answer = self._call("list_objects_v2", f"{self.location} (listing {prefix or '/'})", **params)
+            now = server_time(answer.get("ResponseMetadata", {}).get("HTTPHeaders", {})) or now
+            for item in answer.get("Contents", ()):
+                listed.append(Listed(item["Key"], int(item["Size"]), item["LastModified"].timestamp()))
+            if not answer.get("IsTruncated"):
+                return listed, now
+            token = answer.get("NextContinuationToken")
+
+    def remove(self, handle: Handle) -> None:
+        what = self.describe(handle)
+        # S3 answers 204 for a missing key too; the interface says NotFound (prune counts what it freed)
+        self._call("head_object", what, Key=self.key(handle))
+        self.delete(self.key(handle), what)
+
+    def delete(self, key: str, what: str) -> None:
+        try:
+            self._call("delete_object", what, Key=key)
+        except AccessDenied as exc:
+            raise AccessDenied(f"{exc} -- deleting needs credentials with delete permission "
+                               "(append-only node keys cannot prune; run prune where such keys are)") from None
+
+    def lock(self, exclusive: bool, purpose: str) -> S3Lock:
+        return S3Lock(self, exclusive, purpose)
+
+    def remove_leftovers(self) -> int:
+        """Objects are never written under temporary names; what killed runs leave (unindexed packs)
+        is prune's to collect, and lock objects that ended or went stale are removed here."""
+        return remove_dead_locks(self)
+
+    def release(self, kind: Optional[Kind] = None) -> None:
+        pass  # nothing is held per object
+
+    def close(self) -> None:
+        pass  # the client's connection pool is reused by the next call
+
+
+class AccessDenied(BackendError):
+    """HTTP 403: the keys may not do this here (no retry changes it)."""
+
+
+class _PastTheEnd(BackendError):
+    """HTTP 416: a range that starts at or past the end of an existing object."""
+
+
+def server_time(headers: Dict[str, Any]) -> float:
+    """The Date header as seconds since the epoch (0.0 without one)."""
+    stamp = headers.get("date")
+    if not stamp:
+        return 0.0
+    try:
+        return parsedate_to_datetime(stamp).timestamp()
+    except (TypeError, ValueError):
+        return 0.0
+
+
+__all__ = ["AccessDenied", "Keys", "Listed", "S3Backend", "S3Location", "S3Options", "is_s3", "parse_location",
+           "read_credentials", "server_time"]

@@ -1,0 +1,267 @@
+"""The repository on S3-compatible object storage, with the real command against a real S3 server on
+loopback (rclone serve s3), through a fault-injecting proxy where the test needs faults or counts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from typing import Callable, List, Optional, Set
+
+from tests.fixtures.s3 import S3Proxy, S3Server, s3_location
+from tests.helpers import Agent, agent_command, fs_job, make_tree, read_tree
+
+
+def s3_agent(base: str, server: S3Server, proxy: Optional[S3Proxy] = None, host: str = "node-1",
+             prefix: str = "") -> Agent:
+    """An agent configuration whose repository is a prefix of the S3 server's bucket."""
+    os.makedirs(os.path.join(base, "conf.d"), exist_ok=True)
+    location, settings = s3_location(server, base, proxy, prefix)
+    config = os.path.join(base, "agent.toml")
+    state_dir = os.path.join(base, "state")
+    with open(config, "w") as handle:
+        handle.write(f'host = "{host}"\nrepository = "{location}"\nstate_dir = "{state_dir}"\n'
+                     f'[s3]\ncredentials_file = "{settings.credentials_file}"\nregion = "us-east-1"\n')
+    return Agent(base, config, location, state_dir)
+
+
+def add_job(agent: Agent, text: str) -> None:
+    with open(os.path.join(agent.base, "conf.d", "jobs.toml"), "a") as handle:
+        handle.write(text)
+
+
+def services_tree(root: str, seed: int = 0) -> None:
+    make_tree(root, {
+        "webapps/app.war": os.urandom(300_000) if seed < 0 else bytes(range(256)) * 2000,
+        "webapps/app/WEB-INF/web.xml": f"<web-app>{seed}</web-app>",
+        "lib/shared.jar": b"jar" * 200_000,
+        "conf/server.xml": "<Server/>",
+        "logs/": None,
+    })
+
+
+def test_backups_of_files_and_dumps_restore_verify_and_prune(tmp_path, s3_server):
+    agent = s3_agent(str(tmp_path), s3_server)
+    tree = str(tmp_path / "services")
+    services_tree(tree)
+    stamp = tmp_path / "stamp"
+    stamp.write_text("first\n")
+    add_job(agent, fs_job("services-api", tree) + '[jobs.dump]\ntype = "command"\nargv = ["sh", "-c", '
+                   f'"cat {stamp}; seq 1 200000"]\nevery = "24h"\nretention = {{ keep_last = 1 }}\n')
+    checked = agent.run("check-config", check=0)
+    assert "plain http" in checked.stderr  # s3:http:// is allowed, with a warning
+    reports = {report["job"]: report for report in agent.backup()}
+    assert reports["services-api"]["status"] == "ok" and reports["dump"]["status"] == "ok"
+    assert reports["services-api"]["new_bytes"] > 0
+    stamp.write_text("second\n")
+    again = {report["job"]: report for report in agent.backup()}
+    assert again["services-api"]["changed"] is False
+    assert again["dump"]["new_bytes"] < again["dump"]["bytes"] / 4  # only the first chunk is new
+    snapshots = json.loads(agent.run("snapshots", "--json", check=0).stdout)
+    assert sorted(snap["job"] for snap in snapshots) == ["dump", "dump", "services-api"]
+
+    out = tmp_path / "restored"
+    agent.run("restore", "services-api:latest", "--target", str(out), check=0)
+    assert read_tree(str(out)) == read_tree(tree)
+    agent.run("restore", "dump:latest", "--target", str(tmp_path / "dump.txt"), check=0)
+    expected = subprocess.run(["seq", "1", "200000"], capture_output=True, check=True).stdout
+    assert (tmp_path / "dump.txt").read_bytes() == b"second\n" + expected
+
+    assert "ok" in agent.run("verify", "--read-data", check=0).stdout
+    pruned = json.loads(agent.run("prune", "--json", check=0).stdout)
+    assert len(pruned["removed"]) == 1  # the older dump (keep_last = 1)
+    stored = s3_server.objects(agent.repository.rsplit("/", 1)[1])
+    assert "config" in stored and any(key.startswith("data/") for key in stored)
+    assert not any(key.startswith("locks/") for key in stored)  # prune removed the ended locks, and its own
+    assert json.loads(agent.run("verify", "--read-data", "--json", check=0).stdout)["ok"] is True
+
+
+def test_configuration_errors_and_warnings_name_the_key_never_the_secret(tmp_path, s3_server):
+    agent = s3_agent(str(tmp_path), s3_server)
+    secret = s3_server.secret_key
+    with open(agent.config) as handle:
+        text = handle.read()
+    credentials = text.split('credentials_file = "')[1].split('"')[0]
+    os.chmod(credentials, 0o644)
+    checked = agent.run("check-config", check=0)
+    assert f"s3.credentials_file: {credentials} is readable by every user" in checked.stderr
+    tree = str(tmp_path / "t")
+    make_tree(tree, {"a": "x"})
+    add_job(agent, fs_job("svc", tree))
+    (report,) = agent.backup()
+    assert any("s3.credentials_file" in warning for warning in report["warnings"])  # in every run's report
+    os.chmod(credentials, 0o600)
+
+    with open(agent.config, "w") as handle:
+        handle.write(text.replace("[s3]", "[s3x]"))
+    broken = agent.run("check-config", check=2)
+    assert "s3: an s3 repository needs an [s3] table" in broken.stderr
+    with open(agent.config, "w") as handle:
+        handle.write(text.replace("/backups/", "/no-such-bucket/"))
+    failed = agent.run("backup", "svc", "--json", check=1)
+    (report,) = json.loads(failed.stdout)
+    assert "bucket no-such-bucket" in report["errors"][0] and s3_server.url in report["errors"][0]
+    assert "does not exist" in report["errors"][0]
+    with open(credentials, "w") as handle:
+        handle.write(f"[default]\naws_access_key_id = {s3_server.access_key}\naws_secret_access_key = wrong{secret}\n")
+    with open(agent.config, "w") as handle:
+        handle.write(text)
+    for args in (("backup", "svc", "--json"), ("snapshots",), ("verify",)):
+        result = agent.run(*args, check=1)
+        assert "backups" in result.stdout + result.stderr and "403" in result.stdout + result.stderr
+        assert secret not in result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+    for directory, _, files in os.walk(agent.state_dir):
+        for name in files:
+            with open(os.path.join(directory, name), "rb") as handle:
+                assert secret.encode() not in handle.read(), name
+
+
+def test_retries_of_slow_down_and_dropped_connections(tmp_path, s3_server, s3_proxy):
+    agent = s3_agent(str(tmp_path), s3_server, s3_proxy)
+    tree = str(tmp_path / "t")
+    services_tree(tree)
+    add_job(agent, fs_job("svc", tree))
+    s3_proxy.faults.slow_down = 3
+    s3_proxy.faults.drop = 2
+    (report,) = agent.backup()
+    assert report["status"] == "ok", report
+    assert s3_proxy.faults.slow_down == 0 and s3_proxy.faults.drop == 0  # the faults were met, and retried
+    s3_proxy.faults.slow_down, s3_proxy.faults.only = 2, "/data/"
+    out = tmp_path / "out"
+    agent.run("restore", "svc:latest", "--target", str(out), check=0)
+    assert read_tree(str(out)) == read_tree(tree)
+    s3_proxy.faults.slow_down, s3_proxy.faults.only = 1000, ""  # a server that never recovers
+    failed = agent.run("snapshots", check=1)
+    assert "503" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def _kill_backup_midway(agent: Agent, proxy: S3Proxy, packs: Callable[[], Set[str]]) -> Set[str]:
+    """Start a backup and kill -9 it once it has stored a pack, before its snapshot; returns the packs
+    it left."""
+    before = packs()
+    proxy.faults.latency = 5.0  # the snapshot document would come late
+    proxy.faults.only = "/snapshots/"
+    proc = subprocess.Popen([*agent_command(), "--config", agent.config, "backup", "--all"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not packs() - before and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the backup ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proxy.faults.latency, proxy.faults.only = 0.0, ""
+    left = packs() - before
+    assert left
+    return left
+
+
+def test_append_only_keys_back_up_restore_and_verify_and_prune_says_it_needs_delete(tmp_path, s3_server,
+                                                                                    s3_proxy):
+    agent = s3_agent(str(tmp_path), s3_server, s3_proxy)
+    tree = str(tmp_path / "t")
+    services_tree(tree)
+    add_job(agent, fs_job("svc", tree, extra="retention = { keep_last = 1 }"))
+    s3_proxy.faults.refuse_delete = True
+    assert agent.backup()[0]["status"] == "ok"
+    make_tree(tree, {"new.txt": os.urandom(200_000)})
+    assert agent.backup()[0]["status"] == "ok"
+    agent.run("restore", "svc:latest", "--target", str(tmp_path / "out"), check=0)
+    agent.run("verify", "--read-data", check=0)
+    deletes = s3_proxy.counts.get("DELETE", 0)
+    assert deletes == 0  # nothing but prune ever deletes
+
+    make_tree(tree, {"big.bin": os.urandom(40_000_000)})  # more than two packs
+    prefix = agent.repository.rsplit("/", 1)[1]
+    left = _kill_backup_midway(agent, s3_proxy, lambda: {key for key in s3_server.objects(prefix)
+                                                         if key.startswith("data/")})
+    before = json.loads(agent.run("snapshots", "--json", check=0).stdout)
+    assert len(before) == 2  # the killed run left no snapshot
+    agent.run("verify", "--read-data", check=0)
+
+    refused = agent.run("prune", check=1)
+    assert "delete permission" in refused.stderr and "Traceback" not in refused.stderr
+    assert json.loads(agent.run("snapshots", "--json", check=0).stdout) == before  # nothing was changed
+
+    s3_proxy.faults.refuse_delete = False  # prune where keys with delete permission are
+    pruned = json.loads(agent.run("prune", "--json", check=0).stdout)
+    assert pruned["packs_deleted"] >= len(left)
+    assert not left & set(s3_server.objects(prefix))  # collected by the next prune
+    # the killed run's lock too: its process is gone (this machine, this boot)
+    assert not any(key.startswith("locks/") for key in s3_server.objects(prefix))
+    agent.run("verify", "--read-data", check=0)
+
+
+def test_two_hosts_share_one_repository_while_prune_runs(tmp_path, s3_server):
+    prefix = "shared-" + os.urandom(4).hex()
+    first = s3_agent(str(tmp_path / "node-1"), s3_server, host="node-1", prefix=prefix)
+    second = s3_agent(str(tmp_path / "node-2"), s3_server, host="node-2", prefix=prefix)
+    trees = []
+    for agent in (first, second):
+        tree = os.path.join(agent.base, "services")
+        services_tree(tree)
+        trees.append(tree)
+        add_job(agent, fs_job("services-api", tree, extra="retention = { keep_last = 2 }"))
+    (one,) = first.backup()
+    (two,) = second.backup()  # an identical tree on another host: its data is stored already
+    assert one["status"] == two["status"] == "ok"
+    assert two["new_bytes"] < 0.05 * two["bytes"], two
+
+    failures: List[str] = []
+    stop = threading.Event()
+
+    def keep_backing_up(agent: Agent, tree: str) -> None:
+        round_ = 0
+        while not stop.is_set():
+            round_ += 1
+            make_tree(tree, {f"webapps/app/changed-{round_ % 3}.txt": os.urandom(50_000)})
+            result = agent.run("backup", "--all", "--json", timeout=300)
+            if result.returncode != 0:
+                failures.append(result.stdout + result.stderr)
+
+    workers = [threading.Thread(target=keep_backing_up, args=pair) for pair in zip((first, second), trees)]
+    for worker in workers:
+        worker.start()
+    try:
+        for _ in range(4):
+            pruned = first.run("prune", "--json", timeout=300)
+            assert pruned.returncode == 0, pruned.stderr
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert failures == []
+    second.run("verify", "--read-data", check=0)
+    for agent in (first, second):
+        out = os.path.join(agent.base, "restored")
+        agent.run("restore", "services-api:latest", "--target", out, check=0)
+
+
+def _requests_of(agent: Agent, proxy: S3Proxy, *args: str) -> int:
+    proxy.reset_counts()
+    agent.run(*args, check=0)
+    return proxy.counts.get("requests", 0)
+
+
+def test_a_no_change_backup_costs_requests_that_do_not_grow_with_the_repository(tmp_path, s3_server, s3_proxy):
+    agent = s3_agent(str(tmp_path), s3_server, s3_proxy)
+    tree = str(tmp_path / "t")
+    services_tree(tree)
+    add_job(agent, fs_job("svc", tree) + fs_job("other", str(tmp_path / "o")))
+    make_tree(str(tmp_path / "o"), {"x": "1"})
+    agent.backup()
+    small = _requests_of(agent, s3_proxy, "backup", "svc")
+    for round_ in range(6):  # more snapshots, index files and packs
+        make_tree(str(tmp_path / "o"), {f"f{round_}": os.urandom(100_000)})
+        agent.backup("other")
+    large = _requests_of(agent, s3_proxy, "backup", "svc")
+    assert large == small, (small, large)
+    assert large <= 12
+    shutil.rmtree(os.path.join(agent.state_dir, "cache", "repository"))  # only costs time
+    (report,) = agent.backup("svc")
+    assert report["status"] == "ok" and report["changed"] is False
+    assert _requests_of(agent, s3_proxy, "backup", "svc") == large
