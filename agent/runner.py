@@ -35,10 +35,12 @@ def _say(message: str) -> None:
     print(f"backup-agent: {message}", file=sys.stderr)  # the command's one prefix
 
 
-def repository_backend(config: Config) -> Backend:
-    """The configured repository's backend; an object store's immutable small objects (index, snapshot
-    documents) are cached under state_dir/cache/repository. Raises BackendError for a bad location."""
-    return open_backend(config.repository, config.s3, os.path.join(config.state_dir, "cache", "repository"))
+def repository_backend(config: Config, location: Optional[str] = None) -> Backend:
+    """The backend of the configured repository (or of `location`, reached with the same [s3] settings);
+    an object store's immutable small objects (index, snapshot documents) are cached under
+    state_dir/cache/repository. Raises BackendError for a bad location."""
+    return open_backend(location or config.repository, config.s3,
+                        os.path.join(config.state_dir, "cache", "repository"))
 
 
 def open_repository(config: Config) -> Repository:

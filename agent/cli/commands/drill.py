@@ -25,11 +25,11 @@ def drill(config: Config, names: Sequence[str], as_json: bool = False, identity:
     """Drill the jobs `names` of `host` (default: this host) in `repository` (default: the configured
     one); exit status 0 if every drill passed, else 1."""
     from agent.drill import drill as drill_one
-    from agent.runner import spool_for
+    from agent.runner import repository_backend, spool_for
     from agent.store import Repository, RepositoryError
 
     try:
-        repo = Repository.open(repository or config.repository)
+        repo = Repository.open(repository_backend(config, repository))
     except RepositoryError as exc:
         raise UsageError(str(exc)) from None
     try:
@@ -74,12 +74,13 @@ def _target(config: Config, repo: Repository, name: str, host: str, identity: Op
     return DrillTarget(name, host, job.every.low, job.every.high, config.drill_every_of(job), job.type, identity)
 
 
-def _host_jobs(repo_location: str, host: str) -> List[str]:
+def _host_jobs(config: Config, repo_location: str, host: str) -> List[str]:
     """The jobs of which `host` has snapshots in the repository, by name."""
+    from agent.runner import repository_backend
     from agent.store import Repository, RepositoryError
 
     try:
-        repo = Repository.open(repo_location)
+        repo = Repository.open(repository_backend(config, repo_location))
     except RepositoryError as exc:
         raise UsageError(str(exc)) from None
     try:
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--identity {args.identity}: cannot be read")
     if args.repository or args.host:  # another host's jobs, or another repository: what it holds counts
         location, host = args.repository or config.repository, args.host or config.host
-        names: List[str] = _host_jobs(location, host) if args.all else args.jobs
+        names: List[str] = _host_jobs(config, location, host) if args.all else args.jobs
         if args.all and not names:
             raise UsageError(f"host {host} has no snapshot in {location}")
     else:
