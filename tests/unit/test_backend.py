@@ -332,3 +332,18 @@ def test_faulty_listing_raises():
     backend = FaultyBackend(MemBackend(), Faults(fail_list=True))
     with pytest.raises(BackendError):
         backend.list(Kind.SNAPSHOT)
+
+
+def test_local_reads_past_the_descriptor_cache_open_their_own(tmp_path, monkeypatch):
+    monkeypatch.setattr("agent.backend.local._MAX_CACHED", 1)
+    backend = _local(tmp_path)
+    first, second = Handle(Kind.DATA, NAME_A), Handle(Kind.DATA, NAME_B)
+    backend.save(first, [b"first pack"])
+    backend.save(second, [b"second pack"])
+    open_before = len(os.listdir("/proc/self/fd"))
+    assert backend.load(first, 5, 0) == b"first"
+    assert backend.load(second, 6, 0) == b"second"  # the cache is full: opened and closed again
+    assert backend.load(second) == b"second pack" and backend.load(first, -1, 6) == b"pack"
+    assert backend.cached_descriptors() == 1 and len(os.listdir("/proc/self/fd")) == open_before + 1
+    backend.close()
+    assert len(os.listdir("/proc/self/fd")) == open_before

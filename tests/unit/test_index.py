@@ -64,6 +64,7 @@ def test_damaged_copies_are_never_found_and_a_good_copy_is(lookups):
     name, data = encode_damage([(damaged, PACK_A)])
     assert decode_damage(data) == [(damaged, PACK_A)]
     backend.save(Handle(Kind.DAMAGE, name), [data])
+    assert Index(backend).damaged() == {damaged: frozenset({PACK_A})}  # loads what it needs by itself
     index = Index(backend)
     for other in others:
         assert other in index

@@ -3,6 +3,7 @@ packs another process deleted, writes that fail half way."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -16,7 +17,9 @@ from agent.backend.mem import MemBackend
 from agent.checker import verify_repository
 from agent.config.model import Retention
 from agent.pruner import prune_repository
-from agent.store import DamagedBlobError, LockTimeout, Repository, RepositoryError
+from agent.store import KIND_TREE, DamagedBlobError, LockTimeout, Repository, RepositoryError
+from agent.store.index import Index
+from agent.store.tree import Entry, write_tree
 from tests.unit.repo_helpers import deleted_descriptors, store_files
 
 
@@ -181,3 +184,62 @@ def test_history_and_pack_lists_are_per_job_and_per_pack():
     blob = bytes.fromhex(mine.tree[0])
     loc = repo.index.get(blob)
     assert (blob, loc) in repo.pack_blobs(loc.pack)
+
+
+def test_prepared_blobs_are_stored_once_and_read_back(tmp_path):
+    """The dump path: blobs hashed and compressed off the writer's thread, then added in order."""
+    repo = Repository.open(str(tmp_path / "r"), create=True)
+    writer = repo.writer()
+    text, noise = b"INSERT INTO t VALUES (1);\n" * 5000, os.urandom(200_000)
+    first = writer.prepare(text, probe=False)
+    assert first.stored is not None and len(first.stored) < len(text) / 10 and first.length == len(text)
+    assert writer.save_prepared(first) is True
+    assert writer.save_prepared(writer.prepare(text)) is False  # added since it was prepared
+    raw = writer.prepare(noise)
+    assert raw.stored == noise and writer.save_prepared(raw, kind=KIND_TREE) is True
+    assert writer.new_blobs == 2 and writer.new_bytes == len(text)  # tree blobs are not new data
+    assert writer.stored_bytes == len(first.stored) + len(noise)
+    writer.flush()
+    again = Repository.open(repo.location).writer()
+    known = again.prepare(text)
+    assert known.stored is None and known.blob_id == first.blob_id and again.save_prepared(known) is False
+    assert repo.read_blob(first.blob_id) == text and repo.read_blob(raw.blob_id) == noise
+    pack = repo.index.get(first.blob_id).pack.hex()
+    assert repo.describe_pack(bytes.fromhex(pack)) == str(tmp_path / "r" / "data" / pack[:2] / pack)
+
+
+def test_a_damaged_file_list_marks_its_snapshot_for_healing():
+    repo = Repository.open(MemBackend(), create=True)
+    snap = store_files(repo, "svc", {"a": b"a" * 100})
+    tree_blob = bytes.fromhex(snap.tree[0])
+    assert not repo.tree_unhealed(snap.id, frozenset({os.urandom(32)}))
+    assert repo.tree_unhealed(snap.id, frozenset({tree_blob}))
+    assert repo.tree_unhealed("0" * 64, frozenset({tree_blob}))  # a snapshot that cannot be read
+
+
+def test_listing_names_each_damaged_document_and_filters_by_job(tmp_path):
+    repo = Repository.open(str(tmp_path / "r"), create=True)
+    mine = [store_files(repo, "svc", {"a": bytes([n])}, time=f"2026-11-{n + 1:02d}T07:00:00Z") for n in range(12)]
+    store_files(repo, "db", {"d": b"2"})
+    snapshots = tmp_path / "r" / "snapshots"
+    (snapshots / ".half-written.json").write_text("{")
+    (snapshots / "README").write_text("not a snapshot")
+    (snapshots / ("ab" * 32 + ".json")).write_text('{"job": "svc", "ti')
+    assert [snap.id for snap in repo.snapshots("svc")] == [snap.id for snap in mine]
+    [damaged] = repo.damaged_snapshots()
+    assert damaged.id == "ab" * 32 and damaged.name == str(snapshots / ("ab" * 32 + ".json"))
+    assert "unreadable" in damaged.reason and damaged.name in damaged.reason
+    with pytest.raises(RepositoryError, match="^no snapshot 'cd"):
+        repo.load_snapshot("cd" * 32)
+
+
+def test_file_lists_are_not_counted_as_new_data(tmp_path):
+    repo = Repository.open(str(tmp_path / "r"), create=True)
+    writer = repo.writer()
+    data = os.urandom(1000)
+    writer.save(data)
+    write_tree(writer, [Entry(".", "dir", 0o755, 0, 0, 0), Entry("a", "file", 0o644, 0, 0, 0, 1000,
+                                                                  (hashlib.sha256(data).digest(),))])
+    writer.flush()
+    assert writer.new_bytes == 1000 and writer.new_blobs == 2
+    assert Index(repo.backend).damaged() == {}
