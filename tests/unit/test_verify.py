@@ -6,7 +6,7 @@ import os
 
 from agent.backend import Handle, Kind
 from agent.checker import verify_repository
-from agent.store import Repository
+from agent.store import KIND_TREE, Repository, Snapshot
 from agent.store.tree import read_tree
 from tests.unit.repo_helpers import store_files
 
@@ -100,3 +100,30 @@ def test_an_unreadable_index_file_is_a_problem_not_a_crash(repo):
     repo.backend.save(Handle(Kind.INDEX, "ff" * 32), [b"garbage"])
     result = verify_repository(Repository.open(repo.backend))
     assert not result.ok and "index" in result.problems[0] and "ff" * 32 in result.problems[0]
+
+
+def test_a_lost_file_list_is_named_with_its_snapshot(repo):
+    snap = store_files(repo, "svc", {"a": b"a" * 100})
+    tree = snap.tree[0]
+    repo.remove_pack(repo.index.get(bytes.fromhex(tree)).pack)
+    result = verify_repository(repo, record=False)
+    assert "is missing" in result.damaged[tree]
+    assert result.affected[tree] == [f"snapshot {snap.id[:12]} (svc {snap.time}): its file list"]
+    assert repo.backend.list(Kind.DAMAGE) == []  # record=False writes nothing
+    forged = repo.save_snapshot(Snapshot(job="svc", type="fs", host="h", time="2026-11-29T07:00:00Z",
+                                         trigger="manual", tree=("ee" * 32,), files=0, bytes=0, fingerprint=""))
+    result = verify_repository(repo, record=False)
+    assert result.damaged["ee" * 32] == "tree blob missing from the index"
+    assert result.affected["ee" * 32] == [f"snapshot {forged.id[:12]} (svc {forged.time}): its file list"]
+
+
+def test_a_file_list_that_does_not_parse_is_a_problem_of_its_snapshot(repo):
+    writer = repo.writer()
+    blob, _ = writer.save(b'{"path":"a","type":"file","chunks":["not hex"]}\n', KIND_TREE)
+    writer.flush()
+    snap = repo.save_snapshot(Snapshot(job="svc", type="fs", host="h", time="2026-11-29T07:00:00Z",
+                                       trigger="manual", tree=(blob.hex(),), files=1, bytes=0, fingerprint=""))
+    result = verify_repository(repo)
+    assert len(result.problems) == 1
+    assert result.problems[0].startswith(f"snapshot {snap.id[:12]} (svc {snap.time}): file list unreadable: ")
+    assert not result.ok
