@@ -214,7 +214,7 @@ class _Endpoints:
         """(now, jobs, views) of the whole fleet as of now (agent.collector.freshness.fleet)."""
         now = self.clock()
         jobs, views = fleet(*self.storage.fleet_rows(now), self.tokens.hosts(), now, self.settings.grace,
-                            self.storage.drill_rows(now))
+                            self.storage.drill_rows(now), self.storage.prune_rows())
         return now, jobs, views
 
     async def status(self, request: Request) -> Response:
@@ -227,7 +227,11 @@ class _Endpoints:
             return json.dumps({
                 "now": iso(now), "grace": self.settings.grace,
                 "hosts": [{"host": view.host, "state": view.state, "last_seen": iso(view.last_seen),
-                           "missing_reports": view.missing} for view in views],
+                           "missing_reports": view.missing,
+                           "last_prune": iso(view.prune.last_prune_ts) if view.prune else None,
+                           "last_prune_status": view.prune.last_status if view.prune else None,
+                           "repository_bytes": view.prune.repository_bytes if view.prune else None}
+                          for view in views],
                 "jobs": [cell.to_json(view.state) for view in views for cell in view.cells],
             }, separators=(",", ":")).encode()
 

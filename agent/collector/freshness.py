@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from agent.collector.storage import DrillRow, HostRow, JobRow
+from agent.collector.storage import DrillRow, HostRow, JobRow, PruneRow
 
 STATES = ("failing", "overdue", "never", "ok")  # worst first: the order the dashboard sorts by
 DEFAULT_GRACE = 3600.0
@@ -56,6 +56,7 @@ class HostView:
     last_seen: Optional[float]
     missing: int
     cells: Tuple[Cell, ...]
+    prune: Optional[PruneRow] = None  # the host's last prune, and its repository's size after it
 
     @property
     def worst(self) -> int:
@@ -100,10 +101,12 @@ def host_state(host: Optional[HostRow], rows: Sequence[JobRow], now: float, grac
 
 
 def fleet(jobs: Sequence[JobRow], hosts: Sequence[HostRow], known_hosts: Sequence[str], now: float,
-          grace: float = DEFAULT_GRACE, drills: Sequence[DrillRow] = ()) -> Tuple[List[str], List[HostView]]:
+          grace: float = DEFAULT_GRACE, drills: Sequence[DrillRow] = (),
+          prunes: Sequence[PruneRow] = ()) -> Tuple[List[str], List[HostView]]:
     """(job names, one view per host): every host that reported or holds a token, every job any host
     reported; a host/job without a report is `never`. `drills`: the drills rows, judged by drill_state."""
     drilled = {(row.host, row.job): row for row in drills}
+    pruned = {row.host: row for row in prunes}
     by_host: Dict[str, Dict[str, JobRow]] = {}
     for row in jobs:
         by_host.setdefault(row.host, {})[row.job] = row
@@ -131,7 +134,8 @@ def fleet(jobs: Sequence[JobRow], hosts: Sequence[HostRow], known_hosts: Sequenc
                 cells.append(Cell(name, job, state, row, drill, drill_state(drill, now, grace)))
         host = host_rows.get(name)
         views.append(HostView(name, host_state(host, list(rows.values()), now, grace),
-                              host.last_seen_ts if host else None, host.missing if host else 0, tuple(cells)))
+                              host.last_seen_ts if host else None, host.missing if host else 0, tuple(cells),
+                              pruned.get(name)))
     return job_names, views
 
 

@@ -64,8 +64,18 @@ def _row(view: HostView, columns: Sequence[Tuple[str, str]], now: float) -> str:
     silent = view.state == "silent"
     seen = f"last report {age(now - view.last_seen)}" if view.last_seen else "no report yet"
     return (f'<tr data-host="{host}" data-host-state="{view.state}"><td class="{"silent" if silent else ""}" '
-            f'title="{seen}">{host}{" (silent)" if silent else ""}</td>{"".join(cells)}'
+            f'title="{seen}">{host}{" (silent)" if silent else ""}{_pruned(view, now)}</td>{"".join(cells)}'
             f'<td>{view.missing or ""}</td></tr>')
+
+
+def _pruned(view: HostView, now: float) -> str:
+    """The host's repository size and when it was last pruned (nothing before its first prune report)."""
+    prune = view.prune
+    if prune is None:
+        return ""
+    size = f"repository {size_text(prune.repository_bytes)}, " if prune.repository_bytes is not None else ""
+    failed = " (failed)" if prune.last_status != "ok" else ""
+    return f'<span class="drill prune">{size}pruned {age(now - prune.last_prune_ts)}{failed}</span>'
 
 
 def _drill(cell: Cell, now: float) -> str:

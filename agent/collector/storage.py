@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Se
 
 from agent.collector.schema import Report
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 REPORT_COLUMNS = """id TEXT NOT NULL, host TEXT NOT NULL, job TEXT NOT NULL, seq BIGINT NOT NULL,
             status TEXT NOT NULL, trigger_name TEXT NOT NULL, job_type TEXT NOT NULL,
@@ -68,6 +68,11 @@ MIGRATIONS: List[List[str]] = [
             last_status TEXT NOT NULL, last_error TEXT, last_ok_ts DOUBLE PRECISION,
             drill_every DOUBLE PRECISION NOT NULL, changed_ts DOUBLE PRECISION NOT NULL, PRIMARY KEY (host, job))""",
         "CREATE INDEX drills_by_change ON drills (changed_ts)",
+    ],
+    [   # 5: per host, the last prune and the repository's size after it
+        """CREATE TABLE prunes (
+            host TEXT PRIMARY KEY, last_prune_ts DOUBLE PRECISION NOT NULL, last_status TEXT NOT NULL,
+            repository_bytes BIGINT)""",
     ],
 ]
 
@@ -122,6 +127,16 @@ UPSERT_DRILL = """INSERT INTO drills (host, job, last_drill_ts, last_status, las
                         AND (drills.last_ok_ts IS NULL OR excluded.last_ok_ts > drills.last_ok_ts)
                    THEN excluded.last_ok_ts ELSE drills.last_ok_ts END"""
 
+UPSERT_PRUNE = """INSERT INTO prunes (host, last_prune_ts, last_status, repository_bytes) VALUES (?, ?, ?, ?)
+    ON CONFLICT (host) DO UPDATE SET
+      last_status = CASE WHEN excluded.last_prune_ts >= prunes.last_prune_ts THEN excluded.last_status
+                    ELSE prunes.last_status END,
+      repository_bytes = CASE WHEN excluded.last_prune_ts >= prunes.last_prune_ts
+                              AND excluded.repository_bytes IS NOT NULL
+                         THEN excluded.repository_bytes ELSE prunes.repository_bytes END,
+      last_prune_ts = CASE WHEN excluded.last_prune_ts >= prunes.last_prune_ts THEN excluded.last_prune_ts
+                      ELSE prunes.last_prune_ts END"""
+
 UPSERT_HOST = """INSERT INTO hosts (host, last_seen_ts, min_seq, max_seq, seq_count, changed_ts)
     VALUES (?, ?, ?, ?, 1, ?)
     ON CONFLICT (host) DO UPDATE SET
@@ -160,6 +175,15 @@ class DrillRow(NamedTuple):
     last_error: Optional[str]
     last_ok_ts: Optional[float]
     drill_every: float
+
+
+class PruneRow(NamedTuple):
+    """A host's last prune: when, how it ended, and the repository's stored bytes after it (None: unknown)."""
+
+    host: str
+    last_prune_ts: float
+    last_status: str
+    repository_bytes: Optional[int]
 
 
 class Run(NamedTuple):
@@ -363,6 +387,9 @@ class Storage:
                 report.host, report.job, finished_ts, report.status, report.first_error,
                 finished_ts if report.status == "ok" else None, report.drill_every or report.every_high,
                 received_ts))
+        if report.trigger == "prune":
+            cur.execute(self._sql(UPSERT_PRUNE), (report.host, finished_ts, report.status,
+                                                  report.body.get("repository_bytes_after")))
         if report.trigger in NOT_BACKUPS:
             return True
         cur.execute(self._sql(UPSERT_JOB), (
@@ -419,6 +446,11 @@ class Storage:
                 cache[(row[0], row[1])] = DrillRow._make(row)
             self._drills_cache, self._drills_read = cache, now
             return list(cache.values())
+
+    def prune_rows(self) -> List[PruneRow]:
+        """Every host's last prune (one row per host: read whole)."""
+        return [PruneRow._make(row) for row in self._query(
+            "SELECT host, last_prune_ts, last_status, repository_bytes FROM prunes")]
 
     def jobs(self) -> List[JobRow]:
         return self.fleet_rows(time.time())[0]

@@ -102,3 +102,18 @@ def test_the_agents_drill_reaches_the_collector(served, tmp_path):
     [row] = [r for r in collector.get("/api/v1/status").json()["jobs"] if r["host"] == "test-node"]
     assert row["drill_state"] == "ok" and row["last_drill_status"] == "ok"
     assert datetime.fromisoformat(row["last_drill_ok"].replace("Z", "+00:00")) >= started.replace(microsecond=0)
+
+
+def test_prune_reports_show_each_hosts_repository_size_and_last_prune(served):
+    collector, token = served
+    assert collector.post(token, report("node-a", "svc", 1, age_hours=1)).status_code == 200
+    prune = report("node-a", "repository", 2, age_hours=3, type="repository", trigger="prune",
+                   repository_bytes_before=5 * 2**20, repository_bytes_after=3 * 2**20)
+    assert collector.post(token, prune).status_code == 200
+    status = collector.get("/api/v1/status").json()
+    [host] = status["hosts"]
+    assert host["repository_bytes"] == 3 * 2**20 and host["last_prune_status"] == "ok"
+    assert host["last_prune"] == prune["finished_at"][:19] + "Z"
+    assert [row["job"] for row in status["jobs"]] == ["svc"]  # a prune is no job of the fleet view
+    page = collector.get("/").text
+    assert "repository 3.0 MiB, pruned 3 h ago" in page
