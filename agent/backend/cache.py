@@ -2,8 +2,9 @@
 damage records, so that a backup that changed nothing does not download them again (restic keeps the
 same cache, `internal/cache`).
 
-Those objects are named by the SHA-256 of their content and never change, so a cached copy is used only
-if its content still hashes to its name (a damaged or half-written cache file is simply fetched again).
+Those objects are written once under names that are never reused, so a cached copy stays right. Each cache
+file ends with the SHA-256 of its content, checked on every use: a damaged cache file is simply fetched
+again (the digest is of what was stored: in an encrypted repository names are keyed, not content hashes).
 Deleting the cache costs time, never correctness. Listing always asks the backend: the cache never
 decides what exists, and cached objects no longer listed (prune replaced the index) are dropped then.
 """
@@ -30,7 +31,7 @@ class CachedBackend:
         self.hits = 0  # loads answered from the cache (tests)
 
     def _path(self, handle: Handle) -> Optional[str]:
-        if handle.kind not in CACHED_KINDS or len(handle.name) != 64 or "/" in handle.name:
+        if handle.kind not in CACHED_KINDS or not handle.name or "/" in handle.name or handle.name[0] == ".":
             return None
         return os.path.join(self.directory, handle.kind.value, handle.name)
 
@@ -40,23 +41,22 @@ class CachedBackend:
             return self.inner.load(handle, length, offset)
         try:
             with open(path, "rb") as source:
-                data = source.read()
-            if hashlib.sha256(data).hexdigest() == handle.name:
+                kept = source.read()
+            data, digest = kept[:-32], kept[-32:]
+            if len(kept) >= 32 and hashlib.sha256(data).digest() == digest:
                 self.hits += 1
                 return data
         except OSError:
             pass
         data = self.inner.load(handle)
-        self._keep(path, handle.name, data)
+        self._keep(path, data)
         return data
 
     @staticmethod
-    def _keep(path: str, name: str, data: bytes) -> None:
-        if hashlib.sha256(data).hexdigest() != name:  # a damaged object is never cached
-            return
+    def _keep(path: str, data: bytes) -> None:
         try:
             make_private_dirs(os.path.dirname(path))
-            atomic_write(path, data, durable=False)
+            atomic_write(path, data + hashlib.sha256(data).digest(), durable=False)
         except OSError:  # a full or read-only state_dir costs requests, not the run
             pass
 
@@ -64,7 +64,7 @@ class CachedBackend:
         self.inner.save(handle, pieces)
         path = self._path(handle)
         if path is not None:  # what this host wrote, it need not download (its own new snapshot)
-            self._keep(path, handle.name, b"".join(bytes(piece) for piece in pieces))
+            self._keep(path, b"".join(bytes(piece) for piece in pieces))
 
     def list(self, kind: Kind) -> List[FileInfo]:
         found = self.inner.list(kind)

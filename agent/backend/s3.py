@@ -1,8 +1,8 @@
 """The S3 backend: a repository in a bucket of S3-compatible object storage (MinIO, Ceph RGW, AWS S3).
 
 Location: `s3:ENDPOINT/BUCKET[/PREFIX]`, ENDPOINT `https://host[:port]` (or `http://`). Keys under the
-prefix follow the local layout: `config`, `data/XX/ID`, `index/ID`, `snapshots/ID`, `damage/ID`, and
-`locks/` for the repository lock (s3lock.py).
+prefix follow the local layout: `config`, `data/XX/ID`, and KIND/ID for every other kind (`index/`,
+`snapshots/`, `damage/`, `keys/`, `packkeys/`), and `locks/` for the repository lock (s3lock.py).
 
 Every object is written once under its final name with one PUT (S3 makes an object visible whole or
 not at all), so no rename and no temp object exist; a content-named object written twice gets the same
@@ -32,7 +32,6 @@ from agent.backend.base import CONFIG_NAME, BackendError, Buffer, FileInfo, Hand
 from agent.backend.s3lock import Listed, S3Lock, remove_dead_locks
 
 SCHEME = "s3:"
-_DIRS = {Kind.DATA: "data", Kind.INDEX: "index", Kind.SNAPSHOT: "snapshots", Kind.DAMAGE: "damage"}
 _ATTEMPTS = 8           # botocore's standard mode: backoff min(2^n * random, 20 s) between attempts
 _CONNECT_TIMEOUT = 10.0
 _READ_TIMEOUT = 60.0
@@ -219,7 +218,7 @@ class S3Backend:
         name = handle.name
         if handle.kind is Kind.DATA:
             return self.key_under(f"data/{name[:2]}/{name}")
-        return self.key_under(f"{_DIRS[handle.kind]}/{name}")
+        return self.key_under(f"{handle.kind.value}/{name}")
 
     def key_under(self, relative: str) -> str:
         return f"{self.where.prefix}/{relative}" if self.where.prefix else relative
@@ -279,7 +278,7 @@ class S3Backend:
             except NotFound:
                 return []
         found = [FileInfo(item.key.rsplit("/", 1)[-1], item.size)
-                 for item in self.list_keys(self.key_under(_DIRS[kind] + "/"))[0]]
+                 for item in self.list_keys(self.key_under(kind.value + "/"))[0]]
         return sorted(found, key=lambda info: info.name)
 
     def list_keys(self, prefix: str) -> Tuple[List[Listed], float]:

@@ -17,7 +17,7 @@ from tests.helpers import Agent, agent_command, fs_job, make_tree, read_tree
 
 
 def s3_agent(base: str, server: S3Server, proxy: Optional[S3Proxy] = None, host: str = "node-1",
-             prefix: str = "") -> Agent:
+             prefix: str = "", encryption: str = "disabled = true") -> Agent:
     """An agent configuration whose repository is a prefix of the S3 server's bucket."""
     os.makedirs(os.path.join(base, "conf.d"), exist_ok=True)
     location, settings = s3_location(server, base, proxy, prefix)
@@ -25,7 +25,8 @@ def s3_agent(base: str, server: S3Server, proxy: Optional[S3Proxy] = None, host:
     state_dir = os.path.join(base, "state")
     with open(config, "w") as handle:
         handle.write(f'host = "{host}"\nrepository = "{location}"\nstate_dir = "{state_dir}"\n'
-                     f'[s3]\ncredentials_file = "{settings.credentials_file}"\nregion = "us-east-1"\n')
+                     f'[s3]\ncredentials_file = "{settings.credentials_file}"\nregion = "us-east-1"\n'
+                     f'[encryption]\n{encryption}\n')
     return Agent(base, config, location, state_dir)
 
 
@@ -265,3 +266,26 @@ def test_a_no_change_backup_costs_requests_that_do_not_grow_with_the_repository(
     (report,) = agent.backup("svc")
     assert report["status"] == "ok" and report["changed"] is False
     assert _requests_of(agent, s3_proxy, "backup", "svc") == large
+
+
+def test_an_encrypted_repository_on_s3_shows_the_server_no_content(tmp_path, s3_server):
+    from tests.e2e.test_encryption import generate_identity
+
+    canary = "Enstratius-canary-" + os.urandom(4).hex()
+    bootstrap = s3_agent(str(tmp_path / "keys"), s3_server)
+    identity = str(tmp_path / "operator" / "identity")
+    recipient = generate_identity(bootstrap, identity)
+    agent = s3_agent(str(tmp_path / "node"), s3_server, encryption=f'recipients = ["{recipient}"]')
+    tree = str(tmp_path / "t")
+    make_tree(tree, {f"conf/{canary}.xml": f"<a>{canary}</a>" * 100, "lib/x.jar": os.urandom(1 << 20)})
+    add_job(agent, fs_job("svc", tree))
+    assert agent.run("check-config").returncode == 0
+    assert agent.backup()[0]["status"] == "ok"
+    prefix = agent.repository.rsplit("/", 1)[1]
+    top = os.path.join(s3_server.root, "data", "backups", prefix)
+    for key in s3_server.objects(prefix):
+        with open(os.path.join(top, key), "rb") as handle:
+            assert canary.encode() not in handle.read(), key
+    agent.run("verify", "--read-data", check=0)
+    agent.run("restore", "svc:latest", "--target", str(tmp_path / "out"), "--identity", identity, check=0)
+    assert read_tree(str(tmp_path / "out")) == read_tree(tree)
