@@ -289,3 +289,28 @@ def test_an_encrypted_repository_on_s3_shows_the_server_no_content(tmp_path, s3_
     agent.run("verify", "--read-data", check=0)
     agent.run("restore", "svc:latest", "--target", str(tmp_path / "out"), "--identity", identity, check=0)
     assert read_tree(str(tmp_path / "out")) == read_tree(tree)
+
+
+def test_the_daemon_backs_up_on_change_into_an_append_only_bucket(tmp_path, s3_server, s3_proxy):
+    from tests.e2e.test_daemon import Daemon
+
+    agent = s3_agent(str(tmp_path), s3_server, s3_proxy)
+    tree = str(tmp_path / "t")
+    services_tree(tree)
+    add_job(agent, fs_job("svc", tree, extra='on_change = true\nquiet = "1s"\nmax_delay = "5s"'))
+    s3_proxy.faults.refuse_delete = True
+    agent.backup("svc")
+    daemon = Daemon(agent).start()
+    try:
+        daemon.idle("svc", 1, timeout=60)  # the start-up scan
+        make_tree(tree, {"webapps/app/WEB-INF/web.xml": "<web-app>deployed</web-app>"})
+        daemon.idle("svc", 2, timeout=60)
+        assert "svc: backup ok (change)" in daemon.reports("svc")[-1], daemon.text()
+    finally:
+        assert daemon.stop() == 0
+    snapshots = json.loads(agent.run("snapshots", "--json", check=0).stdout)
+    assert [snap["trigger"] for snap in snapshots] == ["manual", "change"]
+    out = tmp_path / "out"
+    agent.run("restore", "svc:latest", "--target", str(out), check=0)
+    assert (out / "webapps/app/WEB-INF/web.xml").read_text() == "<web-app>deployed</web-app>"
+    assert not [seen for seen in s3_proxy.seen if seen.startswith("DELETE")]  # never tried
