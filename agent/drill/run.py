@@ -29,8 +29,8 @@ class DrillTarget:
     """One job to drill. `host`: whose snapshots (and whose name the report carries); `every_low`,
     `every_high`: the job's backup policy in seconds, carried in the report like a backup's;
     `drill_every`: the drill policy in seconds; `job_type`: the configured type (None: unknown here, the
-    snapshot's is taken); `identity`: the file holding the identity of an encrypted repository (unused
-    while repositories are not encrypted)."""
+    snapshot's is taken); `identity`: the file holding the identity of an encrypted repository (the
+    command opens the repository with it)."""
 
     job: str
     host: str

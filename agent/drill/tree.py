@@ -6,7 +6,6 @@ raw lengths from the index) -- and that the restored tree holds as many files as
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from typing import List, Optional
@@ -68,7 +67,7 @@ def _check(repo: Repository, path: str, entry: Entry) -> Optional[str]:
 
 
 def content_problem(repo: Repository, path: str, entry: Entry) -> Optional[str]:
-    """Whether the file holds exactly the entry's chunks, each hashed against its id."""
+    """Whether the file holds exactly the entry's chunks, each hashed as the repository names blobs."""
     try:
         fd = os.open(path, _READ)
     except OSError as exc:
@@ -79,7 +78,7 @@ def content_problem(repo: Repository, path: str, entry: Entry) -> Optional[str]:
             if location is None:
                 return f"chunk {number} ({chunk.hex()[:12]}) is not in the index"
             data = handle.read(location.raw_length)
-            if len(data) != location.raw_length or hashlib.sha256(data).digest() != chunk:
+            if len(data) != location.raw_length or repo.hash_blob(data) != chunk:
                 return f"content differs from the manifest at chunk {number} ({chunk.hex()[:12]})"
     return None
 

@@ -365,3 +365,16 @@ def test_a_plain_config_swapped_in_for_an_encrypted_one_is_refused(encrypted, tm
     assert result.returncode == 1 and "refusing" in shown and "node key" in shown and "Traceback" not in shown
     for data in raw_bytes(agent.repository).values():
         assert CANARY.encode() not in data
+
+
+def test_restore_drills_of_an_encrypted_repository_need_the_identity(encrypted, tmp_path):
+    agent, identity, _ = encrypted
+    src = str(tmp_path / "svc")
+    make_tree(src, {"conf/a.xml": "<a/>", "lib/x.jar": os.urandom(200_000)})
+    agent.write_jobs(fs_job("svc", src) + '[jobs.dump]\ntype = "command"\nargv = ["printf", "row\\n"]\nevery = "24h"\n')
+    agent.backup()
+    refused = agent.run("drill", "--all", check=2)
+    assert "identity" in refused.stderr and "Traceback" not in refused.stderr
+    result = agent.run("drill", "--all", "--json", "--identity", identity, check=0)
+    reports = json.loads(result.stdout)
+    assert [(report["job"], report["status"]) for report in reports] == [("svc", "ok"), ("dump", "ok")]

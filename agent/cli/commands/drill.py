@@ -10,7 +10,17 @@ from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import agent.cli.render as render
 from agent.cli.commands.backup import deliver_briefly
-from agent.cli.common import EXIT_FAILED, EXIT_OK, UsageError, check_jobs, err, load_config, print_json
+from agent.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    UsageError,
+    check_jobs,
+    err,
+    load_config,
+    print_json,
+    require_identity,
+    with_identity,
+)
 from agent.text import plural
 
 if TYPE_CHECKING:
@@ -28,11 +38,13 @@ def drill(config: Config, names: Sequence[str], as_json: bool = False, identity:
     from agent.runner import repository_backend, spool_for
     from agent.store import Repository, RepositoryError
 
+    config = with_identity(config, identity)
     try:
-        repo = Repository.open(repository_backend(config, repository))
+        repo = Repository.open(repository_backend(config, repository), encryption=config.encryption)
     except RepositoryError as exc:
         raise UsageError(str(exc)) from None
     try:
+        require_identity(repo, config, required=True)  # an encrypted repository's contents need one
         targets = [_target(config, repo, name, host or config.host, identity) for name in names]
         spool = spool_for(config)
         reports = []
@@ -80,7 +92,7 @@ def _host_jobs(config: Config, repo_location: str, host: str) -> List[str]:
     from agent.store import Repository, RepositoryError
 
     try:
-        repo = Repository.open(repository_backend(config, repo_location))
+        repo = Repository.open(repository_backend(config, repo_location), encryption=config.encryption)
     except RepositoryError as exc:
         raise UsageError(str(exc)) from None
     try:
@@ -99,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--identity {args.identity}: cannot be read")
     if args.repository or args.host:  # another host's jobs, or another repository: what it holds counts
         location, host = args.repository or config.repository, args.host or config.host
-        names: List[str] = _host_jobs(config, location, host) if args.all else args.jobs
+        names: List[str] = _host_jobs(with_identity(config, args.identity), location, host) if args.all \
+            else args.jobs
         if args.all and not names:
             raise UsageError(f"host {host} has no snapshot in {location}")
     else:
