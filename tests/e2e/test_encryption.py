@@ -378,3 +378,40 @@ def test_restore_drills_of_an_encrypted_repository_need_the_identity(encrypted, 
     result = agent.run("drill", "--all", "--json", "--identity", identity, check=0)
     reports = json.loads(result.stdout)
     assert [(report["job"], report["status"]) for report in reports] == [("svc", "ok"), ("dump", "ok")]
+
+
+def test_an_encrypted_repository_on_s3_holds_no_canary_and_restores_with_the_identity(tmp_path, s3_server):
+    from tests.e2e.test_s3 import s3_agent
+    from tests.fixtures.s3 import BUCKET
+
+    agent = s3_agent(str(tmp_path / "node"), s3_server)
+    with open(agent.config) as handle:
+        text = handle.read().replace("[encryption]\ndisabled = true\n", "")
+    with open(agent.config, "w") as handle:
+        handle.write(text)
+    refused = agent.run("check-config", check=2)
+    assert "disabled = true" in refused.stderr and "recipients" in refused.stderr
+    with open(agent.config, "a") as handle:  # the explicit opt-out is accepted
+        handle.write("[encryption]\ndisabled = true\n")
+    agent.run("check-config", check=0)
+    with open(agent.config, "w") as handle:
+        handle.write(text)
+    identity = str(tmp_path / "identity")
+    encrypt(agent, [generate_identity(agent, identity)])
+    agent.run("check-config", check=0)
+    src = str(tmp_path / "svc")
+    make_tree(src, {f"conf/{CANARY}.xml": f"<a>{CANARY}</a>", "lib/x.jar": os.urandom(300_000)})
+    agent.write_jobs(fs_job("svc", src) +
+                     f'[jobs.dump]\ntype = "command"\nargv = ["printf", "{CANARY} row\\\\n"]\nevery = "24h"\n')
+    assert [report["status"] for report in agent.backup()] == ["ok", "ok"]
+    prefix = agent.repository.rsplit("/", 1)[1]
+    stored = raw_bytes(os.path.join(s3_server.root, "data", BUCKET, prefix))
+    assert any("/packkeys/" in path for path in stored) and any("/keys/" in path for path in stored)
+    for path, data in stored.items():
+        assert CANARY.encode() not in data and src.encode() not in data, path
+    agent.run("verify", "--read-data", check=0)
+    agent.run("restore", "svc:latest", "--target", str(tmp_path / "out"), check=2)
+    agent.run("restore", "svc:latest", "--target", str(tmp_path / "out"), "--identity", identity, check=0)
+    assert read_tree(str(tmp_path / "out")) == read_tree(src)
+    agent.run("restore", "dump:latest", "--target", str(tmp_path / "d"), "--identity", identity, check=0)
+    assert (tmp_path / "d").read_text() == f"{CANARY} row\n"
