@@ -105,6 +105,18 @@ def read_tree(root: str) -> Dict[bytes, tuple]:
     return found
 
 
+def stop_process(proc: Optional[subprocess.Popen], timeout: float = 20) -> None:
+    """Terminate a server the test started, killing it if it does not stop within `timeout` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def child_pids(parent: int) -> List[int]:
     """The live processes whose parent is `parent` (read from /proc; no process is found by name)."""
     found = []

@@ -65,6 +65,15 @@ def check_name(handle: Handle) -> None:
         raise BackendError(f"{name!r}: not a valid object name")
 
 
+def config_listing(stat: Callable[[Handle], FileInfo]) -> List[FileInfo]:
+    """`list(Kind.CONFIG)` of a backend whose `stat` raises NotFound for a missing object: the config or
+    nothing."""
+    try:
+        return [stat(Handle(Kind.CONFIG, CONFIG_NAME))]
+    except NotFound:
+        return []
+
+
 def _print_wait(message: str) -> None:
     print(message, file=sys.stderr)
 

@@ -29,6 +29,7 @@ class CachedBackend:
         self.location = inner.location
         self.directory = directory
         self.hits = 0  # loads answered from the cache (tests)
+        self.parallel_saves: int = getattr(inner, "parallel_saves", 1)
 
     def _path(self, handle: Handle) -> Optional[str]:
         if handle.kind not in CACHED_KINDS or not handle.name or "/" in handle.name or handle.name[0] == ".":

@@ -22,7 +22,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
-from agent.backend.base import CONFIG_NAME, Buffer, FileInfo, Handle, Kind, NotFound, check_name
+from agent.backend.base import Buffer, FileInfo, Handle, Kind, NotFound, check_name, config_listing
 from agent.durable import FileLock, fsync_dir, make_private_dirs, write_temp
 
 _MAX_CACHED = 256  # open pack descriptors; each may hold a 16 MiB pack's disk space after its deletion
@@ -156,10 +156,7 @@ class LocalBackend:
 
     def list(self, kind: Kind) -> List[FileInfo]:
         if kind is Kind.CONFIG:
-            try:
-                return [self.stat(Handle(Kind.CONFIG, CONFIG_NAME))]
-            except NotFound:
-                return []
+            return config_listing(self.stat)
         directory = os.path.join(self.path, _DIRS[kind])
         if kind is Kind.DATA:
             found = []

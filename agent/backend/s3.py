@@ -28,7 +28,17 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Dict, List, NamedTuple, Optional, Protocol, Sequence, Tuple
 from urllib.parse import urlsplit
 
-from agent.backend.base import CONFIG_NAME, BackendError, Buffer, FileInfo, Handle, Kind, NotFound, check_name
+from agent.backend.base import (
+    CONFIG_NAME,
+    BackendError,
+    Buffer,
+    FileInfo,
+    Handle,
+    Kind,
+    NotFound,
+    check_name,
+    config_listing,
+)
 from agent.backend.s3lock import Listed, S3Lock, remove_dead_locks
 
 SCHEME = "s3:"
@@ -122,6 +132,8 @@ def read_credentials(path: str, profile: str = "default") -> Keys:
 
 class S3Backend:
     """A repository under `s3:ENDPOINT/BUCKET/PREFIX` (see the module docstring)."""
+
+    parallel_saves = 3  # packs uploaded at once by one backup (agent.store's BlobWriter): 3 x 16 MiB in flight
 
     def __init__(self, location: str, options: S3Options) -> None:
         self.where = parse_location(location)
@@ -273,10 +285,7 @@ class S3Backend:
 
     def list(self, kind: Kind) -> List[FileInfo]:
         if kind is Kind.CONFIG:
-            try:
-                return [self.stat(Handle(Kind.CONFIG, CONFIG_NAME))]
-            except NotFound:
-                return []
+            return config_listing(self.stat)
         found = [FileInfo(item.key.rsplit("/", 1)[-1], item.size)
                  for item in self.list_keys(self.key_under(kind.value + "/"))[0]]
         return sorted(found, key=lambda info: info.name)

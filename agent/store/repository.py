@@ -98,7 +98,11 @@ class BlobWriter:
         self._pending: List[Tuple[bytes, BlobLocation]] = []
         self._in_pack: Dict[bytes, int] = {}
         self._packs_since_index = 0
-        self._sealing: Optional[_Sealer] = None
+        # packs being saved at once: one locally (disk bandwidth), several on object storage, where one
+        # PUT's round trips leave the link idle (the backend says: `parallel_saves`); memory stays bounded
+        # by that many packs plus the one being filled
+        self._sealing: List[_Sealer] = []
+        self._max_sealing = max(1, int(getattr(repo.backend, "parallel_saves", 1)))
         self._compressor = Compressor()
         self.new_bytes = 0
         self.stored_bytes = 0
@@ -156,12 +160,14 @@ class BlobWriter:
 
     def _finish_pack(self) -> None:
         """Seal the current pack on a thread of its own (write, fsync, rename: the slow part) while blobs go
-        into the next one. At most one pack is being sealed; the index lists a pack only once it is durable
-        (`_write_index` waits), so the crash-safety order (packs, then index, then manifest) is unchanged."""
+        into the next one. At most `_max_sealing` packs are being sealed; the index lists a pack only once it
+        is durable (`_write_index` waits), so the crash-safety order (packs, then index, then manifest) is
+        unchanged."""
         if not len(self._pack):
             return
-        self._wait_sealed()
-        self._sealing = _Sealer(self._pack)
+        while len(self._sealing) >= self._max_sealing:
+            self._pending.extend(self._sealing.pop(0).result())
+        self._sealing.append(_Sealer(self._pack))
         self._pack = self.repo.pack_writer()
         if self._cipher is not None:  # the finished pack's key is forgotten: this node cannot read it back
             self._data_key = self._cipher.data_key()
@@ -170,9 +176,8 @@ class BlobWriter:
             self._write_index()
 
     def _wait_sealed(self) -> None:
-        if self._sealing is not None:
-            sealing, self._sealing = self._sealing, None
-            self._pending.extend(sealing.result())
+        while self._sealing:
+            self._pending.extend(self._sealing.pop(0).result())
 
     def _write_index(self) -> None:
         self._wait_sealed()

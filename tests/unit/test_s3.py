@@ -1,0 +1,130 @@
+"""The pieces of the S3 backend that need no server: location parsing, the credentials file, the cache of
+immutable objects, parallel pack uploads; and the lock objects against the real loopback server."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from agent.backend import BackendError, Handle, Kind, open_backend
+from agent.backend.cache import CachedBackend
+from agent.backend.mem import MemBackend
+from agent.backend.s3 import S3Location, parse_location, read_credentials
+from agent.store import Repository
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("s3:https://s3.example.net:9000/bucket/node-1", S3Location("https://s3.example.net:9000", "bucket", "node-1")),
+    ("s3:http://127.0.0.1:9000/bucket", S3Location("http://127.0.0.1:9000", "bucket", "")),
+    ("s3:https://h/b/a/b/", S3Location("https://h", "b", "a/b")),
+])
+def test_locations_parse_into_endpoint_bucket_and_prefix(text, expected):
+    assert parse_location(text) == expected
+    assert str(parse_location(text)) == text.rstrip("/")
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("s3:ftp://h/b", "s3:https://HOST"), ("s3:https://h", "bucket is missing"), ("s3:https:///b", "s3:https://HOST"),
+    ("s3:https://AK:SK@h/b", "keys do not belong"), ("s3:https://h/b/../x", "not allowed"),
+    ("s3:https://h/b?x=1", "no query"),
+])
+def test_bad_locations_say_what_is_wrong(text, why):
+    with pytest.raises(ValueError, match=why):
+        parse_location(text)
+
+
+def test_credentials_errors_name_file_and_key_never_a_value(tmp_path):
+    path = tmp_path / "creds"
+    path.write_text("[default]\naws_access_key_id = AKEXAMPLE\naws_secret_access_key = sEcReT/value\n")
+    keys = read_credentials(str(path))
+    assert keys.secret_key == "sEcReT/value" and "sEcReT" not in repr(keys)
+    path.write_text("[default]\naws_access_key_id = AKEXAMPLE\n")
+    with pytest.raises(BackendError, match=r"creds: \[default\] aws_secret_access_key is missing"):
+        read_credentials(str(path))
+    path.write_text("aws_secret_access_key = sEcReT/value\n")
+    with pytest.raises(BackendError) as raised:
+        read_credentials(str(path))
+    assert "sEcReT" not in str(raised.value)
+    with pytest.raises(BackendError, match="cannot be read"):
+        read_credentials(str(tmp_path / "missing"))
+    with pytest.raises(BackendError, match=r"\[s3\] table"):
+        open_backend("s3:https://h/b")
+
+
+def test_the_cache_answers_whole_loads_of_immutable_objects_and_refetches_damaged_copies(tmp_path):
+    inner = MemBackend()
+    cached = CachedBackend(inner, str(tmp_path / "cache"))
+    name = "ab" * 32
+    cached.save(Handle(Kind.INDEX, name), [b"index ", b"bytes"])
+    assert cached.load(Handle(Kind.INDEX, name)) == b"index bytes" and cached.hits == 1  # written through
+    inner.remove(Handle(Kind.INDEX, name))
+    inner.save(Handle(Kind.INDEX, name), [b"other"])  # what the store holds is not asked again
+    assert cached.load(Handle(Kind.INDEX, name)) == b"index bytes"
+    path = tmp_path / "cache" / "index" / name
+    path.write_bytes(b"garbage")  # a damaged cache file is fetched again
+    assert cached.load(Handle(Kind.INDEX, name)) == b"other"
+    assert cached.load(Handle(Kind.INDEX, name), 2, 1) == b"th"  # ranges go to the store
+    assert [info.name for info in cached.list(Kind.INDEX)] == [name]
+    inner.remove(Handle(Kind.INDEX, name))  # prune elsewhere: the next listing drops the copy
+    assert cached.list(Kind.INDEX) == [] and not path.exists()
+    cached.save(Handle(Kind.DATA, name), [b"pack"])
+    assert not (tmp_path / "cache" / "data").exists()  # packs are never cached
+
+
+class _SlowStore(MemBackend):
+    """A memory backend whose saves of packs take a while, recording how many overlap."""
+
+    parallel_saves = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = 0
+        self.most = 0
+        self.guard = threading.Lock()
+
+    def save(self, handle, pieces) -> None:
+        if handle.kind is Kind.DATA:
+            with self.guard:
+                self.running += 1
+                self.most = max(self.most, self.running)
+            time.sleep(0.2)
+            with self.guard:
+                self.running -= 1
+        super().save(handle, pieces)
+
+
+def test_packs_are_uploaded_several_at_once_where_the_backend_says_so():
+    store = _SlowStore()
+    repo = Repository.open(store, create=True)
+    writer = repo.writer()
+    for number in range(6):  # six incompressible packs of about 16 MiB
+        writer.save(os.urandom(16 << 20) + bytes([number]))
+    writer.flush()
+    assert store.most == 3
+    assert len(store.list(Kind.DATA)) == 6
+    assert len(Repository.open(store).index) == 6  # every pack indexed once durable
+
+
+def test_a_stale_lock_of_a_dead_process_does_not_keep_prune_out(tmp_path, s3_server):
+    import subprocess
+    import sys
+
+    from tests.fixtures.s3 import s3_location
+
+    location, settings = s3_location(s3_server, str(tmp_path))
+    backend = open_backend(location, settings)
+    backend.create()
+    script = ("import sys, os; from agent.backend import open_backend; from agent.config.model import S3Settings;"
+              "b = open_backend(sys.argv[1], S3Settings(credentials_file=sys.argv[2]));"
+              "b.lock(False, 'backup x').acquire(); os._exit(0)")  # dies holding it, as kill -9 would
+    subprocess.run([sys.executable, "-c", script, location, settings.credentials_file], check=True, timeout=60,
+                   cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    waits = []
+    prune = backend.lock(True, "prune")
+    prune.acquire(timeout=5, on_wait=waits.append)
+    assert waits == []
+    assert backend.remove_leftovers() == 1  # the dead holder's lock objects
+    prune.release()
