@@ -124,19 +124,32 @@ def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional
         finally:
             if not shared:
                 repo.close()  # a shared repository's open packs may be in use by another run
-    except (Aborted, LockTimeout):
+    except (Aborted, LockTimeout) as exc:
+        _clean_up(config, wrote=isinstance(exc, Aborted))
         return report("failed", ("aborted: the agent was stopping; nothing of this run was committed",))
-    except OSError as exc:  # the run failed as a whole: say what could not be done where
+    except OSError as exc:  # the run failed as a whole: say what could not be done where (a full disk)
+        _clean_up(config)
         where = f"{exc.filename}: " if exc.filename else ""
         return report("failed", (f"{where}{exc.strerror or exc}",))
     except Exception as exc:  # the run failed as a whole; the report carries why
+        _clean_up(config)
         return report("failed", (f"{type(exc).__name__}: {exc}",))
+    _clean_up(config, wrote=result.snapshot is None and result.bytes > 0)  # a failed dump: its blobs
     incremental = result.incremental
     changes = None if result.changes is None else Changes(
         **result.changes.counts(), paths=tuple(result.changes.paths(MAX_CHANGE_PATHS)))
     return report("failed" if result.errors else "ok", result.errors, changed=result.changed,
                   snapshot=result.snapshot.id if result.snapshot else None, files=result.files,
                   bytes=result.bytes, new_bytes=result.new_bytes, warnings=result.warnings, changes=changes)
+
+
+def _clean_up(config: Config, wrote: bool = True) -> None:
+    """A run that failed after it may have stored data: what no snapshot references goes now, so that
+    it cannot fill the disk under the next run (agent.cleanup)."""
+    if wrote:
+        from agent.cleanup import collect_garbage
+
+        collect_garbage(config.repository)
 
 
 def _with_hooks(job: Job, stop: Optional[threading.Event], backup: Callable[[], TreeResult]) -> TreeResult:

@@ -10,7 +10,7 @@ import subprocess
 
 from tests.e2e.test_daemon import Daemon, wait_for
 from tests.fixtures.collector import make_token
-from tests.helpers import agent_command, fs_job, make_tree
+from tests.helpers import agent_command, fs_job, make_tree, new_agent
 
 
 def configure(agent, collector, tmp_path, extra: str = "") -> None:
@@ -88,6 +88,30 @@ def test_killed_backups_leave_nothing_that_outlives_the_next_prune(agent, start_
         assert daemon.stop() == 0
     [prune] = [r for r in collector.reports("test-node") if r["trigger"] == "prune"][:1]
     assert prune["status"] == "ok", prune
-    assert repository_bytes(agent) <= clean * 1.1 < grown, (clean, grown, repository_bytes(agent))
+    # bounded: no more than a fresh repository holding the one snapshot retention keeps (a killed run may
+    # have completed before its kill; then its snapshot is that one)
+    fresh = new_agent(str(tmp_path / "fresh"))
+    fresh.write_jobs(fs_job("svc", tree))
+    fresh.backup("svc")
+    after = repository_bytes(agent)
+    assert after <= repository_bytes(fresh) * 1.1, \
+        (clean, grown, repository_bytes(agent), repository_bytes(fresh))
     agent.run("verify", "--read-data", check=0)
     assert len(json.loads(agent.run("snapshots", "--json", check=0).stdout)) == 1
+
+
+def test_a_failed_backup_removes_what_it_wrote(agent, tmp_path):
+    tree = str(tmp_path / "svc")
+    make_tree(tree, {"a": os.urandom(100_000)})
+    # a dump that streams 3 MB into the repository and then fails: no snapshot, and its blobs are garbage
+    agent.write_jobs(fs_job("svc", tree) + '[jobs.export]\ntype = "command"\nevery = "24h"\n'
+                     'argv = ["sh", "-c", "head -c 3000000 /dev/urandom; exit 3"]\n')
+    agent.backup("svc")
+    clean = repository_bytes(agent)
+    for _ in range(3):
+        [report] = agent.backup("export", expect=1)
+        assert report["status"] == "failed" and report["snapshot"] is None and report["bytes"] > 2_000_000
+        assert repository_bytes(agent) == clean  # gone with the failed run, not at the next prune
+    agent.run("verify", "--read-data", check=0)
+    [report] = agent.backup("svc")
+    assert report["status"] == "ok"

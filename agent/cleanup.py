@@ -1,0 +1,44 @@
+"""Clean-up after a failed or aborted backup: what no snapshot references (the data that run wrote among
+it) is deleted at once when the repository is local and nothing else is writing to it, so that a failed
+run's leftovers cannot fill the disk under the next run. Otherwise the next prune collects it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+from agent.durable import LockTimeout
+from agent.pruner import prune_repository
+from agent.store import Repository
+
+log = logging.getLogger("backup-agent")
+
+
+def collect_garbage(location: str) -> Optional[int]:
+    """Delete what no snapshot of the repository at `location` references, if it is a local directory
+    and can be locked exclusively right now; no snapshot is forgotten (no retention applies). Returns
+    the bytes freed, None if not now. Never raises: a clean-up must not change the outcome of the run
+    it follows."""
+    if not os.path.isabs(location):  # object storage: left to the next prune
+        return None
+    try:
+        repo = Repository.open(location)
+    except Exception:
+        return None
+    try:
+        lock = repo.lock(exclusive=True, purpose="clean-up after a failed backup")
+        try:
+            lock.acquire(timeout=0, on_wait=lambda _message: None)
+        except LockTimeout:
+            return None
+        try:
+            return prune_repository(repo, {}).bytes_freed  # no policy: every snapshot is kept
+        finally:
+            lock.release()
+    except Exception as exc:
+        log.warning("clean-up after a failed backup: %s", exc)
+        return None
+    finally:
+        repo.close()
