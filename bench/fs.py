@@ -67,13 +67,19 @@ class Tool:
 
 class BackupAgent(Tool):
     name = "backup-agent"
+    directory = "ba"
+
+    def settings(self) -> str:
+        """Extra agent.toml tables."""
+        return ""
 
     def init(self) -> None:
-        conf = os.path.join(self.work, "ba", "conf.d")
+        conf = os.path.join(self.work, self.directory, "conf.d")
         os.makedirs(conf, exist_ok=True)
-        self.config = os.path.join(self.work, "ba", "agent.toml")
+        self.config = os.path.join(self.work, self.directory, "agent.toml")
         with open(self.config, "w") as handle:
-            handle.write(f'host = "bench"\nrepository = "{self.repo}"\nstate_dir = "{self.work}/ba/state"\n')
+            handle.write(f'host = "bench"\nrepository = "{self.repo}"\n'
+                         f'state_dir = "{self.work}/{self.directory}/state"\n{self.settings()}')
         with open(os.path.join(conf, "services.toml"), "w") as handle:
             for service in SERVICES:
                 handle.write(f'[jobs.services-{service}]\ntype = "fs"\npath = "{self.tree}/{service}"\n'
@@ -89,6 +95,23 @@ class BackupAgent(Tool):
 
     def restore(self, target: str) -> str:
         return "; ".join(f"{self.cmd} restore services-{s}:latest --target {target}/{s}" for s in SERVICES)
+
+
+class BackupAgentEncrypted(BackupAgent):
+    """The same, into an encrypted repository (README "Encryption"); restores with the identity."""
+
+    name = "backup-agent-encrypted"
+    directory = "ba-encrypted"
+
+    def settings(self) -> str:
+        self.identity = os.path.join(self.work, self.directory, "identity")
+        made = subprocess.run([os.path.join(os.path.dirname(sys.executable), "backup-agent"), "key", "generate",
+                               "--identity", self.identity], capture_output=True, text=True, check=True)
+        return f'[encryption]\nrecipients = ["{made.stdout.strip().splitlines()[-1]}"]\n'
+
+    def restore(self, target: str) -> str:
+        return "; ".join(f"{self.cmd} restore services-{s}:latest --target {target}/{s} --identity {self.identity}"
+                         for s in SERVICES)
 
 
 class Restic(Tool):
@@ -147,7 +170,8 @@ class Tar(Tool):
                 f"tar --zstd --listed-incremental=/dev/null -xf $f -C {target}; done")
 
 
-TOOLS = {"backup-agent": BackupAgent, "restic": Restic, "borg-none": Borg, "borg-repokey": BorgRepokey,
+TOOLS = {"backup-agent": BackupAgent, "backup-agent-encrypted": BackupAgentEncrypted, "restic": Restic,
+         "borg-none": Borg, "borg-repokey": BorgRepokey,
          "tar-zstd": Tar}
 STEPS = ("initial backup", "no-change backup", "1-file-changed backup", "1%-changed backup")
 
@@ -171,6 +195,7 @@ def main() -> None:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="small")
     parser.add_argument("--workdir", default="/tmp/backup-agent-bench")
     parser.add_argument("--tools", default=",".join(TOOLS))
+    parser.add_argument("--label", default="", help="results go to results/fs-PROFILE[-LABEL].md")
     args = parser.parse_args()
     work = os.path.join(args.workdir, args.profile)
     shutil.rmtree(work, ignore_errors=True)
@@ -230,10 +255,17 @@ def main() -> None:
                 text += f" ({value / base:.2f}x)"
             cells.append(text)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    plain, encrypted = numbers.get("backup-agent"), numbers.get("backup-agent-encrypted")
+    if plain and encrypted:
+        lines += ["", "Encrypted against unencrypted backup-agent, same run: " + ", ".join(
+            f"{label} {encrypted[label] / plain[label]:.2f}x" for label in
+            ("initial backup", "1%-changed backup", "verify --read-data", "restore (wall)", "restore (user CPU)")
+            if plain.get(label))]
     table = "\n".join(lines)
     print("\n" + table)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", f"fs-{args.profile}.md"), "w") as handle:
+    name = f"fs-{args.profile}-{args.label}.md" if args.label else f"fs-{args.profile}.md"
+    with open(os.path.join(HERE, "results", name), "w") as handle:
         handle.write(table + "\n")
 
 

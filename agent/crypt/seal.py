@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from agent.backend.base import Backend, BackendError, Buffer, Handle, Kind
+from agent.backend.base import Backend, BackendError, Buffer, FileInfo, Handle, Kind
 from agent.crypt.keys import NodeKey, load_identities, unwrap, wrap
 
 _NONCE = 12
@@ -175,6 +175,17 @@ class SealedBackend:
             return self.inner.load(handle, length, offset)
         data = self.cipher.open_meta(self.inner.load(handle), self._aad(handle), self.inner.describe(handle))
         return data[offset:] if length < 0 else data[offset:offset + length]
+
+    def stat(self, handle: Handle) -> FileInfo:
+        """Sizes are of the content, as saved and loaded (a sealed object holds BLOB_OVERHEAD more)."""
+        info = self.inner.stat(handle)
+        return info._replace(size=max(0, info.size - BLOB_OVERHEAD)) if handle.kind in SEALED_KINDS else info
+
+    def list(self, kind: Kind) -> List[FileInfo]:
+        found = self.inner.list(kind)
+        if kind in SEALED_KINDS:
+            return [info._replace(size=max(0, info.size - BLOB_OVERHEAD)) for info in found]
+        return found
 
     def __getattr__(self, name: str) -> Any:  # every other method of the Backend protocol, unchanged
         return getattr(self.inner, name)

@@ -9,12 +9,12 @@ import os
 import signal
 import sqlite3
 import subprocess
-import time
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import pytest
 
+from tests.e2e.test_daemon import wait_for
 from tests.helpers import Agent, agent_command, fs_job, make_tree, new_agent, read_tree
 
 CANARY = "Zq7CanaryXw41"  # unlikely in any encrypted byte string, and in no format's header
@@ -121,16 +121,6 @@ def test_canaries_in_names_contents_and_dump_rows_appear_nowhere_in_the_reposito
     agent.run("restore", "db-app:latest", "--target", str(tmp_path / "copy.db"), "--identity", identity, check=0)
     with sqlite3.connect(tmp_path / "copy.db") as connection:
         assert connection.execute("select v from t").fetchall() == [(f"row {CANARY}",)]
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def test_a_node_without_identity_backs_up_prunes_and_verifies_but_cannot_restore(encrypted, tmp_path):
@@ -415,3 +405,21 @@ def test_an_encrypted_repository_on_s3_holds_no_canary_and_restores_with_the_ide
     assert read_tree(str(tmp_path / "out")) == read_tree(src)
     agent.run("restore", "dump:latest", "--target", str(tmp_path / "d"), "--identity", identity, check=0)
     assert (tmp_path / "d").read_text() == f"{CANARY} row\n"
+
+
+def test_prune_rewrites_packs_of_an_encrypted_repository_and_the_identity_still_reads_them(encrypted, tmp_path):
+    agent, identity, _ = encrypted
+    src = str(tmp_path / "svc")
+    make_tree(src, {f"lib/{n}.jar": os.urandom(200_000) for n in range(10)})
+    make_tree(src, {"conf/keep.xml": "<keep/>"})
+    agent.write_jobs(fs_job("svc", src, extra="retention = { keep_last = 1 }"))
+    agent.backup()
+    for n in range(1, 10):
+        os.unlink(os.path.join(src, "lib", f"{n}.jar"))
+    agent.backup()
+    pruned = json.loads(agent.run("prune", "--json", check=0).stdout)
+    assert len(pruned["removed"]) == 1 and pruned["packs_rewritten"] >= 1, pruned
+    agent.run("verify", "--read-data", check=0)
+    agent.run("verify", "--read-data", "--identity", identity, check=0)
+    agent.run("restore", "svc:latest", "--target", str(tmp_path / "out"), "--identity", identity, check=0)
+    assert read_tree(str(tmp_path / "out")) == read_tree(src)

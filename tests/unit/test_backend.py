@@ -2,7 +2,8 @@
 
 Parametrised over the backends: local directory, memory, S3 (a real server on loopback, and the same
 with the local cache of immutable objects in front), and the fault-injecting wrapper with no fault set
-(around local and memory). A new backend is added to BACKENDS and must pass unchanged.
+(around local and memory), and the sealing wrapper of encrypted repositories (around local and memory). A
+new backend is added to BACKENDS and must pass unchanged.
 Backend-specific behaviour (the local layout, injected faults) is tested after the suite.
 """
 
@@ -22,7 +23,7 @@ from tests.unit.repo_helpers import deleted_descriptors
 
 NAME_A = "a1" * 32
 NAME_B = "b2" * 32
-CONTENT_KINDS = [Kind.DATA, Kind.INDEX, Kind.SNAPSHOT, Kind.DAMAGE]
+CONTENT_KINDS = [Kind.DATA, Kind.INDEX, Kind.SNAPSHOT, Kind.DAMAGE, Kind.KEYS, Kind.PACK_KEYS]
 
 
 def _local(tmp_path):
@@ -40,11 +41,21 @@ def _s3(tmp_path, server, cache: bool = False):
     return made
 
 
+def _sealed(inner):
+    """The wrapper an encrypted repository works through (agent.crypt.seal)."""
+    from agent.crypt.keys import NodeKey
+    from agent.crypt.seal import RepositoryCipher, SealedBackend
+
+    return SealedBackend(inner, RepositoryCipher(inner, NodeKey.generate()))
+
+
 BACKENDS = {
     "local": _local,
     "mem": lambda tmp_path: MemBackend(),
     "faulty-local": lambda tmp_path: FaultyBackend(_local(tmp_path)),
     "faulty-mem": lambda tmp_path: FaultyBackend(MemBackend()),
+    "sealed-local": lambda tmp_path: _sealed(_local(tmp_path)),
+    "sealed-mem": lambda tmp_path: _sealed(MemBackend()),
     "s3": _s3,
     "s3-cached": lambda tmp_path, server: _s3(tmp_path, server, cache=True),
 }
