@@ -73,8 +73,12 @@ def due_tasks(config: Config, records: Dict[str, Dict[str, float]], backed_up: C
     """Every task with the time it is due, soonest first. `backed_up(job)`: whether the job has a
     successful backup (a job without one has nothing to drill yet)."""
     tasks: List[Task] = []
+    # a node that encrypts without an identity cannot read back what it stored (README "Encryption"):
+    # its jobs are drilled where the identity is (`drill --repository URL --host NODE`)
+    encryption = config.encryption
+    can_drill = not (encryption.enabled and encryption.identity_file is None)
     for job in config.jobs:
-        if not backed_up(job.name):
+        if not backed_up(job.name) or not can_drill:
             continue
         every = config.drill_every_of(job)
         last = records["drills"].get(job.name)

@@ -131,6 +131,10 @@ def test_a_node_without_identity_backs_up_prunes_and_verifies_but_cannot_restore
     make_tree(str(tmp_path), {"rows.sql": "dump-row-1\n"})
     agent.write_jobs(fs_job("svc", src, extra='on_change = true\nquiet = "0.5s"\nmax_delay = "3s"') +
                      f'[jobs.dump]\ntype = "command"\nargv = ["cat", "{rows}"]\nevery = "40s"\n')
+    with open(agent.config) as handle:  # the maintenance lane: prunes often; drills would, with an identity
+        text = handle.read()
+    with open(agent.config, "w") as handle:
+        handle.write(text.replace("[encryption]", 'drill_every = "2s"\nprune_every = "3s"\n[encryption]'))
     agent.backup()
     # the timer job is two days overdue when the daemon starts: a catch-up (timer) run
     state_file = os.path.join(agent.state_dir, "jobs", "dump.json")
@@ -154,10 +158,11 @@ def test_a_node_without_identity_backs_up_prunes_and_verifies_but_cannot_restore
         with open(os.path.join(src, "webapps/app/index.jsp"), "w") as handle:
             handle.write("v2")
         wait_for(lambda: any(snap["trigger"] == "change" for snap in agent.snapshots("svc")))
+        wait_for(lambda: "prune ok" in log_text(), timeout=30)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
-    assert "Traceback" not in log_text()
+    assert "Traceback" not in log_text() and "drill" not in log_text()  # no identity here: drills run elsewhere
     triggers = {snap["trigger"] for snap in agent.snapshots()}
     assert {"change", "catch-up"} <= triggers
     agent.run("prune", check=0)
