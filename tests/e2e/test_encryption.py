@@ -410,6 +410,10 @@ def test_an_encrypted_repository_on_s3_holds_no_canary_and_restores_with_the_ide
     assert read_tree(str(tmp_path / "out")) == read_tree(src)
     agent.run("restore", "dump:latest", "--target", str(tmp_path / "d"), "--identity", identity, check=0)
     assert (tmp_path / "d").read_text() == f"{CANARY} row\n"
+    # the identity's holder recovers the node key from the bucket
+    agent.run("key", "recover-node", "--identity", identity, "--out", str(tmp_path / "node.key"), check=0)
+    with open(tmp_path / "node.key") as a, open(os.path.join(agent.state_dir, "node.key")) as b:
+        assert json.load(a) == json.load(b)
 
 
 def test_prune_rewrites_packs_of_an_encrypted_repository_and_the_identity_still_reads_them(encrypted, tmp_path):

@@ -24,14 +24,15 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_recover_node(args: argparse.Namespace) -> int:
-    from agent.backend import BackendError, open_backend
+    from agent.backend import BackendError
     from agent.crypt.bootstrap import recover_node_key
     from agent.crypt.keys import KeyFileError, load_identities, save_node_key
+    from agent.runner import repository_backend
 
     config = load_config(args.config)
-    backend = open_backend(config.repository)
     identity = os.path.abspath(args.identity)
     try:
+        backend = repository_backend(config)
         node = recover_node_key(backend, load_identities(identity), identity)
         save_node_key(os.path.abspath(args.out), node)
     except (KeyFileError, BackendError) as exc:
