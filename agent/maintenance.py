@@ -112,10 +112,12 @@ def lowest_priority() -> None:
         pass
 
 
-def run_task(config: Config, task: Task, on_report: Callable[[RunReport], None]) -> RunReport:
-    """Run one task now (on the calling thread); its report is spooled and handed to `on_report`."""
+def run_task(config: Config, task: Task, on_report: Callable[[RunReport], None]) -> Optional[RunReport]:
+    """Run one task now (on the calling thread); its report is spooled and handed to `on_report`. None:
+    a prune the repository does not allow (append-only credentials), which has no report."""
     report = _drill(config, str(task.job)) if task.kind == "drill" else prune(config)
-    on_report(report)
+    if report is not None:
+        on_report(report)
     return report
 
 
@@ -132,9 +134,11 @@ def _drill(config: Config, name: str) -> RunReport:
         repo.close()
 
 
-def prune(config: Config) -> RunReport:
+def prune(config: Config) -> Optional[RunReport]:
     """Apply every job's retention and delete what no snapshot needs; a report with `"trigger": "prune"`
-    and the repository's size before and after, spooled. Never raises: a failure is the report's error."""
+    and the repository's size before and after, spooled. Never raises: a failure is the report's error.
+    None when the repository does not allow deleting (S3 credentials without delete permission): then
+    nothing was deleted, and nothing is reported."""
     from agent.pruner import prune_repository
     from agent.runner import open_repository, spool_for
 
@@ -153,6 +157,8 @@ def prune(config: Config) -> RunReport:
         finally:
             repo.close()
     except Exception as exc:  # the prune failed as a whole: said in its report
+        if _denied(config, exc):
+            return None
         errors.append(f"{type(exc).__name__}: {exc}")
     shortest = min((job.every.high for job in config.jobs), default=config.prune_every)
     report = RunReport(id=run_id, host=config.host, job=PRUNE_JOB, type="repository", trigger="prune",
@@ -165,6 +171,15 @@ def prune(config: Config) -> RunReport:
     except OSError as exc:
         log.error("cannot spool the prune report in %s: %s", config.state_dir, exc.strerror)
         return report
+
+
+def _denied(config: Config, exc: Exception) -> bool:
+    """Whether `exc` says the repository's credentials may not delete (only object storage has those)."""
+    if os.path.isabs(config.repository):
+        return False
+    from agent.backend.s3 import AccessDenied
+
+    return isinstance(exc, AccessDenied)
 
 
 class Lane:
@@ -214,6 +229,10 @@ class Lane:
         try:
             report = run_task(config, task, self.on_report)
             self.records.record(task, self.clock())
+            if report is None:
+                log.info("%s skipped: the repository's credentials may not delete (append-only); a host with "
+                         "such credentials prunes it (backup-agent-prune.timer)", what)
+                return
             level = logging.INFO if report.ok else logging.ERROR
             log.log(level, "%s %s%s", what, report.status,
                     "".join(f"\n  error: {error}" for error in report.errors[:20]))
