@@ -1,0 +1,76 @@
+"""When the daemon's maintenance lane drills and prunes (agent.maintenance.due_tasks), on an injected clock."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from agent.config import Config, Job, Retention, parse_interval
+from agent.crypt.settings import EncryptionSettings
+from agent.maintenance import FIRST_DRILL_WITHIN, FIRST_PRUNE_WITHIN, START_DELAY, Records, Task, due_tasks
+
+STARTED = 1_800_000_000.0
+DAY = 86400.0
+
+
+def config(*jobs: Job, **values) -> Config:
+    return Config(path="/etc/agent.toml", host="node-1", repository="/repo", state_dir="/state", jobs_dir="/conf.d",
+                  retention=Retention(), jobs=jobs, **values)
+
+
+def job(name: str, drill_every=None) -> Job:
+    return Job(name=name, type="fs", every=parse_interval("24h"), source="jobs.toml", path="/srv",
+               drill_every=drill_every)
+
+
+def records(drills=None, prune=None) -> dict:
+    return {"drills": dict(drills or {}), "prune": {} if prune is None else {"last": prune}}
+
+
+def by_kind(tasks) -> dict:
+    return {(task.kind, task.job): task.at for task in tasks}
+
+
+def test_first_drills_come_after_start_up_staggered_and_only_for_jobs_with_a_backup():
+    cfg = config(job("api"), job("db"), job("new"))
+    tasks = by_kind(due_tasks(cfg, records(), lambda name: name != "new", STARTED))
+    assert ("drill", "new") not in tasks
+    for name in ("api", "db"):
+        assert STARTED + START_DELAY <= tasks[("drill", name)] < STARTED + START_DELAY + FIRST_DRILL_WITHIN
+    assert tasks[("drill", "api")] != tasks[("drill", "db")]
+    assert STARTED + START_DELAY <= tasks[("prune", None)] < STARTED + START_DELAY + FIRST_PRUNE_WITHIN
+
+
+def test_later_drills_and_prunes_follow_their_period_and_a_job_may_set_its_own():
+    cfg = replace(config(job("api"), job("db", drill_every=DAY)), prune_every=6 * 3600.0)
+    tasks = by_kind(due_tasks(cfg, records({"api": STARTED - 100, "db": STARTED - 100}, prune=STARTED - 50),
+                              lambda name: True, STARTED))
+    assert tasks == {("drill", "api"): STARTED - 100 + 7 * DAY, ("drill", "db"): STARTED - 100 + DAY,
+                     ("prune", None): STARTED - 50 + 6 * 3600}
+    soonest = due_tasks(cfg, records({"api": STARTED - 100, "db": STARTED - 100}, prune=STARTED - 50),
+                        lambda name: True, STARTED)[0]
+    assert soonest == Task("prune", None, STARTED - 50 + 6 * 3600)
+
+
+def test_a_short_period_shortens_the_start_up_delay():
+    cfg = replace(config(job("api", drill_every=4.0)), prune_every=2.0)
+    tasks = by_kind(due_tasks(cfg, records(), lambda name: True, STARTED))
+    assert STARTED + 2.0 <= tasks[("drill", "api")] <= STARTED + 2.0 + 4.0
+    assert STARTED + 1.0 <= tasks[("prune", None)] <= STARTED + 1.0 + 2.0
+
+
+def test_a_node_that_encrypts_without_an_identity_runs_no_drills():
+    encrypting = EncryptionSettings(recipients=("age1example",))
+    cfg = config(job("api"), encryption=encrypting)
+    assert [task.kind for task in due_tasks(cfg, records(), lambda name: True, STARTED)] == ["prune"]
+    cfg = config(job("api"), encryption=replace(encrypting, identity_file="/etc/backup-agent/identity"))
+    assert {task.kind for task in due_tasks(cfg, records(), lambda name: True, STARTED)} == {"drill", "prune"}
+
+
+def test_records_keep_the_times_across_restarts(tmp_path):
+    kept = Records(str(tmp_path))
+    assert kept.load() == records()
+    kept.record(Task("drill", "api", 0.0), STARTED)
+    kept.record(Task("prune", None, 0.0), STARTED + 1)
+    assert Records(str(tmp_path)).load() == records({"api": STARTED}, prune=STARTED + 1)
+    (tmp_path / "maintenance.json").write_text("{not json")
+    assert Records(str(tmp_path)).load() == records()  # a damaged file: as if nothing ran (all due again)
