@@ -23,9 +23,10 @@ import base64
 import hashlib
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Dict, List, NamedTuple, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Protocol, Sequence, Tuple
 from urllib.parse import urlsplit
 
 from agent.backend.base import (
@@ -144,6 +145,7 @@ class S3Backend:
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._pid = 0
+        self._packs = _RecentPacks()
 
     # --- the client -------------------------------------------------------------------------------
 
@@ -260,6 +262,10 @@ class S3Backend:
         return dict(answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}))
 
     def load(self, handle: Handle, length: int = -1, offset: int = 0) -> bytes:
+        if handle.kind is Kind.DATA and (offset or length >= 0):
+            return self._packs.read(handle.name, length, offset, lambda: self.get(
+                self.key(handle), self.describe(handle)), lambda: self.get(
+                self.key(handle), self.describe(handle), length, offset))
         return self.get(self.key(handle), self.describe(handle), length, offset)
 
     def get(self, key: str, what: str, length: int = -1, offset: int = 0) -> bytes:
@@ -312,6 +318,7 @@ class S3Backend:
         what = self.describe(handle)
         # S3 answers 204 for a missing key too; the interface says NotFound (prune counts what it freed)
         self._call("head_object", what, Key=self.key(handle))
+        self._packs.forget(handle.name)
         self.delete(self.key(handle), what)
 
     def delete(self, key: str, what: str) -> None:
@@ -330,10 +337,57 @@ class S3Backend:
         return remove_dead_locks(self)
 
     def release(self, kind: Optional[Kind] = None) -> None:
-        pass  # nothing is held per object
+        if kind is None or kind is Kind.DATA:
+            self._packs.clear()
 
     def close(self) -> None:
-        pass  # the client's connection pool is reused by the next call
+        self._packs.clear()  # the client's connection pool is reused by the next call
+
+
+class _RecentPacks:
+    """Whole packs kept for a moment: a restore reads a pack's blobs one after another, and one GET of the
+    pack (16 MiB at most) costs a round trip where a GET per blob costs thousands. A pack is fetched whole
+    from its second read on (a backup reading one file list from a pack fetches only that range); at most
+    KEPT packs are held, so memory stays bounded."""
+
+    KEPT = 4
+    SEEN = 256
+
+    def __init__(self) -> None:
+        self._whole: OrderedDict[str, bytes] = OrderedDict()
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def read(self, name: str, length: int, offset: int, whole: Callable[[], bytes],
+             ranged: Callable[[], bytes]) -> bytes:
+        with self._lock:
+            data = self._whole.get(name)
+            if data is not None:
+                self._whole.move_to_end(name)
+            again = name in self._seen
+            self._seen[name] = None
+            self._seen.move_to_end(name)
+            while len(self._seen) > self.SEEN:
+                self._seen.popitem(last=False)
+        if data is None and not again:
+            return ranged()
+        if data is None:
+            data = whole()
+            with self._lock:
+                self._whole[name] = data
+                while len(self._whole) > self.KEPT:
+                    self._whole.popitem(last=False)
+        return data[offset:] if length < 0 else data[offset:offset + length]
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._whole.pop(name, None)
+            self._seen.pop(name, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._whole.clear()
+            self._seen.clear()
 
 
 class AccessDenied(BackendError):

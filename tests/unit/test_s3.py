@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import pytest
 
@@ -81,16 +80,20 @@ class _SlowStore(MemBackend):
 
     def __init__(self) -> None:
         super().__init__()
+        self.started = 0
         self.running = 0
         self.most = 0
-        self.guard = threading.Lock()
+        self.guard = threading.Condition()
 
     def save(self, handle, pieces) -> None:
         if handle.kind is Kind.DATA:
             with self.guard:
+                self.started += 1
                 self.running += 1
                 self.most = max(self.most, self.running)
-            time.sleep(0.2)
+                self.guard.notify_all()
+                if self.started <= 3:  # the first three wait for each other (in vain if saves ran one by one)
+                    self.guard.wait_for(lambda: self.running >= 3, timeout=10)
             with self.guard:
                 self.running -= 1
         super().save(handle, pieces)
@@ -128,3 +131,22 @@ def test_a_stale_lock_of_a_dead_process_does_not_keep_prune_out(tmp_path, s3_ser
     assert waits == []
     assert backend.remove_leftovers() == 1  # the dead holder's lock objects
     prune.release()
+
+
+def test_a_pack_read_blob_by_blob_is_fetched_whole_once(tmp_path, s3_server, s3_proxy):
+    from tests.fixtures.s3 import s3_location
+
+    location, settings = s3_location(s3_server, str(tmp_path), s3_proxy)
+    repo = Repository.open(open_backend(location, settings), create=True)
+    writer = repo.writer()
+    blobs = [writer.save(os.urandom(10_000))[0] for _ in range(200)]
+    writer.flush()
+    reader = Repository.open(open_backend(location, settings))
+    reader.index.refresh()
+    s3_proxy.reset_counts()
+    assert all(len(reader.read_blob(blob)) == 10_000 for blob in blobs)
+    assert s3_proxy.counts.get("GET", 0) == 2  # the first blob's range, then the whole pack
+    reader.backend.release()
+    s3_proxy.reset_counts()
+    reader.read_blob(blobs[0])
+    assert s3_proxy.counts.get("GET", 0) == 1  # one range: a single read fetches no more
