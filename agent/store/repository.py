@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
-from agent.backend import Backend, BackendError, Handle, Kind, NotFound, RepositoryLock, open_backend
+from agent.backend import CONFIG_NAME, Backend, BackendError, Handle, Kind, NotFound, RepositoryLock, open_backend
 from agent.store.chunker import Chunker, ChunkerParams
 from agent.store.damage import encode_damage
 from agent.store.index import KIND_DATA, KIND_TREE, BlobLocation, Index, kind_of
@@ -233,7 +233,17 @@ class Repository:
     # --- creation and opening -----------------------------------------------------------------------
 
     def exists(self) -> bool:
-        return bool(self.backend.list(Kind.CONFIG))
+        """Whether anything of a repository is here: its config, or (a config lost) its objects."""
+        return bool(self.backend.list(Kind.CONFIG)) or bool(self._held_objects())
+
+    def _held_objects(self) -> List[str]:
+        """What the repository holds besides its config ("2 snapshots", ...); empty for an empty place."""
+        held = []
+        for kind, noun in ((Kind.SNAPSHOT, "snapshot"), (Kind.INDEX, "index file"), (Kind.DATA, "pack")):
+            count = len(self.backend.list(kind))
+            if count:
+                held.append(f"{count} {noun}{'' if count == 1 else 's'}")
+        return held
 
     @classmethod
     def open(cls, location: str | Backend, create: bool = False,
@@ -242,7 +252,12 @@ class Repository:
         or an encrypted repository this node has no key for. `encryption`: the configured settings (a new
         repository is created encrypted when they name recipients)."""
         repo = cls(location)
-        if not repo.exists():
+        if not repo.backend.list(Kind.CONFIG):
+            held = repo._held_objects()
+            if held:  # never give data a new id and chunker: the old blobs would be lost to it
+                where = repo.backend.describe(Handle(Kind.CONFIG, CONFIG_NAME))
+                raise RepositoryError(f"{where}: missing, but the repository holds {', '.join(held)}; "
+                                      f"restore the config from a copy (it is not re-created over data)")
             if not create:
                 raise RepositoryError(f"{repo.location}: no repository here (run a backup to create one)")
             repo.backend.create()

@@ -253,3 +253,21 @@ def test_a_garbage_config_is_named_without_a_traceback(agent, tmp_path):
             assert config in result.stderr and "Traceback" not in result.stderr, result.stderr
         [report] = agent.backup(expect=1)
         assert report["status"] == "failed" and config in report["errors"][0]
+
+
+def test_a_lost_config_is_an_error_and_never_re_created_over_data(agent, tmp_path):
+    src = str(tmp_path / "svc")
+    make_tree(src, {"a.txt": "one"})
+    agent.write_jobs(fs_job("svc", src))
+    agent.backup()
+    config = os.path.join(agent.repository, "config.json")
+    os.remove(config)
+    restore = ["restore", "svc:latest", "--target", str(tmp_path / "o")]
+    for command in (["snapshots"], ["verify"], ["prune"], restore):
+        result = agent.run(*command)
+        assert result.returncode == 1, (command, result.stdout, result.stderr)
+        assert config in result.stderr and "holds 1 snapshot" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    [report] = agent.backup(expect=1)
+    assert report["status"] == "failed" and config in report["errors"][0]
+    assert not os.path.exists(config) and not os.path.exists(str(tmp_path / "o"))
