@@ -231,20 +231,33 @@ def _job(name: str, table: Any, source: str, defaults: Retention, problems: _Pro
     if job.on_change and job.quiet > job.max_delay:
         problems.error(source, f"{where}.quiet", "must not be longer than max_delay")
         return None
-    _warn_missing_paths(job, problems)
+    if not _check_paths(job, problems):
+        return None
     return job
 
 
-def _warn_missing_paths(job: Job, problems: _Problems) -> None:
+def _check_paths(job: Job, problems: _Problems) -> bool:
+    """Each path of `job` against the kind it must be (a tree for fs and riak, a file for sqlite and
+    options files); False after an error. One that does not exist yet is only a warning: the daemon picks
+    it up when it appears. Symbolic links are followed, as the run follows them."""
     where = f"jobs.{job.name}"
-    for key, path in (("path", job.path), ("options_file", job.options_file)):
-        if path and not os.path.exists(path):
-            problems.warn(job.source, f"{where}.{key}", f"{path} does not exist (yet)")
-    for path in job.paths:
+    wanted = [("path", job.path, job.type != "sqlite"), ("options_file", job.options_file, False)]
+    wanted += [("paths", path, True) for path in job.paths]
+    ok = True
+    for key, path, tree in wanted:
+        if not path:
+            continue
         if not os.path.exists(path):
-            problems.warn(job.source, f"{where}.paths", f"{path} does not exist (yet)")
+            problems.warn(job.source, f"{where}.{key}", f"{path} does not exist (yet)")
+        elif tree and not os.path.isdir(path):
+            problems.error(job.source, f"{where}.{key}", f"{path} is not a directory")
+            ok = False
+        elif not tree and os.path.isdir(path):
+            problems.error(job.source, f"{where}.{key}", f"{path} is a directory, not a file")
+            ok = False
     for key, message in job_warnings(job):
         problems.warn(job.source, f"{where}.{key}", message)
+    return ok
 
 
 def secret_file_warning(path: str, holds: str = "a password") -> Optional[str]:

@@ -74,3 +74,30 @@ def test_config_from_environment(agent, tmp_path):
     env = {**os.environ, "BACKUP_AGENT_CONFIG": agent.config}
     result = subprocess.run([*agent_command(), "check-config"], capture_output=True, text=True, env=env)
     assert result.returncode == 0 and agent.config in result.stdout
+
+
+def test_a_path_of_the_wrong_kind_is_an_error_naming_file_job_and_key(agent, tmp_path):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    plain = tmp_path / "plain.txt"
+    plain.write_text("not a tree")
+    link = tmp_path / "link"
+    link.symlink_to(plain)
+    missing = tmp_path / "later"
+    agent.write_jobs(fs_job("file", str(plain)) + fs_job("link", str(link)) + fs_job("later", str(missing))
+                     + f'[jobs.riak]\ntype = "riak"\nevery = "4h"\npaths = ["{tree}", "{plain}"]\n'
+                     + f'[jobs.lite]\ntype = "sqlite"\nevery = "4h"\npath = "{tree}"\n', "kinds.toml")
+    result = agent.run("check-config")
+    assert result.returncode == 2, result.stderr
+    source = os.path.join(agent.base, "conf.d", "kinds.toml")
+    lines = result.stderr.splitlines()
+    for expected in (f"{source}: jobs.file.path: {plain} is not a directory",
+                     f"{source}: jobs.link.path: {link} is not a directory",
+                     f"{source}: jobs.riak.paths: {plain} is not a directory",
+                     f"{source}: jobs.lite.path: {tree} is a directory, not a file"):
+        assert any(line.endswith(expected) for line in lines), (expected, lines)
+    assert not any("jobs.riak.paths: " + str(tree) in line or "jobs.later" in line for line in lines)
+    agent.write_jobs(fs_job("later", str(missing)) + fs_job("tree", str(tree)), "kinds.toml")
+    result = agent.run("check-config")
+    assert result.returncode == 0, result.stderr
+    assert f"warning: {source}: jobs.later.path: {missing} does not exist (yet)" in result.stderr
