@@ -4,6 +4,6 @@ It sits above the repository and reads through its interface only (`Repository.r
 list); how the repository stores its objects is not its business.
 """
 
-from agent.restorer.restore import OVERWRITE_MODES, RestoreResult, TargetError, restore_snapshot, safe_parts
+from agent.restorer.restore import OVERWRITE_MODES, PathError, RestoreResult, TargetError, restore_snapshot, safe_parts
 
-__all__ = ["OVERWRITE_MODES", "RestoreResult", "TargetError", "restore_snapshot", "safe_parts"]
+__all__ = ["OVERWRITE_MODES", "PathError", "RestoreResult", "TargetError", "restore_snapshot", "safe_parts"]

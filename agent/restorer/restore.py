@@ -20,7 +20,7 @@ from typing import Dict, Iterable, List, Optional
 
 from agent.progress import Progress
 from agent.restorer.plan import CREATE, REPLACE, SAME, Keep, Plan, Step, extras, make_plan, selection, show
-from agent.restorer.target import Parts, Target, TargetError, safe_parts
+from agent.restorer.target import Parts, PathError, Target, TargetError, safe_parts
 from agent.restorer.xattrs import apply_xattrs, reach
 from agent.store import DamagedBlobError, Repository, Snapshot
 from agent.store.manifest import Entry
@@ -31,7 +31,7 @@ OVERWRITE_MODES = ("never", "if-changed", "always")
 # errors after which every further write would fail the same way: stop with one message, not 100k
 _FATAL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
-__all__ = ["OVERWRITE_MODES", "RestoreResult", "TargetError", "restore_snapshot", "safe_parts"]
+__all__ = ["OVERWRITE_MODES", "PathError", "RestoreResult", "TargetError", "restore_snapshot", "safe_parts"]
 
 
 @dataclass
@@ -58,19 +58,19 @@ def restore_snapshot(repo: Repository, snapshot: Snapshot, target: str, paths: I
     of OVERWRITE_MODES; `delete` removes what the target holds under those paths and the snapshot does
     not, except what `keep(path, is_dir)` keeps (the job's excluded paths: Tomcat's logs/ contents).
 
-    Raises TargetError if `target` cannot be a directory, DamagedBlobError if the snapshot's file list
+    Raises PathError (nothing written) if a PATH is outside the job's path or not in the snapshot,
+    TargetError if `target` cannot be a directory, DamagedBlobError if the snapshot's file list
     cannot be read. Everything else (a damaged file, a permission problem) is in the result's errors.
     `progress` is told the files and bytes to write, then each file's as it is done."""
     if overwrite not in OVERWRITE_MODES:
         raise ValueError(f"overwrite must be one of {OVERWRITE_MODES}")
     result = RestoreResult()
-    wanted = _wanted(snapshot, paths, result)
-    if result.errors:
-        return result
+    wanted = _wanted(snapshot, paths)
     selected, unsafe, found = selection(read_tree(repo, snapshot.tree), wanted)
-    result.errors.extend(f"{path!r}: unsafe path in the manifest, not restored" for path in unsafe)
     missing = [show(prefix) for prefix, hit in zip(wanted, found) if not hit]
-    result.errors.extend(f"{path}: not in snapshot {snapshot.id[:12]}" for path in missing)
+    if missing:  # before the target is made: a wrong PATH writes nothing
+        raise PathError("; ".join(f"{path}: not in snapshot {snapshot.id[:12]}" for path in missing))
+    result.errors.extend(f"{path!r}: unsafe path in the manifest, not restored" for path in unsafe)
     owner = os.geteuid() == 0
     dest = Target(target, create=not dry_run)
     try:
@@ -88,23 +88,26 @@ def restore_snapshot(repo: Repository, snapshot: Snapshot, target: str, paths: I
     return result
 
 
-def _wanted(snapshot: Snapshot, paths: Iterable[str], result: RestoreResult) -> List[Parts]:
+def _wanted(snapshot: Snapshot, paths: Iterable[str]) -> List[Parts]:
+    """`paths` as manifest components; raises PathError naming every one outside the job's path."""
     root = snapshot.source[0] if snapshot.source else None
-    wanted = []
+    wanted, wrong = [], []
     for path in paths:
         rel = os.path.normpath(path)
         if rel.startswith("/"):
             # An absolute path names the same place as on the backed-up host: it must lie under the
             # job's path (which is "/" for riak snapshots).
             if root is None or not (rel == root or rel.startswith(root.rstrip("/") + "/")):
-                result.errors.append(f"{path}: not under the job's path {root or '(unknown)'}")
+                wrong.append(f"{path}: not under the job's path {root or '(unknown)'}")
                 continue
             rel = rel[len(root.rstrip("/")):]
         parts = safe_parts(rel.strip("/") or ".")
         if parts is None:
-            result.errors.append(f"{path}: not a path inside the snapshot")
+            wrong.append(f"{path}: not a path inside the snapshot")
             continue
         wanted.append(parts)
+    if wrong:
+        raise PathError("; ".join(wrong))
     return wanted
 
 

@@ -23,6 +23,10 @@ class TargetError(Exception):
     """DIR cannot be a restore target (it is a file, say); the message names it."""
 
 
+class PathError(Exception):
+    """A PATH to restore is outside the job's path or not in the snapshot; the message names each."""
+
+
 def safe_parts(path: str) -> Optional[Parts]:
     """The components of a manifest path ('.' is the root), or None if it could escape the target."""
     if path == ".":

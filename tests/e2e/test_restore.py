@@ -163,7 +163,10 @@ def test_one_path_absolute_or_relative_creates_parents_with_recorded_modes(agent
         assert stat.S_IMODE(os.stat(os.path.join(target, "tomcat")).st_mode) == 0o751
         assert stat.S_IMODE(os.stat(os.path.join(target, "tomcat/conf")).st_mode) == 0o750
     outside = agent.run("restore", "api:latest", "--target", str(tmp_path / "x"), "/etc/passwd")
-    assert outside.returncode == 1 and "not under the job's path" in outside.stderr and src in outside.stderr
+    assert outside.returncode == 2 and "not under the job's path" in outside.stderr and src in outside.stderr
+    missing = agent.run("restore", "api:latest", "--target", str(tmp_path / "x"), "tomcat/conf", "nope")
+    assert missing.returncode == 2 and "nope: not in snapshot" in missing.stderr, missing.stderr
+    assert "restored" not in missing.stderr + outside.stderr and not os.path.exists(tmp_path / "x")
     delete_one = _restore_json(agent, "api:latest", "--target", src, "--delete", os.path.join(src, "tomcat/lib"))
     assert delete_one["deleted"] == 0
     make_tree(src, {"tomcat/lib/extra.jar": "x", "tomcat/conf/keep.xml": "k"})

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from agent.restorer import TargetError, restore_snapshot, safe_parts
+from agent.restorer import PathError, TargetError, restore_snapshot, safe_parts
 from agent.restorer.plan import CREATE, REPLACE, SAME, make_plan, selection
 from agent.restorer.target import Target
 from agent.store import Repository, Snapshot
@@ -226,8 +226,10 @@ def test_absolute_paths_must_lie_under_the_jobs_path(tmp_path):
     ok = restore_snapshot(repo, snap, str(tmp_path / "o1"), ["/services/api/conf/"])
     assert ok.errors == [] and (tmp_path / "o1/conf/a").read_bytes() == b"a"
     for bad in ("/services/apiother/conf", "/etc"):
-        assert "not under the job's path /services/api" in restore_snapshot(repo, snap, str(tmp_path / "o2"),
-                                                                            [bad]).errors[0]
+        with pytest.raises(PathError, match="not under the job's path /services/api"):
+            restore_snapshot(repo, snap, str(tmp_path / "o2"), [bad])
+    with pytest.raises(PathError, match="nope: not in snapshot"):
+        restore_snapshot(repo, snap, str(tmp_path / "o2"), ["conf/a", "nope"])
     assert not (tmp_path / "o2").exists()
 
 

@@ -59,7 +59,7 @@ class RestoreOptions:
 def restore(config, options: RestoreOptions) -> int:
     """Exit status 0 if everything was restored, 1 if something failed or was refused."""
     from agent.dumps.restore import STREAM_TYPES
-    from agent.restorer import TargetError, restore_snapshot
+    from agent.restorer import PathError, TargetError, restore_snapshot
     from agent.store import RepositoryError
 
     repo = open_repository(config)
@@ -86,6 +86,8 @@ def restore(config, options: RestoreOptions) -> int:
                                           progress=shown)
         except TargetError as exc:
             raise UsageError(f"--target: {exc}") from None
+        except PathError as exc:
+            raise UsageError(str(exc)) from None
         except (RepositoryError, ValueError, KeyError) as exc:  # a damaged blob, or a damaged manifest line
             error(f"snapshot {snapshot.id[:12]} cannot be read: {exc}")
             return EXIT_FAILED
