@@ -210,8 +210,8 @@ class Sender:
         except Transient:
             pass
         except TokenFileError as exc:  # a configuration error: retrying cannot help until the file is fixed
+            # the caller says it, in its own voice: the daemon's log, or the command's one error line
             blocked, config_error = f"configuration error: {exc}", True
-            log.error("%s; reports stay spooled", blocked)
         except Blocked as exc:
             blocked = str(exc)
             log.error("collector %s refuses this agent's reports (%s): they stay spooled; check "
@@ -241,6 +241,8 @@ class DeliveryLoop:
         """One pass; returns how long to wait before the next one."""
         self.kicked.clear()
         result = self.sender.drain()
+        if result.config_error:
+            log.error("%s; reports stay spooled", result.blocked)
         if result.blocked:
             return 3 * self.sender.max_backoff
         return self.poll

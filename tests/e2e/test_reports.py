@@ -290,12 +290,22 @@ def test_a_token_file_holding_more_than_the_token_is_named_and_never_shown(agent
     with open(token_file, "w") as handle:  # `collector token ... > file 2>&1` on another machine
         handle.write(f"created token for test-node\n{token}\n")
     checked = agent.run("check-config")
-    assert f"collector.token_file: {token_file}: must hold one token and nothing else" in checked.stderr
+    assert checked.returncode == 0, checked.stderr  # a warning: backups go on, reports wait in the spool
+    assert checked.stderr.startswith(f"backup-agent: warning: {agent.config}: collector.token_file: {token_file}: "
+                                     f"must hold one token and nothing else"), checked.stderr
     assert token not in checked.stderr and "created token" not in checked.stderr
-    agent.backup("svc")
+    backed = agent.run("backup", "svc")
+    assert backed.returncode == 0 and token not in backed.stderr and "created token" not in backed.stderr
+    assert [line.split(": collector.token_file")[0] for line in backed.stderr.splitlines()
+            if "collector.token_file" in line] == [f"backup-agent: warning: {agent.config}"]  # once, as a warning
     flushed = agent.run("reports", "--flush", "--timeout", "3")
-    assert flushed.returncode == 2 and f"collector.token_file {token_file}" in flushed.stderr  # configuration
-    assert token not in flushed.stderr and "created token" not in flushed.stderr
+    assert flushed.returncode == 2  # configuration
+    assert all(line.startswith("backup-agent: warning: ") for line in flushed.stderr.splitlines()[:-1])
+    assert flushed.stderr.splitlines()[-1:] == [
+        f"backup-agent: error: configuration error: collector.token_file {token_file}: must hold one token "
+        f"and nothing else (letters, digits and -._~+/; whitespace around it is allowed), as `backup-agent "
+        f"collector token` prints it on its last line; reports stay spooled"], flushed.stderr
+    assert token not in flushed.stdout + flushed.stderr and "created token" not in flushed.stdout + flushed.stderr
     assert len(spool(agent)["pending"]) == 1 and collector.reports() == []
     with open(token_file, "w") as handle:
         handle.write(f"  {token}\n\n")  # whitespace around it is fine

@@ -17,7 +17,7 @@ from agent.collector.tokens import TokenStore, create_token
 from agent.config import CollectorSettings
 from agent.config.token import TokenFileError, read_token
 from agent.report import Changes
-from agent.report.sender import Sender, describe_error
+from agent.report.sender import DeliveryLoop, Sender, describe_error
 from agent.report.spool import Spool
 from tests.unit.test_freshness import serving
 from tests.unit.test_report_schema import make
@@ -84,6 +84,7 @@ def test_a_malformed_token_file_is_a_configuration_error_that_never_shows_its_co
     sender.spool.add(make())
     with caplog.at_level(logging.DEBUG):
         result = sender.drain()
+        DeliveryLoop(lambda stop: sender).step()  # the daemon logs it; a command prints its own error line
     sender.close()
     assert result.remaining == 1 and result.delivered == 0
     assert result.blocked is not None and result.blocked.startswith("configuration error: collector.token_file ")

@@ -7,7 +7,7 @@ import json
 from typing import Optional
 
 import agent.cli.render as render
-from agent.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, load_config, print_json
+from agent.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, error, load_config, print_json
 
 
 def reports(config, flush: bool = False, timeout: float = 60.0, as_json: bool = False) -> int:
@@ -44,6 +44,7 @@ def reports(config, flush: bool = False, timeout: float = 60.0, as_json: bool = 
         where = f"collector {config.collector.url}" if config.collector else "no collector configured: kept locally"
         render.show(render.spool(where, pending, dead, spool.dropped(), flushed))
     if config_error:
+        error(f"{flushed['blocked']}; reports stay spooled")
         return EXIT_USAGE
     if flushed is not None and (pending or flushed["blocked"]):
         return EXIT_FAILED
