@@ -24,6 +24,7 @@ from agent.config import Config
 from agent.durable import atomic_write
 from agent.report import RunReport, new_run_id, utc_now
 from agent.schedule import spread
+from agent.text import in_words
 
 log = logging.getLogger("backup-agent")
 
@@ -159,7 +160,7 @@ def prune(config: Config) -> Optional[RunReport]:
     except Exception as exc:  # the prune failed as a whole: said in its report
         if _denied(config, exc):
             return None
-        errors.append(f"{type(exc).__name__}: {exc}")
+        errors.append(in_words(exc))
     shortest = min((job.every.high for job in config.jobs), default=config.prune_every)
     report = RunReport(id=run_id, host=config.host, job=PRUNE_JOB, type="repository", trigger="prune",
                        status="failed" if errors else "ok", changed=False, snapshot=None, started_at=started,

@@ -29,6 +29,7 @@ from agent.snapshot.fs import Aborted, TreeResult, backup_tree
 from agent.snapshot.ignore import IgnoreRules
 from agent.state import StateDir
 from agent.store import Repository
+from agent.text import in_words
 
 
 def _say(message: str) -> None:
@@ -133,7 +134,7 @@ def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional
         return report("failed", (f"{where}{exc.strerror or exc}",))
     except Exception as exc:  # the run failed as a whole; the report carries why
         _clean_up(config)
-        return report("failed", (f"{type(exc).__name__}: {exc}",))
+        return report("failed", (in_words(exc),))
     _clean_up(config, wrote=result.snapshot is None and result.bytes > 0)  # a failed dump: its blobs
     incremental = result.incremental
     changes = None if result.changes is None else Changes(

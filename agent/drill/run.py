@@ -18,6 +18,7 @@ from agent.drill.tree import prove_tree
 from agent.report import RunReport, new_run_id, utc_now
 from agent.report.spool import Spool
 from agent.store import DamagedBlobError, Repository, RepositoryError, Snapshot
+from agent.text import in_words
 
 Prover = Callable[[Repository, Snapshot, str], Proof]
 PROVERS: Dict[str, Prover] = {"fs": prove_tree, "riak": prove_tree, "mysql": prove_mysql,
@@ -62,7 +63,7 @@ def drill(repo: Repository, target: DrillTarget, state_dir: str, spool: Optional
             else:
                 proof = _prove(repo, snapshot, state_dir)
     except (RepositoryError, OSError) as exc:
-        proof = Proof(errors=(f"{type(exc).__name__}: {exc}",))
+        proof = Proof(errors=(in_words(exc),))
     report = RunReport(id=run_id, host=target.host, job=target.job,
                        type=snapshot.type if snapshot else (target.job_type or "fs"), trigger="drill",
                        status="ok" if proof.ok else "failed", changed=False,
@@ -98,7 +99,7 @@ def _prove(repo: Repository, snapshot: Snapshot, state_dir: str) -> Proof:
             where = f"{exc.filename}: " if exc.filename else ""
             return Proof(errors=(f"{where}{exc.strerror or exc}",))
         except Exception as exc:  # a restore path that fails in a way of its own: the drill fails, named
-            return Proof(errors=(f"{type(exc).__name__}: {exc}",))
+            return Proof(errors=(in_words(exc),))
 
 
 def remove_leftovers(state_dir: str) -> List[str]:

@@ -16,6 +16,7 @@ from agent.progress import Progress
 from agent.snapshot.fs import TreeResult
 from agent.snapshot.stream import commit_stream, store_stream
 from agent.store import Repository
+from agent.text import in_words
 
 
 def backup_dump(repo: Repository, job: Job, stop: Optional[threading.Event], names: Dict[str, str],
@@ -32,7 +33,7 @@ def backup_dump(repo: Repository, job: Job, stop: Optional[threading.Event], nam
             finished = command.finish()
     except OSError as exc:
         # disk full in the repository, or the tool could not start: never a snapshot
-        return TreeResult(None, False, 0, 0, 0, (mask(f"{type(exc).__name__}: {exc}", secret_values),), ())
+        return TreeResult(None, False, 0, 0, 0, (mask(in_words(exc), secret_values),), ())
     errors = module.judge(finished, stored.tail)
     if not errors and stored.size == 0:
         errors = ["the dump is empty"]

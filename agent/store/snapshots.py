@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Tuple
 from agent.backend.base import CONFIG_NAME, Backend, BackendError, Handle, Kind, NotFound
 from agent.crypt.settings import ENCRYPTED_FORMAT
 from agent.store.chunker import STREAM_CHUNKER, ChunkerParams
+from agent.text import in_words
 
 FORMAT_VERSION = 1
 # A snapshot time further ahead of this host's clock than this was made by a clock that was wrong: it is
@@ -113,7 +114,7 @@ class SnapshotStore:
             _epoch(snapshot.time)
             return snapshot
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            reason = "empty" if not data else f"unreadable ({type(exc).__name__}: {exc})"
+            reason = "empty" if not data else f"unreadable: {in_words(exc)}"
             raise RepositoryError(f"snapshot {snapshot_id} is damaged: "
                                   f"{self.backend.describe(handle)} is {reason}") from None
 
@@ -185,7 +186,7 @@ def load_config(backend: Backend) -> dict:
     except NotFound:
         raise RepositoryError(f"{where}: missing (no repository here)") from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise RepositoryError(f"{where}: not a repository configuration ({type(exc).__name__}: {exc}); "
+        raise RepositoryError(f"{where}: not a repository configuration ({in_words(exc)}); "
                               f"the file is damaged or was not written by backup-agent") from None
     if version == ENCRYPTED_FORMAT and isinstance(config.get("encryption"), dict):
         return config

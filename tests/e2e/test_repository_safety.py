@@ -271,3 +271,27 @@ def test_a_lost_config_is_an_error_and_never_re_created_over_data(agent, tmp_pat
     [report] = agent.backup(expect=1)
     assert report["status"] == "failed" and config in report["errors"][0]
     assert not os.path.exists(config) and not os.path.exists(str(tmp_path / "o"))
+
+
+def test_damage_is_said_in_words_without_python_class_names(agent, tmp_path):
+    """Messages about a truncated snapshot document or config say what is wrong and name the file; the
+    run report (and `status`) carry no exception class name either."""
+    src = str(tmp_path / "svc")
+    make_tree(src, {"a.txt": "one"})
+    agent.write_jobs(fs_job("svc", src))
+    [first] = agent.backup()
+    document = os.path.join(agent.repository, "snapshots", first["snapshot"] + ".json")
+    with open(document, "r+b") as handle:
+        handle.truncate(20)
+    listing = agent.run("snapshots")
+    assert document in listing.stderr and "not valid JSON (unterminated string" in listing.stderr, listing.stderr
+    config = os.path.join(agent.repository, "config.json")
+    with open(config, "wb") as handle:
+        handle.write(b'{"id": "x')
+    result = agent.run("verify")
+    assert config in result.stderr and "not valid JSON" in result.stderr, result.stderr
+    [report] = agent.backup(expect=1)
+    assert config in report["errors"][0] and "not valid JSON" in report["errors"][0]
+    status = agent.run("status")
+    for text in (listing.stderr, result.stderr, report["errors"][0], status.stdout + status.stderr):
+        assert "JSONDecodeError" not in text and "RepositoryError" not in text, text
