@@ -156,11 +156,27 @@ def verify_repository(repo: Repository, read_data: bool = False, record: bool = 
                     result.problems.append(f"{where}: file list unreadable: {exc}")
         references.append((where, snapshot, ids_by_tree[snapshot.tree]))
     collect()
+    _hint_healed(repo, result)
     _name_affected(repo, result, references, ids_by_tree)
     if record and pairs:
         result.damage_record = repo.record_damage(pairs)
         result.recorded = len(set(pairs))
     return result
+
+
+def _hint_healed(repo: Repository, result: VerifyResult) -> None:
+    """A damaged pack whose damaged blobs a backup has stored again stays a problem (it is still in the
+    repository) until prune drops it: say so, so that the operator knows what to do."""
+    recorded: Dict[bytes, Set[bytes]] = defaultdict(set)  # pack -> blobs recorded damaged in it
+    for blob_id, packs in repo.index.damaged().items():
+        for pack in packs:
+            recorded[pack].add(blob_id)
+    healed = {pack.hex() for pack, blobs in recorded.items() if all(blob in repo.index for blob in blobs)}
+    for number, problem in enumerate(result.problems):
+        pack = problem[len("pack "):].split(":", 1)[0] if problem.startswith("pack ") else ""
+        if pack in healed:
+            result.problems[number] = (f"{problem}; the data found damaged in it has been stored again by a "
+                                       "backup, and `prune` removes the damaged pack")
 
 
 def _name_affected(repo: Repository, result: VerifyResult, references: List[Tuple[str, object, Set[bytes]]],

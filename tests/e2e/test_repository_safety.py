@@ -295,3 +295,28 @@ def test_damage_is_said_in_words_without_python_class_names(agent, tmp_path):
     status = agent.run("status")
     for text in (listing.stderr, result.stderr, report["errors"][0], status.stdout + status.stderr):
         assert "JSONDecodeError" not in text and "RepositoryError" not in text, text
+
+
+def test_verify_after_healing_says_prune_removes_the_damaged_pack(agent, tmp_path):
+    """Once a backup stored the damaged data again, `verify --read-data` still fails (the damaged pack
+    is still in the repository) but says that the data is stored again and that `prune` removes it."""
+    src = str(tmp_path / "svc")
+    jar = os.urandom(100_000)
+    make_tree(src, {"conf/server.xml": "<Server port='8005'/>" * 100, "lib/x.jar": jar})
+    agent.write_jobs(fs_job("svc", src))
+    agent.backup()
+    packs = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(agent.repository, "data")) for f in fs]
+    biggest = max(packs, key=os.path.getsize)
+    with open(biggest, "r+b") as handle:
+        handle.seek(5000)
+        byte = handle.read(1)
+        handle.seek(5000)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    agent.run("verify", "--read-data", check=1)
+    agent.backup()
+    healed = agent.run("verify", "--read-data")
+    assert healed.returncode == 1 and os.path.basename(biggest).split(".")[0] in healed.stdout
+    assert "stored again" in healed.stdout and "`prune` removes" in healed.stdout, healed.stdout
+    assert "lib/x.jar" not in healed.stdout  # no snapshot needs the damaged copy any more
+    agent.run("prune", check=0)
+    agent.run("verify", "--read-data", check=0)
