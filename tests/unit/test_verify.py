@@ -72,7 +72,9 @@ def test_a_flipped_byte_is_found_by_reading_recorded_and_healed_by_the_next_back
     assert healed.unhealed() == frozenset()
     assert healed.read_blob(blob_id) == content
     after = verify_repository(healed, read_data=True)
-    assert after.problems == [f"pack {loc.pack.hex()}: content does not match its name (damaged)"]
+    assert after.problems == [f"pack {loc.pack.hex()}: content does not match its name (damaged); the data "
+                              "found damaged in it has been stored again by a backup, and `prune` removes "
+                              "the damaged pack"]
     assert not after.damaged
 
 
