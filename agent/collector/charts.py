@@ -13,6 +13,7 @@ from html import escape
 from typing import Callable, Dict, List, Sequence, Tuple
 
 from agent.collector.storage import Run
+from agent.text import plural
 
 WINDOW = 90 * 86400.0        # seconds of history drawn
 MAX_RUNS = 2000              # newest runs drawn; beyond that the page would weigh megabytes
@@ -179,7 +180,7 @@ def history_charts(now: float, runs: Sequence[Run]) -> str:
         return '<p class="muted">No runs in the last 90 days.</p>'
     failed = sum(1 for run in runs if run.status != "ok")
     capped = f" (the newest {MAX_RUNS})" if len(runs) >= MAX_RUNS else ""
-    return (f'<h2>Last 90 days: {len(runs)} runs{capped}, {failed} failed</h2>' + legend(runs)
+    return (f'<h2>Last 90 days: {plural(len(runs), "run")}{capped}, {failed} failed</h2>' + legend(runs)
             + timeline(now, runs)
             + bar_chart("new-bytes", "new bytes", now, runs, lambda run: run.new_bytes, size_text)
             + bar_chart("size", "snapshot size", now, runs, lambda run: run.bytes, size_text)

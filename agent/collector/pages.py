@@ -11,6 +11,7 @@ from agent.collector.charts import STYLE as CHART_STYLE
 from agent.collector.charts import history_charts, size_text
 from agent.collector.freshness import STATES, Cell, HostView, age, iso
 from agent.collector.storage import Run
+from agent.text import plural
 
 REFRESH_SECONDS = 60
 
@@ -18,9 +19,11 @@ STYLE = """
 body{font:14px system-ui,sans-serif;margin:1em 2em;color:#222}
 h1{font-size:1.3em;margin:.2em 0}h2{font-size:1.05em;margin:1em 0 .2em}
 .summary span{display:inline-block;margin-right:1.2em}
+.wide{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;margin-top:.8em}
 th,td{border:1px solid #ddd;padding:2px 6px;text-align:left;white-space:nowrap}
-th{background:#f4f4f4;position:sticky;top:0}
+th{background:#f4f4f4;position:sticky;top:0;white-space:normal;overflow-wrap:anywhere;vertical-align:bottom}
+#fleet th{min-width:4em;max-width:8em}#fleet td{white-space:normal;min-width:5em}
 td a{color:inherit;text-decoration:none;display:block}
 .ok{background:#d9f2d9}.overdue{background:#ffe8a8}.failing{background:#f8b4b4}.never{background:#eee;color:#777}
 .silent{background:#d6c8f0}
@@ -47,24 +50,28 @@ def _row(view: HostView, columns: Sequence[Tuple[str, str]], now: float) -> str:
     for cell, (job, job_link) in zip(view.cells, columns):
         row = cell.row
         state = cell.state
-        if row is None:
-            cells.append(f'<td class="never" data-job="{job}" data-state="never">never</td>')
+        if row is None:  # the collector cannot tell a job this host lacks from one not reported yet
+            cells.append(f'<td class="none" data-job="{job}" data-state="never"></td>')
             continue
-        text = age(now - row.last_ok_ts) if row.last_ok_ts is not None else "no success"
+        last_ok = age(now - row.last_ok_ts) if row.last_ok_ts is not None else None
         drill = "" if cell.drill is None else _drill(cell, now)
         if state == "ok":
             cells.append(f'<td class="ok" data-job="{job}" data-state="ok" data-drill-state="{cell.drill_state}">'
-                         f'<a href="{link}{job_link}">{text}{drill}</a></td>')
+                         f'<a href="{link}{job_link}">{last_ok}{drill}</a></td>')
             continue
+        # not ok: say so first, then how old the last good backup is (an age alone reads like good news)
+        text = f"{'overdue' if state == 'overdue' else 'failed'}; " + (
+            f"last ok {last_ok}" if last_ok is not None else "no success yet")
         tip = f"{state}; last run {iso(row.last_run_ts)} {row.last_status} ({row.last_trigger})"
         if row.last_error:
             tip = escape(f"{tip}\nlast error: {row.last_error}")
         cells.append(f'<td class="{state}" data-job="{job}" data-state="{state}" data-drill-state="{cell.drill_state}"'
                      f' title="{tip}"><a href="{link}{job_link}">{text}{drill}</a></td>')
     silent = view.state == "silent"
+    marks = (" (silent)" if silent else "") + ("" if view.last_seen else " (no report yet)")
     seen = f"last report {age(now - view.last_seen)}" if view.last_seen else "no report yet"
     return (f'<tr data-host="{host}" data-host-state="{view.state}"><td class="{"silent" if silent else ""}" '
-            f'title="{seen}">{host}{" (silent)" if silent else ""}{_pruned(view, now)}</td>{"".join(cells)}'
+            f'title="{seen}">{host}{marks}{_pruned(view, now)}</td>{"".join(cells)}'
             f'<td>{view.missing or ""}</td></tr>')
 
 
@@ -98,20 +105,26 @@ def dashboard(now: float, jobs: Sequence[str], views: Sequence[HostView], only: 
         for cell in view.cells:
             counts[cell.state] += 1
     silent = sum(1 for view in views if view.state == "silent")
+    unheard = sum(1 for view in views if not view.last_seen)
     shown = [view for view in views if only is None or view.state == only
              or any(cell.state == only for cell in view.cells)]
     shown.sort(key=lambda view: (view.worst, view.host))  # problems first
-    summary = "".join(f'<span class="{state}">{counts[state]} {state}</span>' for state in STATES)
-    summary += f'<span class="silent">{silent} silent host(s)</span>'
+    # cells without a report are not counted: most are jobs a host does not have
+    summary = "".join(f'<span class="{state}">{plural(counts[state], state + " job", state + " jobs")}</span>'
+                      for state in STATES if state != "never")
+    summary += f'<span class="silent">{plural(silent, "silent host")}</span>'
+    if unheard:
+        summary += f'<span class="never">{plural(unheard, "host")} with no report yet</span>'
     filters = " ".join(f'<a href="/?state={state}">{state}</a>' for state in (*STATES, "silent"))
     head = "<tr><th>host</th>" + "".join(f"<th>{escape(job)}</th>" for job in jobs) + "<th>lost reports</th></tr>"
     columns = [(escape(job), quote(job, safe="")) for job in jobs]
     lines = [_row(view, columns, now) for view in shown]
-    body = (f"<h1>Backups: {len(views)} hosts, {len(jobs)} jobs</h1>"
+    body = (f"<h1>Backups: {plural(len(views), 'host')}, {plural(len(jobs), 'job')}</h1>"
             f'<p class="summary">{summary}</p>'
-            f'<p class="muted">As of {iso(now)}. Cells: age of the last good backup; hover for the last error, '
+            f'<p class="muted">As of {iso(now)}. Cells: age of the last good backup '
+            f'(blank: no report of that job from that host); hover for the last error, '
             f'click for the history. Show only: {filters} <a href="/">all</a></p>'
-            f'<table id="fleet"><thead>{head}</thead><tbody>{"".join(lines)}</tbody></table>')
+            f'<div class="wide"><table id="fleet"><thead>{head}</thead><tbody>{"".join(lines)}</tbody></table></div>')
     return _page("Backups", body)
 
 
@@ -142,7 +155,7 @@ def history(now: float, host: str, job: str, rows: List[dict], gaps: List[Tuple[
                      f'<td class="err">{errors}</td></tr>')
     gap_text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in gaps)
     body = (f'<p><a href="/">&larr; fleet</a></p><h1>{escape(host)} / {escape(job)}</h1>'
-            f'<p class="muted">{len(rows)} newest runs. '
+            f'<p class="muted">{plural(len(rows), "newest run")}. '
             + (f"Reports lost from this host (sequence numbers): {escape(gap_text)}." if gaps else "No lost reports.")
             + "</p>" + history_charts(now, runs)
             + "<h2>Newest runs</h2><table><thead><tr><th>finished (UTC)</th><th>status</th><th>trigger</th>"

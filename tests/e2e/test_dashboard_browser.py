@@ -66,7 +66,9 @@ class Cells(HTMLParser):
         self.cells: Dict[Tuple[str, str], str] = {}
         self.hosts: Dict[str, str] = {}
         self.titles: Dict[Tuple[str, str], str] = {}
+        self.texts: Dict[Tuple[str, str], str] = {}
         self.rows: List[str] = []
+        self.cell: Tuple[str, str] = ("", "")
 
     def handle_starttag(self, tag: str, attrs) -> None:
         attr = dict(attrs)
@@ -77,6 +79,16 @@ class Cells(HTMLParser):
             key = (self.rows[-1], attr["data-job"])
             self.cells[key] = attr["data-state"]
             self.titles[key] = attr.get("title", "")
+            self.texts[key] = ""
+            self.cell = key
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td":
+            self.cell = ("", "")
+
+    def handle_data(self, data: str) -> None:
+        if self.cell[0]:
+            self.texts[self.cell] += data
 
 
 def test_dashboard_shows_each_state_in_the_browser(start_collector):
@@ -100,7 +112,12 @@ def test_dashboard_shows_each_state_in_the_browser(start_collector):
     }
     assert "last error: dump failed: boom" in page.titles[("node-2", "services-api")]
     assert page.rows[0] == "node-2"  # problems first
-    assert "3 h ago" in dom and "1 failing" in dom and "1 overdue" in dom
+    assert "3 h ago" in dom and "1 failing job<" in dom and "1 overdue job<" in dom and "2 ok jobs<" in dom
+    assert "0 silent hosts<" in dom and "1 host</span>" not in dom and "1 host with no report yet" in dom
+    assert " never<" not in dom and "host(s)" not in dom  # cells without a report are blank, not counted
+    assert page.texts[("node-3", "db-analytics")] == page.texts[("node-3", "services-api")] == ""
+    assert page.texts[("node-2", "db-analytics")] == "overdue; last ok 8 h ago"
+    assert page.texts[("node-2", "services-api")] == "failed; no success yet"
     history = browse(collector.url + "/hosts/node-2/jobs/services-api", "--dump-dom")
     assert 'data-status="failed"' in history and "dump failed: boom" in history
 
@@ -264,7 +281,8 @@ def test_a_fleet_shows_its_failing_overdue_and_new_nodes(start_collector):
     for host, host_bodies in bodies.items():
         token = make_token(collector.tokens_file, host)
         for body in host_bodies:
-            assert collector.post(token, body).status_code == 200
+            posted = collector.post(token, body)
+            assert posted.status_code == 200, posted.text
     page = Cells()
     page.feed(browse(collector.url + "/", "--dump-dom"))
     assert page.cells == expected
@@ -279,3 +297,31 @@ def test_a_fleet_shows_its_failing_overdue_and_new_nodes(start_collector):
     assert len(failed) == 2 and {mark["fill"] for mark in failed} == {FAILED}
     assert len(history.marks) == sum(1 for body in bodies["node-03"] if body["job"] == "db-analytics")
     screenshot(url, "failing.png", "1100,760")
+
+
+def test_a_fleet_of_twelve_jobs_fits_a_1400_px_window(start_collector, tmp_path):
+    """The fleet table with the shipped policy's twelve jobs: its last column ("lost reports") must end
+    inside a 1400 px wide window (headers wrap). The page is measured by a script appended to a copy of it,
+    since the dashboard itself has none."""
+    import httpx
+
+    collector = start_collector()
+    jobs = ["db-analytics", "db-console", "db-credentials", "db-enstratus-console", "db-provisioning", "db-riak",
+            "services-api", "services-console", "services-dispatcher", "services-km", "services-monitor",
+            "services-worker"]
+    for number, host in enumerate(("enstratus-node-01", "enstratus-node-02")):
+        token = make_token(collector.tokens_file, host)
+        for seq, job in enumerate(jobs, 1):
+            body = report(host, job, seq, age_hours=30 if number else 2, status="failed" if seq % 5 == 0 else "ok")
+            posted = collector.post(token, body)
+            assert posted.status_code == 200, posted.text
+    html = httpx.get(collector.url + "/").text
+    probe = ("<script>const t = document.querySelector('#fleet tr th:last-child').getBoundingClientRect();"
+             "document.body.setAttribute('data-right', Math.ceil(t.right));"
+             "document.body.setAttribute('data-width', document.documentElement.clientWidth);</script>")
+    copy = tmp_path / "fleet.html"
+    copy.write_text(html.replace('<meta http-equiv="refresh"', '<meta name="x"').replace("</body>", probe + "</body>"))
+    dom = browse(copy.as_uri(), "--dump-dom", "--window-size=1400,900")
+    right = int(dom.split('data-right="')[1].split('"')[0])
+    width = int(dom.split('data-width="')[1].split('"')[0])
+    assert width <= 1400 and 0 < right <= width, (right, width)
