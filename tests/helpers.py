@@ -207,3 +207,16 @@ def read_deep(root: str, path: str) -> bytes:
             return handle.read()
     finally:
         os.close(fd)
+
+
+def flip_a_byte_in_the_biggest_pack(repository: str, at: int = 5000) -> str:
+    """Damage a local repository the way a bad disk does: one bit of its biggest pack flipped at byte
+    `at`; returns the pack's path."""
+    packs = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(repository, "data")) for f in fs]
+    biggest = max(packs, key=os.path.getsize)
+    with open(biggest, "r+b") as handle:
+        handle.seek(at)
+        byte = handle.read(1)
+        handle.seek(at)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    return biggest

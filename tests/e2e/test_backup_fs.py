@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.helpers import Link, fs_job, make_tree, new_agent, read_tree
+from tests.helpers import Link, flip_a_byte_in_the_biggest_pack, fs_job, make_tree, new_agent, read_tree
 
 TOMCAT_EXCLUDE = ["logs/", "*.log", "*.log.*", "catalina.out*", "temp/", "work/"]
 
@@ -304,13 +304,7 @@ def test_verify_of_new_repository_and_flipped_byte(agent, tmp_path):
     agent.write_jobs(fs_job("svc", src))
     [report] = agent.backup()
     assert agent.run("verify", "--read-data").returncode == 0
-    packs = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(agent.repository, "data")) for f in fs]
-    biggest = max(packs, key=os.path.getsize)
-    with open(biggest, "r+b") as handle:
-        handle.seek(5000)
-        byte = handle.read(1)
-        handle.seek(5000)
-        handle.write(bytes([byte[0] ^ 0x01]))
+    flip_a_byte_in_the_biggest_pack(agent.repository)
     assert agent.run("verify").returncode == 0  # structure intact: only reading the data finds it
     result = agent.run("verify", "--read-data")
     assert result.returncode == 1

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 from agent.store import KIND_TREE, Repository, Snapshot
 from agent.store.manifest import Entry, encode_entry
-from tests.helpers import agent_command, fs_job, make_tree
+from tests.helpers import agent_command, flip_a_byte_in_the_biggest_pack, fs_job, make_tree
 
 
 def _big_tree(root: str, files: int = 300) -> None:
@@ -186,24 +186,24 @@ def test_damage_found_by_verify_is_healed_by_the_next_backup(agent, tmp_path):
     make_tree(src, {"conf/server.xml": "<Server port='8005'/>" * 100, "lib/x.jar": jar})
     agent.write_jobs(fs_job("svc", src))
     agent.backup()
-    packs = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(agent.repository, "data")) for f in fs]
-    biggest = max(packs, key=os.path.getsize)
-    with open(biggest, "r+b") as handle:
-        handle.seek(5000)
-        byte = handle.read(1)
-        handle.seek(5000)
-        handle.write(bytes([byte[0] ^ 0x01]))
+    biggest = flip_a_byte_in_the_biggest_pack(agent.repository)
     found = agent.run("verify", "--read-data")
     assert found.returncode == 1 and "lib/x.jar" in found.stdout
     assert "recorded 1 damaged blob" in found.stdout and "next backup" in found.stdout
     [report] = agent.backup()
-    assert report["status"] == "ok" and report["new_bytes"] >= len(jar), report
+    # the damaged chunk is stored again (the jar may span several chunks: the others are intact)
+    assert report["status"] == "ok" and report["new_bytes"] > 0, report
     target = str(tmp_path / "out")
     agent.run("restore", "svc:latest", "--target", target, check=0)
     with open(os.path.join(target, "lib", "x.jar"), "rb") as handle:
         assert handle.read() == jar
     [again] = agent.backup()
     assert again["changed"] is False and again["new_bytes"] == 0  # healed: the cache is trusted again
+    # the damaged pack is still there: verify fails, but says that the data is stored again and what to do
+    healed = agent.run("verify", "--read-data")
+    assert healed.returncode == 1 and os.path.basename(biggest).split(".")[0] in healed.stdout
+    assert "stored again" in healed.stdout and "`prune` removes" in healed.stdout, healed.stdout
+    assert "lib/x.jar" not in healed.stdout  # no snapshot needs the damaged copy any more
     agent.run("prune", check=0)
     assert not os.path.exists(biggest)
     verify = agent.run("verify", "--read-data")
@@ -237,12 +237,16 @@ def test_an_empty_snapshot_document_spoils_only_itself(agent, tmp_path):
         assert "Traceback" not in result.stdout + result.stderr
 
 
-def test_a_garbage_config_is_named_without_a_traceback(agent, tmp_path):
-    src = str(tmp_path / "svc")
-    make_tree(src, {"a.txt": "one"})
-    agent.write_jobs(fs_job("svc", src))
+def _one_snapshot(agent, tmp_path) -> str:
+    """One job `svc` backed up once; returns the path of the repository's config.json."""
+    make_tree(str(tmp_path / "svc"), {"a.txt": "one"})
+    agent.write_jobs(fs_job("svc", str(tmp_path / "svc")))
     agent.backup()
-    config = os.path.join(agent.repository, "config.json")
+    return os.path.join(agent.repository, "config.json")
+
+
+def test_a_garbage_config_is_named_without_a_traceback(agent, tmp_path):
+    config = _one_snapshot(agent, tmp_path)
     for garbage in (b"", b"\x00\x17garbage", b"[1, 2]", b'{"format": 1}'):
         with open(config, "wb") as handle:
             handle.write(garbage)
@@ -256,11 +260,7 @@ def test_a_garbage_config_is_named_without_a_traceback(agent, tmp_path):
 
 
 def test_a_lost_config_is_an_error_and_never_re_created_over_data(agent, tmp_path):
-    src = str(tmp_path / "svc")
-    make_tree(src, {"a.txt": "one"})
-    agent.write_jobs(fs_job("svc", src))
-    agent.backup()
-    config = os.path.join(agent.repository, "config.json")
+    config = _one_snapshot(agent, tmp_path)
     os.remove(config)
     restore = ["restore", "svc:latest", "--target", str(tmp_path / "o")]
     for command in (["snapshots"], ["verify"], ["prune"], restore):
@@ -295,28 +295,3 @@ def test_damage_is_said_in_words_without_python_class_names(agent, tmp_path):
     status = agent.run("status")
     for text in (listing.stderr, result.stderr, report["errors"][0], status.stdout + status.stderr):
         assert "JSONDecodeError" not in text and "RepositoryError" not in text, text
-
-
-def test_verify_after_healing_says_prune_removes_the_damaged_pack(agent, tmp_path):
-    """Once a backup stored the damaged data again, `verify --read-data` still fails (the damaged pack
-    is still in the repository) but says that the data is stored again and that `prune` removes it."""
-    src = str(tmp_path / "svc")
-    jar = os.urandom(100_000)
-    make_tree(src, {"conf/server.xml": "<Server port='8005'/>" * 100, "lib/x.jar": jar})
-    agent.write_jobs(fs_job("svc", src))
-    agent.backup()
-    packs = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(agent.repository, "data")) for f in fs]
-    biggest = max(packs, key=os.path.getsize)
-    with open(biggest, "r+b") as handle:
-        handle.seek(5000)
-        byte = handle.read(1)
-        handle.seek(5000)
-        handle.write(bytes([byte[0] ^ 0x01]))
-    agent.run("verify", "--read-data", check=1)
-    agent.backup()
-    healed = agent.run("verify", "--read-data")
-    assert healed.returncode == 1 and os.path.basename(biggest).split(".")[0] in healed.stdout
-    assert "stored again" in healed.stdout and "`prune` removes" in healed.stdout, healed.stdout
-    assert "lib/x.jar" not in healed.stdout  # no snapshot needs the damaged copy any more
-    agent.run("prune", check=0)
-    agent.run("verify", "--read-data", check=0)
