@@ -93,7 +93,7 @@ class _SlowStore(MemBackend):
                 self.most = max(self.most, self.running)
                 self.guard.notify_all()
                 if self.started <= 3:  # the first three wait for each other (in vain if saves ran one by one)
-                    self.guard.wait_for(lambda: self.running >= 3, timeout=10)
+                    self.guard.wait_for(lambda: self.running >= 3, timeout=120)
             with self.guard:
                 self.running -= 1
         super().save(handle, pieces)
