@@ -268,7 +268,7 @@ def test_restore_selected_paths_creates_target(agent, tmp_path):
     assert {os.fsdecode(p) for p in read_tree(target)} == {
         "tomcat", "tomcat/conf", "tomcat/conf/server.xml", "tomcat/lib", "tomcat/lib/a.jar"}
     missing = agent.run("restore", "svc:latest", "--target", target, "no/such/file")
-    assert missing.returncode == 1 and "no/such/file" in missing.stderr
+    assert missing.returncode == 2 and "no/such/file" in missing.stderr
 
 
 def test_repository_files_are_private(agent, tmp_path):
