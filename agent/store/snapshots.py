@@ -94,8 +94,11 @@ class SnapshotStore:
         return Snapshot.from_json(snapshot_id, snapshot.to_json())
 
     def exists(self, snapshot_id: str) -> bool:
-        """Whether the snapshot is there and readable."""
+        """Whether the snapshot is there and readable. The backend is asked, never only a local cache
+        (agent.backend.cache): a copy kept there outlives a prune that deleted the snapshot, and a files
+        cache trusted on its word would reuse blobs that prune deleted with it."""
         try:
+            self.backend.stat(Handle(Kind.SNAPSHOT, snapshot_id))
             self.load(snapshot_id)
             return True
         except (RepositoryError, BackendError):

@@ -242,6 +242,32 @@ def test_two_hosts_share_one_repository_while_prune_runs(tmp_path, s3_server):
         agent.run("restore", "services-api:latest", "--target", out, check=0)
 
 
+def test_a_host_whose_last_snapshot_another_host_pruned_stores_its_data_again(tmp_path, s3_server):
+    """Retention counts a job's snapshots of every host: node-2's prune deletes node-1's only snapshot and
+    the data only node-1 had. node-1's files cache still names those blobs, and its local cache still holds the deleted
+    snapshot document: the next backup must not take the cached copy for the snapshot."""
+    prefix = "shared-" + os.urandom(4).hex()
+    first = s3_agent(str(tmp_path / "node-1"), s3_server, host="node-1", prefix=prefix)
+    second = s3_agent(str(tmp_path / "node-2"), s3_server, host="node-2", prefix=prefix)
+    for agent, content in ((first, os.urandom(200_000)), (second, os.urandom(200_000))):
+        tree = os.path.join(agent.base, "services")
+        make_tree(tree, {"lib/only-here.jar": content})
+        old = time.time() - 3600  # settled: the files cache trusts its stat next time
+        for path in (os.path.join(tree, "lib", "only-here.jar"), os.path.join(tree, "lib"), tree):
+            os.utime(path, (old, old))
+        add_job(agent, fs_job("services-api", tree, extra="retention = { keep_last = 1 }"))
+    (gone,) = first.backup()
+    assert second.backup()[0]["status"] == "ok"
+    second.run("prune", check=0)  # node-1's cache is not told
+    assert gone["snapshot"] not in {snap["id"] for snap in second.snapshots()}
+    (again,) = first.backup()
+    assert again["status"] == "ok" and again["new_bytes"] >= 200_000, again
+    first.run("verify", "--read-data", check=0)
+    out = str(tmp_path / "restored")
+    first.run("restore", "services-api:latest", "--target", out, check=0)
+    assert read_tree(out) == read_tree(os.path.join(first.base, "services"))
+
+
 def _requests_of(agent: Agent, proxy: S3Proxy, *args: str) -> int:
     proxy.reset_counts()
     agent.run(*args, check=0)
