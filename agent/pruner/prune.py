@@ -64,13 +64,16 @@ class PruneResult:
 def prune_repository(repo: Repository, policies: Dict[str, Retention], dry_run: bool = False) -> PruneResult:
     result = PruneResult()
     result.damaged = [damaged.reason for damaged in repo.damaged_snapshots()]
-    by_job: Dict[str, List[Snapshot]] = {}
+    # retention counts each host's snapshots of a job apart (restic groups by host too): in a repository
+    # shared by a fleet, a busy host must never push another host's snapshots of the same job out
+    groups: Dict[Tuple[str, str], List[Snapshot]] = {}
     for snap in repo.snapshots():
-        by_job.setdefault(snap.job, []).append(snap)
-    for job, snaps in sorted(by_job.items()):
+        groups.setdefault((snap.job, snap.host), []).append(snap)
+    for (job, _host), snaps in sorted(groups.items()):
         policy: Optional[Retention] = policies.get(job)
         if policy is None:
-            result.unknown_jobs.append(job)  # never delete what the configuration does not describe
+            if job not in result.unknown_jobs:
+                result.unknown_jobs.append(job)  # never delete what the configuration does not describe
             result.kept.extend(snaps)
             continue
         keep = select_kept(snaps, policy)

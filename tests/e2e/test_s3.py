@@ -243,9 +243,9 @@ def test_two_hosts_share_one_repository_while_prune_runs(tmp_path, s3_server):
 
 
 def test_a_host_whose_last_snapshot_another_host_pruned_stores_its_data_again(tmp_path, s3_server):
-    """Retention counts a job's snapshots of every host: node-2's prune deletes node-1's only snapshot and
-    the data only node-1 had. node-1's files cache still names those blobs, and its local cache still holds the deleted
-    snapshot document: the next backup must not take the cached copy for the snapshot."""
+    """node-2 forgets node-1's only snapshot and prunes, deleting the data only node-1 had. node-1's files
+    cache still names those blobs, and its local cache still holds the deleted snapshot document: the next
+    backup must not take the cached copy for the snapshot."""
     prefix = "shared-" + os.urandom(4).hex()
     first = s3_agent(str(tmp_path / "node-1"), s3_server, host="node-1", prefix=prefix)
     second = s3_agent(str(tmp_path / "node-2"), s3_server, host="node-2", prefix=prefix)
@@ -258,6 +258,7 @@ def test_a_host_whose_last_snapshot_another_host_pruned_stores_its_data_again(tm
         add_job(agent, fs_job("services-api", tree, extra="retention = { keep_last = 1 }"))
     (gone,) = first.backup()
     assert second.backup()[0]["status"] == "ok"
+    second.run("forget", gone["snapshot"], check=0)
     second.run("prune", check=0)  # node-1's cache is not told
     assert gone["snapshot"] not in {snap["id"] for snap in second.snapshots()}
     (again,) = first.backup()

@@ -10,7 +10,7 @@ from agent.store.tree import Entry, write_tree
 
 
 def store_files(repo: Repository, job: str, files: Dict[str, bytes], time: str = "2026-11-27T07:00:00Z",
-                chunk: int = 0) -> Snapshot:
+                chunk: int = 0, host: str = "h") -> Snapshot:
     """A snapshot of `job` holding `files` (path -> content), each content one blob (or `chunk`-byte
     pieces when given). Data blobs and the file list go to packs of their own."""
     writer = repo.writer()
@@ -23,7 +23,7 @@ def store_files(repo: Repository, job: str, files: Dict[str, bytes], time: str =
     writer = repo.writer()
     tree = write_tree(writer, entries)
     writer.flush()
-    return repo.save_snapshot(Snapshot(job=job, type="fs", host="h", time=time, trigger="manual", tree=tree,
+    return repo.save_snapshot(Snapshot(job=job, type="fs", host=host, time=time, trigger="manual", tree=tree,
                                        files=len(files), bytes=sum(map(len, files.values())),
                                        fingerprint=f"{job}-{time}-{len(files)}"))
 

@@ -209,3 +209,14 @@ def test_an_unindexed_pack_a_snapshot_needs_is_indexed_again_and_its_garbage_dro
     after = Repository.open(repo.location)
     assert after.read_blob(entry.chunks[0]) == live
     assert verify_repository(after, read_data=True).ok
+
+
+def test_retention_counts_each_hosts_snapshots_of_a_job_apart(repo):
+    """A repository shared by a fleet: node-2's newer snapshots never push node-1's last one out."""
+    one = store_files(repo, "svc", {"a": os.urandom(40000)}, time="2026-11-27T07:00:00Z", host="node-1")
+    two_old = store_files(repo, "svc", {"b": os.urandom(40000)}, time="2026-11-28T07:00:00Z", host="node-2")
+    two_new = store_files(repo, "svc", {"c": os.urandom(40000)}, time="2026-11-29T07:00:00Z", host="node-2")
+    result = prune_repository(repo, {"svc": KEEP_ONE})
+    assert [snap.id for snap in result.removed] == [two_old.id]
+    assert {snap.id for snap in result.kept} == {one.id, two_new.id}
+    assert verify_repository(repo, read_data=True).ok
