@@ -105,6 +105,8 @@ class BackupAgentEncrypted(BackupAgent):
 
     def settings(self) -> str:
         self.identity = os.path.join(self.work, self.directory, "identity")
+        if os.path.exists(self.identity):  # a previous run's: `key generate` rightly refuses to overwrite it
+            os.unlink(self.identity)
         made = subprocess.run([os.path.join(os.path.dirname(sys.executable), "backup-agent"), "key", "generate",
                                "--identity", self.identity], capture_output=True, text=True, check=True)
         return f'[encryption]\nrecipients = ["{made.stdout.strip().splitlines()[-1]}"]\n'
