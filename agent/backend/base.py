@@ -97,7 +97,7 @@ class RepositoryLock(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
-__all__ = ["Backend", "BackendError", "Buffer", "CONFIG_NAME", "FileInfo", "Handle", "Kind", "LockTimeout",
+__all__ = ["Backend", "BackendError", "Buffer", "CONFIG_NAME", "FileInfo", "Handle", "Kind", "LockTimeout", "Wrapper",
            "NotFound", "RepositoryLock"]
 
 
@@ -143,3 +143,46 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release everything; the backend may be used again afterwards (it reopens on demand)."""
+
+
+class Wrapper:
+    """A backend around another one that hands every call on unchanged: wrappers (the files cache, the
+    fault injector) subclass it and override only the methods they change."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.location = inner.location
+        self.parallel_saves: int = getattr(inner, "parallel_saves", 1)
+
+    def create(self) -> None:
+        self.inner.create()
+
+    def save(self, handle: Handle, pieces: Sequence[Buffer]) -> None:
+        self.inner.save(handle, pieces)
+
+    def load(self, handle: Handle, length: int = -1, offset: int = 0) -> bytes:
+        return self.inner.load(handle, length, offset)
+
+    def stat(self, handle: Handle) -> FileInfo:
+        return self.inner.stat(handle)
+
+    def list(self, kind: Kind) -> List[FileInfo]:
+        return self.inner.list(kind)
+
+    def remove(self, handle: Handle) -> None:
+        self.inner.remove(handle)
+
+    def lock(self, exclusive: bool, purpose: str) -> RepositoryLock:
+        return self.inner.lock(exclusive, purpose)
+
+    def remove_leftovers(self) -> int:
+        return self.inner.remove_leftovers()
+
+    def release(self, kind: Optional[Kind] = None) -> None:
+        self.inner.release(kind)
+
+    def describe(self, handle: Handle) -> str:
+        return self.inner.describe(handle)
+
+    def close(self) -> None:
+        self.inner.close()

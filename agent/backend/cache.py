@@ -15,21 +15,19 @@ import hashlib
 import os
 from typing import List, Optional, Sequence
 
-from agent.backend.base import Backend, Buffer, FileInfo, Handle, Kind, RepositoryLock
+from agent.backend.base import Backend, Buffer, FileInfo, Handle, Kind, Wrapper
 from agent.durable import atomic_write, make_private_dirs
 
 CACHED_KINDS = (Kind.INDEX, Kind.SNAPSHOT, Kind.DAMAGE)
 
 
-class CachedBackend:
+class CachedBackend(Wrapper):
     """Wraps `inner`; whole loads of CACHED_KINDS go through files under `directory`."""
 
     def __init__(self, inner: Backend, directory: str) -> None:
-        self.inner = inner
-        self.location = inner.location
+        super().__init__(inner)
         self.directory = directory
         self.hits = 0  # loads answered from the cache (tests)
-        self.parallel_saves: int = getattr(inner, "parallel_saves", 1)
 
     def _path(self, handle: Handle) -> Optional[str]:
         if handle.kind not in CACHED_KINDS or not handle.name or "/" in handle.name or handle.name[0] == ".":
@@ -94,24 +92,3 @@ class CachedBackend:
                 os.unlink(path)
             except OSError:
                 pass
-
-    def stat(self, handle: Handle) -> FileInfo:
-        return self.inner.stat(handle)
-
-    def describe(self, handle: Handle) -> str:
-        return self.inner.describe(handle)
-
-    def create(self) -> None:
-        self.inner.create()
-
-    def lock(self, exclusive: bool, purpose: str) -> RepositoryLock:
-        return self.inner.lock(exclusive, purpose)
-
-    def remove_leftovers(self) -> int:
-        return self.inner.remove_leftovers()
-
-    def release(self, kind: Optional[Kind] = None) -> None:
-        self.inner.release(kind)
-
-    def close(self) -> None:
-        self.inner.close()

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
-from agent.backend.base import Backend, BackendError, Buffer, FileInfo, Handle, Kind, RepositoryLock
+from agent.backend.base import Backend, BackendError, Buffer, FileInfo, Handle, Kind, Wrapper
 
 
 @dataclass
@@ -28,22 +28,19 @@ class Faults:
     kinds: Optional[frozenset] = None     # the kinds whose saves are counted (None: all)
 
 
-class FaultyBackend:
+class FaultyBackend(Wrapper):
     """Wraps `inner`; `faults` may be changed while in use. `saves` counts the saves seen."""
 
     def __init__(self, inner: Backend, faults: Optional[Faults] = None) -> None:
-        self.inner = inner
+        super().__init__(inner)
+        self.parallel_saves = 1  # saves counted one at a time, in order
         self.faults = faults or Faults()
-        self.location = inner.location
         self.saves = 0
         self._count_lock = threading.Lock()
 
     def _slow(self) -> None:
         if self.faults.delay:
             time.sleep(self.faults.delay)
-
-    def describe(self, handle: Handle) -> str:
-        return self.inner.describe(handle)
 
     def create(self) -> None:
         self._slow()
@@ -81,15 +78,3 @@ class FaultyBackend:
     def remove(self, handle: Handle) -> None:
         self._slow()
         self.inner.remove(handle)
-
-    def lock(self, exclusive: bool, purpose: str) -> RepositoryLock:
-        return self.inner.lock(exclusive, purpose)
-
-    def remove_leftovers(self) -> int:
-        return self.inner.remove_leftovers()
-
-    def release(self, kind: Optional[Kind] = None) -> None:
-        self.inner.release(kind)
-
-    def close(self) -> None:
-        self.inner.close()
