@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from agent.backend.base import Backend, BackendError, Buffer, FileInfo, Handle, Kind
+from agent.backend.base import Backend, BackendError, Buffer, FileInfo, Handle, Kind, Wrapper
 from agent.crypt.keys import NodeKey, load_identities, unwrap, wrap
 
 _NONCE = 12
@@ -152,14 +152,13 @@ class RepositoryCipher:
         return aead
 
 
-class SealedBackend:
+class SealedBackend(Wrapper):
     """A backend whose index files, snapshot documents and damage records are sealed under the metadata
-    key (see the module docstring); everything else passes through to the wrapped backend."""
+    key (see the module docstring); every other call passes through to the wrapped backend unchanged."""
 
     def __init__(self, inner: Backend, cipher: RepositoryCipher) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.cipher = cipher
-        self.location = inner.location
 
     @staticmethod
     def _aad(handle: Handle) -> bytes:
@@ -186,6 +185,3 @@ class SealedBackend:
         if kind in SEALED_KINDS:
             return [info._replace(size=max(0, info.size - BLOB_OVERHEAD)) for info in found]
         return found
-
-    def __getattr__(self, name: str) -> Any:  # every other method of the Backend protocol, unchanged
-        return getattr(self.inner, name)
