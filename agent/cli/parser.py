@@ -101,7 +101,10 @@ def _snapshot_commands(command: _Command) -> None:
 def _restore_commands(command: _Command) -> None:
     """restore, and the drill that proves a restore works."""
     p = command("restore", restore.run, "restore a snapshot, or some paths of it", listing=False)
-    p.add_argument("snapshot", metavar="SNAPSHOT", help=SNAPSHOT_HELP)
+    p.add_argument("snapshot", metavar="SNAPSHOT", nargs="?", help=SNAPSHOT_HELP)
+    p.add_argument("--all", action="store_true",
+                   help="the latest snapshot of every job of this host, each into DIR/JOB (a dump: to the file "
+                        "DIR/JOB, replaced with --force or an --overwrite other than never)")
     p.add_argument("--target", metavar="DIR", help="restore the job's path as DIR itself (a dump: to FILE)")
     p.add_argument("--to-database", metavar="NAME", help="load a mysql dump into database NAME")
     p.add_argument("--options-file", metavar="FILE", help="client options file for --to-database "

@@ -101,10 +101,13 @@ def report(run: RunReport) -> List[str]:
 
 
 def snapshots(rows: Sequence[Mapping]) -> List[str]:
-    """Rows shaped like `snapshots --json`, one line each."""
+    """Rows shaped like `snapshots --json`, one line each; the host is shown when several hosts share the
+    repository."""
     if not rows:
         return ["no snapshots"]
-    return [f"{row['id'][:12]}  {when(row['time'])}  {row['job']:<24} {row['trigger']:<9}"
+    hosts = len({row.get("host") for row in rows}) > 1
+    return [f"{row['id'][:12]}  {when(row['time'])}  " + (f"{row['host']:<16} " if hosts else "") +
+            f"{row['job']:<24} {row['trigger']:<9}"
             f" {plural(row['files'], 'file'):>13}  {size(row['bytes']):>10}"
             f"{'  partial' if row['partial'] else ''}{'  ' + changes(row['changes']) if row['changes'] else ''}"
             for row in rows]

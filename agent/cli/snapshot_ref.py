@@ -28,7 +28,9 @@ def resolve(config: Config, repo: Repository, ref: str) -> Snapshot:
         except RepositoryError as exc:
             raise UsageError(str(exc)) from None
     job, back = match["job"], int(match["back"] or 0)
-    found = repo.history(job)  # oldest first, as far as a wrong clock allows (Repository.history)
+    # this host's: hosts sharing a repository name their jobs alike. Oldest first, as far as a wrong
+    # clock allows (Repository.history)
+    found = repo.history(job, config.host)
     if not found:
         if job not in {known.name for known in config.jobs}:
             raise unknown_job(config, job)

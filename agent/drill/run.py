@@ -44,7 +44,7 @@ class DrillTarget:
 
 def latest_of_host(repo: Repository, job: str, host: str) -> Optional[Snapshot]:
     """The newest snapshot of `job` made by `host` (the order of Repository.history), None if none."""
-    found = [snapshot for snapshot in repo.history(job) if snapshot.host == host]
+    found = repo.history(job, host)
     return found[-1] if found else None
 
 

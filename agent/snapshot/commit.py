@@ -71,7 +71,7 @@ def commit(repo: Repository, root: str, rules: IgnoreRules, tree: TreeRecords, r
     unchanged = previous.trusted and fingerprint == previous.cache.fingerprint and not partial
     snapshot: Snapshot
     changes: Optional[ManifestDiff] = None
-    same = None if unchanged or partial or not previous.trusted else _latest_alike(repo, names.job, fingerprint)
+    same = None if unchanged or partial or not previous.trusted else _latest_alike(repo, names, fingerprint)
     if unchanged:
         snapshot = repo.load_snapshot(previous.cache.snapshot)
     elif same is not None:
@@ -104,11 +104,12 @@ def commit(repo: Repository, root: str, rules: IgnoreRules, tree: TreeRecords, r
                       incremental, changes)
 
 
-def _latest_alike(repo: Repository, job: str, fingerprint: str) -> Optional[Snapshot]:
+def _latest_alike(repo: Repository, names: RunNames, fingerprint: str) -> Optional[Snapshot]:
     """The job's latest snapshot if it holds this very tree though the files cache names an older one: the
     run that committed it could not save the cache (state_dir full). Without this, the next run would
-    write the same snapshot again."""
-    latest = repo.snapshots(job)[-1:]
+    write the same snapshot again. Only this host's: another host sharing the repository may hold the same
+    tree, and its snapshot is not this host's backup."""
+    latest = repo.snapshots(names.job, names.host)[-1:]
     return latest[0] if latest and latest[0].fingerprint == fingerprint and not latest[0].partial else None
 
 

@@ -81,7 +81,7 @@ def commit_stream(repo: Repository, stored: StoredStream, name: str, *, job: str
                   trigger: str, now: str, source: str) -> Tuple[Snapshot, bool]:
     """Write the snapshot of a judged-good stream; returns it and whether it differs from the last one."""
     fingerprint = hashlib.sha256(b"".join(stored.chunks)).hexdigest()
-    previous = repo.history(job)  # a snapshot dated by a wrong clock does not count as the last
+    previous = repo.history(job, host)  # a snapshot dated by a wrong clock does not count as the last
     if previous and previous[-1].fingerprint == fingerprint and not previous[-1].partial:
         return previous[-1], False  # identical dump (same bytes): nothing new to keep
     entry = Entry(name, "file", 0o600, os.getuid(), os.getgid(), time.time_ns(), stored.size, stored.chunks)

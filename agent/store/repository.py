@@ -491,9 +491,10 @@ class Repository:
         """Raises RepositoryError naming the document if it is missing or damaged."""
         return self._snapshots.load(snapshot_id)
 
-    def snapshots(self, job: Optional[str] = None) -> List[Snapshot]:
-        """Readable snapshots, oldest first; damaged documents are left out (see damaged_snapshots)."""
-        return self._snapshots.list(job)[0]
+    def snapshots(self, job: Optional[str] = None, host: Optional[str] = None) -> List[Snapshot]:
+        """Readable snapshots (of `job`, made by `host`; None: every one), oldest first; damaged documents
+        are left out (see damaged_snapshots)."""
+        return self._snapshots.list(job, host)[0]
 
     def damaged_snapshots(self) -> List[DamagedSnapshot]:
         """Snapshot documents that cannot be read, each with its storage name and why."""
@@ -502,11 +503,12 @@ class Repository:
     def delete_snapshot(self, snapshot_id: str) -> None:
         self._snapshots.delete(snapshot_id)
 
-    def history(self, job: str) -> List[Snapshot]:
-        """The job's readable snapshots, oldest first as far as this host can tell: those dated ahead of
-        its clock by more than snapshots.FUTURE_MARGIN_S (made while a clock was wrong) come before the
-        rest, so that one wrong clock cannot pin JOB:latest."""
-        return self._snapshots.history(job)
+    def history(self, job: str, host: Optional[str] = None) -> List[Snapshot]:
+        """The job's readable snapshots made by `host` (None: by any host sharing the repository), oldest
+        first as far as this host can tell: those dated ahead of its clock by more than
+        snapshots.FUTURE_MARGIN_S (made while a clock was wrong) come before the rest, so that one wrong
+        clock cannot pin JOB:latest."""
+        return self._snapshots.history(job, host)
 
     def find_snapshot(self, ref: str) -> Snapshot:
         """An id, a unique id prefix, or JOB:latest (see SnapshotStore.latest)."""

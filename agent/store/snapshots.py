@@ -121,8 +121,9 @@ class SnapshotStore:
             raise RepositoryError(f"snapshot {snapshot_id} is damaged: "
                                   f"{self.backend.describe(handle)} is {reason}") from None
 
-    def list(self, job: Optional[str]) -> Tuple[List[Snapshot], List[DamagedSnapshot]]:
-        """(readable snapshots of `job` (None: all) oldest first, damaged documents)."""
+    def list(self, job: Optional[str], host: Optional[str] = None) -> Tuple[List[Snapshot], List[DamagedSnapshot]]:
+        """(readable snapshots of `job` (None: all) made by `host` (None: any) oldest first, damaged
+        documents). Several hosts may share a repository and name their jobs alike."""
         good, damaged = [], []
         for info in self.backend.list(Kind.SNAPSHOT):
             try:
@@ -131,7 +132,7 @@ class SnapshotStore:
                 damaged.append(DamagedSnapshot(info.name, self.backend.describe(Handle(Kind.SNAPSHOT, info.name)),
                                                str(exc)))
                 continue
-            if job is None or snapshot.job == job:
+            if (job is None or snapshot.job == job) and (host is None or snapshot.host == host):
                 good.append(snapshot)
         good.sort(key=lambda snap: (snap.time, snap.id))
         return good, damaged
@@ -139,12 +140,12 @@ class SnapshotStore:
     def delete(self, snapshot_id: str) -> None:
         self.backend.remove(Handle(Kind.SNAPSHOT, snapshot_id))
 
-    def history(self, job: str) -> List[Snapshot]:
-        """The job's snapshots, oldest first; those dated more than FUTURE_MARGIN_S ahead of this host's
-        clock first of all. A snapshot made while the clock was months ahead thus stops being the last
-        (`latest`) as soon as one is made with the right time."""
+    def history(self, job: str, host: Optional[str] = None) -> List[Snapshot]:
+        """The job's snapshots (made by `host`; None: any), oldest first; those dated more than
+        FUTURE_MARGIN_S ahead of this host's clock first of all. A snapshot made while the clock was months
+        ahead thus stops being the last (`latest`) as soon as one is made with the right time."""
         horizon = time.time() + FUTURE_MARGIN_S
-        found = self.list(job)[0]
+        found = self.list(job, host)[0]
         return [snap for snap in found if _epoch(snap.time) > horizon] + \
             [snap for snap in found if _epoch(snap.time) <= horizon]
 

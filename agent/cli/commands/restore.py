@@ -1,12 +1,13 @@
 """`restore SNAPSHOT --target DIR [PATH...] [--overwrite never|if-changed|always] [--delete] [--dry-run]
-[--json]`: a tree snapshot into a directory, a dump snapshot into a file or (mysql) a database."""
+[--json]`: a tree snapshot into a directory, a dump snapshot into a file or (mysql) a database.
+`restore --all --target DIR`: the latest snapshot of every job into DIR/JOB, in one run (a lost node)."""
 
 from __future__ import annotations
 
 import argparse
 import errno
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
 import agent.cli.render as render
@@ -42,10 +43,12 @@ _TARGET_ERRNOS = (errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.EACCES, errno
 class RestoreOptions:
     """What to restore and where: `snapshot` is an id, a unique id prefix or JOB:latest; `paths` are
     relative to the job's path or absolute under it (empty: everything); `overwrite`, `delete` and
-    `dry_run` apply to tree snapshots (see agent/restorer), `force` to dumps."""
+    `dry_run` apply to tree snapshots (see agent/restorer), `force` to dumps. `every_job`: the latest
+    snapshot of every job that has one, each into `target`/JOB (`snapshot` and `paths` then empty)."""
 
     snapshot: str
     target: Optional[str] = None
+    every_job: bool = False
     paths: Tuple[str, ...] = ()
     to_database: Optional[str] = None
     options_file: Optional[str] = None
@@ -58,40 +61,83 @@ class RestoreOptions:
 
 def restore(config, options: RestoreOptions) -> int:
     """Exit status 0 if everything was restored, 1 if something failed or was refused."""
+    from agent.store import RepositoryError
+
+    if options.every_job:
+        if options.snapshot or options.paths or options.to_database:
+            raise UsageError("--all restores every job's latest snapshot whole: give no SNAPSHOT, PATH or "
+                             "--to-database")
+        if not options.target:
+            raise UsageError("give --target DIR (each job is restored into DIR/JOB)")
+    elif not options.snapshot:
+        raise UsageError("give a SNAPSHOT (an id, JOB:latest, ...) or --all")
+    repo = open_repository(config)
+    require_identity(repo, config, required=True)
+    with repo.lock(exclusive=False, purpose="restore"):
+        if not options.every_job:
+            return _restore_one(config, repo, snapshot_ref.resolve(config, repo, options.snapshot), options)
+        try:
+            latest = [found[-1] for found in (repo.history(job.name, config.host) for job in config.jobs) if found]
+        except RepositoryError as exc:
+            error(str(exc))
+            return EXIT_FAILED
+        if not latest:
+            raise UsageError(f"no job of host {config.host} has a snapshot yet")
+        documents: List[dict] = []
+        worst = EXIT_OK
+        for snapshot in latest:
+            # --overwrite other than `never` replaces a dump file as it replaces the files of a tree
+            one = replace(options, snapshot=snapshot.id, target=os.path.join(options.target or "", snapshot.job),
+                          every_job=False, force=options.force or options.overwrite != "never")
+            worst = max(worst, _restore_one(config, repo, snapshot, one, documents))
+    if options.json:
+        print_json(documents)
+    return worst
+
+
+def _restore_one(config, repo, snapshot: Snapshot, options: RestoreOptions,
+                 documents: Optional[List[dict]] = None) -> int:
+    """Restore one snapshot as `options` say; with `documents` (restore --all), the JSON document is
+    appended there instead of printed."""
     from agent.dumps.restore import STREAM_TYPES
     from agent.restorer import PathError, TargetError, restore_snapshot
     from agent.store import RepositoryError
 
-    repo = open_repository(config)
-    require_identity(repo, config, required=True)
-    with repo.lock(exclusive=False, purpose="restore"):
-        snapshot = snapshot_ref.resolve(config, repo, options.snapshot)
-        if snapshot.type in STREAM_TYPES:
-            tree_only = [name for name, given in (("--overwrite", options.overwrite != "never"),
-                                                  ("--delete", options.delete), ("--dry-run", options.dry_run),
-                                                  ("PATH", bool(options.paths))) if given]
-            if tree_only:
-                raise UsageError(f"{', '.join(tree_only)}: for file trees; {snapshot.id[:12]} is a "
-                                 f"{snapshot.type} dump (--force replaces an existing --target FILE)")
-            return _restore_dump(config, repo, snapshot, options)
-        if options.to_database:
-            raise UsageError(f"--to-database restores mysql snapshots; {snapshot.id[:12]} is {snapshot.type}")
-        if not options.target:
-            raise UsageError("give --target DIR")
-        try:
-            with progress("restore", options.json or options.dry_run) as shown:
-                result = restore_snapshot(repo, snapshot, os.path.abspath(options.target), list(options.paths),
-                                          overwrite=options.overwrite, delete=options.delete,
-                                          dry_run=options.dry_run, keep=_excluded_by_job(config, snapshot),
-                                          progress=shown)
-        except TargetError as exc:
-            raise UsageError(f"--target: {exc}") from None
-        except PathError as exc:
-            raise UsageError(str(exc)) from None
-        except (RepositoryError, ValueError, KeyError) as exc:  # a damaged blob, or a damaged manifest line
-            error(f"snapshot {snapshot.id[:12]} cannot be read: {exc}")
-            return EXIT_FAILED
-    if options.json:
+    if snapshot.type in STREAM_TYPES:
+        tree_only = [name for name, given in (("--overwrite", options.overwrite != "never"),
+                                              ("--delete", options.delete), ("--dry-run", options.dry_run),
+                                              ("PATH", bool(options.paths))) if given]
+        if tree_only and documents is None:
+            raise UsageError(f"{', '.join(tree_only)}: for file trees; {snapshot.id[:12]} is a "
+                             f"{snapshot.type} dump (--force replaces an existing --target FILE)")
+        status = _restore_dump(config, repo, snapshot, options)
+        if documents is not None:
+            documents.append({"snapshot": snapshot.id, "job": snapshot.job, "target": options.target,
+                              "dump": True, "errors": [] if status == EXIT_OK else ["not restored (see stderr)"]})
+        return status
+    if options.to_database:
+        raise UsageError(f"--to-database restores mysql snapshots; {snapshot.id[:12]} is {snapshot.type}")
+    if not options.target:
+        raise UsageError("give --target DIR")
+    try:
+        with progress("restore", options.json or options.dry_run) as shown:
+            result = restore_snapshot(repo, snapshot, os.path.abspath(options.target), list(options.paths),
+                                      overwrite=options.overwrite, delete=options.delete,
+                                      dry_run=options.dry_run, keep=_excluded_by_job(config, snapshot),
+                                      progress=shown)
+    except TargetError as exc:
+        raise UsageError(f"--target: {exc}") from None
+    except PathError as exc:
+        raise UsageError(str(exc)) from None
+    except (RepositoryError, ValueError, KeyError) as exc:  # a damaged blob, or a damaged manifest line
+        error(f"snapshot {snapshot.id[:12]} cannot be read: {exc}")
+        if documents is not None:
+            documents.append({"snapshot": snapshot.id, "job": snapshot.job, "target": options.target,
+                              "errors": [f"cannot be read: {exc}"]})
+        return EXIT_FAILED
+    if documents is not None:
+        documents.append(restore_json(result, snapshot, options.target, options.dry_run))
+    elif options.json:
         print_json(restore_json(result, snapshot, options.target, options.dry_run))
     for line in restore_lines(result, snapshot, options.target, options.dry_run):
         err(line)
@@ -200,7 +246,8 @@ def _restore_dump(config, repo, snapshot, options: RestoreOptions) -> int:
 
 def run(args: argparse.Namespace) -> int:
     config = with_identity(load_config(args.config), args.identity)
-    return restore(config, RestoreOptions(snapshot=args.snapshot, target=args.target, paths=tuple(args.paths),
+    return restore(config, RestoreOptions(snapshot=args.snapshot or "", target=args.target, every_job=args.all,
+                                          paths=tuple(args.paths),
                                           to_database=args.to_database, options_file=args.options_file,
                                           force=args.force, overwrite=args.overwrite, delete=args.delete,
                                           dry_run=args.dry_run, json=args.json))

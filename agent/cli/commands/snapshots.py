@@ -12,12 +12,13 @@ from agent.text import plural
 
 
 def snapshot_rows(config, job: Optional[str] = None) -> List[Dict]:
-    """`snapshots --json`'s rows, oldest first: {"id", "job", "time", "trigger", "files", "bytes", "partial"
+    """`snapshots --json`'s rows, oldest first: {"id", "job", "host" (hosts may share a repository), "time",
+    "trigger", "files", "bytes", "partial"
     (a file could not be read), "changes" ({"added", "removed", "changed"} entries since the job's previous
     snapshot, for change-triggered snapshots; else null)}."""
     if not repository_exists(config):
         return []
-    return [{"id": snap.id, "job": snap.job, "time": snap.time, "trigger": snap.trigger,
+    return [{"id": snap.id, "job": snap.job, "host": snap.host, "time": snap.time, "trigger": snap.trigger,
              "files": snap.files, "bytes": snap.bytes, "partial": snap.partial, "changes": snap.changes}
             for snap in open_repository(config).snapshots(job)]
 

@@ -1,0 +1,105 @@
+"""End-to-end: `restore --all` (every job's latest snapshot of this host in one run, as after losing a
+node), and snapshot selection by host in a repository that several hosts share."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from tests.helpers import fs_job, make_tree, new_agent, read_tree
+
+
+def _command_job(name: str, text: str) -> str:
+    return f'[jobs.{name}]\ntype = "command"\nargv = ["printf", "{text}"]\nevery = "24h"\n'
+
+
+def _host(agent, name: str, repository: str) -> None:
+    """Make `agent` host `name`, backing up into `repository` (shared with other agents)."""
+    with open(agent.config, "w") as handle:
+        handle.write(f'host = "{name}"\nrepository = "{repository}"\nstate_dir = "{agent.state_dir}"\n')
+
+
+def test_restore_all_puts_every_jobs_latest_snapshot_under_target(tmp_path):
+    agent = new_agent(str(tmp_path / "node"))
+    api, km = str(tmp_path / "api"), str(tmp_path / "km")
+    make_tree(api, {"conf/server.xml": "<Server/>", "lib/a.jar": "a" * 5000})
+    make_tree(km, {"conf/km.properties": "x=1\n"})
+    agent.write_jobs(fs_job("api", api) + fs_job("km", km) + _command_job("settings", "k=v"))
+    agent.backup()
+    make_tree(api, {"conf/server.xml": "<Server port='9'/>"})  # the latest snapshot is the one restored
+    agent.backup()
+
+    target = str(tmp_path / "out")
+    result = agent.run("restore", "--all", "--target", target, "--json", check=0)
+    documents = {document["job"]: document for document in json.loads(result.stdout)}
+    assert set(documents) == {"api", "km", "settings"}
+    assert read_tree(os.path.join(target, "api")) == read_tree(api)
+    assert read_tree(os.path.join(target, "km")) == read_tree(km)
+    with open(os.path.join(target, "settings"), "rb") as handle:
+        assert handle.read() == b"k=v"
+    assert documents["api"]["target"] == os.path.join(target, "api") and documents["api"]["errors"] == []
+    assert documents["settings"]["errors"] == []
+
+    again = agent.run("restore", "--all", "--target", target)  # the default `never` finds nothing to refuse
+    assert again.returncode == 1  # but the dump file exists: refused without --force, named
+    assert os.path.join(target, "settings") in again.stderr and "Traceback" not in again.stderr
+    os.unlink(os.path.join(target, "settings"))
+    make_tree(os.path.join(target, "km"), {"conf/km.properties": "x=2\n"})
+    refused = agent.run("restore", "--all", "--target", target)
+    assert refused.returncode == 1 and "conf/km.properties" in refused.stderr
+    with open(os.path.join(target, "km", "conf/km.properties")) as handle:
+        assert handle.read() == "x=2\n"
+    agent.run("restore", "--all", "--target", target, "--overwrite", "if-changed", check=0)
+    assert read_tree(os.path.join(target, "km")) == read_tree(km)
+
+
+def test_restore_all_usage_errors_write_nothing(tmp_path):
+    agent = new_agent(str(tmp_path / "node"))
+    api = str(tmp_path / "api")
+    make_tree(api, {"a": "1"})
+    agent.write_jobs(fs_job("other", api))
+    agent.backup()
+    agent.write_jobs(fs_job("api", api))
+    target = str(tmp_path / "out")
+    nothing_yet = agent.run("restore", "--all", "--target", target)  # only an unconfigured job has one
+    assert nothing_yet.returncode == 2 and "no job" in nothing_yet.stderr
+    agent.backup()
+    for args, words in ((["--all"], "--target"), (["--all", "api:latest", "--target", target], "no SNAPSHOT"),
+                        (["--target", target], "SNAPSHOT"),
+                        (["--all", "--target", target, "--to-database", "x"], "--to-database")):
+        result = agent.run("restore", *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert words in result.stderr and "Traceback" not in result.stderr
+    assert not os.path.exists(target)
+
+
+def test_hosts_sharing_a_repository_restore_and_keep_their_own_snapshots(tmp_path):
+    repository = str(tmp_path / "shared-repo")
+    one, two = new_agent(str(tmp_path / "node-1")), new_agent(str(tmp_path / "node-2"))
+    _host(one, "node-1", repository)
+    _host(two, "node-2", repository)
+    tree_1, tree_2 = str(tmp_path / "api-1"), str(tmp_path / "api-2")
+    make_tree(tree_1, {"conf/server.xml": "<node-1/>", "lib/shared.jar": "j" * 20000})
+    make_tree(tree_2, {"conf/server.xml": "<node-2/>", "lib/shared.jar": "j" * 20000})
+    one.write_jobs(fs_job("api", tree_1) + _command_job("settings", "same"))
+    two.write_jobs(fs_job("api", tree_2) + _command_job("settings", "same"))
+    one.backup()
+    two.backup()  # newer, same job names, and the same dump bytes as node-1's
+
+    mine = {(snap["host"], snap["job"]) for snap in one.snapshots()}
+    assert mine == {(host, job) for host in ("node-1", "node-2") for job in ("api", "settings")}
+    for agent, tree in ((one, tree_1), (two, tree_2)):
+        target = str(tmp_path / f"out-{agent.base[-6:]}")
+        agent.run("restore", "api:latest", "--target", target, check=0)
+        assert read_tree(target) == read_tree(tree)
+    listed = json.loads(one.run("restore", "--all", "--target", str(tmp_path / "all-1"), "--json", check=0).stdout)
+    hosts = {snap["id"]: snap["host"] for snap in one.snapshots()}
+    assert {hosts[document["snapshot"]] for document in listed} == {"node-1"}
+
+    make_tree(tree_2, {"conf/server.xml": "<node-1/>"})  # node-2's tree now equals node-1's
+    two.backup()
+    latest_2 = [snap for snap in two.snapshots("api") if snap["host"] == "node-2"][-1]
+    assert latest_2["host"] == "node-2"
+    target = str(tmp_path / "out-2-again")
+    two.run("restore", "api:latest", "--target", target, check=0)
+    assert read_tree(target) == read_tree(tree_2)
