@@ -94,7 +94,7 @@ class BackupAgent(Tool):
         return f"{self.cmd} verify --read-data >/dev/null"
 
     def restore(self, target: str) -> str:
-        return "; ".join(f"{self.cmd} restore services-{s}:latest --target {target}/{s}" for s in SERVICES)
+        return f"{self.cmd} restore --all --target {target}"  # every service, as after losing the node
 
 
 class BackupAgentEncrypted(BackupAgent):
@@ -112,8 +112,7 @@ class BackupAgentEncrypted(BackupAgent):
         return f'[encryption]\nrecipients = ["{made.stdout.strip().splitlines()[-1]}"]\n'
 
     def restore(self, target: str) -> str:
-        return "; ".join(f"{self.cmd} restore services-{s}:latest --target {target}/{s} --identity {self.identity}"
-                         for s in SERVICES)
+        return f"{self.cmd} restore --all --target {target} --identity {self.identity}"
 
 
 class Restic(Tool):
