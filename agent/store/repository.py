@@ -63,11 +63,15 @@ _compressors = threading.local()  # zstd compressor objects must not be shared b
 
 
 class _Sealer:
-    """Writes one finished pack durably on a thread; `result` joins it and re-raises its error (disk full)."""
+    """Writes one finished pack durably on a thread; `result` joins it and re-raises its error (disk full).
+    `ended` notifies `done` when the thread is over, so a writer can wait for whichever of its packs ends
+    first."""
 
-    def __init__(self, pack: PackWriter) -> None:
+    def __init__(self, pack: PackWriter, done: threading.Condition) -> None:
         self._locations: List[Tuple[bytes, BlobLocation]] = []
         self._error: Optional[BaseException] = None
+        self._done = done
+        self.ended = False
         self._thread = threading.Thread(target=self._run, args=(pack,), name="pack-sealer", daemon=True)
         self._thread.start()
 
@@ -76,6 +80,10 @@ class _Sealer:
             self._locations = pack.finish()
         except BaseException as exc:  # handed to the writer's thread in result()
             self._error = exc
+        finally:
+            with self._done:
+                self.ended = True
+                self._done.notify_all()
 
     def result(self) -> List[Tuple[bytes, BlobLocation]]:
         self._thread.join()
@@ -102,6 +110,7 @@ class BlobWriter:
         # PUT's round trips leave the link idle (the backend says: `parallel_saves`); memory stays bounded
         # by that many packs plus the one being filled
         self._sealing: List[_Sealer] = []
+        self._sealed = threading.Condition()  # notified by each _Sealer as it ends
         self._max_sealing = max(1, int(getattr(repo.backend, "parallel_saves", 1)))
         self._compressor = Compressor()
         self.new_bytes = 0
@@ -165,9 +174,8 @@ class BlobWriter:
         unchanged."""
         if not len(self._pack):
             return
-        while len(self._sealing) >= self._max_sealing:
-            self._pending.extend(self._sealing.pop(0).result())
-        self._sealing.append(_Sealer(self._pack))
+        self._collect(self._max_sealing - 1)
+        self._sealing.append(_Sealer(self._pack, self._sealed))
         self._pack = self.repo.pack_writer()
         if self._cipher is not None:  # the finished pack's key is forgotten: this node cannot read it back
             self._data_key = self._cipher.data_key()
@@ -175,12 +183,22 @@ class BlobWriter:
         if self._packs_since_index >= _INDEX_EVERY_PACKS:
             self._write_index()
 
-    def _wait_sealed(self) -> None:
-        while self._sealing:
-            self._pending.extend(self._sealing.pop(0).result())
+    def _collect(self, room: int) -> None:
+        """Wait until at most `room` packs are still being sealed, taking the locations of those that
+        ended. Whichever ends first frees its slot: waiting for the oldest instead would leave the other
+        slots idle behind one slow (retried) upload."""
+        with self._sealed:
+            self._sealed.wait_for(lambda: sum(not sealer.ended for sealer in self._sealing) <= room)
+        ended: List[_Sealer] = []
+        running: List[_Sealer] = []
+        for sealer in self._sealing:  # one look per sealer: one may end meanwhile
+            (ended if sealer.ended else running).append(sealer)
+        self._sealing = running
+        for sealer in ended:
+            self._pending.extend(sealer.result())
 
     def _write_index(self) -> None:
-        self._wait_sealed()
+        self._collect(0)
         if self._pending:
             self.repo.index.write(self._pending)
             for blob_id, _ in self._pending:

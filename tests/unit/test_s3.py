@@ -4,7 +4,10 @@ immutable objects, parallel pack uploads; and the lock objects against the real 
 from __future__ import annotations
 
 import os
+import sys
 import threading
+import time
+import weakref
 
 import pytest
 
@@ -73,17 +76,43 @@ def test_the_cache_answers_whole_loads_of_immutable_objects_and_refetches_damage
     assert not (tmp_path / "cache" / "data").exists()  # packs are never cached
 
 
+_OVERLAP_BOUND_S = 20.0  # only a failure bound: with a right writer, no upload waits on it
+
+
+def _waiting_for_room(thread: threading.Thread) -> bool:
+    """Whether `thread` is blocked in BlobWriter._collect (it waits for a pack upload to end)."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    if frame is None or frame.f_code.co_name != "wait":
+        return False
+    while frame is not None:
+        if frame.f_code.co_name == "_collect":
+            return True
+        frame = frame.f_back
+    return False
+
+
 class _SlowStore(MemBackend):
-    """A memory backend whose saves of packs take a while, recording how many overlap."""
+    """A memory backend whose first three pack uploads are held until the third has begun and the writer
+    (`writer_thread`) waits for room or a fourth upload began; it records how many uploads run at once and
+    how many packs exist meanwhile (`packs`: every PackWriter made, held weakly, freed once uploaded)."""
 
     parallel_saves = 3
 
-    def __init__(self) -> None:
+    def __init__(self, writer_thread: threading.Thread) -> None:
         super().__init__()
+        self.writer_thread = writer_thread
         self.started = 0
         self.running = 0
         self.most = 0
+        self.most_packs = 0
+        self.gave_up = False
+        self.packs: weakref.WeakSet = weakref.WeakSet()
         self.guard = threading.Condition()
+
+    def _may_go_on(self) -> bool:
+        # `started` only grows: a waiter woken late still sees it (`running` falls again as soon as the
+        # third upload ends: a wait on it could miss that moment)
+        return self.gave_up or self.started > 3 or (self.started == 3 and _waiting_for_room(self.writer_thread))
 
     def save(self, handle, pieces) -> None:
         if handle.kind is Kind.DATA:
@@ -91,24 +120,72 @@ class _SlowStore(MemBackend):
                 self.started += 1
                 self.running += 1
                 self.most = max(self.most, self.running)
+                self.most_packs = max(self.most_packs, len(self.packs))
                 self.guard.notify_all()
-                if self.started <= 3:  # the first three wait for each other (in vain if saves ran one by one)
-                    self.guard.wait_for(lambda: self.running >= 3, timeout=120)
+                deadline = time.monotonic() + _OVERLAP_BOUND_S
+                while not self._may_go_on():  # polled: the writer's waiting is not announced
+                    if time.monotonic() > deadline:
+                        self.gave_up = True  # the other uploads stop waiting too: the test fails at once
+                        break
+                    self.guard.wait(0.01)
+                self.most_packs = max(self.most_packs, len(self.packs))
             with self.guard:
                 self.running -= 1
         super().save(handle, pieces)
 
 
 def test_packs_are_uploaded_several_at_once_where_the_backend_says_so():
-    store = _SlowStore()
+    store = _SlowStore(threading.current_thread())
     repo = Repository.open(store, create=True)
+    make_pack = repo.pack_writer
+
+    def tracked_pack():
+        pack = make_pack()
+        store.packs.add(pack)
+        return pack
+
+    repo.pack_writer = tracked_pack
     writer = repo.writer()
     for number in range(6):  # six incompressible packs of about 16 MiB
         writer.save(os.urandom(16 << 20) + bytes([number]))
     writer.flush()
+    assert not store.gave_up, "the third upload did not begin while two were in flight"
     assert store.most == 3
+    # memory: while three uploads were held, the writer filled one more pack and waited for room
+    assert store.most_packs == store.parallel_saves + 1
     assert len(store.list(Kind.DATA)) == 6
     assert len(Repository.open(store).index) == 6  # every pack indexed once durable
+
+
+class _OneSlowUpload(MemBackend):
+    """A memory backend whose first pack upload is held until three more have begun (a retried upload)."""
+
+    parallel_saves = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = 0
+        self.gave_up = False
+        self.guard = threading.Condition()
+
+    def save(self, handle, pieces) -> None:
+        if handle.kind is Kind.DATA:
+            with self.guard:
+                self.started += 1
+                self.guard.notify_all()
+                if self.started == 1 and not self.guard.wait_for(lambda: self.started >= 4, _OVERLAP_BOUND_S):
+                    self.gave_up = True
+        super().save(handle, pieces)
+
+
+def test_a_slow_upload_does_not_hold_up_the_slots_of_the_others():
+    store = _OneSlowUpload()
+    writer = Repository.open(store, create=True).writer()
+    for number in range(5):
+        writer.save(os.urandom(16 << 20) + bytes([number]))
+    writer.flush()
+    assert not store.gave_up, "the writer waited for the oldest upload while the other slots were free"
+    assert len(Repository.open(store).index) == 5
 
 
 def test_a_stale_lock_of_a_dead_process_does_not_keep_prune_out(tmp_path, s3_server):
