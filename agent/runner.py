@@ -122,6 +122,9 @@ def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional
                 result = _with_hooks(job, stop,
                                      lambda: _backup(config, job, repo, trigger, started, changes, stop,
                                                                             progress))
+                # a damaged index file the run worked around (agent.store.index): said in every report
+                # until prune rewrites the index
+                result = replace(result, warnings=result.warnings + tuple(repo.index_problems()))
         finally:
             if not shared:
                 repo.close()  # a shared repository's open packs may be in use by another run

@@ -129,7 +129,7 @@ def verify_repository(repo: Repository, read_data: bool = False, record: bool = 
     except (OSError, ValueError, RepositoryError) as exc:
         result.problems.append(f"index: {exc}")
         return result
-    result.problems.extend(f"index: {reason}" for reason in repo.index.unreadable.values())
+    result.problems.extend(f"index: {problem}" for problem in repo.index.problems())
     by_pack: Dict[bytes, Blobs] = defaultdict(list)
     for blob_id, loc in repo.index.items():
         by_pack[loc.pack].append((blob_id, loc))

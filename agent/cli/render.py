@@ -136,6 +136,7 @@ def prune(result: PruneResult, dry_run: bool) -> List[str]:
     lines.append(f"{plural(len(result.kept), 'snapshot')} kept, {len(result.removed)} {verb}"
                  + ("" if dry_run else f"; {plural(result.packs_deleted, 'pack')} deleted, "
                                        f"{result.packs_rewritten} rewritten, {size(result.bytes_freed)} freed"))
+    lines += [f"rewrote the index in place of the damaged index file {name}" for name in result.index_replaced]
     return lines
 
 

@@ -68,7 +68,8 @@ def drill(repo: Repository, target: DrillTarget, state_dir: str, spool: Optional
                        type=snapshot.type if snapshot else (target.job_type or "fs"), trigger="drill",
                        status="ok" if proof.ok else "failed", changed=False,
                        snapshot=snapshot.id if snapshot else None, started_at=started, finished_at=utc_now(),
-                       files=proof.files, bytes=proof.bytes, errors=proof.errors, warnings=proof.warnings,
+                       files=proof.files, bytes=proof.bytes, errors=proof.errors,
+                       warnings=proof.warnings + tuple(repo.index_problems()),
                        every_low=target.every_low, every_high=target.every_high, drill_every=target.drill_every,
                        tables=proof.tables)
     if spool is not None:

@@ -59,6 +59,7 @@ class PruneResult:
     packs_deleted: int = 0
     packs_rewritten: int = 0
     bytes_freed: int = 0
+    index_replaced: List[str] = field(default_factory=list)  # damaged index files the new index replaced
 
 
 def prune_repository(repo: Repository, policies: Dict[str, Retention], dry_run: bool = False) -> PruneResult:
@@ -101,34 +102,22 @@ def _used_blobs(repo: Repository, kept: List[Snapshot]) -> Set[bytes]:
     return used
 
 
-def _blobs_by_pack(repo: Repository, used: Set[bytes]) -> Dict[bytes, Blobs]:
-    """The index's blobs by pack, plus the needed blobs of packs no readable index names (an index file
-    that cannot be read, a crash between pack and index): their own blob lists (pack trailers) say
-    where they are, so the new index names them again."""
+def _blobs_by_pack(repo: Repository) -> Dict[bytes, Blobs]:
+    """The index's blobs by pack. The index holds the packs no readable index file names too (an index
+    file damaged or lost, a crash between pack and index), read from their own blob lists (pack
+    trailers), so the new index names again those a snapshot needs."""
     by_pack: Dict[bytes, Blobs] = {}
     for blob_id, loc in repo.index.items():
         by_pack.setdefault(loc.pack, []).append((blob_id, loc))
-    indexed = repo.index.ids()
-    missing = used - indexed
-    if not missing:
-        return by_pack
-    damaged = repo.index.damaged()
-    for pack in repo.packs():
-        if pack in by_pack:
-            continue
-        # every blob of the pack that no index names counts, so that its garbage is weighed too
-        found = [(blob_id, loc) for blob_id, loc in repo.pack_blobs(pack)
-                 if blob_id not in indexed and pack not in damaged.get(blob_id, ())]
-        if any(blob_id in missing for blob_id, _ in found):
-            by_pack[pack] = found
-            missing.difference_update(blob_id for blob_id, _ in found)
     return by_pack
 
 
 def _collect_garbage(repo: Repository, result: PruneResult) -> None:
     repo.index.reload()
     used = _used_blobs(repo, result.kept)
-    by_pack = _blobs_by_pack(repo, used)
+    by_pack = _blobs_by_pack(repo)
+    # a pack whose blob list cannot be read may hold what a snapshot misses: kept then, never guessed at
+    unknown = set(repo.index.unlisted) if used - repo.index.ids() else set()
     # a pack holding a copy found damaged is rewritten without it, whatever else it holds
     damaged_packs = {pack for packs in repo.index.damaged().values() for pack in packs}
     new_index: Blobs = []
@@ -153,10 +142,11 @@ def _collect_garbage(repo: Repository, result: PruneResult) -> None:
             new_index.extend(live)
     if len(writer):
         new_index.extend(writer.finish())
+    result.index_replaced = sorted(repo.index.unreadable)
     repo.replace_index(new_index)
     indexed = {loc.pack for _, loc in new_index}
     for pack, size in repo.packs().items():
-        if pack not in indexed:  # obsolete, or orphaned by a crash before its index was written
+        if pack not in indexed and pack not in unknown:  # obsolete, or orphaned by a crash before its index
             repo.remove_pack(pack)
             result.bytes_freed += size
             result.packs_deleted += 1

@@ -1,7 +1,13 @@
 """The index: where each blob lives (pack, offset, stored length, raw length, flags).
 
-Index files are append-only; each writer adds one file per batch of packs it wrote. A pack that no
-index names (a crash between pack and index) is invisible and is removed by prune.
+Index files are append-only; each writer adds one file per batch of packs it wrote. An index file is
+named by the SHA-256 of its content, checked when it is loaded: one that is empty, truncated, altered or
+malformed (or, encrypted, does not authenticate) is set aside, named in `unreadable`. Every pack that no
+intact index file names (its index file was damaged or lost, a crash came between pack and index, or
+another writer has not written its index yet) is then indexed in memory from the pack's own blob list
+(its trailer, agent.store.pack), so backups, restores and verify keep finding its blobs; prune writes
+them into the index it writes, and removes the damaged files (restic's `repair index` rebuilds the same
+way, from pack headers, but only when asked).
 
 Copies of blobs that `verify --read-data` found damaged (damage records, see damage.py) are left out of
 every lookup: a damaged blob is never deduplicated against, so the next backup that reads its content
@@ -14,9 +20,9 @@ import bisect
 import hashlib
 import struct
 import threading
-from typing import Dict, FrozenSet, Iterable, Iterator, KeysView, List, NamedTuple, Optional, Set, Tuple
+from typing import Callable, Dict, FrozenSet, Iterable, Iterator, KeysView, List, NamedTuple, Optional, Set, Tuple
 
-from agent.backend.base import Backend, Handle, Kind
+from agent.backend.base import Backend, BackendError, Handle, Kind, NotFound
 from agent.store.damage import decode_damage
 
 MAGIC = b"BAIX\x01"
@@ -40,6 +46,9 @@ class BlobLocation(NamedTuple):
     length: int
     raw_length: int
     flags: int
+
+
+PackReader = Callable[[bytes, int], List[Tuple[bytes, "BlobLocation"]]]
 
 
 def encode_index(entries: Iterable[Tuple[bytes, BlobLocation]]) -> bytes:
@@ -73,11 +82,19 @@ class Index:
     ids, and scanning the raw bytes for each costs about 1/70 of building the dict.
     """
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, read_pack: Optional[PackReader] = None) -> None:
+        """`read_pack(pack id, size in bytes)`: the blobs a pack's own trailer lists, raising ValueError
+        for a malformed pack (Repository.pack_blobs); without it (tests of the index alone), packs no
+        index file names stay invisible."""
         self.backend = backend
+        self._read_pack = read_pack
         self._damaged: Dict[bytes, FrozenSet[bytes]] = {}  # blob id -> packs holding a damaged copy
         self._damage_files: Set[str] = set()
         self.unreadable: Dict[str, str] = {}  # index file name -> why it could not be loaded
+        self.rebuilt: Set[bytes] = set()  # packs no intact index file names, indexed from their trailers
+        self.unlisted: Dict[bytes, str] = {}  # such packs whose trailer cannot be read -> why
+        self._named: Set[bytes] = set()  # packs some loaded segment names
+        self._packs_listed = False
         self._listed = False
         self._blobs: Dict[bytes, int] | None = None
         self._segments: List[Tuple[int, bytes, List[bytes]]] = []  # (first row, entries, pack ids)
@@ -183,6 +200,7 @@ class Index:
         with self._lock:
             self._listed, self._blobs, self._loaded, self._segments, self._bases, self._rows = \
                 False, None, set(), [], [], 0
+            self._named, self.rebuilt, self.unlisted, self._packs_listed = set(), set(), {}, False
             self._damaged, self._damage_files = {}, set()
             self._scans_left = _SCANS_BEFORE_DICT
 
@@ -206,15 +224,23 @@ class Index:
         self.refresh()
 
     def _add_file(self, name: str, data: bytes) -> None:
-        if not data.startswith(MAGIC):
-            raise ValueError(f"{self.backend.describe(Handle(Kind.INDEX, name))}: not an index file")
+        """Load one index file; raises ValueError naming it if it is not intact."""
+        where = self.backend.describe(Handle(Kind.INDEX, name))
+        if not data:
+            raise ValueError(f"{where}: empty index file")
+        if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 4:
+            raise ValueError(f"{where}: not an index file")
         (count,) = struct.unpack_from("<I", data, len(MAGIC))
         start = len(MAGIC) + 4
-        packs = [data[start + 32 * i: start + 32 * (i + 1)] for i in range(count)]
-        body = data[start + 32 * count:]
+        if start + 32 * count > len(data) or (len(data) - start - 32 * count) % _ENTRY.size:
+            raise ValueError(f"{where}: truncated index file")
+        if hashlib.sha256(data).hexdigest() != name:  # a flipped byte: a wrong location or a wrong id
+            raise ValueError(f"{where}: content does not match its name (damaged)")
+        self._add_segment(data[start + 32 * count:], [data[start + 32 * i: start + 32 * (i + 1)] for i in range(count)])
+        self._loaded.add(name)
+
+    def _add_segment(self, body: bytes, packs: List[bytes]) -> None:
         size = _ENTRY.size
-        if len(body) % size:
-            raise ValueError(f"{self.backend.describe(Handle(Kind.INDEX, name))}: truncated index file")
         rows = len(body) // size
         if self._blobs is not None:
             self._blobs.update(zip([body[i:i + 32] for i in range(0, len(body), size)],
@@ -222,9 +248,33 @@ class Index:
         self._segments.append((self._rows, body, packs))
         self._bases.append(self._rows)
         self._rows += rows
-        self._loaded.add(name)
+        self._named.update(packs)
         if self._damaged and self._blobs is not None:
             self._skip_damaged(self._damaged)
+
+    def _index_unnamed_packs(self) -> None:
+        """Index, from their own trailers, the packs no loaded segment names (see the module docstring)."""
+        if self._read_pack is None:
+            return
+        self._packs_listed = True
+        for info in self.backend.list(Kind.DATA):
+            try:
+                pack = bytes.fromhex(info.name)
+            except ValueError:  # not a pack's name: nothing of the repository's
+                continue
+            if len(pack) != 32 or pack in self._named or pack in self.unlisted:
+                continue
+            try:
+                entries = self._read_pack(pack, info.size)
+            except NotFound:  # removed since it was listed
+                continue
+            except (ValueError, BackendError, OSError) as exc:
+                self.unlisted[pack] = str(exc)
+                continue
+            self.rebuilt.add(pack)
+            # a copy an intact file names stays the one found: the other is garbage, weighed as such by prune
+            self._add_segment(b"".join(_ENTRY.pack(blob_id, 0, loc.offset, loc.length, loc.raw_length, loc.flags)
+                                       for blob_id, loc in entries if self._row(blob_id) is None), [pack])
 
     def refresh(self) -> bool:
         """Load index files and damage records written since the last look (by this or another
@@ -235,6 +285,8 @@ class Index:
             reset = not (self._loaded <= names and self._damage_files <= damage)
             if reset:
                 self.drop()
+            # packs are listed on a first load and when a file turns out unreadable, not on every look
+            look_at_packs = not self._packs_listed
             self._listed = True
             new_damage = sorted(damage - self._damage_files)
             if new_damage:
@@ -249,15 +301,32 @@ class Index:
                 self._damaged = {key: frozenset(packs) for key, packs in found.items()}
                 self._damage_files |= set(new_damage)
                 self._skip_damaged(self._damaged)
-            self.unreadable = {}
+            unreadable = {}
             for name in sorted(names - self._loaded):
                 try:
                     self._add_file(name, self.backend.load(Handle(Kind.INDEX, name)))
-                except (ValueError, struct.error) as exc:
-                    # one bad index file must not stop every backup: its blobs look absent (a backup
-                    # stores them again), verify names it and prune refuses to delete anything
-                    self.unreadable[name] = str(exc)
+                except NotFound:  # removed since it was listed: the next look starts over
+                    continue
+                except (ValueError, BackendError, OSError) as exc:
+                    # one bad index file must not stop every backup: its packs are indexed from their
+                    # own trailers below, verify names it and prune replaces it
+                    unreadable[name] = str(exc)
+            look_at_packs = look_at_packs or bool(set(unreadable) - set(self.unreadable))
+            self.unreadable = unreadable
+            if look_at_packs:
+                self._index_unnamed_packs()
             return reset
+
+    def problems(self) -> List[str]:
+        """What is wrong with the loaded index, one message per damaged index file or pack trailer, each
+        naming the object (empty: nothing, or not loaded)."""
+        with self._lock:
+            found = [f"{reason}; the packs no intact index file names were indexed from their own blob "
+                     "lists instead, and `prune` rewrites the index" for _, reason in sorted(self.unreadable.items())]
+            found.extend(f"{self.backend.describe(Handle(Kind.DATA, pack.hex()))}: named by no index file, and "
+                         f"its own blob list cannot be read ({reason})"
+                         for pack, reason in sorted(self.unlisted.items()))
+            return found
 
     def __contains__(self, blob_id: bytes) -> bool:
         blobs = self._blobs

@@ -2,7 +2,8 @@
 
 Layout: MAGIC, the stored blobs back to back, then a trailer listing them (id, flags, offset, lengths),
 its entry count and TRAILER_MAGIC. The index is the fast path; the trailer lets a damaged index be
-rebuilt from the packs alone. A pack's name is the SHA-256 of its content.
+rebuilt from the packs alone (agent.store.index re-indexes, in memory, every pack no intact index file
+names). A pack's name is the SHA-256 of its content.
 
 A pack of an encrypted repository begins with SEALED_MAGIC; its blobs are sealed by the writer
 (agent.crypt.seal) and its trailer is sealed under the metadata key, followed by the sealed trailer's
@@ -14,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import threading
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
 import zstandard
 
@@ -101,24 +102,50 @@ class PackWriter:
                 for blob_id, flags, offset, length, raw in _TRAILER_ENTRY.iter_unpack(self._trailer)]
 
 
-def read_trailer(data: bytes,
-                 cipher: Optional[RepositoryCipher] = None) -> Optional[List[Tuple[bytes, int, int, int, int]]]:
-    """The blob list of a whole pack's bytes, or None if the pack is malformed (or, sealed, does not
-    authenticate or cannot be read without `cipher`)."""
-    if data.startswith(SEALED_MAGIC) and data.endswith(TRAILER_MAGIC) and len(data) >= len(MAGIC) + 8:
-        (size,) = struct.unpack_from("<I", data, len(data) - 8)
-        start = len(data) - 8 - size
-        if cipher is None or start < len(MAGIC):
-            return None
-        try:
-            trailer = cipher.open_meta(data[start:len(data) - 8], _TRAILER_AAD, "pack trailer")
-        except ValueError:
-            return None
-        return list(_TRAILER_ENTRY.iter_unpack(trailer)) if not len(trailer) % _TRAILER_ENTRY.size else None
-    if not data.startswith(MAGIC) or not data.endswith(TRAILER_MAGIC) or len(data) < len(MAGIC) + 8:
+_TAIL = 64 * 1024  # one read holds the trailer of a pack of up to ~1,500 blobs
+
+
+def read_trailer_range(load: Callable[[int, int], bytes], size: int,
+                       cipher: Optional[RepositoryCipher] = None) -> Optional[List[Tuple[bytes, int, int, int, int]]]:
+    """The blob list (id, flags, offset, stored length, raw length) of a pack of `size` bytes, read
+    through `load(offset, length)`: its first bytes and its tail (one more read for a long trailer), not
+    the whole pack. None if the pack is malformed, lists a blob outside its body, or (sealed) does not
+    authenticate or cannot be read without `cipher`."""
+    if size < len(MAGIC) + 8:
         return None
-    (count,) = struct.unpack_from("<I", data, len(data) - 8)
-    start = len(data) - 8 - count * _TRAILER_ENTRY.size
+    tail_at = max(0, size - _TAIL)
+    tail = load(tail_at, size - tail_at)
+    head = tail[:len(MAGIC)] if tail_at == 0 else load(0, len(MAGIC))
+    if len(tail) != size - tail_at or not tail.endswith(TRAILER_MAGIC):
+        return None
+    sealed = head == SEALED_MAGIC
+    if not sealed and head != MAGIC:
+        return None
+    (number,) = struct.unpack_from("<I", tail, len(tail) - 8)  # sealed: the trailer's length, else its entries
+    start = size - 8 - (number if sealed else number * _TRAILER_ENTRY.size)
     if start < len(MAGIC):
         return None
-    return list(_TRAILER_ENTRY.iter_unpack(data[start:len(data) - 8]))
+    if start < tail_at:
+        tail, tail_at = load(start, size - start), start
+        if len(tail) != size - start:
+            return None
+    trailer = tail[start - tail_at:len(tail) - 8]
+    if sealed:
+        if cipher is None:
+            return None
+        try:
+            trailer = cipher.open_meta(trailer, _TRAILER_AAD, "pack trailer")
+        except ValueError:
+            return None
+        if len(trailer) % _TRAILER_ENTRY.size:
+            return None
+    entries = list(_TRAILER_ENTRY.iter_unpack(trailer))
+    if any(offset < len(MAGIC) or offset + length > start for _, _, offset, length, _ in entries):
+        return None
+    return entries
+
+
+def read_trailer(data: bytes,
+                 cipher: Optional[RepositoryCipher] = None) -> Optional[List[Tuple[bytes, int, int, int, int]]]:
+    """The blob list of a whole pack's bytes (see read_trailer_range)."""
+    return read_trailer_range(lambda offset, length: data[offset:offset + length], len(data), cipher)

@@ -23,7 +23,7 @@ from agent.backend import CONFIG_NAME, Backend, BackendError, Handle, Kind, NotF
 from agent.store.chunker import Chunker, ChunkerParams
 from agent.store.damage import encode_damage
 from agent.store.index import KIND_DATA, KIND_TREE, BlobLocation, Index, kind_of
-from agent.store.pack import TARGET_SIZE, Compressor, PackWriter, decode_blob, read_trailer
+from agent.store.pack import TARGET_SIZE, Compressor, PackWriter, decode_blob, read_trailer_range
 from agent.store.snapshots import DamagedSnapshot, RepositoryError, Snapshot, SnapshotStore, load_config, new_config
 
 if TYPE_CHECKING:
@@ -242,7 +242,7 @@ class Repository:
         self.backend: Backend = open_backend(location) if isinstance(location, str) else location
         self.location = self.backend.location
         self.config: dict = {}
-        self.index = Index(self.backend)
+        self.index = Index(self.backend, self.pack_blobs)
         self._snapshots = SnapshotStore(self.backend)
         self._chunker: Optional[Chunker] = None
         self._stream_chunker: Optional[Chunker] = None
@@ -299,7 +299,7 @@ class Repository:
                 raise KeyUnusable(str(exc)) from None
             except ValueError as exc:  # a config.json that does not authenticate
                 raise RepositoryError(str(exc)) from None
-            repo.index = Index(repo.backend)  # index files and snapshot documents are sealed
+            repo.index = Index(repo.backend, repo.pack_blobs)  # index files and snapshot documents are sealed
             repo._snapshots = SnapshotStore(repo.backend)
         return repo
 
@@ -428,19 +428,28 @@ class Repository:
         except NotFound:
             return None
 
-    def pack_blobs(self, pack_id: bytes) -> List[Tuple[bytes, BlobLocation]]:
-        """The blobs a pack's own trailer lists (empty if the pack is missing or malformed): where its
-        blobs are when no index names it."""
-        data = self.load_pack(pack_id)
-        entries = read_trailer(data, self.cipher) if data is not None else None
+    def pack_blobs(self, pack_id: bytes, size: int) -> List[Tuple[bytes, BlobLocation]]:
+        """The blobs a pack of `size` bytes lists in its own trailer (read by range, not whole): where its
+        blobs are when no index names it. Raises ValueError naming the pack if it is malformed (or,
+        encrypted, its trailer does not authenticate), NotFound if it is missing."""
+        handle = Handle(Kind.DATA, pack_id.hex())
+        entries = read_trailer_range(lambda offset, length: self.backend.load(handle, length, offset), size,
+                                     self.cipher)
+        if entries is None:
+            raise ValueError("malformed, or its blob list does not authenticate")
         return [(blob_id, BlobLocation(pack_id, offset, length, raw, flags))
-                for blob_id, flags, offset, length, raw in entries or ()]
+                for blob_id, flags, offset, length, raw in entries]
 
     def describe_pack(self, pack_id: bytes) -> str:
         return self.backend.describe(Handle(Kind.DATA, pack_id.hex()))
 
     def remove_pack(self, pack_id: bytes) -> None:
         self.backend.remove(Handle(Kind.DATA, pack_id.hex()))
+
+    def index_problems(self) -> List[str]:
+        """Damaged index files (and unreadable pack trailers) of the loaded index, each message naming the
+        object and what was done instead (see agent.store.index); empty if the index is not loaded."""
+        return self.index.problems() if self.index.loaded else []
 
     def replace_index(self, entries: List[Tuple[bytes, BlobLocation]]) -> None:
         """Write `entries` as the complete index, then remove every other index file and the damage

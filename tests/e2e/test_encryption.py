@@ -216,8 +216,13 @@ def test_a_flipped_byte_in_any_object_is_an_authentication_error_naming_it(encry
     verify = agent.run("verify", "--read-data", "--identity", identity)
     restore = agent.run("restore", "svc:latest", "--target", out, "--identity", identity)
     for result in (verify, restore):
-        assert result.returncode in (1, 2) and "Traceback" not in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr, result.stderr
     assert verify.returncode == 1
+    if kind == "index":  # worked around: the packs' own (authenticated) blob lists index them
+        assert restore.returncode == 0 and path in restore.stderr and "authentication failed" in restore.stderr
+        assert set(read_tree(out)) == set(read_tree(src))
+    else:
+        assert restore.returncode in (1, 2), restore.stderr
     shown = verify.stdout + verify.stderr
     if kind in ("data", "packkeys"):
         # the node alone sees the pack's bytes no longer match its (authenticated) name, or the key named

@@ -295,3 +295,38 @@ def test_damage_is_said_in_words_without_python_class_names(agent, tmp_path):
     status = agent.run("status")
     for text in (listing.stderr, result.stderr, report["errors"][0], status.stdout + status.stderr):
         assert "JSONDecodeError" not in text and "RepositoryError" not in text, text
+
+
+def test_a_truncated_index_file_is_worked_around_named_and_rewritten_by_prune(agent, tmp_path):
+    """A power loss left an index file truncated: its packs are indexed from their own blob lists, so a
+    backup deduplicates against them, a restore is exact and verify names the file; prune rewrites the
+    index, and then everything verifies."""
+    src = str(tmp_path / "svc")
+    jar = os.urandom(300_000)
+    make_tree(src, {"conf/server.xml": "<Server port='8005'/>" * 100, "lib/x.jar": jar})
+    agent.write_jobs(fs_job("svc", src, extra="retention = { keep_last = 5 }"))
+    agent.backup()
+    index_dir = os.path.join(agent.repository, "index")
+    [name] = os.listdir(index_dir)
+    damaged = os.path.join(index_dir, name)
+    with open(damaged, "r+b") as handle:
+        handle.truncate(os.path.getsize(damaged) // 2)
+    make_tree(src, {"lib/copy.jar": jar, "conf/new.xml": "<new/>"})  # the jar again: nothing new to store
+
+    [report] = agent.backup()
+    assert report["status"] == "ok" and report["new_bytes"] == len("<new/>"), report
+    assert any(damaged in note and "`prune` rewrites the index" in note for note in report["warnings"]), report
+    target = str(tmp_path / "out")
+    restored = agent.run("restore", "svc:latest", "--target", target)
+    assert restored.returncode == 0 and damaged in restored.stderr, restored.stderr
+    assert subprocess.run(["diff", "-r", src, target]).returncode == 0
+    verify = agent.run("verify")
+    assert verify.returncode == 1 and damaged in verify.stdout + verify.stderr, verify.stdout + verify.stderr
+    assert "truncated" in verify.stdout + verify.stderr
+    pruned = agent.run("prune")
+    assert pruned.returncode == 0 and not os.path.exists(damaged)
+    assert f"in place of the damaged index file {name}" in pruned.stdout + pruned.stderr
+    after = agent.run("verify", "--read-data")
+    assert after.returncode == 0, after.stdout + after.stderr
+    for result in (restored, verify, pruned, after):
+        assert "Traceback" not in result.stdout + result.stderr

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from agent.backend import Handle, Kind, LocalBackend
+from agent.backend import Handle, Kind, LocalBackend, NotFound
 from agent.backend.faulty import Faults, FaultyBackend
 from agent.backend.mem import MemBackend
 from agent.checker import verify_repository
@@ -136,14 +136,14 @@ def test_a_backup_whose_writes_fail_leaves_no_snapshot_and_a_verifiable_reposito
         after = Repository.open(inner)
         assert len(after.snapshots()) == 1 and verify_repository(after).ok
         return
-    # a torn write the storage did not report: the snapshot exists, its blobs look unindexed; verify
-    # names the index file, prune deletes nothing, and the next backup of the same data repairs it
-    torn = store_files(broken, "svc", {"b": b"torn" * 3000})
+    # a torn write the storage did not report: the snapshot exists, its index file is torn; its packs are
+    # indexed from their own blob lists, verify names the index file, and prune writes a whole index
+    store_files(broken, "svc", {"b": b"torn" * 3000})
     after = Repository.open(inner)
     result = verify_repository(after)
-    assert any(problem.startswith("index: ") and "truncated" in problem for problem in result.problems)
-    assert any(torn.id[:12] in where for affected in result.affected.values() for where in affected)
-    # prune finds the torn index's blobs through their packs' own blob lists and indexes them again
+    assert [problem for problem in result.problems if problem.startswith("index: ")] == result.problems
+    assert len(result.problems) == 1 and "truncated" in result.problems[0] and "prune" in result.problems[0]
+    assert not result.damaged and not result.affected
     prune_repository(after, {"svc": Retention(5, 0, 0, 0)})
     assert verify_repository(Repository.open(inner), read_data=True).ok
 
@@ -180,10 +180,13 @@ def test_history_and_pack_lists_are_per_job_and_per_pack():
     mine = store_files(repo, "svc", {"a": b"1"})
     store_files(repo, "db", {"d": b"2"})
     assert [snap.id for snap in repo.history("svc")] == [mine.id]
-    assert repo.pack_blobs(b"\x00" * 32) == []
+    with pytest.raises(NotFound):
+        repo.pack_blobs(b"\x00" * 32, 100)
     blob = bytes.fromhex(mine.tree[0])
     loc = repo.index.get(blob)
-    assert (blob, loc) in repo.pack_blobs(loc.pack)
+    assert (blob, loc) in repo.pack_blobs(loc.pack, repo.packs()[loc.pack])
+    with pytest.raises(ValueError, match="malformed"):
+        repo.pack_blobs(loc.pack, repo.packs()[loc.pack] - 1)
 
 
 def test_prepared_blobs_are_stored_once_and_read_back(tmp_path):

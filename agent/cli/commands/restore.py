@@ -7,8 +7,9 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Tuple
 
 import agent.cli.render as render
 from agent.cli import snapshot_ref
@@ -73,7 +74,7 @@ def restore(config, options: RestoreOptions) -> int:
         raise UsageError("give a SNAPSHOT (an id, JOB:latest, ...) or --all")
     repo = open_repository(config)
     require_identity(repo, config, required=True)
-    with repo.lock(exclusive=False, purpose="restore"):
+    with repo.lock(exclusive=False, purpose="restore"), _index_warnings(repo):
         if not options.every_job:
             return _restore_one(config, repo, snapshot_ref.resolve(config, repo, options.snapshot), options)
         try:
@@ -142,6 +143,16 @@ def _restore_one(config, repo, snapshot: Snapshot, options: RestoreOptions,
     for line in restore_lines(result, snapshot, options.target, options.dry_run):
         err(line)
     return EXIT_FAILED if result.errors or result.conflicts else EXIT_OK
+
+
+@contextmanager
+def _index_warnings(repo) -> Iterator[None]:
+    """Warn, after the restore, of damaged index files it worked around (see agent.store.index)."""
+    try:
+        yield
+    finally:
+        for problem in repo.index_problems():
+            warning(problem)
 
 
 def _excluded_by_job(config: Config, snapshot: Snapshot) -> Optional[Callable[[str, bool], bool]]:
