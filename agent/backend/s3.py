@@ -25,8 +25,7 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Protocol, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Protocol, Sequence, Tuple
 from urllib.parse import urlsplit
 
 from agent.backend.base import (
@@ -40,7 +39,9 @@ from agent.backend.base import (
     check_name,
     config_listing,
 )
-from agent.backend.s3lock import Listed, S3Lock, remove_dead_locks
+
+if TYPE_CHECKING:  # the lock's module loads when a lock is taken: a local repository's commands never need it
+    from agent.backend.s3lock import Listed, S3Lock
 
 SCHEME = "s3:"
 _ATTEMPTS = 8           # botocore's standard mode: backoff min(2^n * random, 20 s) between attempts
@@ -155,31 +156,9 @@ class S3Backend:
             # a forked child (verify's workers) must not share the parent's pooled connections: two
             # processes reading answers from one socket get each other's bytes
             if self._client is None or self._pid != os.getpid():
-                self._client = self._make_client()
+                self._client = _client_for(self.where.endpoint, self._options)
                 self._pid = os.getpid()
             return self._client
-
-    def _make_client(self) -> Any:
-        import boto3
-        from botocore.config import Config
-
-        keys = read_credentials(str(self._options.credentials_file))
-        config = Config(
-            region_name=self._options.region or "us-east-1",
-            signature_version="s3v4",
-            s3={"addressing_style": "path"},
-            retries={"mode": "standard", "max_attempts": _ATTEMPTS},
-            connect_timeout=_CONNECT_TIMEOUT, read_timeout=_READ_TIMEOUT,
-            max_pool_connections=POOL_SIZE,
-            # integrity is ours (content-named objects re-hashed on read, Content-MD5 on every PUT);
-            # the newer default (aws-chunked trailing checksums) is not understood by every server
-            request_checksum_calculation="when_required", response_checksum_validation="when_required",
-            tcp_keepalive=True)
-        verify: Any = self._options.ca_file if self._options.ca_file else True
-        # a session of its own: nothing from the environment or ~/.aws is mixed in
-        session = boto3.session.Session(aws_access_key_id=keys.access_key,
-                                        aws_secret_access_key=keys.secret_key)
-        return session.client("s3", endpoint_url=self.where.endpoint, config=config, verify=verify)
 
     def _call(self, operation: str, what: str, **params: Any) -> Any:
         """One client call; a botocore error becomes NotFound or BackendError with a message naming the
@@ -299,6 +278,8 @@ class S3Backend:
     def list_keys(self, prefix: str) -> Tuple[List[Listed], float]:
         """Every object under `prefix` (a full key prefix), and the server's clock at the answer (the
         Date header, seconds since the epoch): lock staleness is judged by the server's clock alone."""
+        from agent.backend.s3lock import Listed
+
         listed: List[Listed] = []
         token: Optional[str] = None
         now = 0.0
@@ -329,11 +310,15 @@ class S3Backend:
                                "(append-only node keys cannot prune; run prune where such keys are)") from None
 
     def lock(self, exclusive: bool, purpose: str) -> S3Lock:
+        from agent.backend.s3lock import S3Lock
+
         return S3Lock(self, exclusive, purpose)
 
     def remove_leftovers(self) -> int:
         """Objects are never written under temporary names; what killed runs leave (unindexed packs)
         is prune's to collect, and lock objects that ended or went stale are removed here."""
+        from agent.backend.s3lock import remove_dead_locks
+
         return remove_dead_locks(self)
 
     def release(self, kind: Optional[Kind] = None) -> None:
@@ -342,6 +327,47 @@ class S3Backend:
 
     def close(self) -> None:
         self._packs.clear()  # the client's connection pool is reused by the next call
+
+
+_clients: Dict[Tuple[int, str, Optional[str], Optional[str], Keys], Any] = {}
+_clients_lock = threading.Lock()
+
+
+def _client_for(endpoint: str, options: S3Options) -> Any:
+    """The botocore S3 client for `endpoint` with these settings and keys: made once per process (a client
+    costs ~70 ms of service-model loading and keeps the connection pool), shared by every S3Backend of the
+    process (botocore clients are thread-safe). Keyed by pid too: a forked child makes its own."""
+    keys = read_credentials(str(options.credentials_file))
+    key = (os.getpid(), endpoint, options.region, options.ca_file, keys)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = _make_client(endpoint, options, keys)
+        return client
+
+
+def _make_client(endpoint: str, options: S3Options, keys: Keys) -> Any:
+    # botocore alone, not boto3: boto3's import pulls in s3transfer and its managers (about 50 ms of every
+    # command's start) for nothing this backend calls
+    import botocore.session
+    from botocore.config import Config
+
+    config = Config(
+        region_name=options.region or "us-east-1",
+        signature_version="s3v4",
+        s3={"addressing_style": "path"},
+        retries={"mode": "standard", "max_attempts": _ATTEMPTS},
+        connect_timeout=_CONNECT_TIMEOUT, read_timeout=_READ_TIMEOUT,
+        max_pool_connections=POOL_SIZE,
+        # integrity is ours (content-named objects re-hashed on read, Content-MD5 on every PUT);
+        # the newer default (aws-chunked trailing checksums) is not understood by every server
+        request_checksum_calculation="when_required", response_checksum_validation="when_required",
+        tcp_keepalive=True)
+    verify: Any = options.ca_file if options.ca_file else True
+    # the keys are handed to this client alone: never the environment's or ~/.aws's
+    return botocore.session.Session().create_client(
+        "s3", endpoint_url=endpoint, config=config, verify=verify,
+        aws_access_key_id=keys.access_key, aws_secret_access_key=keys.secret_key)
 
 
 class _RecentPacks:
@@ -400,6 +426,8 @@ class _PastTheEnd(BackendError):
 
 def server_time(headers: Dict[str, Any]) -> float:
     """The Date header as seconds since the epoch (0.0 without one)."""
+    from email.utils import parsedate_to_datetime
+
     stamp = headers.get("date")
     if not stamp:
         return 0.0
@@ -409,5 +437,5 @@ def server_time(headers: Dict[str, Any]) -> float:
         return 0.0
 
 
-__all__ = ["AccessDenied", "Keys", "Listed", "S3Backend", "S3Location", "S3Options", "is_s3", "parse_location",
+__all__ = ["AccessDenied", "Keys", "S3Backend", "S3Location", "S3Options", "is_s3", "parse_location",
            "read_credentials", "server_time"]

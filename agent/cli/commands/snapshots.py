@@ -3,30 +3,37 @@
 from __future__ import annotations
 
 import argparse
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 import agent.cli.render as render
 from agent.cli import snapshot_ref
 from agent.cli.common import EXIT_OK, check_jobs, load_config, open_repository, print_json, repository_exists, warning
 from agent.text import plural
 
+if TYPE_CHECKING:
+    from agent.store import Repository
 
-def snapshot_rows(config, job: Optional[str] = None) -> List[Dict]:
+
+def snapshot_rows(config, job: Optional[str] = None, repo: Optional[Repository] = None) -> List[Dict]:
     """`snapshots --json`'s rows, oldest first: {"id", "job", "host" (hosts may share a repository), "time",
     "trigger", "files", "bytes", "partial"
     (a file could not be read), "changes" ({"added", "removed", "changed"} entries since the job's previous
-    snapshot, for change-triggered snapshots; else null)}."""
-    if not repository_exists(config):
-        return []
+    snapshot, for change-triggered snapshots; else null)}. `repo`: the repository already opened."""
+    if repo is None:
+        if not repository_exists(config):
+            return []
+        repo = open_repository(config)
     return [{"id": snap.id, "job": snap.job, "host": snap.host, "time": snap.time, "trigger": snap.trigger,
              "files": snap.files, "bytes": snap.bytes, "partial": snap.partial, "changes": snap.changes}
-            for snap in open_repository(config).snapshots(job)]
+            for snap in repo.snapshots(job)]
 
 
 def snapshots(config, job: Optional[str] = None, as_json: bool = False) -> int:
-    rows = snapshot_rows(config, job)
-    if (rows or not job) and repository_exists(config):
-        for damaged in open_repository(config).damaged_snapshots():
+    # opened once: on object storage every opening costs requests
+    repo = open_repository(config) if repository_exists(config) else None
+    rows = snapshot_rows(config, job, repo) if repo is not None else []
+    if repo is not None and (rows or not job):
+        for damaged in repo.damaged_snapshots():
             warning(damaged.reason)  # "snapshot X is damaged: FILE is ..."
     if job and not rows:
         check_jobs(config, [job])  # a job that is gone from the configuration still lists its snapshots
