@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import sys
 import threading
-from typing import Callable, List, NamedTuple, Optional, Protocol, Sequence, Union
+from typing import Callable, ContextManager, List, NamedTuple, Optional, Protocol, Sequence, Union
 
 from agent.durable import LockTimeout
 
@@ -127,6 +127,11 @@ class Backend(Protocol):
     def remove(self, handle: Handle) -> None:
         """Delete the object (and let go of anything cached for it)."""
 
+    def read_ahead(self, handles: Sequence[Handle]) -> ContextManager[None]:
+        """A hint, for the length of the context: these objects will be loaded next, in this order (a
+        restore's packs). A remote backend fetches a few of them ahead of the loads, within bounded
+        memory; loads give the same bytes and raise the same errors with or without it."""
+
     def lock(self, exclusive: bool, purpose: str) -> RepositoryLock:
         """The repository lock, not yet acquired; `purpose` is shown to whoever waits for it."""
 
@@ -171,6 +176,9 @@ class Wrapper:
 
     def remove(self, handle: Handle) -> None:
         self.inner.remove(handle)
+
+    def read_ahead(self, handles: Sequence[Handle]) -> ContextManager[None]:
+        return self.inner.read_ahead(handles)
 
     def lock(self, exclusive: bool, purpose: str) -> RepositoryLock:
         return self.inner.lock(exclusive, purpose)

@@ -15,12 +15,13 @@ instant leaves the object complete or absent. Packs are read with pread(2) throu
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 import threading
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, ContextManager, Dict, List, Optional, Sequence
 
 from agent.backend.base import Buffer, FileInfo, Handle, Kind, NotFound, check_name, config_listing
 from agent.durable import FileLock, fsync_dir, make_private_dirs, write_temp
@@ -183,6 +184,9 @@ class LocalBackend:
         except FileNotFoundError:
             pass
         return found
+
+    def read_ahead(self, handles: Sequence[Handle]) -> ContextManager[None]:
+        return contextlib.nullcontext()  # a load costs no round trip here: nothing to fetch ahead
 
     def remove(self, handle: Handle) -> None:
         path = self._path(handle)

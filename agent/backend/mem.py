@@ -6,9 +6,10 @@ process, so it is never offered to users.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 from agent.backend.base import Buffer, FileInfo, Handle, Kind, LockTimeout, NotFound, _print_wait, check_name
 
@@ -113,6 +114,9 @@ class MemBackend:
         with self._guard:
             found = [FileInfo(name, len(data)) for (each, name), data in self._objects.items() if each is kind]
         return sorted(found, key=lambda info: info.name)
+
+    def read_ahead(self, handles: Sequence[Handle]) -> ContextManager[None]:
+        return contextlib.nullcontext()  # a load costs no round trip here: nothing to fetch ahead
 
     def remove(self, handle: Handle) -> None:
         with self._guard:

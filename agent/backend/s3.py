@@ -20,12 +20,27 @@ a message or an object.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Protocol, Sequence, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    ContextManager,
+    Dict,
+    Iterator,
+    List,
+    NamedTuple,
+    Optional,
+    Protocol,
+    Sequence,
+    Tuple,
+)
 from urllib.parse import urlsplit
 
 from agent.backend.base import (
@@ -295,6 +310,11 @@ class S3Backend:
                 return listed, now
             token = answer.get("NextContinuationToken")
 
+    def read_ahead(self, handles: Sequence[Handle]) -> ContextManager[None]:
+        return self._packs.ahead([handle.name for handle in handles if handle.kind is Kind.DATA],
+                                 lambda name: self.get(self.key(Handle(Kind.DATA, name)),
+                                                       self.describe(Handle(Kind.DATA, name))))
+
     def remove(self, handle: Handle) -> None:
         what = self.describe(handle)
         # S3 answers 204 for a missing key too; the interface says NotFound (prune counts what it freed)
@@ -383,6 +403,22 @@ class _RecentPacks:
         self._whole: OrderedDict[str, bytes] = OrderedDict()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
+        self._ahead: Optional[_ReadAhead] = None
+
+    @contextlib.contextmanager
+    def ahead(self, names: Sequence[str], fetch: Callable[[str], bytes]) -> Iterator[None]:
+        """Fetch the packs `names` whole, a few at once, ahead of the reads that need them (see
+        _ReadAhead), except those kept already; the fetches still running when the context ends are waited
+        for, the rest dropped."""
+        with self._lock:
+            ahead = _ReadAhead([name for name in names if name not in self._whole], fetch)
+            self._ahead = ahead
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._ahead = None
+            ahead.close()
 
     def read(self, name: str, length: int, offset: int, whole: Callable[[], bytes],
              ranged: Callable[[], bytes]) -> bytes:
@@ -395,15 +431,25 @@ class _RecentPacks:
             self._seen.move_to_end(name)
             while len(self._seen) > self.SEEN:
                 self._seen.popitem(last=False)
+            ahead = self._ahead
+        if data is not None and ahead is not None:
+            ahead.drop(name)
+        elif data is None and ahead is not None:
+            data = ahead.take(name)  # None if it was not asked for; the fetch's error if it failed
+            if data is not None:
+                self._keep(name, data)
         if data is None and not again:
             return ranged()
         if data is None:
             data = whole()
-            with self._lock:
-                self._whole[name] = data
-                while len(self._whole) > self.KEPT:
-                    self._whole.popitem(last=False)
+            self._keep(name, data)
         return data[offset:] if length < 0 else data[offset:offset + length]
+
+    def _keep(self, name: str, data: bytes) -> None:
+        with self._lock:
+            self._whole[name] = data
+            while len(self._whole) > self.KEPT:
+                self._whole.popitem(last=False)
 
     def forget(self, name: str) -> None:
         with self._lock:
@@ -414,6 +460,62 @@ class _RecentPacks:
         with self._lock:
             self._whole.clear()
             self._seen.clear()
+
+
+class _ReadAhead:
+    """Whole packs fetched in the order a restore will read them, by WORKERS threads, at most WINDOW
+    fetched and not yet read: a restore's reads wait for one round trip at a time no more, and memory
+    stays bounded (WINDOW + _RecentPacks.KEPT packs of 16 MiB at most)."""
+
+    WINDOW = 4
+    WORKERS = 4
+
+    def __init__(self, names: Sequence[str], fetch: Callable[[str], bytes]) -> None:
+        self._order = list(dict.fromkeys(names))
+        self._next = 0
+        self._fetch = fetch
+        self._pending: Dict[str, Future] = {}
+        self._done: set = set()  # asked for already: never fetched again, never left to fill the window
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(self.WORKERS, thread_name_prefix="s3-read-ahead") if self._order else None
+        self._fill()
+
+    def _fill(self) -> None:
+        with self._lock:
+            while self._pool is not None and self._next < len(self._order) and len(self._pending) < self.WINDOW:
+                name = self._order[self._next]
+                self._next += 1
+                if name not in self._done:
+                    self._pending[name] = self._pool.submit(self._fetch, name)
+
+    def take(self, name: str) -> Optional[bytes]:
+        """The pack's bytes once fetched (waiting for them), or None if it was not asked for or was
+        already taken; raises what the fetch raised."""
+        with self._lock:
+            future = self._pending.pop(name, None)
+            self._done.add(name)
+        if future is None:
+            return None
+        try:
+            return future.result()
+        finally:
+            self._fill()
+
+    def drop(self, name: str) -> None:
+        """The pack was read without its fetch (it was still kept): the fetch is not needed."""
+        with self._lock:
+            future = self._pending.pop(name, None)
+            self._done.add(name)
+        if future is not None:
+            future.cancel()
+            self._fill()
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+            self._pending.clear()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class AccessDenied(BackendError):

@@ -35,12 +35,13 @@ class _Stream:
         self.tail = b""
 
     def __iter__(self) -> Iterator[bytes]:
-        for chunk in self.entry.chunks:
-            data = self.repo.read_blob(chunk)  # checked against its id; DamagedBlobError names blob and pack
-            self.length += len(data)
-            self.digest.update(data)
-            self.tail = (self.tail + data)[-256:]
-            yield data
+        with self.repo.read_ahead(self.entry.chunks):
+            for chunk in self.entry.chunks:
+                data = self.repo.read_blob(chunk)  # checked against its id; DamagedBlobError names blob and pack
+                self.length += len(data)
+                self.digest.update(data)
+                self.tail = (self.tail + data)[-256:]
+                yield data
 
     def length_problem(self) -> Optional[str]:
         if self.length != self.entry.size:

@@ -32,8 +32,9 @@ def dump_entry(repo: Repository, snapshot: Snapshot) -> Entry:
 
 
 def _content(repo: Repository, entry: Entry) -> Iterator[bytes]:
-    for chunk in entry.chunks:
-        yield repo.read_blob(chunk)
+    with repo.read_ahead(entry.chunks):
+        for chunk in entry.chunks:
+            yield repo.read_blob(chunk)
 
 
 def restore_to_file(repo: Repository, snapshot: Snapshot, target: str, force: bool) -> int:

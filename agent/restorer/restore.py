@@ -134,6 +134,21 @@ def _apply(repo: Repository, dest: Target, plan: Plan, always: bool, owner: bool
     files = [step.entry.size for step in plan.steps if step.entry.type == "file"]
     if progress is not None:
         progress.expect(len(files), sum(files))
+    with repo.read_ahead(chunk for step in plan.steps if step.entry.type == "file" and (step.action != SAME or always)
+                         for chunk in step.entry.chunks):
+        _write(plan, writer, dirs, dest, result, progress)
+    # Directory modes and times last, deepest first: writing into a directory changes its mtime, and a
+    # read-only directory could not be filled.
+    for step in sorted(dirs, key=lambda item: len(item.parts), reverse=True):
+        try:
+            writer.finish_dir(step)
+        except OSError as exc:
+            result.errors.append(f"{show(step.parts)}: {exc.strerror or exc}")
+
+
+def _write(plan: Plan, writer: _Writer, dirs: List[Step], dest: Target, result: RestoreResult,
+           progress: Optional[Progress]) -> None:
+    """Every step of the plan, in order; directories are collected into `dirs` for their metadata."""
     for step in plan.steps:
         try:
             if writer.step(step):
@@ -148,13 +163,6 @@ def _apply(repo: Repository, dest: Target, plan: Plan, always: bool, owner: bool
                 result.errors.append(f"restore stopped: {exc.strerror} in {dest.root}; entries after "
                                      f"{show(step.parts)} were not restored")
                 break
-    # Directory modes and times last, deepest first: writing into a directory changes its mtime, and a
-    # read-only directory could not be filled.
-    for step in sorted(dirs, key=lambda item: len(item.parts), reverse=True):
-        try:
-            writer.finish_dir(step)
-        except OSError as exc:
-            result.errors.append(f"{show(step.parts)}: {exc.strerror or exc}")
 
 
 def _delete(dest: Target, paths: Iterable[Parts], result: RestoreResult) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, Iterable, List, Optional, Tuple
 
 from agent.backend import CONFIG_NAME, Backend, BackendError, Handle, Kind, NotFound, RepositoryLock, open_backend
 from agent.store.chunker import Chunker, ChunkerParams
@@ -351,6 +351,17 @@ class Repository:
         let go of open packs too: they may be deleted, and an open one keeps its disk space."""
         if self.index.refresh():
             self.backend.release(Kind.DATA)
+
+    def read_ahead(self, blob_ids: Iterable[bytes]) -> ContextManager[None]:
+        """For the length of the context, the blobs `blob_ids` will be read in this order (a restore's
+        files): the backend may fetch their packs ahead. Only packs read for two blobs or more are named:
+        a single blob is cheaper to fetch by itself than its whole pack."""
+        counts: Dict[bytes, int] = {}
+        for blob_id in blob_ids:
+            loc = self.index.get(blob_id)
+            if loc is not None:
+                counts[loc.pack] = counts.get(loc.pack, 0) + 1
+        return self.backend.read_ahead([Handle(Kind.DATA, pack.hex()) for pack, count in counts.items() if count > 1])
 
     def read_blob(self, blob_id: bytes) -> bytes:
         """The blob's content, checked against its id: damage is an error, never silently restored.

@@ -84,6 +84,22 @@ def test_saved_objects_load_back_whole_and_by_range(backend, kind):
     assert backend.stat(handle) == FileInfo(NAME_A, 16)
 
 
+def test_read_ahead_changes_neither_bytes_nor_errors(backend):
+    names = [f"{number:02x}" * 32 for number in range(7)]
+    for number, name in enumerate(names[:6]):
+        backend.save(Handle(Kind.DATA, name), [bytes([number]) * (1000 + number)])
+    handles = [Handle(Kind.DATA, name) for name in names]  # the last one does not exist
+    with backend.read_ahead(handles + [Handle(Kind.INDEX, NAME_A)]):
+        for number, handle in enumerate(handles[:6]):
+            assert backend.load(handle, 10, 5) == bytes([number]) * 10
+            assert backend.load(handle, -1, 0) == bytes([number]) * (1000 + number)
+        with pytest.raises(NotFound):
+            backend.load(handles[6], 10, 0)
+    with backend.read_ahead(handles):  # left before anything was read: nothing outlives it
+        pass
+    assert backend.load(handles[2], 3, 0) == bytes([2]) * 3
+
+
 def test_the_config_is_one_object(backend):
     handle = Handle(Kind.CONFIG, "config")
     assert backend.list(Kind.CONFIG) == []

@@ -229,22 +229,3 @@ def test_a_pack_read_blob_by_blob_is_fetched_whole_once(tmp_path, s3_server, s3_
     assert s3_proxy.counts.get("GET", 0) == 1  # one range: a single read fetches no more
 
 
-def test_commands_on_a_local_repository_never_load_the_s3_client(tmp_path):
-    import subprocess
-    import sys
-
-    from tests.helpers import fs_job, new_agent
-
-    agent = new_agent(str(tmp_path / "agent"))
-    (tmp_path / "tree").mkdir()
-    (tmp_path / "tree" / "file").write_text("content\n")
-    agent.write_jobs(fs_job("app", str(tmp_path / "tree")))
-    for command in (["backup", "--all"], ["snapshots"], ["verify"]):
-        result = subprocess.run([sys.executable, "-X", "importtime", "-m", "agent", "--config", agent.config, *command],
-                                capture_output=True, text=True, timeout=120,
-                                cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-        assert result.returncode == 0, result.stderr
-        loaded = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
-                  if line.startswith("import time:")}
-        assert "agent.store" in loaded  # -X importtime listed the command's imports
-        assert not {name for name in loaded if name.split(".")[0] in ("boto3", "botocore", "s3transfer")}, command
