@@ -105,9 +105,9 @@ _BLOCK = 1 << 16  # bytes compared per call while skipping what the manifests sh
 def _differing_lines(old: bytes, new: bytes) -> Tuple[bytes, bytes]:
     """The whole lines of `old` and `new` between the bytes both begin with and the bytes both end with.
     Every line left out is in both manifests, so leaving it out changes no set difference of lines."""
-    start = _common_prefix(old, new)
+    start = _common_run(old, new)
     start = old.rfind(b"\n", 0, start) + 1  # back to the start of the line the first difference is in
-    shared = _common_suffix(old, new, start)
+    shared = _common_run(old, new, from_end=True, floor=start)
     if shared:
         # forward to just past the first newline of the common tail: whole lines on both sides (the same
         # offset in both, as the tails are equal)
@@ -116,27 +116,17 @@ def _differing_lines(old: bytes, new: bytes) -> Tuple[bytes, bytes]:
     return old[start:len(old) - shared], new[start:len(new) - shared]
 
 
-def _common_prefix(a: bytes, b: bytes) -> int:
-    """Length of the bytes `a` and `b` begin with: block by block, then halving the block that differs."""
-    limit, view, done, step = min(len(a), len(b)), memoryview(b), 0, _BLOCK
-    while done < limit:
-        size = min(step, limit - done)
-        if a.startswith(view[done:done + size], done):
-            done += size
-        elif size == 1:
-            break
-        else:
-            step = size // 2
-    return done
-
-
-def _common_suffix(a: bytes, b: bytes, floor: int) -> int:
-    """Length of the bytes `a` and `b` end with, not reaching below offset `floor` in either."""
+def _common_run(a: bytes, b: bytes, from_end: bool = False, floor: int = 0) -> int:
+    """Length of the bytes `a` and `b` begin with (`from_end`: end with), not reaching below offset
+    `floor` in either: block by block, then halving the block that differs."""
     limit, view, done, step = min(len(a), len(b)) - floor, memoryview(b), 0, _BLOCK
     while done < limit:
         size = min(step, limit - done)
-        end_b = len(b) - done
-        if a.endswith(view[end_b - size:end_b], 0, len(a) - done):
+        if from_end:
+            same = a.endswith(view[len(b) - done - size:len(b) - done], 0, len(a) - done)
+        else:
+            same = a.startswith(view[done:done + size], done)
+        if same:
             done += size
         elif size == 1:
             break
