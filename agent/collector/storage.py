@@ -88,54 +88,46 @@ INSERT_REPORT = """INSERT INTO reports (id, host, job, seq, status, trigger_name
     files, bytes, new_bytes, received_ts, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (host, id) DO NOTHING"""
 
+def _newer_wins(table: str, stamp: str, columns: Tuple[str, ...]) -> str:
+    """SET clauses of an upsert into `table`: each of `columns`, and `stamp` itself, takes the incoming
+    value only if the incoming row's `stamp` is not older than the stored one. (In SQLite and PostgreSQL
+    every SET expression reads the stored row, so the order of the clauses does not matter.)"""
+    return ",\n".join(f"      {column} = CASE WHEN excluded.{stamp} >= {table}.{stamp} THEN excluded.{column} "
+                      f"ELSE {table}.{column} END" for column in (*columns, stamp))
+
+
+def _ok_moves_forward(table: str) -> str:
+    """The SET clause of `table`'s last_ok_ts: only a later success moves it."""
+    return (f"      last_ok_ts = CASE WHEN excluded.last_ok_ts IS NOT NULL AND ({table}.last_ok_ts IS NULL "
+            f"OR excluded.last_ok_ts > {table}.last_ok_ts) THEN excluded.last_ok_ts ELSE {table}.last_ok_ts END")
+
+
+_JOB_COLUMNS = ("job_type", "last_status", "last_error", "last_trigger", "every_low", "every_high")
+
 # A report may arrive after a newer one (the backlog drains after each job's newest): each column
 # moves only forward in time.
-UPSERT_JOB = """INSERT INTO jobs (host, job, job_type, last_run_ts, last_status, last_error, last_trigger, last_ok_ts,
+UPSERT_JOB = f"""INSERT INTO jobs (host, job, job_type, last_run_ts, last_status, last_error, last_trigger, last_ok_ts,
     every_low, every_high, runs, changed_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)
     ON CONFLICT (host, job) DO UPDATE SET
       changed_ts = excluded.changed_ts,
-      job_type = CASE WHEN excluded.last_run_ts >= jobs.last_run_ts THEN excluded.job_type ELSE jobs.job_type END,
-      last_status = CASE WHEN excluded.last_run_ts >= jobs.last_run_ts THEN excluded.last_status
-                    ELSE jobs.last_status END,
-      last_error = CASE WHEN excluded.last_run_ts >= jobs.last_run_ts THEN excluded.last_error ELSE jobs.last_error END,
-      last_trigger = CASE WHEN excluded.last_run_ts >= jobs.last_run_ts THEN excluded.last_trigger
-                     ELSE jobs.last_trigger END,
-      every_low = CASE WHEN excluded.last_run_ts >= jobs.last_run_ts THEN excluded.every_low ELSE jobs.every_low END,
-      every_high = CASE WHEN excluded.last_run_ts >= jobs.last_run_ts THEN excluded.every_high
-                   ELSE jobs.every_high END,
-      last_run_ts = CASE WHEN excluded.last_run_ts >= jobs.last_run_ts THEN excluded.last_run_ts
-                    ELSE jobs.last_run_ts END,
-      last_ok_ts = CASE WHEN excluded.last_ok_ts IS NOT NULL
-                        AND (jobs.last_ok_ts IS NULL OR excluded.last_ok_ts > jobs.last_ok_ts)
-                   THEN excluded.last_ok_ts ELSE jobs.last_ok_ts END,
+{_newer_wins("jobs", "last_run_ts", _JOB_COLUMNS)},
+{_ok_moves_forward("jobs")},
       runs = jobs.runs + 1"""
 
 # Like UPSERT_JOB: a drill report that arrives late moves nothing back in time
-UPSERT_DRILL = """INSERT INTO drills (host, job, last_drill_ts, last_status, last_error, last_ok_ts, drill_every,
+UPSERT_DRILL = f"""INSERT INTO drills (host, job, last_drill_ts, last_status, last_error, last_ok_ts, drill_every,
     changed_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (host, job) DO UPDATE SET
       changed_ts = excluded.changed_ts,
-      last_status = CASE WHEN excluded.last_drill_ts >= drills.last_drill_ts THEN excluded.last_status
-                    ELSE drills.last_status END,
-      last_error = CASE WHEN excluded.last_drill_ts >= drills.last_drill_ts THEN excluded.last_error
-                   ELSE drills.last_error END,
-      drill_every = CASE WHEN excluded.last_drill_ts >= drills.last_drill_ts THEN excluded.drill_every
-                    ELSE drills.drill_every END,
-      last_drill_ts = CASE WHEN excluded.last_drill_ts >= drills.last_drill_ts THEN excluded.last_drill_ts
-                      ELSE drills.last_drill_ts END,
-      last_ok_ts = CASE WHEN excluded.last_ok_ts IS NOT NULL
-                        AND (drills.last_ok_ts IS NULL OR excluded.last_ok_ts > drills.last_ok_ts)
-                   THEN excluded.last_ok_ts ELSE drills.last_ok_ts END"""
+{_newer_wins("drills", "last_drill_ts", ("last_status", "last_error", "drill_every"))},
+{_ok_moves_forward("drills")}"""
 
-UPSERT_PRUNE = """INSERT INTO prunes (host, last_prune_ts, last_status, repository_bytes) VALUES (?, ?, ?, ?)
+UPSERT_PRUNE = f"""INSERT INTO prunes (host, last_prune_ts, last_status, repository_bytes) VALUES (?, ?, ?, ?)
     ON CONFLICT (host) DO UPDATE SET
-      last_status = CASE WHEN excluded.last_prune_ts >= prunes.last_prune_ts THEN excluded.last_status
-                    ELSE prunes.last_status END,
       repository_bytes = CASE WHEN excluded.last_prune_ts >= prunes.last_prune_ts
                               AND excluded.repository_bytes IS NOT NULL
                          THEN excluded.repository_bytes ELSE prunes.repository_bytes END,
-      last_prune_ts = CASE WHEN excluded.last_prune_ts >= prunes.last_prune_ts THEN excluded.last_prune_ts
-                      ELSE prunes.last_prune_ts END"""
+{_newer_wins("prunes", "last_prune_ts", ("last_status",))}"""
 
 UPSERT_HOST = """INSERT INTO hosts (host, last_seen_ts, min_seq, max_seq, seq_count, changed_ts)
     VALUES (?, ?, ?, ?, 1, ?)
