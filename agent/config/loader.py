@@ -146,7 +146,8 @@ HOST_NAME = re.compile(HOST_PATTERN)
 _RETENTION_KEYS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly")
 _AGENT_KEYS = ("host", "repository", "state_dir", "jobs_dir", "retention", "collector", "s3", "jobs",
                "max_concurrent_runs", "poll_interval", "drill_every", "prune_every", "encryption")
-_ENCRYPTION_KEYS = ("recipients", "identity_file", "node_key_file", "disabled")
+_ENCRYPTION_KEYS: Dict[str, Checker] = {"recipients": _string_list, "identity_file": _abspath,
+                                         "node_key_file": _abspath, "disabled": _bool}
 _COLLECTOR_KEYS = {"url": _string, "token_file": _abspath, "ca_file": _abspath, "max_backoff": _duration,
                    "spool_max_reports": _positive, "spool_max_bytes": _positive}
 
@@ -332,17 +333,8 @@ def _encryption(table: Any, source: str, state_dir: str, problems: _Problems) ->
     if not isinstance(table, dict):
         problems.error(source, "encryption", "must be a table")
         return EncryptionSettings(node_key_file=node_key_file)
-    values: Dict[str, Any] = {"node_key_file": node_key_file}
-    checkers: Dict[str, Checker] = {"recipients": _string_list, "identity_file": _abspath,
-                                    "node_key_file": _abspath, "disabled": _bool}
-    for key, value in table.items():
-        if key not in checkers:
-            problems.error(source, f"encryption.{key}", f"unknown key (known: {', '.join(_ENCRYPTION_KEYS)})")
-            continue
-        try:
-            values[key] = checkers[key](value)
-        except ValueError as exc:
-            problems.error(source, f"encryption.{key}", str(exc))
+    values: Dict[str, Any] = {"node_key_file": node_key_file,
+                              **_table_values(table, "encryption", _ENCRYPTION_KEYS, source, problems)}
     for number, text in enumerate(values.get("recipients", ())):
         if not re.fullmatch(r"age1[02-9ac-hj-np-z]{58}", text):
             problems.error(source, f"encryption.recipients[{number}]",
