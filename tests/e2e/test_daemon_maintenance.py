@@ -7,10 +7,12 @@ import json
 import os
 import signal
 import subprocess
+import time
+from typing import Set
 
 from tests.e2e.test_daemon import Daemon, wait_for
 from tests.fixtures.collector import make_token
-from tests.helpers import agent_command, fs_job, make_tree, new_agent
+from tests.helpers import agent_command, fs_job, make_tree, new_agent, wait_for_child
 
 
 def configure(agent, collector, tmp_path, extra: str = "") -> None:
@@ -61,43 +63,65 @@ def test_the_daemon_drills_and_prunes_on_schedule_and_the_collector_shows_it(age
     assert os.listdir(os.path.join(agent.state_dir, "drill")) == []
 
 
+def _packs(agent) -> Set[str]:
+    return {name for _root, _dirs, files in os.walk(os.path.join(agent.repository, "data")) for name in files}
+
+
+# a dump that streams 20 MB (a pack is sealed at 16 MiB) and then hangs: its backup can never commit
+_HANGING_DUMP = ('[jobs.export]\ntype = "command"\nevery = "24h"\n'
+                 'argv = ["sh", "-c", "head -c 20000000 /dev/urandom; exec sleep 600"]\n')
+
+
 def test_killed_backups_leave_nothing_that_outlives_the_next_prune(agent, start_collector, tmp_path):
     collector = start_collector()
-    configure(agent, collector, tmp_path, 'prune_every = "2s"\ndrill_every = "1w"')
+    configure(agent, collector, tmp_path, 'prune_every = "1h"\ndrill_every = "1w"')
     tree = str(tmp_path / "svc")
     make_tree(tree, {f"d{n}/f{i}": os.urandom(60_000) for n in range(10) for i in range(20)})
-    agent.write_jobs(fs_job("svc", tree))
+    agent.write_jobs(fs_job("svc", tree) + _HANGING_DUMP)
     agent.backup("svc")
     clean = repository_bytes(agent)
-    for round_ in range(4):  # new content each time, and the backup killed half way
-        for n in range(10):
-            with open(os.path.join(tree, f"d{n}/f0"), "wb") as handle:
-                handle.write(os.urandom(600_000))
-        proc = subprocess.Popen([*agent_command(), "--config", agent.config, "backup", "svc"],
+    for _round in range(4):  # each backup killed once its first pack is stored, before it can commit
+        before = _packs(agent)
+        proc = subprocess.Popen([*agent_command(), "--config", agent.config, "backup", "export"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        grown_by = clean + 500_000 * (round_ + 1)
-        wait_for(lambda p=proc, limit=grown_by: repository_bytes(agent) > limit or p.poll() is not None,
-                 timeout=60, interval=0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        dump = None
+        try:
+            dump = wait_for_child(proc.pid, ["sh", "sleep"])
+            wait_for(lambda p=proc, b=before: _packs(agent) - b or p.poll() is not None, timeout=120,
+                     interval=0.01)
+            assert proc.poll() is None, "the backup ended before it was killed"
+        finally:
+            proc.kill()
+            proc.wait()
+            if dump is not None:  # the dump runs in a session of its own: it outlives the killed backup
+                os.killpg(dump, signal.SIGKILL)
     grown = repository_bytes(agent)
+    assert grown >= clean + 4 * 16 * 2 ** 20  # every round left a pack no snapshot names
+    assert [snap["job"] for snap in agent.snapshots()] == ["svc"]
+    # one prune, due at once (the last was an hour ago); the next is an hour off, so none overlaps the
+    # daemon's stop; the hanging dump is left out of the daemon's configuration
+    agent.write_jobs(fs_job("svc", tree))
+    with open(os.path.join(agent.state_dir, "maintenance.json"), "w") as handle:
+        json.dump({"drills": {}, "prune": {"last": time.time() - 3600}}, handle)
     daemon = Daemon(agent).start()
     try:
-        wait_for(lambda: any(r["trigger"] == "prune" for r in collector.reports("test-node")), timeout=60)
+        [prune] = wait_for(lambda: [r for r in collector.reports("test-node") if r["trigger"] == "prune"],
+                           timeout=120)
     finally:
         assert daemon.stop() == 0
-    [prune] = [r for r in collector.reports("test-node") if r["trigger"] == "prune"][:1]
     assert prune["status"] == "ok", prune
-    # bounded: no more than a fresh repository holding the one snapshot retention keeps (a killed run may
-    # have completed before its kill; then its snapshot is that one)
+    assert daemon.text().count("prune started") == 1
+    assert prune["repository_bytes_before"] >= grown > prune["repository_bytes_after"]
+    # bounded: no more than a fresh repository holding the one snapshot retention keeps
     fresh = new_agent(str(tmp_path / "fresh"))
     fresh.write_jobs(fs_job("svc", tree))
     fresh.backup("svc")
     after = repository_bytes(agent)
-    assert after <= repository_bytes(fresh) * 1.1, \
-        (clean, grown, repository_bytes(agent), repository_bytes(fresh))
+    assert after == prune["repository_bytes_after"] and after <= repository_bytes(fresh) * 1.1, \
+        (clean, grown, after, repository_bytes(fresh))
+    assert os.listdir(os.path.join(agent.repository, "tmp")) == []
     agent.run("verify", "--read-data", check=0)
-    assert len(json.loads(agent.run("snapshots", "--json", check=0).stdout)) == 1
+    assert len(agent.snapshots()) == 1
 
 
 def test_a_failed_backup_removes_what_it_wrote(agent, tmp_path):
