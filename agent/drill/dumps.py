@@ -7,7 +7,6 @@ against the manifest's, so a damaged or missing pack is named before anything el
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 from typing import Iterator, List, Optional, Tuple
@@ -25,13 +24,16 @@ _SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
 
 
 class _Stream:
-    """A dump entry's bytes from the repository, counted and hashed as they pass; `tail` keeps the last
-    bytes (the trailer)."""
+    """A dump entry's bytes from the repository, counted as they pass; `tail` keeps the last TAIL bytes
+    (where the trailer is), however the chunks cut them. Each chunk is hashed once, by read_blob: no
+    digest of the whole stream is kept, and no chunk is copied (the drill runs beside the load it feeds,
+    on the same cores)."""
+
+    TAIL = 256
 
     def __init__(self, repo: Repository, entry: Entry) -> None:
         self.repo, self.entry = repo, entry
         self.length = 0
-        self.digest = hashlib.sha256()
         self.tail = b""
 
     def __iter__(self) -> Iterator[bytes]:
@@ -39,8 +41,7 @@ class _Stream:
             for chunk in self.entry.chunks:
                 data = self.repo.read_blob(chunk)  # checked against its id; DamagedBlobError names blob and pack
                 self.length += len(data)
-                self.digest.update(data)
-                self.tail = (self.tail + data)[-256:]
+                self.tail = (self.tail + data[-self.TAIL:])[-self.TAIL:]
                 yield data
 
     def length_problem(self) -> Optional[str]:
