@@ -48,6 +48,14 @@ def timed(command: str, cwd: Optional[str] = None) -> Measure:
     return Measure(wall, float(user), float(system), int(rss))
 
 
+def publish(text: str, name: str) -> None:
+    """Print a result table and write it to bench/results/NAME."""
+    print("\n" + text)
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    with open(os.path.join(HERE, "results", name), "w") as handle:
+        handle.write(text + "\n")
+
+
 def du(path: str) -> int:
     return int(subprocess.run(["du", "-sb", path], capture_output=True, text=True).stdout.split()[0])
 
@@ -262,12 +270,7 @@ def main() -> None:
             f"{label} {encrypted[label] / plain[label]:.2f}x" for label in
             ("initial backup", "1%-changed backup", "verify --read-data", "restore (wall)", "restore (user CPU)")
             if plain.get(label))]
-    table = "\n".join(lines)
-    print("\n" + table)
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    name = f"fs-{args.profile}-{args.label}.md" if args.label else f"fs-{args.profile}.md"
-    with open(os.path.join(HERE, "results", name), "w") as handle:
-        handle.write(table + "\n")
+    publish("\n".join(lines), f"fs-{args.profile}-{args.label}.md" if args.label else f"fs-{args.profile}.md")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,34 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
-from fs import ENV, du, timed  # noqa: E402
+from fs import ENV, du, publish, timed  # noqa: E402
 
-from tests.fixtures.mariadb import start_mariadb  # noqa: E402
+from tests.fixtures.mariadb import MariaDB, start_mariadb  # noqa: E402
+
+
+def create_events(server: MariaDB, rows: int) -> None:
+    """The `analytics.events` table with `rows` generated rows (about 250 bytes of dump each)."""
+    server.sql("CREATE DATABASE analytics")
+    server.sql("CREATE TABLE events (id INT PRIMARY KEY AUTO_INCREMENT, account INT, kind VARCHAR(20), "
+               "payload VARBINARY(200), created DATETIME) ENGINE=InnoDB", "analytics")
+    for start in range(0, rows, 500_000):
+        count = min(500_000, rows - start)
+        server.sql("INSERT INTO events (account, kind, payload, created) SELECT seq % 1000, "
+                   "ELT(1 + seq % 3, 'login', 'launch', 'bill'), UNHEX(SHA2(seq, 512)), "
+                   f"NOW() - INTERVAL seq SECOND FROM seq_{start + 1}_to_{start + count}", "analytics")
+
+
+def agent_for(work: str, server: MariaDB) -> str:
+    """Write an agent.toml in `work` with one `mysql` job, `db-analytics`, dumping `analytics` from
+    `server`; returns the `backup-agent --config ...` command line to run it with."""
+    config = os.path.join(work, "agent.toml")
+    os.makedirs(os.path.join(work, "conf.d"))
+    with open(config, "w") as handle:
+        handle.write(f'host = "bench"\nrepository = "{work}/repo"\nstate_dir = "{work}/state"\n')
+    with open(os.path.join(work, "conf.d", "db.toml"), "w") as handle:
+        handle.write(f'[jobs.db-analytics]\ntype = "mysql"\ndatabase = "analytics"\nevery = "4h..6h"\n'
+                     f'options_file = "{server.options_file}"\n')
+    return f"{os.path.join(os.path.dirname(sys.executable), 'backup-agent')} --config {config}"
 
 
 def main() -> None:
@@ -34,22 +59,8 @@ def main() -> None:
     os.makedirs(work)
     server = start_mariadb(os.path.join(work, "server"))
     try:
-        server.sql("CREATE DATABASE analytics")
-        server.sql("CREATE TABLE events (id INT PRIMARY KEY AUTO_INCREMENT, account INT, kind VARCHAR(20), "
-                   "payload VARBINARY(200), created DATETIME) ENGINE=InnoDB", "analytics")
-        for start in range(0, args.rows, 500_000):
-            count = min(500_000, args.rows - start)
-            server.sql("INSERT INTO events (account, kind, payload, created) SELECT seq % 1000, "
-                       "ELT(1 + seq % 3, 'login', 'launch', 'bill'), UNHEX(SHA2(seq, 512)), "
-                       f"NOW() - INTERVAL seq SECOND FROM seq_{start + 1}_to_{start + count}", "analytics")
-        config = os.path.join(work, "agent.toml")
-        os.makedirs(os.path.join(work, "conf.d"))
-        with open(config, "w") as handle:
-            handle.write(f'host = "bench"\nrepository = "{work}/repo"\nstate_dir = "{work}/state"\n')
-        with open(os.path.join(work, "conf.d", "db.toml"), "w") as handle:
-            handle.write(f'[jobs.db-analytics]\ntype = "mysql"\ndatabase = "analytics"\nevery = "4h..6h"\n'
-                         f'options_file = "{server.options_file}"\n')
-        agent = f"{os.path.join(os.path.dirname(sys.executable), 'backup-agent')} --config {config}"
+        create_events(server, args.rows)
+        agent = agent_for(work, server)
         dump = (f"mariadb-dump --defaults-extra-file={server.options_file} --single-transaction --routines "
                 "--triggers --events --hex-blob --quick --skip-dump-date --default-character-set=utf8mb4 "
                 "--skip-add-locks --databases analytics")  # the agent's own options (agent/dumps/mysql.py)
@@ -101,11 +112,7 @@ def main() -> None:
         for (label, *_), report in zip(rows, reports):
             lines.append(f"- {label}: the report says {report['bytes']} bytes dumped, {report['new_bytes']} new "
                          f"({100 * report['new_bytes'] / max(report['bytes'], 1):.2f}%)")
-        table = "\n".join(lines)
-        print(table)
-        os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-        with open(os.path.join(HERE, "results", "mysql.md"), "w") as handle:
-            handle.write(table + "\n")
+        publish("\n".join(lines), "mysql.md")
     finally:
         server.stop()
 
