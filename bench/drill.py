@@ -63,7 +63,7 @@ def drill_reports(command: str, out: str) -> Tuple[Measure, list]:
 
 
 def bench_fs(work: str, profile: str, repeat: int, notes: List[str]) -> Pair:
-    """The six fs jobs: `drill --all` against six `restore JOB:latest --target DIR` of the same snapshots."""
+    """The six fs jobs: `drill --all` against `restore --all --target DIR` (the same six latest snapshots)."""
     work = os.path.join(work, "fs")
     shutil.rmtree(work, ignore_errors=True)
     tree = os.path.join(work, "services")
@@ -191,7 +191,7 @@ def table(profile: str, repeat: int, pairs: List[Pair], notes: List[str]) -> str
              f"warm page cache; {os.cpu_count()} cores.", "",
              f"| | `backup-agent drill` | plain way | drill / plain (target ≤ {TARGET}x) |", "|---|---|---|---|"]
     for pair in pairs:
-        plain = "`restore` of each job" if pair.label.startswith("six") else "fresh server, `mariadb < dump.sql`"
+        plain = "`restore --all`" if pair.label.startswith("six") else "fresh server, `mariadb < dump.sql`"
         ratio = pair.wall(pair.drill) / pair.wall(pair.plain)
         verdict = "met" if ratio <= TARGET else "missed"
         lines.append(f"| {pair.label}: wall | {pair.wall(pair.drill):.2f} s | {pair.wall(pair.plain):.2f} s ({plain}) "
