@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import os
 import threading
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -46,9 +46,13 @@ class IdentityRequired(BackendError):
     """Reading file contents or dumps of an encrypted repository needs an identity."""
 
 
+def _plain(data: Buffer) -> bytes | memoryview:
+    return bytes(data) if isinstance(data, bytearray) else data
+
+
 def _seal(aead: AESGCM, data: Buffer, aad: bytes) -> bytes:
     nonce = os.urandom(_NONCE)
-    return nonce + aead.encrypt(nonce, bytes(data) if isinstance(data, bytearray) else data, aad)
+    return nonce + aead.encrypt(nonce, _plain(data), aad)
 
 
 def _open(aead: AESGCM, data: Buffer, aad: bytes) -> bytes:
@@ -56,26 +60,75 @@ def _open(aead: AESGCM, data: Buffer, aad: bytes) -> bytes:
     return aead.decrypt(view[:_NONCE], view[_NONCE:], aad)
 
 
-class DataKey:
-    """One pack's data key: made when the pack is begun, wrapped for the recipients and saved before the
-    first blob sealed with it is (so no pack ever names a key that is not stored)."""
+class _KeySaves:
+    """Wrapped data keys being saved, each on a thread of its own: a backup seals blobs while the key's
+    object is written and made durable (an fsync or a PUT per pack), and a pack waits only for the keys
+    its blobs name, just before it is saved itself (`wait`), so no pack ever names a key not stored."""
 
-    def __init__(self, backend: Backend, recipients: Sequence[Any]) -> None:
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._saving: Dict[bytes, threading.Thread] = {}
+        self._failed: Dict[bytes, BaseException] = {}  # kept: every pack naming such a key must fail
+        self._lock = threading.Lock()
+
+    def start(self, ref: bytes, wrapped: bytes) -> None:
+        thread = threading.Thread(target=self._save, args=(ref, wrapped), name="data-key-save")
+        with self._lock:  # saves nobody waited for (their pack was never saved) are let go here
+            self._saving = {name: old for name, old in self._saving.items() if old.is_alive()}
+            self._saving[ref] = thread
+        thread.start()
+
+    def _save(self, ref: bytes, wrapped: bytes) -> None:
+        try:
+            self._backend.save(Handle(Kind.PACK_KEYS, ref.hex()), [wrapped])
+        except BaseException as exc:  # raised where a pack waits for this key
+            with self._lock:
+                self._failed[ref] = exc
+
+    def wait(self, refs: Iterable[bytes]) -> None:
+        """Return once the keys named `refs` are stored; raise the error of one whose save failed. Keys
+        not being saved by this process (a blob prune copies names an older key) are not waited for."""
+        for ref in refs:
+            with self._lock:
+                thread = self._saving.get(ref)
+            if thread is not None:
+                thread.join()
+                with self._lock:
+                    self._saving.pop(ref, None)
+            failed = self._failed.get(ref)
+            if failed is not None:
+                raise failed
+
+
+class DataKey:
+    """One pack's data key, made when the first blob is sealed with it (a run that stores nothing makes
+    none): wrapped for the recipients, its object saved in the background (`_KeySaves`)."""
+
+    def __init__(self, saves: _KeySaves, recipients: Sequence[Any]) -> None:
         if not recipients:
             raise BackendError("this repository is encrypted and no recipients are configured "
                                "([encryption] recipients): nothing can be written")
-        key = AESGCM.generate_key(256)
-        self._aead = AESGCM(key)
-        self._wrapped = wrap(key, recipients)
-        self.ref = hashlib.sha256(self._wrapped).digest()
-        self._backend = backend
-        self._saved = False
+        self._saves = saves
+        self._recipients = recipients
+        self._aead: Optional[AESGCM] = None
+        self.ref = b""  # the SHA-256 of the wrapped key: its object's name, at the head of every blob
+        self._lock = threading.Lock()
 
     def seal(self, blob_id: bytes, stored: Buffer) -> bytes:
-        if not self._saved:
-            self._backend.save(Handle(Kind.PACK_KEYS, self.ref.hex()), [self._wrapped])
-            self._saved = True
-        return self.ref + _seal(self._aead, stored, blob_id)
+        """`stored` sealed: the key's name, a nonce, the ciphertext and its tag. Thread-safe."""
+        aead = self._aead if self._aead is not None else self._begin()
+        nonce = os.urandom(_NONCE)
+        return b"".join((self.ref, nonce, aead.encrypt(nonce, _plain(stored), blob_id)))
+
+    def _begin(self) -> AESGCM:
+        with self._lock:
+            if self._aead is None:
+                key = AESGCM.generate_key(256)
+                wrapped = wrap(key, self._recipients)
+                self.ref = hashlib.sha256(wrapped).digest()
+                self._saves.start(self.ref, wrapped)
+                self._aead = AESGCM(key)  # last: a thread that sees it sees `ref` too
+            return self._aead
 
 
 class RepositoryCipher:
@@ -91,6 +144,7 @@ class RepositoryCipher:
         self._meta = AESGCM(node.meta_key)
         self._data_keys: Dict[bytes, AESGCM] = {}
         self._lock = threading.Lock()
+        self._key_saves = _KeySaves(backend)
 
     @property
     def identities(self) -> Optional[List[Any]]:
@@ -104,7 +158,12 @@ class RepositoryCipher:
         return hmac.digest(self.node.id_key, hashlib.sha256(data).digest(), "sha256")
 
     def data_key(self) -> DataKey:
-        return DataKey(self.backend, self.recipients)
+        return DataKey(self._key_saves, self.recipients)
+
+    def wait_keys_saved(self, refs: Iterable[bytes]) -> None:
+        """Before a pack is saved: the data keys its blobs name (`refs`) are stored; raises the error
+        (disk full, a failed request) of a key whose save failed."""
+        self._key_saves.wait(refs)
 
     def seal_tree(self, blob_id: bytes, stored: Buffer) -> bytes:
         return _seal(self._meta, stored, blob_id)
@@ -118,23 +177,28 @@ class RepositoryCipher:
         except (InvalidTag, ValueError):
             raise AuthenticationError(f"{where}: authentication failed (tampered or damaged)") from None
 
-    def open_blob(self, blob_id: bytes, stored: Buffer, tree: bool, where: str) -> bytes:
-        """The compressed bytes of a stored blob. Raises AuthenticationError naming `where` (the pack),
-        IdentityRequired for a data blob without an identity, WrongIdentity for a wrong one."""
-        if tree:
-            return self.open_meta(stored, blob_id, where)
-        view = memoryview(stored)
-        aead = self._unwrapped(bytes(view[:_REF]), where)
-        try:
-            return _open(aead, view[_REF:], blob_id)
-        except (InvalidTag, ValueError):
-            raise AuthenticationError(f"{where}: authentication failed for blob {blob_id.hex()} "
-                                      "(tampered or damaged)") from None
+    def open_blob(self, blob_id: bytes, stored: Buffer, tree: bool, pack: Handle) -> bytes:
+        """The compressed bytes of a blob stored in `pack`. Raises AuthenticationError naming the pack,
+        IdentityRequired for a data blob without an identity, WrongIdentity for a wrong one.
 
-    def _unwrapped(self, ref: bytes, where: str) -> AESGCM:
-        found = self._data_keys.get(ref)
-        if found is not None:
-            return found
+        Called once per blob a restore reads: the pack is named only when something fails."""
+        view = memoryview(stored)
+        if tree:
+            aead = self._meta
+        else:
+            ref = bytes(view[:_REF])
+            view = view[_REF:]
+            found = self._data_keys.get(ref)
+            aead = found if found is not None else self._unwrapped(ref, pack)
+        try:
+            return aead.decrypt(view[:_NONCE], view[_NONCE:], blob_id)
+        except (InvalidTag, ValueError):
+            raise AuthenticationError(f"{self.backend.describe(pack)}: authentication failed for blob "
+                                      f"{blob_id.hex()} (tampered or damaged)") from None
+
+    def _unwrapped(self, ref: bytes, pack: Handle) -> AESGCM:
+        """The data key named `ref`, unwrapped with the identity once per process and kept in memory only
+        (never on disk: a node without the identity must not find one)."""
         if not self.identities:
             raise IdentityRequired("file contents and dumps of an encrypted repository can only be read with an "
                                    "identity: give --identity FILE or set [encryption] identity_file")
@@ -142,7 +206,8 @@ class RepositoryCipher:
         try:
             wrapped = self.backend.load(handle)
         except BackendError:
-            raise AuthenticationError(f"{where}: its data key {self.backend.describe(handle)} is missing") from None
+            raise AuthenticationError(f"{self.backend.describe(pack)}: its data key "
+                                      f"{self.backend.describe(handle)} is missing") from None
         key = unwrap(wrapped, self.identities, self.backend.describe(handle), str(self.identity_file))
         if len(key) != 32:
             raise AuthenticationError(f"{self.backend.describe(handle)}: not a data key")

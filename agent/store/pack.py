@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 import struct
 import threading
-from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Set, Tuple
 
 import zstandard
 
 from agent.backend.base import Backend, Handle, Kind
-from agent.store.index import FLAG_ZSTD, BlobLocation
+from agent.store.index import FLAG_ZSTD, KIND_TREE, BlobLocation, kind_of
 
 if TYPE_CHECKING:
     from agent.crypt.seal import RepositoryCipher
@@ -32,6 +32,7 @@ TRAILER_MAGIC = b"BAPT"
 _TRAILER_ENTRY = struct.Struct("<32sBIII")
 TARGET_SIZE = 16 * 1024 * 1024
 _SAMPLE = 64 * 1024
+_KEY_REF = 32  # a sealed data blob begins with the name of its data key (agent.crypt.seal)
 
 
 class Compressor:
@@ -74,6 +75,7 @@ class PackWriter:
         self._buffer = bytearray(MAGIC if cipher is None else SEALED_MAGIC)
         self._trailer = bytearray()  # the blob list, packed as it grows: 1 object, not 5 per blob
         self._count = 0
+        self._key_refs: Set[bytes] = set()  # encrypted: the data keys its blobs name (agent.crypt.seal)
 
     @property
     def size(self) -> int:
@@ -86,6 +88,8 @@ class PackWriter:
         self._trailer += _TRAILER_ENTRY.pack(blob_id, flags, len(self._buffer), len(stored), raw_length)
         self._count += 1
         self._buffer += stored
+        if self._cipher is not None and kind_of(flags) != KIND_TREE:
+            self._key_refs.add(bytes(stored[:_KEY_REF]))
 
     def finish(self) -> List[Tuple[bytes, BlobLocation]]:
         """Save the pack durably through the backend; returns its blobs' locations."""
@@ -96,6 +100,7 @@ class PackWriter:
             sealed = self._cipher.seal_meta(bytes(self._trailer), _TRAILER_AAD)
             self._buffer += sealed
             self._buffer += struct.pack("<I", len(sealed)) + TRAILER_MAGIC
+            self._cipher.wait_keys_saved(self._key_refs)  # no pack names a key that is not stored
         pack_id = hashlib.sha256(self._buffer).digest()
         self.backend.save(Handle(Kind.DATA, pack_id.hex()), [self._buffer])
         return [(blob_id, BlobLocation(pack_id, offset, length, raw, flags))

@@ -373,14 +373,15 @@ class Repository:
                 raise DamagedBlobError(blob_id, f"content in pack {min(bad).hex()} does not match its id "
                                                 "(found by verify; no backup has stored it again yet)")
             raise DamagedBlobError(blob_id, "missing from the index")
+        pack = Handle(Kind.DATA, loc.pack.hex())
         try:
-            stored = self.backend.load(Handle(Kind.DATA, loc.pack.hex()), loc.length, loc.offset)
+            stored = self.backend.load(pack, loc.length, loc.offset)
         except NotFound:
-            raise DamagedBlobError(blob_id, f"pack {loc.pack.hex()} is missing") from None
+            raise DamagedBlobError(blob_id, f"pack {pack.name} is missing") from None
         if len(stored) != loc.length:
-            raise DamagedBlobError(blob_id, f"pack {loc.pack.hex()} is truncated")
+            raise DamagedBlobError(blob_id, f"pack {pack.name} is truncated")
         if self.cipher is not None:
-            stored = self._open_sealed(blob_id, stored, loc)
+            stored = self._open_sealed(blob_id, stored, loc, pack)
         try:
             data = decode_blob(stored, loc.flags, loc.raw_length)
         except Exception as exc:  # zstd raises its own error type for corrupt frames
@@ -389,19 +390,18 @@ class Repository:
             raise DamagedBlobError(blob_id, "content does not match its id")
         return data
 
-    def _open_sealed(self, blob_id: bytes, stored: bytes, loc: BlobLocation) -> bytes:
+    def _open_sealed(self, blob_id: bytes, stored: bytes | memoryview, loc: BlobLocation, pack: Handle) -> bytes:
         """Decrypt and authenticate a stored blob: damage is a DamagedBlobError naming the pack; a missing
         or wrong identity a RepositoryError saying so."""
-        from agent.crypt.keys import KeyFileError
-        from agent.crypt.seal import AuthenticationError, IdentityRequired
-
         assert self.cipher is not None
         try:
-            return self.cipher.open_blob(blob_id, stored, kind_of(loc.flags) == KIND_TREE, self.describe_pack(loc.pack))
-        except AuthenticationError as exc:
-            raise DamagedBlobError(blob_id, str(exc)) from None
-        except (IdentityRequired, KeyFileError) as exc:
-            raise RepositoryError(str(exc)) from None
+            return self.cipher.open_blob(blob_id, stored, kind_of(loc.flags) == KIND_TREE, pack)
+        except (BackendError, ValueError) as exc:  # imported only on failure: this runs once per blob read
+            from agent.crypt.seal import AuthenticationError
+
+            if isinstance(exc, AuthenticationError):
+                raise DamagedBlobError(blob_id, str(exc)) from None
+            raise RepositoryError(str(exc)) from None  # IdentityRequired, KeyFileError (a wrong identity)
 
     def blob_intact(self, blob_id: bytes, stored: bytes | memoryview, loc: BlobLocation) -> Optional[bool]:
         """Whether a stored blob decodes to content matching its id; None when this node cannot tell
@@ -410,7 +410,7 @@ class Repository:
             if self.cipher is not None:
                 if kind_of(loc.flags) != KIND_TREE and self.cipher.identity_file is None:
                     return None
-                stored = self._open_sealed(blob_id, bytes(stored), loc)
+                stored = self._open_sealed(blob_id, stored, loc, Handle(Kind.DATA, loc.pack.hex()))
             return self.hash_blob(decode_blob(stored, loc.flags, loc.raw_length)) == blob_id
         except DamagedBlobError:
             return False
