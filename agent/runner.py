@@ -3,7 +3,9 @@ status. Nothing a job does escapes as an exception; a crash of the job is a fail
 
 Locking: a per-job lock (one run of a job at a time: the daemon and a manual `backup` of the same job
 queue up, the second saying so) and a shared repository lock (backups of different jobs write disjoint,
-content-named files and may overlap; prune takes the repository lock exclusively).
+content-named files and may overlap; prune takes the repository lock exclusively). A run of several
+jobs (`backup --all`) holds one repository lock for all of them (RunLock): on object storage a lock costs
+requests, and prune's safety needs only that no backup runs outside a shared lock.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 import sys
 import threading
 from dataclasses import replace
-from typing import Callable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
 from agent.backend import Backend, open_backend
 from agent.config import Config, Job
@@ -31,17 +33,21 @@ from agent.state import StateDir
 from agent.store import Repository
 from agent.text import in_words
 
+if TYPE_CHECKING:
+    from agent.backend import RepositoryLock
+
 
 def _say(message: str) -> None:
     print(f"backup-agent: {message}", file=sys.stderr)  # the command's one prefix
 
 
-def repository_backend(config: Config, location: Optional[str] = None) -> Backend:
+def repository_backend(config: Config, location: Optional[str] = None, cached: bool = True) -> Backend:
     """The backend of the configured repository (or of `location`, reached with the same [s3] settings);
     an object store's immutable small objects (index, snapshot documents) are cached under
-    state_dir/cache/repository. Raises BackendError for a bad location."""
+    state_dir/cache/repository unless `cached` is False (verify checks what is stored, not a copy).
+    Raises BackendError for a bad location."""
     return open_backend(location or config.repository, config.s3,
-                        os.path.join(config.state_dir, "cache", "repository"))
+                        os.path.join(config.state_dir, "cache", "repository") if cached else None)
 
 
 def open_repository(config: Config) -> Repository:
@@ -78,9 +84,10 @@ def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional
             on_wait: Callable[[str], None] = _say, stop: Optional[threading.Event] = None,
             repo: Optional[Repository] = None,
             on_report: Optional[Callable[[RunReport], None]] = None,
-            progress: Optional[Progress] = None) -> RunReport:
-    """Run `job` once. Pass `repo` to share one opened repository (and its loaded index) across runs;
-    `on_report` is told when the report is spooled (the daemon's sender wakes up)."""
+            progress: Optional[Progress] = None, run_lock: Optional[RunLock] = None) -> RunReport:
+    """Run `job` once. Pass `repo` to share one opened repository (and its loaded index) across runs, and
+    `run_lock` (of that repository) to hold one repository lock across them; `on_report` is told when the
+    report is spooled (the daemon's sender wakes up)."""
     run_id = new_run_id()
     started = utc_now()
     incremental = False
@@ -117,8 +124,9 @@ def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional
         shared = repo is not None
         repo = repo or open_repository(config)
         try:
-            with _held(job_lock(config, job.name), on_wait, stop), \
-                    _held(repo.lock(exclusive=False, purpose=f"backup {job.name}"), on_wait, stop):
+            repository_lock = _kept(run_lock, on_wait, stop) if run_lock is not None else \
+                _held(repo.lock(exclusive=False, purpose=f"backup {job.name}"), on_wait, stop)
+            with _held(job_lock(config, job.name), on_wait, stop, run_lock), repository_lock:
                 result = _with_hooks(job, stop,
                                      lambda: _backup(config, job, repo, trigger, started, changes, stop,
                                                                             progress))
@@ -129,16 +137,16 @@ def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional
             if not shared:
                 repo.close()  # a shared repository's open packs may be in use by another run
     except (Aborted, LockTimeout) as exc:
-        _clean_up(config, wrote=isinstance(exc, Aborted))
+        _clean_up(config, wrote=isinstance(exc, Aborted), run_lock=run_lock)
         return report("failed", ("aborted: the agent was stopping; nothing of this run was committed",))
     except OSError as exc:  # the run failed as a whole: say what could not be done where (a full disk)
-        _clean_up(config)
+        _clean_up(config, run_lock=run_lock)
         where = f"{exc.filename}: " if exc.filename else ""
         return report("failed", (f"{where}{exc.strerror or exc}",))
     except Exception as exc:  # the run failed as a whole; the report carries why
-        _clean_up(config)
+        _clean_up(config, run_lock=run_lock)
         return report("failed", (in_words(exc),))
-    _clean_up(config, wrote=result.snapshot is None and result.bytes > 0)  # a failed dump: its blobs
+    _clean_up(config, wrote=result.snapshot is None and result.bytes > 0, run_lock=run_lock)  # a failed dump
     incremental = result.incremental
     changes = None if result.changes is None else Changes(
         **result.changes.counts(), paths=tuple(result.changes.paths(MAX_CHANGE_PATHS)))
@@ -147,12 +155,15 @@ def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional
                   bytes=result.bytes, new_bytes=result.new_bytes, warnings=result.warnings, changes=changes)
 
 
-def _clean_up(config: Config, wrote: bool = True) -> None:
+def _clean_up(config: Config, wrote: bool = True, run_lock: Optional[RunLock] = None) -> None:
     """A run that failed after it may have stored data: what no snapshot references goes now, so that
-    it cannot fill the disk under the next run (agent.cleanup)."""
+    it cannot fill the disk under the next run (agent.cleanup, which needs the repository lock
+    exclusively: a run lock is let go first, and the next job takes it again)."""
     if wrote:
         from agent.cleanup import collect_garbage
 
+        if run_lock is not None:
+            run_lock.let_go()
         collect_garbage(config.repository)
 
 
@@ -218,14 +229,67 @@ def _backup(config: Config, job: Job, repo: Repository, trigger: str, started: s
     return backup_dump(repo, job, stop, names, progress)
 
 
+class RunLock:
+    """One shared repository lock for a run of several jobs (`backup --all`), taken when the first job
+    needs it and kept between jobs, so that each job does not take and end a lock of its own (four
+    requests on object storage). Prune waits for it as for any backup's.
+
+    It is let go while a job's own lock has to be waited for: another run of that job (the daemon's) may
+    itself wait for the repository lock behind a waiting prune, and that prune waits for this lock, so
+    holding it there could deadlock. Use it as a context manager: it is released at the end."""
+
+    def __init__(self, repo: Repository, purpose: str) -> None:
+        self._repo, self._purpose = repo, purpose
+        self._lock: Optional[RepositoryLock] = None
+
+    def hold(self, on_wait: Callable[[str], None], stop: Optional[threading.Event]) -> None:
+        """Take it unless held; raises LockTimeout when `stop` is set while waiting."""
+        if self._lock is None:
+            lock = self._repo.lock(exclusive=False, purpose=self._purpose)
+            lock.acquire(on_wait=on_wait, stop=stop)
+            self._lock = lock
+
+    def let_go(self) -> None:
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            lock.release()
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.let_go()
+
+
+class _kept:
+    """The run lock for one job's `with` block: held on entry, kept on exit (the run ends it)."""
+
+    def __init__(self, run_lock: RunLock, on_wait: Callable[[str], None], stop: Optional[threading.Event]) -> None:
+        self.run_lock, self.on_wait, self.stop = run_lock, on_wait, stop
+
+    def __enter__(self) -> RunLock:
+        self.run_lock.hold(self.on_wait, self.stop)
+        return self.run_lock
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
 class _held:
-    """Hold a lock for a `with` block, telling `on_wait` if it has to wait and giving up on `stop`."""
+    """Hold a lock for a `with` block, telling `on_wait` if it has to wait and giving up on `stop`. A
+    `run_lock` is let go before any waiting (see RunLock)."""
 
-    def __init__(self, lock: FileLock, on_wait: Callable[[str], None],
-                 stop: Optional[threading.Event]) -> None:
-        self.lock, self.on_wait, self.stop = lock, on_wait, stop
+    def __init__(self, lock: FileLock | RepositoryLock, on_wait: Callable[[str], None],
+                 stop: Optional[threading.Event], run_lock: Optional[RunLock] = None) -> None:
+        self.lock, self.on_wait, self.stop, self.run_lock = lock, on_wait, stop, run_lock
 
-    def __enter__(self) -> FileLock:
+    def __enter__(self) -> FileLock | RepositoryLock:
+        if self.run_lock is not None:
+            try:
+                self.lock.acquire(timeout=0, on_wait=lambda _message: None)
+                return self.lock
+            except LockTimeout:
+                self.run_lock.let_go()
         self.lock.acquire(on_wait=self.on_wait, stop=self.stop)
         return self.lock
 

@@ -9,7 +9,7 @@ not at all), so no rename and no temp object exist; a content-named object writt
 bytes. Nothing but `remove` and prune's lock clean-up deletes: backups, restores and verify need no
 delete permission (append-only nodes).
 
-The client is boto3/botocore (the reference S3 client; see README "Off-host repository"): path-style
+The client is botocore, boto3's core (the reference S3 client; see README "Off-host repository"): path-style
 addressing (any endpoint, no DNS per bucket), its "standard" retry mode (timeouts, dropped connections,
 5xx and SlowDown retried with exponential backoff and jitter). Errors that will not change (403, a
 missing bucket) fail at once with a message naming the bucket and endpoint. The keys come from an AWS
@@ -361,13 +361,15 @@ def _client_for(endpoint: str, options: S3Options) -> Any:
     key = (os.getpid(), endpoint, options.region, options.ca_file, keys)
     with _clients_lock:
         client = _clients.get(key)
-        if client is None:
-            client = _clients[key] = _make_client(endpoint, options, keys)
-        return client
+    if client is None:  # made outside the lock: a process forked meanwhile (verify's workers) finds it free
+        client = _make_client(endpoint, options, keys)
+        with _clients_lock:
+            client = _clients.setdefault(key, client)
+    return client
 
 
 def _make_client(endpoint: str, options: S3Options, keys: Keys) -> Any:
-    # botocore alone, not boto3: boto3's import pulls in s3transfer and its managers (about 50 ms of every
+    # botocore alone, not boto3: boto3 adds s3transfer and its resource layer (about 20 ms of CPU at the
     # command's start) for nothing this backend calls
     import botocore.session
     from botocore.config import Config

@@ -275,6 +275,10 @@ def _requests_of(agent: Agent, proxy: S3Proxy, *args: str) -> int:
     return proxy.counts.get("requests", 0)
 
 
+def _lock_writes(proxy: S3Proxy) -> List[str]:
+    return [seen for seen in proxy.seen if seen.startswith("PUT ") and "/locks/" in seen]
+
+
 def test_a_no_change_backup_costs_requests_that_do_not_grow_with_the_repository(tmp_path, s3_server, s3_proxy):
     agent = s3_agent(str(tmp_path), s3_server, s3_proxy)
     tree = str(tmp_path / "t")
@@ -283,12 +287,18 @@ def test_a_no_change_backup_costs_requests_that_do_not_grow_with_the_repository(
     make_tree(str(tmp_path / "o"), {"x": "1"})
     agent.backup()
     small = _requests_of(agent, s3_proxy, "backup", "svc")
+    small_all = _requests_of(agent, s3_proxy, "backup", "--all")
+    assert len(_lock_writes(s3_proxy)) == 2, s3_proxy.seen  # one lock for both jobs: its object and its end
     for round_ in range(6):  # more snapshots, index files and packs
         make_tree(str(tmp_path / "o"), {f"f{round_}": os.urandom(100_000)})
         agent.backup("other")
     large = _requests_of(agent, s3_proxy, "backup", "svc")
     assert large == small, (small, large)
-    assert large <= 12
+    # config (HEAD, GET), the lock (list, PUT, list), the snapshot's HEAD, the damage listing, the lock's end
+    assert large <= 8
+    large_all = _requests_of(agent, s3_proxy, "backup", "--all")
+    assert large_all == small_all, (small_all, large_all)
+    assert large_all <= large + 2  # a further job: its snapshot's HEAD and the damage listing, no lock
     shutil.rmtree(os.path.join(agent.state_dir, "cache", "repository"))  # only costs time
     (report,) = agent.backup("svc")
     assert report["status"] == "ok" and report["changed"] is False
@@ -341,3 +351,74 @@ def test_the_daemon_backs_up_on_change_into_an_append_only_bucket(tmp_path, s3_s
     agent.run("restore", "svc:latest", "--target", str(out), check=0)
     assert (out / "webapps/app/WEB-INF/web.xml").read_text() == "<web-app>deployed</web-app>"
     assert not [seen for seen in s3_proxy.seen if seen.startswith("DELETE")]  # never tried
+
+
+def test_backup_all_lets_go_of_its_repository_lock_while_it_waits_for_a_job(tmp_path, s3_server):
+    """`backup --all` holds one repository lock for all its jobs, but not while it waits for a job's own
+    lock: that job's other run (the daemon's) may wait for the repository lock behind a waiting prune,
+    which waits for every backup's lock, so holding it there would deadlock the three."""
+    import queue
+
+    from agent.durable import FileLock
+
+    agent = s3_agent(str(tmp_path), s3_server)
+    for name in ("first", "second"):
+        make_tree(str(tmp_path / name), {"file": name})
+        add_job(agent, fs_job(name, str(tmp_path / name)))
+    agent.backup()
+    held = FileLock(os.path.join(agent.state_dir, "locks", "second.lock"), exclusive=True, purpose="the test")
+    held.acquire()
+    backup = subprocess.Popen([*agent_command(), "--config", agent.config, "backup", "--all", "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        said: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=lambda: [said.put(line) for line in backup.stderr], daemon=True)
+        reader.start()
+        while "waiting for the lock of job second" not in said.get(timeout=120):
+            pass
+        # the first job is done and the second waits for its job lock: prune must get the repository
+        pruned = agent.run("prune", "--json", timeout=60)
+        assert pruned.returncode == 0, pruned.stderr
+    finally:
+        held.release()
+        try:
+            out = backup.stdout.read()  # stderr is the reader's
+            backup.wait(timeout=120)
+        finally:
+            if backup.poll() is None:
+                backup.kill()
+                backup.wait()
+            backup.stdout.close()
+            backup.stderr.close()
+    assert backup.returncode == 0, out
+    assert [report["status"] for report in json.loads(out)] == ["ok", "ok"]
+    agent.run("verify", "--read-data", check=0)
+
+
+def test_verify_checks_what_the_bucket_holds_not_the_local_cache(tmp_path, s3_server):
+    """The cache keeps good copies of index files and snapshot documents; verify must read the stored ones."""
+    prefix = "verify-" + os.urandom(4).hex()
+    agent = s3_agent(str(tmp_path), s3_server, prefix=prefix)
+    tree = str(tmp_path / "t")
+    services_tree(tree)
+    add_job(agent, fs_job("svc", tree))
+    agent.backup()
+    agent.run("verify", "--read-data", check=0)  # the cache now holds every index file and document
+    stored = s3_server.objects(prefix)
+    for kind in ("index", "snapshots"):
+        (key,) = [key for key in stored if key.startswith(kind + "/")]
+        path = os.path.join(s3_server.root, "data", "backups", prefix, key)
+        with open(path, "r+b") as handle:  # one flipped byte in the bucket's copy
+            handle.seek(stored[key] // 2)
+            byte = handle.read(1)
+            handle.seek(stored[key] // 2)
+            handle.write(bytes([byte[0] ^ 0x20]))
+        for args in (("verify", "--read-data", "--json"), ("verify", "--json")):
+            result = agent.run(*args, check=1)
+            problems = json.loads(result.stdout)["problems"]
+            assert any(key.split("/")[1] in problem and "damaged" in problem for problem in problems), (key, problems)
+            assert "Traceback" not in result.stderr
+        with open(path, "r+b") as handle:  # put it back: the next kind is checked alone
+            handle.seek(stored[key] // 2)
+            handle.write(byte)
+    agent.run("verify", "--read-data", check=0)

@@ -16,7 +16,9 @@ BRIEF_DELIVERY = 5.0  # a one-shot backup tries this long; the daemon (or `repor
 
 def backup(config, names: Sequence[str], as_json: bool = False) -> int:
     """Back up the jobs `names` (known to be in `config`); exit status 0 if every run was ok, else 1."""
-    from agent.runner import open_repository, run_job
+    from contextlib import nullcontext
+
+    from agent.runner import RunLock, open_repository, run_job
 
     reports = []
     repo = None
@@ -24,13 +26,17 @@ def backup(config, names: Sequence[str], as_json: bool = False) -> int:
         repo = open_repository(config)  # shared by the runs: the index is loaded once
     except Exception:
         pass  # each run reports the problem in its own report
-    # One job after the other: measured, two threads were slower (GIL) and doubled peak memory.
-    for name in names:
-        with progress(name, as_json, "entry", "entries") as shown:
-            report = run_job(config, config.job(name), trigger="manual", repo=repo, progress=shown)
-        reports.append(report)
-        if not as_json:
-            render.show(render.report(report))
+    # one repository lock for every job (on object storage each lock costs requests); the runs end
+    # before it is released
+    with RunLock(repo, f"backup {', '.join(names)}") if repo is not None else nullcontext() as run_lock:
+        # One job after the other: measured, two threads were slower (GIL) and doubled peak memory.
+        for name in names:
+            with progress(name, as_json, "entry", "entries") as shown:
+                report = run_job(config, config.job(name), trigger="manual", repo=repo, progress=shown,
+                                 run_lock=run_lock)
+            reports.append(report)
+            if not as_json:
+                render.show(render.report(report))
     if as_json:
         print_json([report.to_json() for report in reports])
     if config.collector is not None:

@@ -28,7 +28,9 @@ def verify(config, read_data: bool = False, as_json: bool = False) -> int:
         if as_json:
             print_json({"ok": True, "snapshots": 0, "packs": 0, "blobs": 0, "damaged": [], "problems": []})
         return EXIT_OK
-    repo = open_repository(config)
+    # what is stored is checked, not the local cache's copies of index files and snapshot documents
+    # (restic's check reads around its cache too)
+    repo = open_repository(config, cached=False)
     require_identity(repo, config, required=False)
     with repo.lock(exclusive=False, purpose="verify"), \
             progress("verify", as_json or not read_data, unit="pack") as shown:
