@@ -26,26 +26,30 @@ UID, GID = os.geteuid(), os.getegid()
 
 def _snapshot(tmp_path, entries: List[Tuple[str, str, object]], xattrs: Optional[Dict[str, tuple]] = None,
               modes: Optional[Dict[str, int]] = None, hardlinks: Optional[Dict[str, str]] = None,
-              source: str = "/services/api") -> Tuple[Repository, Snapshot]:
-    """A repository holding one snapshot of `entries`: (path, type, content bytes / link target / None)."""
+              source: Optional[str] = "/services/api", mtimes: Optional[Dict[str, int]] = None,
+              owners: Optional[Dict[str, Tuple[int, int]]] = None) -> Tuple[Repository, Snapshot]:
+    """A repository holding one snapshot of `entries`: (path, type, content bytes / link target / None),
+    each owned by this process and modified at MTIME unless `owners` or `mtimes` say otherwise."""
     repo = Repository.open(str(tmp_path / "repo"), create=True)
     writer = repo.writer()
     made = []
     for path, kind, value in [(".", "dir", None), *entries]:
         mode = (modes or {}).get(path, 0o755 if kind == "dir" else 0o644)
         extra = {"xattrs": (xattrs or {}).get(path, ()), "hardlink": (hardlinks or {}).get(path, "")}
+        uid, gid = (owners or {}).get(path, (UID, GID))
+        mtime = (mtimes or {}).get(path, MTIME)
         if kind == "file":
             ids = tuple(writer.save(piece)[0] for piece in repo.chunker.split(value)) if value else ()
-            made.append(Entry(path, kind, mode, UID, GID, MTIME, len(value), ids, **extra))
+            made.append(Entry(path, kind, mode, uid, gid, mtime, len(value), ids, **extra))
         elif kind == "symlink":
-            made.append(Entry(path, kind, 0o777, UID, GID, MTIME, target=value, **extra))
+            made.append(Entry(path, kind, 0o777, uid, gid, mtime, target=value, **extra))
         else:
-            made.append(Entry(path, kind, mode, UID, GID, MTIME, **extra))
+            made.append(Entry(path, kind, mode, uid, gid, mtime, **extra))
     tree = write_tree(writer, made)
     writer.flush()
     snapshot = repo.save_snapshot(Snapshot(job="api", type="fs", host="h", time="2026-11-30T00:00:00Z",
                                            trigger="manual", tree=tree, files=0, bytes=0, fingerprint="f",
-                                           source=(source,)))
+                                           source=(source,) if source else ()))
     return repo, snapshot
 
 
@@ -332,3 +336,167 @@ def test_a_symlinks_attributes_are_its_own_not_its_targets(tmp_path):
     assert restore_snapshot(repo, snap, str(out)).conflicts == []
     os.setxattr(out / "f", "user.b", b"2")
     assert restore_snapshot(repo, snap, str(out)).conflicts == ["f"]
+
+
+class _Counted:
+    """A Progress that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.expected: List[Tuple[Optional[int], Optional[int]]] = []
+        self.files = self.bytes = 0
+
+    def expect(self, files: Optional[int], bytes: Optional[int]) -> None:
+        self.expected.append((files, bytes))
+
+    def advance(self, files: int = 0, bytes: int = 0) -> None:
+        self.files += files
+        self.bytes += bytes
+
+
+def test_progress_counts_and_times_of_what_is_written_and_always_rewrites(tmp_path):
+    repo, snap = _snapshot(tmp_path, [("a", "file", b"a" * 100), ("b", "file", b"b" * 200), ("d", "dir", None),
+                                      ("d/c", "file", b"c" * 300), ("l", "symlink", "a")])
+    out = tmp_path / "out"
+    progress = _Counted()
+    result = restore_snapshot(repo, snap, str(out), progress=progress)
+    assert result.errors == [] and (result.files, result.bytes) == (3, 600)
+    assert progress.expected == [(3, 600)] and (progress.files, progress.bytes) == (3, 600)
+    for name in (".", "a", "d", "d/c"):  # directories get their times after they were filled
+        assert os.stat(out / name).st_mtime_ns == MTIME, name
+
+    inode = os.stat(out / "a").st_ino
+    always = restore_snapshot(repo, snap, str(out), overwrite="always")
+    assert sorted(always.replaced) == ["a", "b", "d/c", "l"] and always.unchanged == 2
+    assert (always.files, always.bytes) == (3, 600) and os.stat(out / "a").st_ino != inode
+    same = restore_snapshot(repo, snap, str(out), overwrite="if-changed")
+    assert (same.replaced, same.files, same.unchanged) == ([], 0, 6)
+
+
+def test_a_dry_run_tells_what_would_be_created_replaced_and_left_and_changes_nothing(tmp_path):
+    repo, snap = _snapshot(tmp_path, [("a", "file", b"a"), ("b", "file", b"b"), ("d", "dir", None),
+                                      ("d/c", "file", b"c"), ("extra-free", "dir", None)])
+    out = tmp_path / "out"
+    restore_snapshot(repo, snap, str(out))
+    os.unlink(out / "a")
+    (out / "b").write_bytes(b"B")
+    (out / "d/stray").write_bytes(b"s")
+    dry = restore_snapshot(repo, snap, str(out), overwrite="if-changed", delete=True, dry_run=True)
+    assert (dry.created, dry.replaced, dry.deleted, dry.unchanged) == (["a"], ["b"], ["d/stray"], 4)
+    assert dry.warnings == [] and dry.errors == [] and dry.files == 0
+    assert not (out / "a").exists() and (out / "b").read_bytes() == b"B" and (out / "d/stray").exists()
+
+
+def test_without_delete_what_the_snapshot_does_not_hold_stays(tmp_path):
+    repo, snap = _snapshot(tmp_path, [("d", "dir", None), ("d/c", "file", b"c")])
+    out = tmp_path / "out"
+    restore_snapshot(repo, snap, str(out))
+    (out / "d/mine").write_bytes(b"mine")
+    result = restore_snapshot(repo, snap, str(out), overwrite="if-changed")
+    assert result.deleted == [] and (out / "d/mine").read_bytes() == b"mine"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files another owner needs root")
+def test_root_restores_recorded_owners_of_files_directories_and_links_themselves(tmp_path):
+    repo, snap = _snapshot(tmp_path, [("d", "dir", None), ("g", "file", b"g"), ("l", "symlink", "g")],
+                           owners={"d": (12345, 23456), "g": (0, 0), "l": (34567, 45678)})
+    out = tmp_path / "out"
+    assert restore_snapshot(repo, snap, str(out)).errors == []
+    owners = {name: (st.st_uid, st.st_gid) for name in ("d", "g", "l") for st in [os.lstat(out / name)]}
+    assert owners == {"d": (12345, 23456), "g": (0, 0), "l": (34567, 45678)}
+    assert restore_snapshot(repo, snap, str(out)).conflicts == []
+    os.chown(out / "g", 1, 1)
+    assert restore_snapshot(repo, snap, str(out)).conflicts == ["g"]
+
+
+def test_a_links_times_are_its_own_and_links_replace_what_is_in_their_way(tmp_path):
+    repo, snap = _snapshot(tmp_path, [("dangling", "symlink", "nowhere"), ("f", "file", b"f"), ("l", "symlink", "f"),
+                                      ("was-dir", "symlink", "f"), ("was-file", "symlink", "f")],
+                           mtimes={"dangling": 1_000_000_000_000, "l": 2_000_000_000_000, "f": 3_000_000_000_000})
+    out = tmp_path / "out"
+    os.makedirs(out / "was-dir/inside")
+    (out / "was-file").write_bytes(b"in the way")
+    result = restore_snapshot(repo, snap, str(out), overwrite="if-changed")
+    assert result.errors == [] and sorted(result.replaced) == ["was-dir", "was-file"]
+    assert os.readlink(out / "was-dir") == "f" and os.readlink(out / "was-file") == "f"
+    times = {name: os.lstat(out / name).st_mtime_ns for name in ("dangling", "l", "f")}
+    assert times == {"dangling": 1_000_000_000_000, "l": 2_000_000_000_000, "f": 3_000_000_000_000}
+
+    os.utime(out / "l", ns=(5, 5), follow_symlinks=False)
+    os.utime(out / "dangling", ns=(5, 5), follow_symlinks=False)
+    again = restore_snapshot(repo, snap, str(out), overwrite="if-changed")
+    assert again.errors == [] and again.replaced == [] and again.unchanged == 6
+    times = {name: os.lstat(out / name).st_mtime_ns for name in ("dangling", "l", "f")}
+    assert times == {"dangling": 1_000_000_000_000, "l": 2_000_000_000_000, "f": 3_000_000_000_000}
+
+
+def test_a_file_replaces_a_directory_and_a_directory_a_file(tmp_path):
+    repo, snap = _snapshot(tmp_path, [("a", "file", b"file now"), ("d", "dir", None), ("d/y", "file", b"y")])
+    out = tmp_path / "out"
+    os.makedirs(out / "a/deeper")
+    (out / "a/deeper/x").write_bytes(b"x")
+    (out / "d").write_bytes(b"a file where a directory goes")
+    assert restore_snapshot(repo, snap, str(out)).conflicts == ["a", "d"]
+    result = restore_snapshot(repo, snap, str(out), overwrite="if-changed")
+    assert result.errors == [] and (result.replaced, result.created) == (["a", "d"], ["d/y"])
+    assert (out / "a").read_bytes() == b"file now" and (out / "d/y").read_bytes() == b"y"
+    assert sorted(os.listdir(out)) == ["a", "d"]  # no temp name left behind
+
+
+def test_an_entry_of_an_unknown_type_is_named_and_nothing_is_made_for_it(tmp_path):
+    repo, snap = _snapshot(tmp_path, [("after", "file", b"after"), ("pipe", "fifo", None)])
+    out = tmp_path / "out"
+    result = restore_snapshot(repo, snap, str(out))
+    assert result.errors == ["pipe: unknown entry type 'fifo'"]
+    assert not os.path.lexists(out / "pipe") and (out / "after").read_bytes() == b"after"
+    assert result.created == [".", "after"]
+
+
+def test_a_file_that_cannot_be_written_is_named_and_the_rest_is_restored(tmp_path):
+    long_name = "n" * 300  # longer than NAME_MAX: ENAMETOOLONG for this file alone
+    repo, snap = _snapshot(tmp_path, [("d", "dir", None), (f"d/{long_name}", "file", b"x"), ("d/z", "file", b"z")],
+                           modes={"d": 0o750})
+    out = tmp_path / "out"
+    result = restore_snapshot(repo, snap, str(out), overwrite="always")
+    assert result.errors == [f"d/{long_name}: {os.strerror(errno.ENAMETOOLONG)}"]
+    assert (out / "d/z").read_bytes() == b"z" and stat.S_IMODE(os.stat(out / "d").st_mode) == 0o750
+    assert os.listdir(out / "d") == ["z"]
+
+
+def test_later_names_of_an_inode_at_other_depths_link_to_the_first(tmp_path):
+    repo, snap = _snapshot(tmp_path, [("d", "dir", None), ("d/a", "file", b"same"), ("d/e", "dir", None),
+                                      ("d/e/b", "file", b"same"), ("z", "file", b"same")],
+                           hardlinks={"d/e/b": "d/a", "z": "d/a"})
+    out = tmp_path / "out"
+    result = restore_snapshot(repo, snap, str(out))
+    assert result.errors == [] and result.files == 1
+    assert os.stat(out / "d/e/b").st_ino == os.stat(out / "z").st_ino == os.stat(out / "d/a").st_ino
+    assert os.stat(out / "d/a").st_nlink == 3 and sorted(os.listdir(out / "d/e")) == ["b"]
+
+
+def test_paths_are_read_as_the_jobs_and_each_wrong_one_is_named(tmp_path):
+    entries = [("conf", "dir", None), ("conf/a", "file", b"a"), ("conf/X", "file", b"X")]
+    repo, snap = _snapshot(tmp_path, entries, source="/")  # riak's job path
+    out = tmp_path / "root"
+    assert restore_snapshot(repo, snap, str(out), ["/conf/a"]).errors == []
+    assert os.listdir(out / "conf") == ["a"]
+    repo, snap = _snapshot(tmp_path / "x", entries, source="/srv/X")
+    assert restore_snapshot(repo, snap, str(tmp_path / "x-out"), ["/srv/X/conf/a", "conf/X"]).errors == []
+    assert sorted(os.listdir(tmp_path / "x-out/conf")) == ["X", "a"]
+    whole = restore_snapshot(repo, snap, str(tmp_path / "whole"), ["/srv/X"])
+    assert whole.created == [".", "conf", "conf/a", "conf/X"]
+    with pytest.raises(PathError) as wrong:
+        restore_snapshot(repo, snap, str(tmp_path / "no"), ["/etc", "../up", "/srv/Y", "a/../../b"])
+    assert str(wrong.value).split("; ") == [
+        "/etc: not under the job's path /srv/X", "../up: not a path inside the snapshot",
+        "/srv/Y: not under the job's path /srv/X", "a/../../b: not a path inside the snapshot"]
+    with pytest.raises(PathError) as missing:
+        restore_snapshot(repo, snap, str(tmp_path / "no"), ["nope", "conf/b"])
+    assert str(missing.value) == f"nope: not in snapshot {snap.id[:12]}; conf/b: not in snapshot {snap.id[:12]}"
+    with pytest.raises(ValueError, match="overwrite must be one of"):
+        restore_snapshot(repo, snap, str(tmp_path / "no"), overwrite="sometimes")
+    assert not (tmp_path / "no").exists()
+
+    repo, snap = _snapshot(tmp_path / "nosource", entries, source=None)
+    assert restore_snapshot(repo, snap, str(tmp_path / "rel"), ["conf/a"]).errors == []
+    with pytest.raises(PathError, match=r"^/conf: not under the job's path \(unknown\)$"):
+        restore_snapshot(repo, snap, str(tmp_path / "no"), ["/conf"])
