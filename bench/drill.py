@@ -1,5 +1,5 @@
 """Restore drill benchmark: `backup-agent drill` against what an operator would do by hand to prove the
-same snapshots -- a plain `backup-agent restore` of the six /services jobs, and a plain `mariadb < dump.sql`
+same snapshots -- a plain `backup-agent restore --all` of the six /services jobs, and a plain `mariadb < dump.sql`
 into a fresh server -- on the same machine and page cache, repetitions alternating, medians compared.
 
     python bench/drill.py --profile small|large [--repeat N] [--workdir DIR] [--parts fs,mysql]
