@@ -46,7 +46,8 @@ def test_backup_report_fields_and_restore_equality(agent, tmp_path):
     assert read_tree(target) == read_tree(src)
     snaps = agent.snapshots()
     assert [s["id"] for s in snaps] == [report["snapshot"]]
-    assert set(snaps[0]) == {"id", "job", "time", "trigger", "files", "bytes", "partial", "changes"}
+    assert set(snaps[0]) == {"id", "job", "host", "time", "trigger", "files", "bytes", "partial", "changes"}
+    assert snaps[0]["host"] == "test-node"
 
 
 def test_excluded_paths_are_never_stored_and_negation_and_dir_only_work(agent, tmp_path):
