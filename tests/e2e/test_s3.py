@@ -422,3 +422,74 @@ def test_verify_checks_what_the_bucket_holds_not_the_local_cache(tmp_path, s3_se
             handle.seek(stored[key] // 2)
             handle.write(byte)
     agent.run("verify", "--read-data", check=0)
+
+
+def _maintained(agent: Agent, collector, tmp_path, top: str) -> None:
+    """Top-level keys `top` (before the tables s3_agent wrote), then retention and the collector."""
+    from tests.e2e.test_daemon_maintenance import configure
+
+    with open(agent.config) as handle:
+        text = handle.read()
+    with open(agent.config, "w") as handle:
+        handle.write(f"{top}\n{text}")
+    configure(agent, collector, tmp_path)
+
+
+def test_the_daemon_prunes_an_s3_repository_its_keys_may_delete_from(tmp_path, s3_server, s3_proxy, start_collector):
+    from tests.e2e.test_daemon import Daemon, wait_for
+
+    collector = start_collector()
+    agent = s3_agent(str(tmp_path / "node"), s3_server, s3_proxy, host="test-node")
+    _maintained(agent, collector, tmp_path, 'prune_every = "3s"\ndrill_every = "1w"')
+    prefix = agent.repository.rsplit("/", 1)[-1]
+    tree = str(tmp_path / "svc")
+    make_tree(tree, {"conf/a.xml": "<a/>", "lib/big.jar": os.urandom(2_000_000)})
+    add_job(agent, fs_job("svc", tree))
+    agent.backup("svc")
+    with open(os.path.join(tree, "lib/big.jar"), "wb") as handle:  # the first snapshot's data becomes garbage
+        handle.write(os.urandom(2_000_000))
+    agent.backup("svc")
+    before = sum(size for key, size in s3_server.objects(prefix).items() if key.startswith("data/"))
+    s3_proxy.reset_counts()
+    daemon = Daemon(agent).start()
+    try:
+        reports = wait_for(lambda: [row for row in collector.reports("test-node") if row["trigger"] == "prune"],
+                           timeout=90)
+    finally:
+        assert daemon.stop() == 0
+    prune = reports[-1]
+    assert prune["status"] == "ok", prune
+    after = sum(size for key, size in s3_server.objects(prefix).items() if key.startswith("data/"))
+    assert prune["repository_bytes_before"] >= before > after
+    assert [seen for seen in s3_proxy.seen if seen.startswith("DELETE") and "/data/" in seen]
+    assert len(agent.snapshots("svc")) == 1
+    agent.run("verify", "--read-data", check=0)
+    out = tmp_path / "out"
+    agent.run("restore", "svc:latest", "--target", str(out), check=0)
+    assert read_tree(str(out)) == read_tree(tree)
+
+
+def test_the_daemon_on_an_append_only_bucket_leaves_prune_to_another_host(tmp_path, s3_server, s3_proxy,
+                                                                          start_collector):
+    from tests.e2e.test_daemon import Daemon, wait_for
+
+    collector = start_collector()
+    agent = s3_agent(str(tmp_path / "node"), s3_server, s3_proxy, host="test-node")
+    _maintained(agent, collector, tmp_path, 'prune_every = "2s"\ndrill_every = "1w"')
+    tree = str(tmp_path / "svc")
+    services_tree(tree)
+    add_job(agent, fs_job("svc", tree, extra='on_change = true\nquiet = "1s"\nmax_delay = "5s"'))
+    s3_proxy.faults.refuse_delete = True
+    agent.backup("svc")
+    daemon = Daemon(agent).start()
+    try:
+        wait_for(lambda: daemon.text().count("prune skipped") >= 2 or None, timeout=60)
+        make_tree(tree, {"conf/server.xml": "<Server port='9'/>"})  # backups go on beside the skipped prunes
+        daemon.idle("svc", 2, timeout=60)
+    finally:
+        assert daemon.stop() == 0
+    assert "may not delete (append-only)" in daemon.text()
+    assert "Traceback" not in daemon.text()
+    assert not [row for row in collector.reports("test-node") if row["trigger"] == "prune"]
+    assert not [seen for seen in s3_proxy.seen if seen.startswith("DELETE") and "/data/" in seen]
+    assert [snap["trigger"] for snap in agent.snapshots("svc")] == ["manual", "change"]
