@@ -72,7 +72,8 @@ class _KeySaves:
         self._lock = threading.Lock()
 
     def start(self, ref: bytes, wrapped: bytes) -> None:
-        thread = threading.Thread(target=self._save, args=(ref, wrapped), name="data-key-save")
+        # a daemon: a process that stops mid-save leaves at most a temp file, and no pack naming the key
+        thread = threading.Thread(target=self._save, args=(ref, wrapped), name="data-key-save", daemon=True)
         with self._lock:  # saves nobody waited for (their pack was never saved) are let go here
             self._saving = {name: old for name, old in self._saving.items() if old.is_alive()}
             self._saving[ref] = thread
