@@ -69,3 +69,29 @@ def test_skipping_the_shared_head_and_tail_gives_what_comparing_every_line_gives
     assert lines(old_part) - lines(new_part) == lines(old) - lines(new)
     assert lines(new_part) - lines(old_part) == lines(new) - lines(old)
     assert old_part in old and new_part in new
+
+
+def _big(changes: dict = {}) -> bytes:  # noqa: B006 - read only
+    """A manifest of 3000 files (~190 KB, several of the blocks the shared ends are compared in)."""
+    entries = [Entry(f"app/lib/module-{number:05}.jar", "file", changes.get(number, 0o644), 0, 0, 1, number,
+                     (number.to_bytes(32, "big"),)) for number in range(3000)]
+    return encode_manifest([ROOT, Entry("app", "dir", 0o755, 0, 0, 1), Entry("app/lib", "dir", 0o755, 0, 0, 1),
+                            *entries])
+
+
+def test_one_change_anywhere_in_a_large_manifest_is_found_by_comparing_its_own_lines():
+    old = _big()
+    assert len(old) > 3 * (1 << 16)
+    assert not diff_manifests(old, old) and _differing_lines(old, old) == (b"", b"")
+    for number in (0, 1, 1000, 1456, 2047, 2998, 2999):
+        new = _big({number: 0o600})
+        path = f"app/lib/module-{number:05}.jar"
+        result = diff_manifests(old, new)
+        assert result and result.changed == (Changed(path, ("mode",)),) and not result.added and not result.removed
+        assert result.to_json() == {"added": [], "removed": [], "changed": [{"path": path, "what": ["mode"]}]}
+        old_part, new_part = _differing_lines(old, new)
+        assert old_part.count(b"\n") <= 2 and new_part.count(b"\n") <= 2 and path.encode() in old_part
+    longer = old + encode_manifest([Entry("zz", "file", 0o644, 0, 0, 1)])
+    assert diff_manifests(old, longer).to_json() == {"added": ["zz"], "removed": [], "changed": []}
+    assert diff_manifests(longer, old).to_json() == {"added": [], "removed": ["zz"], "changed": []}
+    assert bool(diff_manifests(longer, old)) and bool(diff_manifests(old, longer))
