@@ -2,8 +2,9 @@
 
 Order matters for crash safety: manifests are removed first, then the packs holding still-needed blobs
 next to garbage are rewritten and a complete new index is written, and only then are old index files and
-packs deleted. A crash between any two steps leaves a repository that verifies. The exclusive repository
-lock keeps backups out while this runs.
+packs deleted, and last the data keys (encrypted repositories) that no remaining blob names. A crash
+between any two steps leaves a repository that verifies. The exclusive repository lock keeps backups out
+while this runs.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class PruneResult:
     packs_rewritten: int = 0
     bytes_freed: int = 0
     index_replaced: List[str] = field(default_factory=list)  # damaged index files the new index replaced
+    keys_deleted: int = 0  # encrypted repositories: data key objects no remaining blob names
 
 
 def prune_repository(repo: Repository, policies: Dict[str, Retention], dry_run: bool = False) -> PruneResult:
@@ -150,4 +152,6 @@ def _collect_garbage(repo: Repository, result: PruneResult) -> None:
             repo.remove_pack(pack)
             result.bytes_freed += size
             result.packs_deleted += 1
+    if not unknown:  # the blobs of a pack whose blob list cannot be read may name any key: all are kept
+        result.keys_deleted = repo.remove_unused_data_keys(new_index)  # last: a crash before leaves orphans
     repo.remove_leftovers()

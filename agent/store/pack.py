@@ -15,11 +15,11 @@ from __future__ import annotations
 import hashlib
 import struct
 import threading
-from typing import TYPE_CHECKING, Callable, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Callable, Iterable, List, Optional, Set, Tuple
 
 import zstandard
 
-from agent.backend.base import Backend, Handle, Kind
+from agent.backend.base import Backend, BackendError, Handle, Kind
 from agent.store.index import FLAG_ZSTD, KIND_TREE, BlobLocation, kind_of
 
 if TYPE_CHECKING:
@@ -154,3 +154,21 @@ def read_trailer(data: bytes,
                  cipher: Optional[RepositoryCipher] = None) -> Optional[List[Tuple[bytes, int, int, int, int]]]:
     """The blob list of a whole pack's bytes (see read_trailer_range)."""
     return read_trailer_range(lambda offset, length: data[offset:offset + length], len(data), cipher)
+
+
+def data_key_names(backend: Backend, blobs: Iterable[Tuple[bytes, BlobLocation]]) -> Optional[Set[str]]:
+    """The data keys (PACK_KEYS object names) that the sealed data blobs `blobs` name, read from the head
+    of each stored blob (agent.crypt.seal); None when one cannot be read (a missing or short pack): which
+    keys are unused cannot be told then."""
+    names: Set[str] = set()
+    for _, loc in blobs:
+        if kind_of(loc.flags) == KIND_TREE:  # sealed under the metadata key: names no data key
+            continue
+        try:
+            head = backend.load(Handle(Kind.DATA, loc.pack.hex()), _KEY_REF, loc.offset)
+        except BackendError:
+            return None
+        if len(head) != _KEY_REF:
+            return None
+        names.add(head.hex())
+    return names

@@ -23,7 +23,7 @@ from agent.backend import CONFIG_NAME, Backend, BackendError, Handle, Kind, NotF
 from agent.store.chunker import Chunker, ChunkerParams
 from agent.store.damage import encode_damage
 from agent.store.index import KIND_DATA, KIND_TREE, BlobLocation, Index, kind_of
-from agent.store.pack import TARGET_SIZE, Compressor, PackWriter, decode_blob, read_trailer_range
+from agent.store.pack import TARGET_SIZE, Compressor, PackWriter, data_key_names, decode_blob, read_trailer_range
 from agent.store.snapshots import DamagedSnapshot, RepositoryError, Snapshot, SnapshotStore, load_config, new_config
 
 if TYPE_CHECKING:
@@ -356,9 +356,11 @@ class Repository:
         """For the length of the context, the blobs `blob_ids` will be read in this order (a restore's
         files): the backend may fetch their packs ahead. Only packs read for two blobs or more are named:
         a single blob is cheaper to fetch by itself than its whole pack."""
+        return self._read_packs_ahead(self.index.get(blob_id) for blob_id in blob_ids)
+
+    def _read_packs_ahead(self, locations: Iterable[Optional[BlobLocation]]) -> ContextManager[None]:
         counts: Dict[bytes, int] = {}
-        for blob_id in blob_ids:
-            loc = self.index.get(blob_id)
+        for loc in locations:
             if loc is not None:
                 counts[loc.pack] = counts.get(loc.pack, 0) + 1
         return self.backend.read_ahead([Handle(Kind.DATA, pack.hex()) for pack, count in counts.items() if count > 1])
@@ -426,6 +428,21 @@ class Repository:
         from agent.crypt.bootstrap import check_key_objects
 
         return check_key_objects(self.cipher.backend, self.cipher.node)
+
+    def remove_unused_data_keys(self, live: List[Tuple[bytes, BlobLocation]]) -> int:
+        """Remove an encrypted repository's data key objects that no blob of `live` names (all the blobs the
+        index prune just wrote holds, every other pack deleted): those of deleted packs, and orphans of a
+        failed backup or a killed prune. Returns how many; none when a blob's head cannot be read. Only
+        under the exclusive lock."""
+        if self.cipher is None:
+            return 0
+        with self._read_packs_ahead(loc for _, loc in live):
+            named = data_key_names(self.backend, live)
+        unused = [] if named is None else [info.name for info in self.backend.list(Kind.PACK_KEYS)
+                                           if info.name not in named]
+        for name in unused:
+            self.backend.remove(Handle(Kind.PACK_KEYS, name))
+        return len(unused)
 
     def packs(self) -> Dict[bytes, int]:
         """Every stored pack (indexed or not): id -> size in bytes."""

@@ -437,3 +437,40 @@ def test_prune_rewrites_packs_of_an_encrypted_repository_and_the_identity_still_
     agent.run("verify", "--read-data", "--identity", identity, check=0)
     agent.run("restore", "svc:latest", "--target", str(tmp_path / "out"), "--identity", identity, check=0)
     assert read_tree(str(tmp_path / "out")) == read_tree(src)
+
+
+def test_prune_on_s3_removes_the_data_keys_of_the_packs_it_deletes_and_keeps_those_copied_blobs_name(
+        tmp_path, s3_server):
+    from tests.e2e.test_s3 import s3_agent
+
+    agent = s3_agent(str(tmp_path / "node"), s3_server)
+    identity = str(tmp_path / "identity")
+    recipient = generate_identity(agent, identity)
+    with open(agent.config) as handle:
+        text = handle.read().replace("disabled = true", f'recipients = ["{recipient}"]')
+    with open(agent.config, "w") as handle:
+        handle.write(text)
+    src = str(tmp_path / "svc")
+    prefix = agent.repository.rsplit("/", 1)[1]
+
+    def data_keys() -> List[str]:
+        return [name for name in s3_server.objects(prefix) if name.startswith("packkeys/")]
+
+    make_tree(src, {"lib/gone.jar": os.urandom(300_000), "conf/server.xml": "<Server/>"})
+    agent.write_jobs(fs_job("svc", src, extra="retention = { keep_last = 1 }"))
+    agent.backup()  # its pack holds only what the next backups no longer have: deleted by prune
+    os.unlink(os.path.join(src, "lib", "gone.jar"))
+    make_tree(src, {"lib/old.jar": os.urandom(300_000), "lib/kept.jar": os.urandom(300_000),
+                    "conf/server.xml": "<Server port='8005'/>"})
+    agent.backup()  # half of its pack goes: `kept.jar` is copied into a new pack, still naming this key
+    os.unlink(os.path.join(src, "lib", "old.jar"))
+    make_tree(src, {"lib/new.jar": os.urandom(300_000)})
+    agent.backup()
+    assert len(data_keys()) == 3  # one per backup that stored file contents
+    pruned = json.loads(agent.run("prune", "--json", check=0).stdout)
+    assert len(pruned["removed"]) == 2 and pruned["packs_rewritten"] >= 1, pruned
+    assert len(data_keys()) == 2
+    agent.run("verify", "--read-data", check=0)
+    agent.run("verify", "--read-data", "--identity", identity, check=0)
+    agent.run("restore", "svc:latest", "--target", str(tmp_path / "out"), "--identity", identity, check=0)
+    assert read_tree(str(tmp_path / "out")) == read_tree(src)

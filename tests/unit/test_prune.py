@@ -220,3 +220,53 @@ def test_retention_counts_each_hosts_snapshots_of_a_job_apart(repo):
     assert [snap.id for snap in result.removed] == [two_old.id]
     assert {snap.id for snap in result.kept} == {one.id, two_new.id}
     assert verify_repository(repo, read_data=True).ok
+
+
+# --- encrypted repositories: the data key objects (agent.crypt.seal) ---------------------------------
+
+
+def _encrypted(tmp_path):
+    """A new encrypted repository on a local directory, opened as a node holding the identity too."""
+    import pyrage
+
+    from agent.crypt.settings import EncryptionSettings
+
+    identity = pyrage.x25519.Identity.generate()
+    (tmp_path / "identity").write_text(f"{identity}\n")
+    settings = EncryptionSettings(recipients=(str(identity.to_public()),), identity_file=str(tmp_path / "identity"),
+                                  node_key_file=str(tmp_path / "node.key"))
+    return Repository.open(str(tmp_path / "r"), create=True, encryption=settings), identity
+
+
+def _keys(repo: Repository):
+    """(the data key objects stored, the data keys the indexed blobs name)."""
+    from agent.store.pack import data_key_names
+
+    repo.index.reload()
+    return ({info.name for info in repo.backend.list(Kind.PACK_KEYS)},
+            data_key_names(repo.backend, list(repo.index.items())))
+
+
+def test_prune_removes_the_data_keys_no_remaining_blob_names_and_keeps_those_copied_blobs_name(tmp_path):
+    import hashlib
+
+    import pyrage
+
+    repo, identity = _encrypted(tmp_path)
+    kept_content = os.urandom(60_000)
+    store_files(repo, "j", {"gone": os.urandom(60_000)}, time="2026-11-25T07:00:00Z")  # a pack prune deletes
+    store_files(repo, "j", {"old": os.urandom(60_000), "kept": kept_content}, time="2026-11-26T07:00:00Z")
+    latest = store_files(repo, "j", {"kept": kept_content, "new": os.urandom(60_000)}, time="2026-11-27T07:00:00Z")
+    # what a backup killed before its pack was saved (or a prune killed before removing keys) leaves
+    orphan = pyrage.encrypt(os.urandom(32), [identity.to_public()])
+    repo.backend.save(Handle(Kind.PACK_KEYS, hashlib.sha256(orphan).hexdigest()), [orphan])
+    stored, named = _keys(repo)
+    assert len(named) == 3 and stored == named | {hashlib.sha256(orphan).hexdigest()}
+    result = prune_repository(repo, {"j": KEEP_ONE})
+    assert result.packs_deleted >= 2 and result.packs_rewritten == 1  # `kept` copied out of a half-dead pack
+    stored, named = _keys(repo)
+    assert stored == named and len(stored) == 2 and result.keys_deleted == 2
+    assert verify_repository(repo, read_data=True).ok
+    entries = {entry.path: entry for entry in read_tree(repo, latest.tree)}
+    assert b"".join(repo.read_blob(chunk) for chunk in entries["kept"].chunks) == kept_content
+
