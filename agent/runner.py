@@ -41,13 +41,13 @@ def _say(message: str) -> None:
     print(f"backup-agent: {message}", file=sys.stderr)  # the command's one prefix
 
 
-def repository_backend(config: Config, location: Optional[str] = None, cached: bool = True) -> Backend:
+def repository_backend(config: Config, location: Optional[str] = None, cache: Optional[str] = None) -> Backend:
     """The backend of the configured repository (or of `location`, reached with the same [s3] settings);
-    an object store's immutable small objects (index, snapshot documents) are cached under
-    state_dir/cache/repository unless `cached` is False (verify checks what is stored, not a copy).
-    Raises BackendError for a bad location."""
+    an object store's immutable small objects (index, snapshot documents) are cached under `cache`,
+    by default state_dir/cache/repository (verify gives an empty one of its own: it checks what is
+    stored, not a copy). Raises BackendError for a bad location."""
     return open_backend(location or config.repository, config.s3,
-                        os.path.join(config.state_dir, "cache", "repository") if cached else None)
+                        cache or os.path.join(config.state_dir, "cache", "repository"))
 
 
 def open_repository(config: Config) -> Repository:

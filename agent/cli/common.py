@@ -128,16 +128,16 @@ def repository_exists(config: Config) -> bool:
     return Repository(repository_backend(config)).exists()
 
 
-def open_repository(config: Config, cached: bool = True) -> Repository:
+def open_repository(config: Config, cache: Optional[str] = None) -> Repository:
     """The configured repository. A missing one is a UsageError (exit 2: the configuration names the wrong
     place), and so is an encrypted one this node has no key or identity for; a damaged one (its config.json
-    unreadable or not authentic) raises RepositoryError naming it (exit 1). `cached=False`: every object
-    is read from the repository itself, never from the local cache of an object store's (verify)."""
+    unreadable or not authentic) raises RepositoryError naming it (exit 1). `cache`: where an object
+    store's index files and snapshot documents are kept (see agent.runner.repository_backend)."""
     from agent.runner import repository_backend
     from agent.store import KeyUnusable, Repository, RepositoryError
 
     try:
-        return Repository.open(repository_backend(config, cached=cached), encryption=config.encryption)
+        return Repository.open(repository_backend(config, cache=cache), encryption=config.encryption)
     except KeyUnusable as exc:
         raise UsageError(str(exc)) from None
     except RepositoryError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
 
 import agent.cli.render as render
 from agent.cli.common import (
@@ -28,13 +29,14 @@ def verify(config, read_data: bool = False, as_json: bool = False) -> int:
         if as_json:
             print_json({"ok": True, "snapshots": 0, "packs": 0, "blobs": 0, "damaged": [], "problems": []})
         return EXIT_OK
-    # what is stored is checked, not the local cache's copies of index files and snapshot documents
-    # (restic's check reads around its cache too)
-    repo = open_repository(config, cached=False)
-    require_identity(repo, config, required=False)
-    with repo.lock(exclusive=False, purpose="verify"), \
-            progress("verify", as_json or not read_data, unit="pack") as shown:
-        result = verify_repository(repo, read_data=read_data, progress=shown)
+    # what is stored is checked, not the copies in the local cache: an empty cache of verify's own, so
+    # that each object is fetched once (restic's check uses a fresh temporary cache too)
+    with tempfile.TemporaryDirectory(prefix="verify-cache-") as fresh:
+        repo = open_repository(config, cache=fresh)
+        require_identity(repo, config, required=False)
+        with repo.lock(exclusive=False, purpose="verify"), \
+                progress("verify", as_json or not read_data, unit="pack") as shown:
+            result = verify_repository(repo, read_data=read_data, progress=shown)
     if as_json:
         print_json({"ok": result.ok, "snapshots": result.snapshots, "packs": result.packs,
                     "blobs": result.blobs, "problems": result.problems, "recorded": result.recorded,
