@@ -4,6 +4,7 @@ partial snapshots and change counts in `snapshots`, and what a change-triggered 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -170,8 +171,12 @@ def test_a_damaged_manifest_is_named_without_a_traceback(agent, tmp_path):
     with open(path) as handle:
         document = json.load(handle)
     document["tree"] = ["ab" * 32]
-    with open(path, "w") as handle:
-        json.dump(document, handle)
+    # a document is named by its SHA-256 (else it is damaged itself): this one is intact, its file list missing
+    data = json.dumps(document).encode()
+    os.remove(path)
+    snapshot = hashlib.sha256(data).hexdigest()
+    with open(os.path.join(agent.repository, "snapshots", snapshot + ".json"), "wb") as handle:
+        handle.write(data)
     for argv in (["ls", snapshot], ["diff", snapshot, snapshot], ["find", "a"]):
         result = agent.run(*argv)
         assert result.returncode == 1, (argv, result.stderr)
