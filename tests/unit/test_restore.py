@@ -109,6 +109,7 @@ def test_a_later_name_is_never_linked_to_a_first_name_that_failed(tmp_path):
     result = restore_snapshot(Repository.open(repo.location), snap, str(out), overwrite="always")
     assert [error.split(":")[0] for error in result.errors] == ["a", "b"]
     assert (out / "a").read_bytes() == b"the operator's own file" and not (out / "b").exists()
+    assert os.listdir(out) == ["a"]  # the temp file the damaged blob was written to is gone too
 
 
 def _entries(repo, snap) -> List[Entry]:
@@ -155,6 +156,8 @@ def test_extended_attributes_and_acls_are_restored_and_compared(tmp_path):
     assert result.warnings[0].startswith("link: extended attribute user.on-a-link not restored")
 
     assert restore_snapshot(repo, snap, str(out)).conflicts == []  # the same: no conflict
+    os.removexattr(out / "conf/app.xml", "user.origin")  # one the snapshot holds, missing
+    assert restore_snapshot(repo, snap, str(out)).conflicts == ["conf/app.xml"]
     os.setxattr(out / "conf/app.xml", "user.origin", b"edited")
     os.setxattr(out / "conf", "user.added", b"local")
     assert restore_snapshot(repo, snap, str(out)).conflicts == ["conf/app.xml"]
@@ -246,6 +249,12 @@ def test_target_that_is_a_file_and_a_dry_run_that_creates_nothing(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(TargetError, match="not a directory"):
         restore_snapshot(repo, snap, str(tmp_path / "file"))
+    with pytest.raises(TargetError, match=r"file/below is not a directory \(or a parent of it is not\)"):
+        restore_snapshot(repo, snap, str(tmp_path / "file" / "below"))
+    os.mkdir(tmp_path / "real")
+    os.symlink("real", tmp_path / "link")  # DIR itself may be a symlink to a directory: it is followed
+    assert restore_snapshot(repo, snap, str(tmp_path / "link")).errors == []
+    assert (tmp_path / "real" / "a").read_bytes() == b"a"
     dry = restore_snapshot(repo, snap, str(tmp_path / "new" / "dir"), dry_run=True)
     assert dry.created == [".", "a"] and not (tmp_path / "new").exists()
     done = restore_snapshot(repo, snap, str(tmp_path / "new" / "dir"))
