@@ -586,3 +586,26 @@ def test_a_user_without_override_restores_unreadable_and_read_only_directories_a
         assert stat.S_IMODE(os.stat(os.path.join(out, "ro")).st_mode) == 0o555
     finally:
         shutil.rmtree(out)
+
+
+def test_a_link_pointing_elsewhere_is_a_conflict_at_any_depth(tmp_path):
+    repo, snap = _snapshot(tmp_path, [("d", "dir", None), ("d/e", "dir", None), ("d/e/l", "symlink", "../f"),
+                                      ("d/f", "file", b"f")])
+    out = tmp_path / "out"
+    restore_snapshot(repo, snap, str(out))
+    assert restore_snapshot(repo, snap, str(out)).conflicts == []
+    os.unlink(out / "d/e/l")
+    os.symlink("../elsewhere", out / "d/e/l")
+    assert restore_snapshot(repo, snap, str(out)).conflicts == ["d/e/l"]
+    assert restore_snapshot(repo, snap, str(out), overwrite="if-changed").replaced == ["d/e/l"]
+    assert os.readlink(out / "d/e/l") == "../f"
+
+
+def test_keep_is_told_whether_an_extra_entry_is_a_directory(tmp_path):
+    repo, snap = _snapshot(tmp_path, [("a", "file", b"a")])
+    out = tmp_path / "out"
+    restore_snapshot(repo, snap, str(out))
+    os.makedirs(out / "extra-dir/below")
+    (out / "extra-file").write_bytes(b"x")
+    result = restore_snapshot(repo, snap, str(out), delete=True, keep=lambda path, is_dir: is_dir)
+    assert result.deleted == ["extra-file"] and (out / "extra-dir/below").is_dir()
