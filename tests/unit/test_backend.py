@@ -17,6 +17,7 @@ import threading
 import pytest
 
 from agent.backend import BackendError, FileInfo, Handle, Kind, LocalBackend, LockTimeout, NotFound, open_backend
+from agent.backend.base import Wrapper
 from agent.backend.faulty import Faults, FaultyBackend
 from agent.backend.mem import MemBackend
 from tests.unit.repo_helpers import deleted_descriptors
@@ -54,6 +55,7 @@ BACKENDS = {
     "mem": lambda tmp_path: MemBackend(),
     "faulty-local": lambda tmp_path: FaultyBackend(_local(tmp_path)),
     "faulty-mem": lambda tmp_path: FaultyBackend(MemBackend()),
+    "wrapper-mem": lambda tmp_path: Wrapper(MemBackend()),  # overriding nothing, it is the backend it wraps
     "sealed-local": lambda tmp_path: _sealed(_local(tmp_path)),
     "sealed-mem": lambda tmp_path: _sealed(MemBackend()),
     "s3": _s3,
