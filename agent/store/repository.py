@@ -15,22 +15,30 @@ An encrypted repository (agent.crypt, README "Encryption") keys its blob ids and
 from __future__ import annotations
 
 import hashlib
-import threading
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, Iterable, List, Optional, Tuple
+import time
+from typing import TYPE_CHECKING, Any, ContextManager, Dict, Iterable, List, Optional, Tuple
 
 from agent.backend import CONFIG_NAME, Backend, BackendError, Handle, Kind, NotFound, RepositoryLock, open_backend
 from agent.store.chunker import Chunker, ChunkerParams
 from agent.store.damage import encode_damage
-from agent.store.index import KIND_DATA, KIND_TREE, BlobLocation, Index, kind_of
-from agent.store.pack import TARGET_SIZE, Compressor, PackWriter, data_key_names, decode_blob, read_trailer_range
-from agent.store.snapshots import DamagedSnapshot, RepositoryError, Snapshot, SnapshotStore, load_config, new_config
+from agent.store.index import KIND_TREE, BlobLocation, Index, kind_of
+from agent.store.pack import PackWriter, data_key_names, decode_blob, read_trailer_range
+from agent.store.snapshots import (
+    ConfigMissing,
+    DamagedSnapshot,
+    RepositoryError,
+    Snapshot,
+    SnapshotStore,
+    load_config,
+    new_config,
+)
+from agent.store.writer import BlobWriter, PreparedBlob
 
 if TYPE_CHECKING:
     from agent.crypt import EncryptionSettings
     from agent.crypt.seal import RepositoryCipher
 
-_INDEX_EVERY_PACKS = 32
+UNDAMAGED_S = 60.0  # how long an empty listing of damage records is believed (Repository.unhealed)
 
 
 def _sha256(data: bytes | memoryview) -> bytes:
@@ -46,170 +54,6 @@ class DamagedBlobError(RepositoryError):
     def __init__(self, blob_id: bytes, reason: str) -> None:
         super().__init__(f"blob {blob_id.hex()}: {reason}")
         self.blob_id = blob_id
-
-
-@dataclass(frozen=True)
-class PreparedBlob:
-    """A blob hashed and compressed off the writer's thread (`BlobWriter.prepare`); `stored` is None when the
-    repository already had it."""
-
-    blob_id: bytes
-    stored: Optional[bytes]
-    flags: int
-    length: int
-
-
-_compressors = threading.local()  # zstd compressor objects must not be shared between threads
-
-
-class _Sealer:
-    """Writes one finished pack durably on a thread; `result` joins it and re-raises its error (disk full).
-    `ended` notifies `done` when the thread is over, so a writer can wait for whichever of its packs ends
-    first."""
-
-    def __init__(self, pack: PackWriter, done: threading.Condition) -> None:
-        self._locations: List[Tuple[bytes, BlobLocation]] = []
-        self._error: Optional[BaseException] = None
-        self._done = done
-        self.ended = False
-        self._thread = threading.Thread(target=self._run, args=(pack,), name="pack-sealer", daemon=True)
-        self._thread.start()
-
-    def _run(self, pack: PackWriter) -> None:
-        try:
-            self._locations = pack.finish()
-        except BaseException as exc:  # handed to the writer's thread in result()
-            self._error = exc
-        finally:
-            with self._done:
-                self.ended = True
-                self._done.notify_all()
-
-    def result(self) -> List[Tuple[bytes, BlobLocation]]:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._locations
-
-
-class BlobWriter:
-    """Adds blobs to the repository; nothing is visible to readers before `flush`."""
-
-    def __init__(self, repo: Repository) -> None:
-        self.repo = repo
-        repo.refresh()  # another process may have added blobs since this repository was opened
-        self._pack = repo.pack_writer()
-        self._blob_id: Callable[[bytes | memoryview], bytes] = _sha256 if repo.cipher is None else repo.cipher.blob_id
-        self._cipher = repo.cipher
-        # the data key blobs are sealed with: a new one with every pack (blobs name theirs: see agent.crypt)
-        self._data_key = self._cipher.data_key() if self._cipher is not None else None
-        self._pending: List[Tuple[bytes, BlobLocation]] = []
-        self._in_pack: Dict[bytes, int] = {}
-        self._packs_since_index = 0
-        # packs being saved at once: one locally (disk bandwidth), several on object storage, where one
-        # PUT's round trips leave the link idle (the backend says: `parallel_saves`); memory stays bounded
-        # by that many packs plus the one being filled
-        self._sealing: List[_Sealer] = []
-        self._sealed = threading.Condition()  # notified by each _Sealer as it ends
-        self._max_sealing = max(1, int(getattr(repo.backend, "parallel_saves", 1)))
-        self._compressor = Compressor()
-        self.new_bytes = 0
-        self.stored_bytes = 0
-        self.new_blobs = 0
-
-    def save(self, data: bytes | memoryview, kind: int = KIND_DATA) -> Tuple[bytes, bool]:
-        """Store `data` unless the repository has it; returns (blob id, whether it was new)."""
-        blob_id = self._blob_id(data)
-        if blob_id in self._in_pack or blob_id in self.repo.index:
-            return blob_id, False
-        stored, flags = self._compressor.compress(data)
-        if self._cipher is not None:
-            stored = self._seal(blob_id, stored, kind)
-        self._pack.add(blob_id, stored, len(data), flags | (kind << 4))
-        self._in_pack[blob_id] = 1
-        self.new_blobs += 1
-        self.new_bytes += len(data) if kind == KIND_DATA else 0
-        self.stored_bytes += len(stored)
-        if self._pack.size >= TARGET_SIZE:
-            self._finish_pack()
-        return blob_id, True
-
-    def prepare(self, data: bytes, probe: bool = True) -> PreparedBlob:
-        """The costly, thread-safe half of `save`: hash, look up, compress (hashlib and zstd release the
-        GIL, so several threads keep several cores busy). `save_prepared` then adds it, in order."""
-        blob_id = self._blob_id(data)
-        if blob_id in self.repo.index:
-            return PreparedBlob(blob_id, None, 0, len(data))
-        compressor = getattr(_compressors, "compressor", None)
-        if compressor is None:
-            compressor = _compressors.compressor = Compressor()
-        stored, flags = compressor.compress(data, probe)
-        if self._cipher is not None:  # prepared blobs are data: sealed here, on the worker's thread
-            return PreparedBlob(blob_id, self._seal(blob_id, stored, KIND_DATA), flags, len(data))
-        return PreparedBlob(blob_id, bytes(stored), flags, len(data))
-
-    def _seal(self, blob_id: bytes, stored: bytes | memoryview, kind: int) -> bytes:
-        assert self._cipher is not None and self._data_key is not None
-        if kind == KIND_TREE:
-            return self._cipher.seal_tree(blob_id, stored)
-        return self._data_key.seal(blob_id, stored)
-
-    def save_prepared(self, blob: PreparedBlob, kind: int = KIND_DATA) -> bool:
-        """Add a prepared blob unless it is already stored (or was added since it was prepared)."""
-        if blob.stored is None or blob.blob_id in self._in_pack or blob.blob_id in self.repo.index:
-            return False
-        self._pack.add(blob.blob_id, blob.stored, blob.length, blob.flags | (kind << 4))
-        self._in_pack[blob.blob_id] = 1
-        self.new_blobs += 1
-        self.new_bytes += blob.length if kind == KIND_DATA else 0
-        self.stored_bytes += len(blob.stored)
-        if self._pack.size >= TARGET_SIZE:
-            self._finish_pack()
-        return True
-
-    def _finish_pack(self) -> None:
-        """Seal the current pack on a thread of its own (write, fsync, rename: the slow part) while blobs go
-        into the next one. At most `_max_sealing` packs are being sealed; the index lists a pack only once it
-        is durable (`_write_index` waits), so the crash-safety order (packs, then index, then manifest) is
-        unchanged."""
-        if not len(self._pack):
-            return
-        self._collect(self._max_sealing - 1)
-        self._sealing.append(_Sealer(self._pack, self._sealed))
-        self._pack = self.repo.pack_writer()
-        if self._cipher is not None:  # the finished pack's key is forgotten: this node cannot read it back
-            self._data_key = self._cipher.data_key()
-        self._packs_since_index += 1
-        if self._packs_since_index >= _INDEX_EVERY_PACKS:
-            self._write_index()
-
-    def _collect(self, room: int) -> None:
-        """Wait until at most `room` packs are still being sealed, taking the locations of those that
-        ended. Whichever ends first frees its slot: waiting for the oldest instead would leave the other
-        slots idle behind one slow (retried) upload."""
-        with self._sealed:
-            self._sealed.wait_for(lambda: sum(not sealer.ended for sealer in self._sealing) <= room)
-        ended: List[_Sealer] = []
-        running: List[_Sealer] = []
-        for sealer in self._sealing:  # one look per sealer: one may end meanwhile
-            (ended if sealer.ended else running).append(sealer)
-        self._sealing = running
-        for sealer in ended:
-            self._pending.extend(sealer.result())
-
-    def _write_index(self) -> None:
-        self._collect(0)
-        if self._pending:
-            self.repo.index.write(self._pending)
-            for blob_id, _ in self._pending:
-                self._in_pack.pop(blob_id, None)
-            self._pending = []
-        self._packs_since_index = 0
-
-    def flush(self) -> None:
-        """Make every saved blob durable and indexed."""
-        self._finish_pack()
-        self._write_index()
 
 
 class _Lock:
@@ -246,6 +90,7 @@ class Repository:
         self._snapshots = SnapshotStore(self.backend)
         self._chunker: Optional[Chunker] = None
         self._stream_chunker: Optional[Chunker] = None
+        self._undamaged_until = 0.0  # time.monotonic() until which no damage record is assumed
         self.cipher: Optional[RepositoryCipher] = None
 
     # --- creation and opening -----------------------------------------------------------------------
@@ -253,6 +98,27 @@ class Repository:
     def exists(self) -> bool:
         """Whether anything of a repository is here: its config, or (a config lost) its objects."""
         return bool(self.backend.list(Kind.CONFIG)) or bool(self._held_objects())
+
+    def _create(self, create: bool, encryption: Optional[EncryptionSettings]) -> None:
+        """Make the repository where its config is missing: RepositoryError if it must not (`create` is
+        false, or objects are there already)."""
+        held = self._held_objects()
+        if held:  # never give data a new id and chunker: the old blobs would be lost to it
+            where = self.backend.describe(Handle(Kind.CONFIG, CONFIG_NAME))
+            raise RepositoryError(f"{where}: missing, but the repository holds {', '.join(held)}; "
+                                  f"restore the config from a copy (it is not re-created over data)")
+        if not create:
+            raise RepositoryError(f"{self.location}: no repository here (run a backup to create one)")
+        self.backend.create()
+        name, data = new_config()
+        if encryption is not None and encryption.enabled:
+            from agent.crypt.opening import create_encrypted
+
+            try:
+                data = create_encrypted(self.backend, data, encryption)
+            except ValueError as exc:  # the node key file cannot be made
+                raise KeyUnusable(str(exc)) from None
+        self.backend.save(Handle(Kind.CONFIG, name), [data])
 
     def _held_objects(self) -> List[str]:
         """What the repository holds besides its config ("2 snapshots", ...); empty for an empty place."""
@@ -270,25 +136,11 @@ class Repository:
         or an encrypted repository this node has no key for. `encryption`: the configured settings (a new
         repository is created encrypted when they name recipients)."""
         repo = cls(location)
-        if not repo.backend.list(Kind.CONFIG):
-            held = repo._held_objects()
-            if held:  # never give data a new id and chunker: the old blobs would be lost to it
-                where = repo.backend.describe(Handle(Kind.CONFIG, CONFIG_NAME))
-                raise RepositoryError(f"{where}: missing, but the repository holds {', '.join(held)}; "
-                                      f"restore the config from a copy (it is not re-created over data)")
-            if not create:
-                raise RepositoryError(f"{repo.location}: no repository here (run a backup to create one)")
-            repo.backend.create()
-            name, data = new_config()
-            if encryption is not None and encryption.enabled:
-                from agent.crypt.opening import create_encrypted
-
-                try:
-                    data = create_encrypted(repo.backend, data, encryption)
-                except ValueError as exc:  # the node key file cannot be made
-                    raise KeyUnusable(str(exc)) from None
-            repo.backend.save(Handle(Kind.CONFIG, name), [data])
-        repo.config = load_config(repo.backend)
+        try:  # one request where the config exists (a listing, then a load, cost two)
+            repo.config = load_config(repo.backend)
+        except ConfigMissing:
+            repo._create(create, encryption)
+            repo.config = load_config(repo.backend)
         if "encryption" in repo.config or (encryption is not None and encryption.enabled):
             from agent.crypt.keys import KeyFileError
             from agent.crypt.opening import attach
@@ -499,14 +351,22 @@ class Repository:
             return None
         name, data = encode_damage(pairs)
         self.backend.save(Handle(Kind.DAMAGE, name), [data])
+        self._undamaged_until = 0.0
         self.refresh()
         return name
 
     def unhealed(self) -> frozenset:
-        """Ids of blobs recorded as damaged that have no good copy yet (empty: nothing to heal). Costs
-        one listing while nothing is recorded (a no-change backup does not load the index)."""
-        if not self.index.loaded and not self.backend.list(Kind.DAMAGE):
-            return frozenset()
+        """Ids of blobs recorded as damaged that have no good copy yet (empty: nothing to heal). While
+        nothing is recorded this costs one listing per UNDAMAGED_S (a no-change backup does not load the
+        index; the jobs of one `backup --all` share the listing): damage that verify records meanwhile is
+        healed by the next run after that."""
+        if not self.index.loaded:
+            now = time.monotonic()
+            if now < self._undamaged_until:
+                return frozenset()
+            if not self.backend.list(Kind.DAMAGE):
+                self._undamaged_until = now + UNDAMAGED_S
+                return frozenset()
         return self.index.unhealed()
 
     def tree_unhealed(self, snapshot_id: str, damaged: frozenset) -> bool:

@@ -181,6 +181,10 @@ def new_config() -> Tuple[str, bytes]:
     return CONFIG_NAME, json.dumps(config, indent=2).encode()
 
 
+class ConfigMissing(RepositoryError):
+    """The repository's config object does not exist."""
+
+
 def load_config(backend: Backend) -> dict:
     """The repository's config, checked; raises RepositoryError naming the object."""
     handle = Handle(Kind.CONFIG, CONFIG_NAME)
@@ -193,7 +197,7 @@ def load_config(backend: Backend) -> dict:
         ChunkerParams(**config["chunker"])
         str(config["id"])
     except NotFound:
-        raise RepositoryError(f"{where}: missing (no repository here)") from None
+        raise ConfigMissing(f"{where}: missing (no repository here)") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise RepositoryError(f"{where}: not a repository configuration ({in_words(exc)}); "
                               f"the file is damaged or was not written by backup-agent") from None

@@ -161,6 +161,32 @@ def test_the_repository_lock_passes_on_what_it_is_given(tmp_path):
         pass  # shared: both at once
 
 
+def test_an_empty_damage_listing_is_believed_for_a_while_and_not_after(monkeypatch):
+    import agent.store.repository as repository
+
+    listed = []
+
+    class Counting(MemBackend):
+        def list(self, kind):
+            listed.append(kind)
+            return super().list(kind)
+
+    backend = Counting()
+    repo = Repository.open(backend, create=True)
+    snap = store_files(repo, "svc", {"a": b"a" * 100})
+    daemon = Repository.open(backend)  # a long-lived repository, as the daemon holds one
+    now = [1000.0]
+    monkeypatch.setattr(repository.time, "monotonic", lambda: now[0])
+    listed.clear()
+    assert daemon.unhealed() == frozenset() and daemon.unhealed() == frozenset()
+    assert listed == [Kind.DAMAGE]  # the jobs of one run share one listing
+    blob = bytes.fromhex(snap.tree[0])
+    repo.record_damage([(blob, repo.index.get(blob).pack)])  # verify, in another process
+    assert daemon.unhealed() == frozenset()  # not seen yet
+    now[0] += repository.UNDAMAGED_S + 1
+    assert daemon.unhealed() == {blob}  # seen at the next listing: the next run heals it
+
+
 def test_unhealed_damage_costs_no_index_load_until_some_is_recorded():
     backend = MemBackend()
     repo = Repository.open(backend, create=True)
