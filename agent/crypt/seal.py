@@ -77,7 +77,7 @@ class _KeySaves:
         with self._lock:  # saves nobody waited for (their pack was never saved) are let go here
             self._saving = {name: old for name, old in self._saving.items() if old.is_alive()}
             self._saving[ref] = thread
-        thread.start()
+            thread.start()  # under the lock: another start must not take it, not yet alive, for finished
 
     def _save(self, ref: bytes, wrapped: bytes) -> None:
         try:
