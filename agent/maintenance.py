@@ -152,7 +152,10 @@ def prune(config: Config) -> Optional[RunReport]:
         try:
             with repo.lock(exclusive=True, purpose="prune (daemon)"):
                 before = sum(repo.packs().values())
-                result = prune_repository(repo, {job.name: job.retention for job in config.jobs})
+                # a node's daemon applies its own retention to its own snapshots: hosts sharing a
+                # repository may keep theirs longer (the central prune applies one policy to all)
+                result = prune_repository(repo, {job.name: job.retention for job in config.jobs},
+                                          hosts={config.host})
                 after = sum(repo.packs().values())
             warnings += [f"damaged (kept, not pruned): {reason}" for reason in result.damaged]
         finally:

@@ -100,12 +100,12 @@ def report(run: RunReport) -> List[str]:
     return lines
 
 
-def snapshots(rows: Sequence[Mapping]) -> List[str]:
-    """Rows shaped like `snapshots --json`, one line each; the host is shown when several hosts share the
-    repository."""
+def snapshots(rows: Sequence[Mapping], this_host: Optional[str] = None) -> List[str]:
+    """Rows shaped like `snapshots --json`, one line each; the host is shown when a row is not this
+    host's (hosts sharing a repository)."""
     if not rows:
         return ["no snapshots"]
-    hosts = len({row.get("host") for row in rows}) > 1
+    hosts = {row.get("host") for row in rows} != {this_host}
     return [f"{row['id'][:12]}  {when(row['time'])}  " + (f"{row['host']:<16} " if hosts else "") +
             f"{row['job']:<24} {row['trigger']:<9}"
             f" {plural(row['files'], 'file'):>13}  {size(row['bytes']):>10}"

@@ -16,6 +16,18 @@ if TYPE_CHECKING:
 _LATEST = re.compile(r"(?P<job>.+):latest(?:~(?P<back>[0-9]+))?")
 
 
+def warn_damaged(repo: Repository) -> None:
+    """Say so when snapshot documents cannot be read: JOB:latest is then the latest *readable* one, which
+    may be older than the latest made."""
+    from agent.cli.common import warning
+
+    damaged = repo.damaged_snapshots()
+    if damaged:
+        warning(f"{plural(len(damaged), 'snapshot document')} cannot be read ({damaged[0].reason}"
+                f"{', ...' if len(damaged) > 1 else ''}): JOB:latest means the latest readable snapshot; "
+                "`backup-agent verify` names them all")
+
+
 def resolve(config: Config, repo: Repository, ref: str) -> Snapshot:
     """The snapshot `ref` names. Raises UsageError: an unknown job (the same message as every command),
     a job without snapshots, N beyond the job's history, no or several snapshots with that id prefix."""
@@ -28,13 +40,15 @@ def resolve(config: Config, repo: Repository, ref: str) -> Snapshot:
         except RepositoryError as exc:
             raise UsageError(str(exc)) from None
     job, back = match["job"], int(match["back"] or 0)
+    warn_damaged(repo)
     # this host's: hosts sharing a repository name their jobs alike. Oldest first, as far as a wrong
     # clock allows (Repository.history)
     found = repo.history(job, config.host)
     if not found:
         if job not in {known.name for known in config.jobs}:
             raise unknown_job(config, job)
-        raise UsageError(f"job {job!r} has no snapshot yet")
+        raise UsageError(f"job {job!r} has no readable snapshot of host {config.host}")
     if back >= len(found):
-        raise UsageError(f"{ref}: job {job!r} has only {plural(len(found), 'snapshot')}")
+        raise UsageError(f"{ref}: job {job!r} has only {plural(len(found), 'readable snapshot')} of host "
+                         f"{config.host}")
     return found[-1 - back]

@@ -64,7 +64,11 @@ class PruneResult:
     keys_deleted: int = 0  # encrypted repositories: data key objects no remaining blob names
 
 
-def prune_repository(repo: Repository, policies: Dict[str, Retention], dry_run: bool = False) -> PruneResult:
+def prune_repository(repo: Repository, policies: Dict[str, Retention], dry_run: bool = False,
+                     hosts: Optional[Set[str]] = None) -> PruneResult:
+    """Apply `policies` (job name -> retention) to the snapshots of the hosts `hosts` (None: of every
+    host), then delete the data no remaining snapshot needs. Snapshots of a job without a policy, or of
+    another host, are kept."""
     result = PruneResult()
     result.damaged = [damaged.reason for damaged in repo.damaged_snapshots()]
     # retention counts each host's snapshots of a job apart (restic groups by host too): in a repository
@@ -72,7 +76,10 @@ def prune_repository(repo: Repository, policies: Dict[str, Retention], dry_run: 
     groups: Dict[Tuple[str, str], List[Snapshot]] = {}
     for snap in repo.snapshots():
         groups.setdefault((snap.job, snap.host), []).append(snap)
-    for (job, _host), snaps in sorted(groups.items()):
+    for (job, host), snaps in sorted(groups.items()):
+        if hosts is not None and host not in hosts:
+            result.kept.extend(snaps)  # another host's: its own retention applies, where it prunes
+            continue
         policy: Optional[Retention] = policies.get(job)
         if policy is None:
             if job not in result.unknown_jobs:

@@ -86,6 +86,9 @@ def test_hosts_sharing_a_repository_restore_and_keep_their_own_snapshots(tmp_pat
     one.backup()
     two.backup()  # newer, same job names, and the same dump bytes as node-1's
 
+    shown = one.run("snapshots", check=0).stdout
+    assert "node-2" in shown and "node-1" in shown
+    assert "node-2" not in new_agent(str(tmp_path / "alone")).run("snapshots", check=0).stdout
     mine = {(snap["host"], snap["job"]) for snap in one.snapshots()}
     assert mine == {(host, job) for host in ("node-1", "node-2") for job in ("api", "settings")}
     for agent, tree in ((one, tree_1), (two, tree_2)):
@@ -103,3 +106,50 @@ def test_hosts_sharing_a_repository_restore_and_keep_their_own_snapshots(tmp_pat
     target = str(tmp_path / "out-2-again")
     two.run("restore", "api:latest", "--target", target, check=0)
     assert read_tree(target) == read_tree(tree_2)
+
+
+def test_restore_all_reports_each_jobs_problem_and_restores_the_others(tmp_path):
+    agent = new_agent(str(tmp_path / "node"))
+    api, km = str(tmp_path / "api"), str(tmp_path / "km")
+    make_tree(api, {"conf/server.xml": "<Server/>"})
+    make_tree(km, {"conf/km.properties": "x=1\n"})
+    agent.write_jobs(fs_job("api", api) + fs_job("km", km) + _command_job("settings", "k=v")
+                     + fs_job("never", str(tmp_path / "never-backed-up")))
+    agent.backup("api", "km", "settings")
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "api").write_text("a file where the tree goes")
+    (target / "settings").write_text("LOCAL")
+
+    dry = agent.run("restore", "--all", "--target", str(target), "--overwrite", "if-changed", "--dry-run")
+    assert (target / "settings").read_text() == "LOCAL"  # a dry run writes no dump
+    assert not (target / "km").exists() and "would replace" in dry.stderr
+    fresh = tmp_path / "fresh"
+    agent.run("restore", "--all", "--target", str(fresh), "--dry-run")
+    assert not (fresh / "settings").exists()
+
+    result = agent.run("restore", "--all", "--target", str(target), "--json")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    documents = {document["job"]: document for document in json.loads(result.stdout)}
+    assert set(documents) == {"api", "km", "settings", "never"}
+    assert documents["never"]["snapshot"] is None and "no readable snapshot" in documents["never"]["errors"][0]
+    assert "never" in result.stderr and "api" in documents["api"]["errors"][0]
+    assert documents["km"]["errors"] == [] and read_tree(str(target / "km")) == read_tree(km)
+    assert (target / "settings").read_text() == "LOCAL" and documents["settings"]["errors"]  # refused
+    assert (target / "api").read_text() == "a file where the tree goes"
+
+
+def test_a_damaged_latest_snapshot_document_is_said_when_latest_is_resolved(tmp_path):
+    agent = new_agent(str(tmp_path / "node"))
+    api = str(tmp_path / "api")
+    make_tree(api, {"conf/server.xml": "v1"})
+    agent.write_jobs(fs_job("api", api))
+    agent.backup()
+    make_tree(api, {"conf/server.xml": "v2"})
+    [report] = agent.backup()
+    with open(os.path.join(agent.repository, "snapshots", report["snapshot"] + ".json"), "w"):
+        pass  # emptied
+    for args in (["restore", "api:latest", "--target", str(tmp_path / "one")],
+                 ["restore", "--all", "--target", str(tmp_path / "all")]):
+        result = agent.run(*args, check=0)
+        assert "cannot be read" in result.stderr and "latest readable" in result.stderr, result.stderr

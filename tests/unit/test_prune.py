@@ -222,6 +222,19 @@ def test_retention_counts_each_hosts_snapshots_of_a_job_apart(repo):
     assert verify_repository(repo, read_data=True).ok
 
 
+def test_a_prune_for_some_hosts_applies_retention_to_their_snapshots_only(repo):
+    """A node's daemon prunes a shared repository with its own retention: another host keeps more."""
+    mine = [store_files(repo, "svc", {"a": os.urandom(40000)}, time=f"2026-11-2{day}T07:00:00Z", host="node-1")
+            for day in (7, 8)]
+    theirs = [store_files(repo, "svc", {"b": os.urandom(40000)}, time=f"2026-11-2{day}T07:00:00Z", host="node-2")
+              for day in (7, 8)]
+    result = prune_repository(repo, {"svc": KEEP_ONE}, hosts={"node-1"})
+    assert [snap.id for snap in result.removed] == [mine[0].id]
+    assert {snap.id for snap in result.kept} == {mine[1].id, theirs[0].id, theirs[1].id}
+    assert {snap.id for snap in repo.snapshots()} == {mine[1].id, theirs[0].id, theirs[1].id}
+    assert verify_repository(repo, read_data=True).ok
+
+
 # --- encrypted repositories: the data key objects (agent.crypt.seal) ---------------------------------
 
 

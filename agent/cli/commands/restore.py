@@ -78,22 +78,41 @@ def restore(config, options: RestoreOptions) -> int:
         if not options.every_job:
             return _restore_one(config, repo, snapshot_ref.resolve(config, repo, options.snapshot), options)
         try:
-            latest = [found[-1] for found in (repo.history(job.name, config.host) for job in config.jobs) if found]
+            latest = {job.name: repo.history(job.name, config.host)[-1:] for job in config.jobs}
         except RepositoryError as exc:
             error(str(exc))
             return EXIT_FAILED
-        if not latest:
+        if not any(latest.values()):
             raise UsageError(f"no job of host {config.host} has a snapshot yet")
+        snapshot_ref.warn_damaged(repo)
         documents: List[dict] = []
         worst = EXIT_OK
-        for snapshot in latest:
-            # --overwrite other than `never` replaces a dump file as it replaces the files of a tree
-            one = replace(options, snapshot=snapshot.id, target=os.path.join(options.target or "", snapshot.job),
-                          every_job=False, force=options.force or options.overwrite != "never")
-            worst = max(worst, _restore_one(config, repo, snapshot, one, documents))
+        for job, found in latest.items():
+            worst = max(worst, _restore_job(config, repo, job, found, options, documents))
     if options.json:
         print_json(documents)
     return worst
+
+
+def _restore_job(config, repo, job: str, found: List[Snapshot], options: RestoreOptions,
+                 documents: List[dict]) -> int:
+    """`restore --all`'s part for one job: its latest snapshot into DIR/JOB. A job without a readable
+    snapshot, or whose DIR/JOB cannot be used, is an error of this job (exit 1); the others go on."""
+    target = os.path.join(options.target or "", job)
+    if not found:
+        problem = f"{job}: no readable snapshot of host {config.host}; nothing restored to {target}"
+        error(problem)
+        documents.append({"snapshot": None, "job": job, "target": target, "errors": [problem]})
+        return EXIT_FAILED
+    # --overwrite other than `never` replaces a dump file as it replaces the files of a tree
+    one = replace(options, snapshot=found[0].id, target=target, every_job=False,
+                  force=options.force or options.overwrite != "never")
+    try:
+        return _restore_one(config, repo, found[0], one, documents)
+    except UsageError as exc:  # this job's DIR/JOB cannot be used
+        error(f"{job}: {exc}")
+        documents.append({"snapshot": found[0].id, "job": job, "target": target, "errors": [str(exc)]})
+        return EXIT_FAILED
 
 
 def _restore_one(config, repo, snapshot: Snapshot, options: RestoreOptions,
@@ -111,10 +130,11 @@ def _restore_one(config, repo, snapshot: Snapshot, options: RestoreOptions,
         if tree_only and documents is None:
             raise UsageError(f"{', '.join(tree_only)}: for file trees; {snapshot.id[:12]} is a "
                              f"{snapshot.type} dump (--force replaces an existing --target FILE)")
-        status = _restore_dump(config, repo, snapshot, options)
+        status = _dry_run_dump(snapshot, options) if options.dry_run else _restore_dump(config, repo, snapshot, options)
         if documents is not None:
             documents.append({"snapshot": snapshot.id, "job": snapshot.job, "target": options.target,
-                              "dump": True, "errors": [] if status == EXIT_OK else ["not restored (see stderr)"]})
+                              "dump": True, "dry_run": options.dry_run,
+                              "errors": [] if status == EXIT_OK else ["not restored (see stderr)"]})
         return status
     if options.to_database:
         raise UsageError(f"--to-database restores mysql snapshots; {snapshot.id[:12]} is {snapshot.type}")
@@ -214,6 +234,18 @@ def restore_lines(result: RestoreResult, snapshot: Snapshot, target: str, dry_ru
     lines.append(f"restored {where} into {target}: {counts}; {plural(result.files, 'file')} "
                  f"({render.size(result.bytes)}) written")
     return lines
+
+
+def _dry_run_dump(snapshot: Snapshot, options: RestoreOptions) -> int:
+    """What `restore --all --dry-run` would do with a dump: nothing is written."""
+    target = str(options.target)
+    if os.path.lexists(target) and not options.force:
+        error(f"{target} exists: the dump of {snapshot.job} would not replace it without --force (or an "
+              "--overwrite other than never)")
+        return EXIT_FAILED
+    verb = "replace" if os.path.lexists(target) else "write"
+    err(f"dry run: would {verb} {target} with the dump of {snapshot.job} ({snapshot.time}); nothing was changed")
+    return EXIT_OK
 
 
 def _restore_dump(config, repo, snapshot, options: RestoreOptions) -> int:

@@ -40,7 +40,7 @@ def snapshots(config, job: Optional[str] = None, as_json: bool = False) -> int:
     if as_json:
         print_json(rows)
     else:
-        render.show(render.snapshots(rows))
+        render.show(render.snapshots(rows, config.host))
     return EXIT_OK
 
 
