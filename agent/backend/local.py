@@ -176,6 +176,8 @@ class LocalBackend:
                 for entry in entries:
                     if entry.name.startswith(".") or not entry.name.endswith(suffix):
                         continue
+                    if not entry.is_file(follow_symlinks=False):  # a stray directory or link: not an object
+                        continue
                     try:
                         size = entry.stat(follow_symlinks=False).st_size
                     except FileNotFoundError:  # removed while listed

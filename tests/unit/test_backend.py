@@ -283,6 +283,19 @@ def test_local_layout_is_the_documented_one(tmp_path):
         assert path.stat().st_mode & 0o077 == 0
 
 
+def test_local_stray_directories_and_links_are_no_objects(tmp_path):
+    backend = _local(tmp_path)
+    root = tmp_path / "repo"
+    backend.save(Handle(Kind.INDEX, NAME_A), [b"index"])
+    backend.save(Handle(Kind.DATA, NAME_A), [b"pack"])
+    (root / "index" / NAME_B).mkdir()  # made by hand, not by a backup
+    (root / "data" / NAME_A[:2] / NAME_B).mkdir()
+    os.symlink(root / "index" / NAME_A, root / "snapshots" / (NAME_B + ".json"))
+    assert backend.list(Kind.INDEX) == [FileInfo(NAME_A, 5)]
+    assert backend.list(Kind.DATA) == [FileInfo(NAME_A, 4)]
+    assert backend.list(Kind.SNAPSHOT) == []
+
+
 def test_local_temp_files_are_invisible_and_removed_as_leftovers(tmp_path):
     backend = _local(tmp_path)
     root = tmp_path / "repo"
