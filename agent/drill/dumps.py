@@ -74,7 +74,7 @@ def prove_sqlite(repo: Repository, snapshot: Snapshot, directory: str) -> Proof:
 def _prove_file(repo: Repository, snapshot: Snapshot, directory: str) -> Tuple[Proof, Optional[str]]:
     entry = dump_entry(repo, snapshot)
     path = os.path.join(directory, os.path.basename(entry.path) or "dump")
-    size = restore_to_file(repo, snapshot, path, force=False)  # every blob checked as it is read
+    size = restore_to_file(repo, snapshot, path, force=False).size  # every blob checked as it is read
     problem = (f"{size} bytes restored, the manifest says {entry.size}" if os.path.getsize(path) != entry.size
                else content_problem(repo, path, entry))
     return Proof(errors=(f"{entry.path}: {problem}",) if problem else (), files=1, bytes=size), path

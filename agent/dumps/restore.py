@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 from agent.config import Job
 from agent.config.loader import secret_file_warning
@@ -37,7 +37,14 @@ def _content(repo: Repository, entry: Entry) -> Iterator[bytes]:
             yield repo.read_blob(chunk)
 
 
-def restore_to_file(repo: Repository, snapshot: Snapshot, target: str, force: bool) -> int:
+class Restored(NamedTuple):
+    path: str  # where the dump went: `target`, or the dump's name inside it when it is a directory
+    size: int  # bytes
+
+
+def restore_to_file(repo: Repository, snapshot: Snapshot, target: str, force: bool) -> Restored:
+    """Write the dump to `target` (into it, under the dump's name, if it is a directory); raises
+    RestoreRefused if that exists and `force` is false."""
     entry = dump_entry(repo, snapshot)
     if os.path.isdir(target):
         target = os.path.join(target, os.path.basename(entry.path))
@@ -46,7 +53,7 @@ def restore_to_file(repo: Repository, snapshot: Snapshot, target: str, force: bo
     directory = os.path.dirname(os.path.abspath(target))
     os.makedirs(directory, exist_ok=True)
     os.rename(write_temp(directory, _content(repo, entry), prefix=".restore-"), target)
-    return entry.size
+    return Restored(target, entry.size)
 
 
 class _Client:

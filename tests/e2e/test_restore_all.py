@@ -153,3 +153,15 @@ def test_a_damaged_latest_snapshot_document_is_said_when_latest_is_resolved(tmp_
                  ["restore", "--all", "--target", str(tmp_path / "all")]):
         result = agent.run(*args, check=0)
         assert "cannot be read" in result.stderr and "latest readable" in result.stderr, result.stderr
+
+
+def test_a_dump_restored_into_a_directory_is_named_where_it_went(tmp_path):
+    agent = new_agent(str(tmp_path / "node"))
+    agent.write_jobs(_command_job("settings", "k=v"))
+    agent.backup()
+    directory = tmp_path / "dumps"
+    directory.mkdir()
+    result = agent.run("restore", "settings:latest", "--target", str(directory), check=0)
+    [written] = os.listdir(directory)
+    assert (directory / written).read_text() == "k=v"
+    assert result.stderr.rstrip().endswith(f"to {directory / written}"), result.stderr

@@ -271,7 +271,7 @@ def _restore_dump(config, repo, snapshot, options: RestoreOptions) -> int:
             return EXIT_OK
         if not options.target:
             raise UsageError("give --target FILE (or --to-database NAME for a mysql snapshot)")
-        size = restore_to_file(repo, snapshot, os.path.abspath(options.target), options.force)
+        restored = restore_to_file(repo, snapshot, os.path.abspath(options.target), options.force)
     except RestoreRefused as exc:
         error(str(exc))
         return EXIT_FAILED
@@ -283,7 +283,7 @@ def _restore_dump(config, repo, snapshot, options: RestoreOptions) -> int:
             raise UsageError(f"--target {options.target}: {exc.strerror or exc}") from None
         error(f"{options.target}: {exc.strerror or exc}")  # a full disk, an I/O error
         return EXIT_FAILED
-    err(f"restored the {render.size(size)} dump of {snapshot.job} ({snapshot.time}) to {options.target}")
+    err(f"restored the {render.size(restored.size)} dump of {snapshot.job} ({snapshot.time}) to {restored.path}")
     return EXIT_OK
 
 
