@@ -328,15 +328,20 @@ def test_an_encrypted_repository_on_s3_shows_the_server_no_content(tmp_path, s3_
     assert read_tree(str(tmp_path / "out")) == read_tree(tree)
 
 
-def test_the_daemon_backs_up_on_change_into_an_append_only_bucket(tmp_path, s3_server, s3_proxy):
-    from tests.e2e.test_daemon import Daemon
-
-    agent = s3_agent(str(tmp_path), s3_server, s3_proxy)
-    tree = str(tmp_path / "t")
+def _watched_and_backed_up_append_only(agent: Agent, tree: str, s3_proxy: S3Proxy) -> str:
+    """A watched job `svc` of a services tree at `tree`, backed up once through keys that may not delete."""
     services_tree(tree)
     add_job(agent, fs_job("svc", tree, extra='on_change = true\nquiet = "1s"\nmax_delay = "5s"'))
     s3_proxy.faults.refuse_delete = True
     agent.backup("svc")
+    return tree
+
+
+def test_the_daemon_backs_up_on_change_into_an_append_only_bucket(tmp_path, s3_server, s3_proxy):
+    from tests.e2e.test_daemon import Daemon
+
+    agent = s3_agent(str(tmp_path), s3_server, s3_proxy)
+    tree = _watched_and_backed_up_append_only(agent, str(tmp_path / "t"), s3_proxy)
     daemon = Daemon(agent).start()
     try:
         daemon.idle("svc", 1, timeout=60)  # the start-up scan
@@ -476,11 +481,7 @@ def test_the_daemon_on_an_append_only_bucket_leaves_prune_to_another_host(tmp_pa
     collector = start_collector()
     agent = s3_agent(str(tmp_path / "node"), s3_server, s3_proxy, host="test-node")
     _maintained(agent, collector, tmp_path, 'prune_every = "2s"\ndrill_every = "1w"')
-    tree = str(tmp_path / "svc")
-    services_tree(tree)
-    add_job(agent, fs_job("svc", tree, extra='on_change = true\nquiet = "1s"\nmax_delay = "5s"'))
-    s3_proxy.faults.refuse_delete = True
-    agent.backup("svc")
+    tree = _watched_and_backed_up_append_only(agent, str(tmp_path / "svc"), s3_proxy)
     daemon = Daemon(agent).start()
     try:
         wait_for(lambda: daemon.text().count("prune skipped") >= 2 or None, timeout=60)
