@@ -18,6 +18,7 @@ import pytest
 
 from agent.backend import BackendError, FileInfo, Handle, Kind, LocalBackend, LockTimeout, NotFound, open_backend
 from agent.backend.base import Wrapper
+from agent.backend.cache import CachedBackend
 from agent.backend.faulty import Faults, FaultyBackend
 from agent.backend.mem import MemBackend
 from tests.unit.repo_helpers import deleted_descriptors
@@ -60,6 +61,8 @@ BACKENDS = {
     "sealed-mem": lambda tmp_path: _sealed(MemBackend()),
     "s3": _s3,
     "s3-cached": lambda tmp_path, server: _s3(tmp_path, server, cache=True),
+    # the files cache over a backend that needs no server (the S3 cases are left out of mutation runs)
+    "cached-mem": lambda tmp_path: CachedBackend(MemBackend(), str(tmp_path / "cache")),
 }
 
 
