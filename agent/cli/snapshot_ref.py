@@ -4,24 +4,23 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from agent.cli.common import UsageError, unknown_job
 from agent.text import plural
 
 if TYPE_CHECKING:
     from agent.config import Config
-    from agent.store import Repository, Snapshot
+    from agent.store import DamagedSnapshot, Repository, Snapshot
 
 _LATEST = re.compile(r"(?P<job>.+):latest(?:~(?P<back>[0-9]+))?")
 
 
-def warn_damaged(repo: Repository) -> None:
+def warn_damaged(damaged: Sequence[DamagedSnapshot]) -> None:
     """Say so when snapshot documents cannot be read: JOB:latest is then the latest *readable* one, which
     may be older than the latest made."""
     from agent.cli.common import warning
 
-    damaged = repo.damaged_snapshots()
     if damaged:
         warning(f"{plural(len(damaged), 'snapshot document')} cannot be read ({damaged[0].reason}"
                 f"{', ...' if len(damaged) > 1 else ''}): JOB:latest means the latest readable snapshot; "
@@ -40,10 +39,11 @@ def resolve(config: Config, repo: Repository, ref: str) -> Snapshot:
         except RepositoryError as exc:
             raise UsageError(str(exc)) from None
     job, back = match["job"], int(match["back"] or 0)
-    warn_damaged(repo)
     # this host's: hosts sharing a repository name their jobs alike. Oldest first, as far as a wrong
     # clock allows (Repository.history)
-    found = repo.history(job, config.host)
+    histories, damaged = repo.histories(config.host)
+    warn_damaged(damaged)
+    found = histories.get(job, [])
     if not found:
         if job not in {known.name for known in config.jobs}:
             raise unknown_job(config, job)

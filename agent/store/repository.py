@@ -425,6 +425,11 @@ class Repository:
         clock cannot pin JOB:latest."""
         return self._snapshots.history(job, host)
 
+    def histories(self, host: Optional[str]) -> Tuple[Dict[str, List[Snapshot]], List[DamagedSnapshot]]:
+        """({job: `history(job, host)`} for every job with a readable snapshot, the damaged documents),
+        from one listing of the snapshot documents."""
+        return self._snapshots.histories(host)
+
     def find_snapshot(self, ref: str) -> Snapshot:
         """An id, a unique id prefix, or JOB:latest (see SnapshotStore.latest)."""
         return self._snapshots.find(ref)

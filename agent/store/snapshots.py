@@ -149,10 +149,16 @@ class SnapshotStore:
         """The job's snapshots (made by `host`; None: any), oldest first; those dated more than
         FUTURE_MARGIN_S ahead of this host's clock first of all. A snapshot made while the clock was months
         ahead thus stops being the last (`latest`) as soon as one is made with the right time."""
-        horizon = time.time() + FUTURE_MARGIN_S
-        found = self.list(job, host)[0]
-        return [snap for snap in found if _epoch(snap.time) > horizon] + \
-            [snap for snap in found if _epoch(snap.time) <= horizon]
+        return _clock_order(self.list(job, host)[0])
+
+    def histories(self, host: Optional[str]) -> Tuple[Dict[str, List[Snapshot]], List[DamagedSnapshot]]:
+        """({job: its `history`} for the snapshots made by `host` (None: any), damaged documents), from one
+        listing: a command that needs every job's history reads each document once."""
+        good, damaged = self.list(None, host)
+        by_job: Dict[str, List[Snapshot]] = {}
+        for snap in good:
+            by_job.setdefault(snap.job, []).append(snap)
+        return {job: _clock_order(snaps) for job, snaps in by_job.items()}, damaged
 
     def latest(self, job: str) -> Snapshot:
         """The last of `history`; raises RepositoryError if the job has no snapshot."""
@@ -172,6 +178,14 @@ class SnapshotStore:
             raise RepositoryError(f"snapshot prefix {ref!r} is ambiguous ({len(matches)} snapshots match)")
         return self.load(matches[0])
 
+
+
+def _clock_order(found: List[Snapshot]) -> List[Snapshot]:
+    """`found` (oldest first) with those dated more than FUTURE_MARGIN_S ahead of this host's clock moved
+    first (see SnapshotStore.history)."""
+    horizon = time.time() + FUTURE_MARGIN_S
+    return [snap for snap in found if _epoch(snap.time) > horizon] + \
+        [snap for snap in found if _epoch(snap.time) <= horizon]
 
 def new_config() -> Tuple[str, bytes]:
     """(name, content) of a new repository's config."""

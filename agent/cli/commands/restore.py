@@ -78,13 +78,14 @@ def restore(config, options: RestoreOptions) -> int:
         if not options.every_job:
             return _restore_one(config, repo, snapshot_ref.resolve(config, repo, options.snapshot), options)
         try:
-            latest = {job.name: repo.history(job.name, config.host)[-1:] for job in config.jobs}
+            histories, damaged = repo.histories(config.host)
         except RepositoryError as exc:
             error(str(exc))
             return EXIT_FAILED
+        latest = {job.name: histories.get(job.name, [])[-1:] for job in config.jobs}
         if not any(latest.values()):
             raise UsageError(f"no job of host {config.host} has a snapshot yet")
-        snapshot_ref.warn_damaged(repo)
+        snapshot_ref.warn_damaged(damaged)
         documents: List[dict] = []
         worst = EXIT_OK
         for job, found in latest.items():
@@ -102,7 +103,7 @@ def _restore_job(config, repo, job: str, found: List[Snapshot], options: Restore
     if not found:
         problem = f"{job}: no readable snapshot of host {config.host}; nothing restored to {target}"
         error(problem)
-        documents.append({"snapshot": None, "job": job, "target": target, "errors": [problem]})
+        documents.append(_failed(None, job, target, problem))
         return EXIT_FAILED
     # --overwrite other than `never` replaces a dump file as it replaces the files of a tree
     one = replace(options, snapshot=found[0].id, target=target, every_job=False,
@@ -111,8 +112,13 @@ def _restore_job(config, repo, job: str, found: List[Snapshot], options: Restore
         return _restore_one(config, repo, found[0], one, documents)
     except UsageError as exc:  # this job's DIR/JOB cannot be used
         error(f"{job}: {exc}")
-        documents.append({"snapshot": found[0].id, "job": job, "target": target, "errors": [str(exc)]})
+        documents.append(_failed(found[0].id, job, target, str(exc)))
         return EXIT_FAILED
+
+
+def _failed(snapshot_id: Optional[str], job: str, target: Optional[str], problem: str) -> dict:
+    """`restore --all --json`'s document for a job that was not restored."""
+    return {"snapshot": snapshot_id, "job": job, "target": target, "errors": [problem]}
 
 
 def _restore_one(config, repo, snapshot: Snapshot, options: RestoreOptions,
@@ -153,8 +159,7 @@ def _restore_one(config, repo, snapshot: Snapshot, options: RestoreOptions,
     except (RepositoryError, ValueError, KeyError) as exc:  # a damaged blob, or a damaged manifest line
         error(f"snapshot {snapshot.id[:12]} cannot be read: {exc}")
         if documents is not None:
-            documents.append({"snapshot": snapshot.id, "job": snapshot.job, "target": options.target,
-                              "errors": [f"cannot be read: {exc}"]})
+            documents.append(_failed(snapshot.id, snapshot.job, options.target, f"cannot be read: {exc}"))
         return EXIT_FAILED
     if documents is not None:
         documents.append(restore_json(result, snapshot, options.target, options.dry_run))
