@@ -16,12 +16,18 @@ from agent.store import Repository
 log = logging.getLogger("backup-agent")
 
 
+def collectable(location: str) -> bool:
+    """Whether a failed run's data can be collected at once: a local repository (object storage's is
+    left to the next prune, which may run elsewhere)."""
+    return os.path.isabs(location)
+
+
 def collect_garbage(location: str) -> Optional[int]:
     """Delete what no snapshot of the repository at `location` references, if it is a local directory
     and can be locked exclusively right now; no snapshot is forgotten (no retention applies). Returns
     the bytes freed, None if not now. Never raises: a clean-up must not change the outcome of the run
     it follows."""
-    if not os.path.isabs(location):  # object storage: left to the next prune
+    if not collectable(location):
         return None
     try:
         repo = Repository.open(location)

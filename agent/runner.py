@@ -159,9 +159,9 @@ def _clean_up(config: Config, wrote: bool = True, run_lock: Optional[RunLock] = 
     """A run that failed after it may have stored data: what no snapshot references goes now, so that
     it cannot fill the disk under the next run (agent.cleanup, which needs the repository lock
     exclusively: a run lock is let go first, and the next job takes it again)."""
-    if wrote:
-        from agent.cleanup import collect_garbage
+    from agent.cleanup import collect_garbage, collectable
 
+    if wrote and collectable(config.repository):  # else the run lock is kept for the next job
         if run_lock is not None:
             run_lock.let_go()
         collect_garbage(config.repository)

@@ -37,6 +37,16 @@ def _content(repo: Repository, entry: Entry) -> Iterator[bytes]:
             yield repo.read_blob(chunk)
 
 
+def dump_destination(entry: Entry, target: str, force: bool) -> str:
+    """Where the dump `entry` goes for `--target`: `target`, or the dump's name inside it if it is a
+    directory. Raises RestoreRefused if that exists and `force` is false."""
+    if os.path.isdir(target):
+        target = os.path.join(target, os.path.basename(entry.path))
+    if os.path.lexists(target) and not force:
+        raise RestoreRefused(f"{target} exists (give --force to replace it)")
+    return target
+
+
 class Restored(NamedTuple):
     path: str  # where the dump went: `target`, or the dump's name inside it when it is a directory
     size: int  # bytes
@@ -46,10 +56,7 @@ def restore_to_file(repo: Repository, snapshot: Snapshot, target: str, force: bo
     """Write the dump to `target` (into it, under the dump's name, if it is a directory); raises
     RestoreRefused if that exists and `force` is false."""
     entry = dump_entry(repo, snapshot)
-    if os.path.isdir(target):
-        target = os.path.join(target, os.path.basename(entry.path))
-    if os.path.lexists(target) and not force:
-        raise RestoreRefused(f"{target} exists (give --force to replace it)")
+    target = dump_destination(entry, target, force)
     directory = os.path.dirname(os.path.abspath(target))
     os.makedirs(directory, exist_ok=True)
     os.rename(write_temp(directory, _content(repo, entry), prefix=".restore-"), target)

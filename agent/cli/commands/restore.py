@@ -106,8 +106,7 @@ def _restore_job(config, repo, job: str, found: List[Snapshot], options: Restore
         documents.append(_failed(None, job, target, problem))
         return EXIT_FAILED
     # --overwrite other than `never` replaces a dump file as it replaces the files of a tree
-    one = replace(options, snapshot=found[0].id, target=target, every_job=False,
-                  force=options.force or options.overwrite != "never")
+    one = replace(options, target=target, force=options.force or options.overwrite != "never")
     try:
         return _restore_one(config, repo, found[0], one, documents)
     except UsageError as exc:  # this job's DIR/JOB cannot be used
@@ -136,7 +135,8 @@ def _restore_one(config, repo, snapshot: Snapshot, options: RestoreOptions,
         if tree_only and documents is None:
             raise UsageError(f"{', '.join(tree_only)}: for file trees; {snapshot.id[:12]} is a "
                              f"{snapshot.type} dump (--force replaces an existing --target FILE)")
-        status = _dry_run_dump(snapshot, options) if options.dry_run else _restore_dump(config, repo, snapshot, options)
+        status = (_dry_run_dump(repo, snapshot, options) if options.dry_run
+                  else _restore_dump(config, repo, snapshot, options))
         if documents is not None:
             documents.append({"snapshot": snapshot.id, "job": snapshot.job, "target": options.target,
                               "dump": True, "dry_run": options.dry_run,
@@ -241,11 +241,14 @@ def restore_lines(result: RestoreResult, snapshot: Snapshot, target: str, dry_ru
     return lines
 
 
-def _dry_run_dump(snapshot: Snapshot, options: RestoreOptions) -> int:
+def _dry_run_dump(repo, snapshot: Snapshot, options: RestoreOptions) -> int:
     """What `restore --all --dry-run` would do with a dump: nothing is written."""
-    target = str(options.target)
-    if os.path.lexists(target) and not options.force:
-        error(f"{target} exists: the dump of {snapshot.job} would not replace it without --force (or an "
+    from agent.dumps.restore import RestoreRefused, dump_destination, dump_entry
+
+    try:
+        target = dump_destination(dump_entry(repo, snapshot), os.path.abspath(str(options.target)), options.force)
+    except RestoreRefused:
+        error(f"{options.target} exists: the dump of {snapshot.job} would not replace it without --force (or an "
               "--overwrite other than never)")
         return EXIT_FAILED
     verb = "replace" if os.path.lexists(target) else "write"
