@@ -42,6 +42,10 @@ class AuthenticationError(BackendError, ValueError):
     too, so that every reader that takes an unreadable object for damage does so for this one."""
 
 
+class DataKeyMissing(AuthenticationError):
+    """A pack's data key object cannot be loaded: its blobs cannot be opened, though they may be intact."""
+
+
 class IdentityRequired(BackendError):
     """Reading file contents or dumps of an encrypted repository needs an identity."""
 
@@ -207,8 +211,8 @@ class RepositoryCipher:
         try:
             wrapped = self.backend.load(handle)
         except BackendError:
-            raise AuthenticationError(f"{self.backend.describe(pack)}: its data key "
-                                      f"{self.backend.describe(handle)} is missing") from None
+            raise DataKeyMissing(f"{self.backend.describe(pack)}: its data key "
+                                 f"{self.backend.describe(handle)} is missing") from None
         key = unwrap(wrapped, self.identities, self.backend.describe(handle), str(self.identity_file))
         if len(key) != 32:
             raise AuthenticationError(f"{self.backend.describe(handle)}: not a data key")

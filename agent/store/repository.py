@@ -54,6 +54,12 @@ class DamagedBlobError(RepositoryError):
     def __init__(self, blob_id: bytes, reason: str) -> None:
         super().__init__(f"blob {blob_id.hex()}: {reason}")
         self.blob_id = blob_id
+        self.reason = reason
+
+
+class DataKeyLost(DamagedBlobError):
+    """An encrypted blob's data key object is missing: the blob cannot be opened, but its stored bytes
+    may be intact (the key may come back from a copy), so it is never recorded as damaged."""
 
 
 class _Lock:
@@ -251,8 +257,10 @@ class Repository:
         try:
             return self.cipher.open_blob(blob_id, stored, kind_of(loc.flags) == KIND_TREE, pack)
         except (BackendError, ValueError) as exc:  # imported only on failure: this runs once per blob read
-            from agent.crypt.seal import AuthenticationError
+            from agent.crypt.seal import AuthenticationError, DataKeyMissing
 
+            if isinstance(exc, DataKeyMissing):
+                raise DataKeyLost(blob_id, str(exc)) from None
             if isinstance(exc, AuthenticationError):
                 raise DamagedBlobError(blob_id, str(exc)) from None
             raise RepositoryError(str(exc)) from None  # IdentityRequired, KeyFileError (a wrong identity)
@@ -266,6 +274,8 @@ class Repository:
                     return None
                 stored = self._open_sealed(blob_id, stored, loc, Handle(Kind.DATA, loc.pack.hex()))
             return self.hash_blob(decode_blob(stored, loc.flags, loc.raw_length)) == blob_id
+        except DataKeyLost:
+            raise
         except DamagedBlobError:
             return False
         except RepositoryError:

@@ -283,3 +283,24 @@ def test_prune_removes_the_data_keys_no_remaining_blob_names_and_keeps_those_cop
     entries = {entry.path: entry for entry in read_tree(repo, latest.tree)}
     assert b"".join(repo.read_blob(chunk) for chunk in entries["kept"].chunks) == kept_content
 
+
+
+def test_a_data_key_object_missing_for_a_while_is_named_and_never_taken_for_damaged_blobs(tmp_path):
+    """A missing packkeys/ object makes verify fail naming it, but records no damage: put back, nothing was
+    lost, and a prune in between keeps the pack (it must never delete blobs whose key merely went away)."""
+    repo, _ = _encrypted(tmp_path)
+    content = os.urandom(300_000)
+    snap = store_files(repo, "svc", {"big": content})
+    [key] = _keys(repo)[0]
+    stored = tmp_path / "r" / "packkeys" / key
+    away = tmp_path / "key.saved"
+    os.rename(stored, away)
+    result = verify_repository(repo, read_data=True)
+    assert not result.ok and not result.damaged
+    assert any(f"packkeys/{key}" in problem and "missing" in problem for problem in result.problems), result.problems
+    assert repo.backend.list(Kind.DAMAGE) == [] and result.damage_record is None
+    os.rename(away, stored)
+    prune_repository(repo, {"svc": KEEP_ONE})
+    assert verify_repository(repo, read_data=True).ok
+    [entry] = [e for e in read_tree(repo, repo.load_snapshot(snap.id).tree) if e.path == "big"]
+    assert b"".join(repo.read_blob(chunk) for chunk in entry.chunks) == content
