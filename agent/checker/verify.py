@@ -16,7 +16,8 @@ from typing import Dict, List, Optional, Set, Tuple
 
 from agent.progress import Progress
 from agent.store import Repository, RepositoryError
-from agent.store.index import BlobLocation
+from agent.store.index import KIND_TREE, BlobLocation, kind_of
+from agent.store.pack import KEY_REF
 from agent.store.repository import DataKeyLost
 from agent.store.tree import read_tree, referenced_chunks
 
@@ -42,18 +43,18 @@ class VerifyResult:
 _REPO: Optional[Repository] = None  # the repository a forked worker reads (set before the pool forks)
 
 
-def _check_pack(pack: bytes, blobs: Blobs) -> Tuple[Dict[str, str], List[str], List[Tuple[bytes, bytes]]]:
-    """Damaged blobs, problems and damaged (blob, pack) copies of one pack, read whole (runs in a worker
-    process)."""
+def _check_pack(pack: bytes, blobs: Blobs) -> Tuple[Dict[str, str], List[str], List[Tuple[bytes, bytes]], Set[str]]:
+    """Damaged blobs, problems, damaged (blob, pack) copies and (encrypted) the data key objects its blobs
+    name, of one pack read whole (runs in a worker process)."""
     assert _REPO is not None
     try:
         data = _REPO.load_pack(pack)
     except OSError as exc:  # an I/O error: every blob of the pack is unusable
         return ({blob_id.hex(): f"its pack {pack.hex()} cannot be read ({exc})" for blob_id, _ in blobs},
-                [], [(blob_id, pack) for blob_id, _ in blobs])
+                [], [(blob_id, pack) for blob_id, _ in blobs], set())
     if data is None:
         return ({blob_id.hex(): f"its pack {pack.hex()} is missing" for blob_id, _ in blobs}, [],
-                [(blob_id, pack) for blob_id, _ in blobs])
+                [(blob_id, pack) for blob_id, _ in blobs], set())
     damaged: Dict[str, str] = {}
     pairs = []
     problems = []
@@ -61,8 +62,11 @@ def _check_pack(pack: bytes, blobs: Blobs) -> Tuple[Dict[str, str], List[str], L
         problems.append(f"pack {pack.hex()}: content does not match its name (damaged)")
     view = memoryview(data)
     pack_ok = not problems
+    keys: Set[str] = set()  # a sealed data blob starts with the name of its data key (agent.crypt.seal)
     for blob_id, loc in blobs:
         stored = view[loc.offset: loc.offset + loc.length]
+        if _REPO.cipher is not None and kind_of(loc.flags) != KIND_TREE and len(stored) >= KEY_REF:
+            keys.add(bytes(stored[:KEY_REF]).hex())
         # None: a data blob of an encrypted repository checked without an identity; the pack's hash
         # (its name, in the authenticated index) vouches for every byte of it
         try:
@@ -74,7 +78,7 @@ def _check_pack(pack: bytes, blobs: Blobs) -> Tuple[Dict[str, str], List[str], L
         if not (intact or (intact is None and pack_ok)):
             damaged[blob_id.hex()] = f"content in pack {pack.hex()} does not match its id"
             pairs.append((blob_id, pack))
-    return damaged, problems, pairs
+    return damaged, problems, pairs, keys
 
 
 def _check_structure(sizes: Dict[bytes, int], pack: bytes, blobs: Blobs, result: VerifyResult,
@@ -115,11 +119,14 @@ def _check_packs(repo: Repository, by_pack: Dict[bytes, Blobs], read_data: bool,
 
     def collect() -> None:
         try:
+            named: Set[str] = set()
             for future in futures:
-                damaged, problems, found = future.result()
+                damaged, problems, found, keys = future.result()
                 result.damaged.update(damaged)
                 result.problems.extend(problems)
                 pairs.extend(found)
+                named |= keys
+            result.problems.extend(repo.missing_data_keys(named))
         finally:
             pool.shutdown()
     return collect

@@ -32,7 +32,7 @@ TRAILER_MAGIC = b"BAPT"
 _TRAILER_ENTRY = struct.Struct("<32sBIII")
 TARGET_SIZE = 16 * 1024 * 1024
 _SAMPLE = 64 * 1024
-_KEY_REF = 32  # a sealed data blob begins with the name of its data key (agent.crypt.seal)
+KEY_REF = 32  # a sealed data blob begins with the name of its data key (agent.crypt.seal)
 
 
 class Compressor:
@@ -89,7 +89,7 @@ class PackWriter:
         self._count += 1
         self._buffer += stored
         if self._cipher is not None and kind_of(flags) != KIND_TREE:
-            self._key_refs.add(bytes(stored[:_KEY_REF]))
+            self._key_refs.add(bytes(stored[:KEY_REF]))
 
     def finish(self) -> List[Tuple[bytes, BlobLocation]]:
         """Save the pack durably through the backend; returns its blobs' locations."""
@@ -165,10 +165,10 @@ def data_key_names(backend: Backend, blobs: Iterable[Tuple[bytes, BlobLocation]]
         if kind_of(loc.flags) == KIND_TREE:  # sealed under the metadata key: names no data key
             continue
         try:
-            head = backend.load(Handle(Kind.DATA, loc.pack.hex()), _KEY_REF, loc.offset)
+            head = backend.load(Handle(Kind.DATA, loc.pack.hex()), KEY_REF, loc.offset)
         except BackendError:
             return None
-        if len(head) != _KEY_REF:
+        if len(head) != KEY_REF:
             return None
         names.add(head.hex())
     return names

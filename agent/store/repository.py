@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import TYPE_CHECKING, Any, ContextManager, Dict, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, ContextManager, Dict, Iterable, List, Optional, Set, Tuple
 
 from agent.backend import CONFIG_NAME, Backend, BackendError, Handle, Kind, NotFound, RepositoryLock, open_backend
 from agent.store.chunker import Chunker, ChunkerParams
@@ -290,6 +290,15 @@ class Repository:
         from agent.crypt.bootstrap import check_key_objects
 
         return check_key_objects(self.cipher.backend, self.cipher.node)
+
+    def missing_data_keys(self, named: Set[str]) -> List[str]:
+        """Of the data key objects `named` (by blobs), those not stored, each named as a problem: their
+        blobs cannot be opened (an identity's holder finds out only at restore otherwise)."""
+        if self.cipher is None or not named:
+            return []
+        stored = {info.name for info in self.backend.list(Kind.PACK_KEYS)}
+        return [f"{self.backend.describe(Handle(Kind.PACK_KEYS, name))}: missing (blobs name it as their data key)"
+                for name in sorted(named - stored)]
 
     def remove_unused_data_keys(self, live: List[Tuple[bytes, BlobLocation]]) -> int:
         """Remove an encrypted repository's data key objects that no blob of `live` names (all the blobs the

@@ -304,3 +304,19 @@ def test_a_data_key_object_missing_for_a_while_is_named_and_never_taken_for_dama
     assert verify_repository(repo, read_data=True).ok
     [entry] = [e for e in read_tree(repo, repo.load_snapshot(snap.id).tree) if e.path == "big"]
     assert b"".join(repo.read_blob(chunk) for chunk in entry.chunks) == content
+
+
+def test_verify_without_an_identity_names_a_missing_data_key_object(tmp_path):
+    from agent.crypt.settings import EncryptionSettings
+
+    repo, _ = _encrypted(tmp_path)
+    store_files(repo, "svc", {"big": os.urandom(300_000)})
+    [key] = _keys(repo)[0]
+    node = Repository.open(str(tmp_path / "r"),  # what a node holds: its node key, no identity
+                           encryption=EncryptionSettings(recipients=(), node_key_file=str(tmp_path / "node.key")))
+    assert node.cipher is not None and node.cipher.identity_file is None
+    assert verify_repository(node, read_data=True).ok
+    os.unlink(tmp_path / "r" / "packkeys" / key)
+    result = verify_repository(node, read_data=True)
+    assert not result.ok and not result.damaged
+    assert any(f"packkeys/{key}" in problem and "missing" in problem for problem in result.problems), result.problems

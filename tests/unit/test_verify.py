@@ -141,29 +141,29 @@ def test_each_pack_read_whole_names_its_damaged_missing_and_unreadable_blobs(rep
     [pack] = {loc.pack for _, loc in repo.index.items() if loc.raw_length in (3000, 4000, 5000)}
     blobs = sorted(((blob_id, loc) for blob_id, loc in repo.index.items() if loc.pack == pack),
                    key=lambda item: item[1].offset)
-    assert verify._check_pack(pack, blobs) == ({}, [], [])
+    assert verify._check_pack(pack, blobs) == ({}, [], [], set())  # unencrypted: no data keys named
 
     data = repo.load_pack(pack)
     first, second, third = blobs
     damaged = bytearray(data)
     damaged[second[1].offset + 7] ^= 0x01
     _rewrite_pack(repo, pack, bytes(damaged))
-    found, problems, pairs = verify._check_pack(pack, blobs)
+    found, problems, pairs, _ = verify._check_pack(pack, blobs)
     assert found == {second[0].hex(): f"content in pack {pack.hex()} does not match its id"}
     assert problems == [f"pack {pack.hex()}: content does not match its name (damaged)"]
     assert pairs == [(second[0], pack)]
 
     _rewrite_pack(repo, pack, data[:third[1].offset + 1])  # cut inside the last blob
-    found, problems, pairs = verify._check_pack(pack, blobs)
+    found, problems, pairs, _ = verify._check_pack(pack, blobs)
     assert list(found) == [third[0].hex()] and pairs == [(third[0], pack)] and len(problems) == 1
 
     repo.remove_pack(pack)
-    found, problems, pairs = verify._check_pack(pack, blobs)
+    found, problems, pairs, _ = verify._check_pack(pack, blobs)
     assert found == {blob_id.hex(): f"its pack {pack.hex()} is missing" for blob_id, _ in blobs}
     assert problems == [] and pairs == [(blob_id, pack) for blob_id, _ in blobs]
 
     if isinstance(repo.backend, LocalBackend):  # a pack that cannot be read: every blob of it is unusable
         os.mkdir(repo.describe_pack(pack))
-        found, problems, pairs = verify._check_pack(pack, blobs)
+        found, problems, pairs, _ = verify._check_pack(pack, blobs)
         assert set(found) == {blob_id.hex() for blob_id, _ in blobs} and len(pairs) == 3
         assert all(reason.startswith(f"its pack {pack.hex()} cannot be read (") for reason in found.values())
