@@ -217,7 +217,10 @@ def load_config(backend: Backend) -> dict:
                               f"the file is damaged or was not written by backup-agent") from None
     if version == ENCRYPTED_FORMAT and isinstance(config.get("encryption"), dict):
         return config
-    if version != FORMAT_VERSION or "encryption" in config:
+    if "encryption" in config:  # an encrypted repository's config whose format field was changed
+        raise RepositoryError(f"{where}: authentication failed (tampered or damaged: format {version!r} with "
+                              "encryption settings)")
+    if version != FORMAT_VERSION:
         raise RepositoryError(f"{backend.location}: repository format {version} is not supported by this "
-                              f"version (it reads format {FORMAT_VERSION})")
+                              f"version (it reads formats {FORMAT_VERSION} and {ENCRYPTED_FORMAT})")
     return config

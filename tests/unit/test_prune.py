@@ -320,3 +320,14 @@ def test_verify_without_an_identity_names_a_missing_data_key_object(tmp_path):
     result = verify_repository(node, read_data=True)
     assert not result.ok and not result.damaged
     assert any(f"packkeys/{key}" in problem and "missing" in problem for problem in result.problems), result.problems
+
+
+@pytest.mark.parametrize("format_field", ['"format": 1', '"formax": 2'])
+def test_an_encrypted_config_whose_format_was_changed_is_an_authentication_error(tmp_path, format_field):
+    _encrypted(tmp_path)
+    config = tmp_path / "r" / "config.json"
+    text = config.read_text()
+    assert '"format": 2' in text
+    config.write_text(text.replace('"format": 2', format_field))
+    with pytest.raises(RepositoryError, match=r"config\.json: authentication failed"):
+        Repository.open(str(tmp_path / "r"))
