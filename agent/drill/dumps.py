@@ -15,7 +15,7 @@ from agent.drill.proof import Proof
 from agent.drill.server import ServerError, ThrowawayServer
 from agent.drill.tree import content_problem
 from agent.dumps.mysql import TRAILER
-from agent.dumps.restore import dump_entry, restore_to_file
+from agent.dumps.restore import dump_content, dump_entry, restore_to_file
 from agent.report.model import TableRows
 from agent.store import Repository, Snapshot
 from agent.store.manifest import Entry
@@ -37,12 +37,10 @@ class _Stream:
         self.tail = b""
 
     def __iter__(self) -> Iterator[bytes]:
-        with self.repo.read_ahead(self.entry.chunks):
-            for chunk in self.entry.chunks:
-                data = self.repo.read_blob(chunk)  # checked against its id; DamagedBlobError names blob and pack
-                self.length += len(data)
-                self.tail = (self.tail + data[-self.TAIL:])[-self.TAIL:]
-                yield data
+        for data in dump_content(self.repo, self.entry):
+            self.length += len(data)
+            self.tail = (self.tail + data[-self.TAIL:])[-self.TAIL:]
+            yield data
 
     def length_problem(self) -> Optional[str]:
         if self.length != self.entry.size:

@@ -31,7 +31,9 @@ def dump_entry(repo: Repository, snapshot: Snapshot) -> Entry:
     return files[0]
 
 
-def _content(repo: Repository, entry: Entry) -> Iterator[bytes]:
+def dump_content(repo: Repository, entry: Entry) -> Iterator[bytes]:
+    """The dump's bytes, blob by blob, each checked against its id (DamagedBlobError names blob and pack),
+    its packs read ahead."""
     with repo.read_ahead(entry.chunks):
         for chunk in entry.chunks:
             yield repo.read_blob(chunk)
@@ -59,7 +61,7 @@ def restore_to_file(repo: Repository, snapshot: Snapshot, target: str, force: bo
     target = dump_destination(entry, target, force)
     directory = os.path.dirname(os.path.abspath(target))
     os.makedirs(directory, exist_ok=True)
-    os.rename(write_temp(directory, _content(repo, entry), prefix=".restore-"), target)
+    os.rename(write_temp(directory, dump_content(repo, entry), prefix=".restore-"), target)
     return Restored(target, entry.size)
 
 
@@ -124,7 +126,7 @@ def restore_to_database(repo: Repository, snapshot: Snapshot, job: Job, database
     retarget = Retarget(str(job.database), database)
     try:
         done = feed_command(mysql.client_argv(job, client.options_file, database=database),
-                            retarget.rewrite(_content(repo, entry)), timeout=max(job.timeout, 3600),
+                            retarget.rewrite(dump_content(repo, entry)), timeout=max(job.timeout, 3600),
                             secrets=client.secrets)
     except BaseException:  # the dump could not be read to its end (a damaged object): the load is cut
         if existed == ["0"]:
