@@ -61,7 +61,8 @@ def main() -> None:
     os.makedirs(work)
     tree = os.path.join(work, "services")
     files = generate(tree, PROFILES[args.profile])
-    server = S3Server(os.path.join(work, "s3")).start()
+    # ETags off: see S3Server.etag_hash (both tools list objects; neither reads ETags)
+    server = S3Server(os.path.join(work, "s3"), etag_hash="").start()
     proxy = S3Proxy(server.url)
     proxy.faults.latency = args.rtt_ms / 1000.0
     try:
