@@ -20,6 +20,7 @@ a message or an object.
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
 import hashlib
 import os
@@ -409,11 +410,11 @@ class _RecentPacks:
 
     @contextlib.contextmanager
     def ahead(self, names: Sequence[str], fetch: Callable[[str], bytes]) -> Iterator[None]:
-        """Fetch the packs `names` whole, a few at once, ahead of the reads that need them (see
-        _ReadAhead), except those kept already; the fetches still running when the context ends are waited
-        for, the rest dropped."""
+        """Fetch the packs `names` whole, in this order (a pack may come again after others), a few at
+        once, ahead of the reads that need them (see _ReadAhead); the fetches still running when the context
+        ends are waited for, the rest dropped."""
+        ahead = _ReadAhead(names, fetch)
         with self._lock:
-            ahead = _ReadAhead([name for name in names if name not in self._whole], fetch)
             self._ahead = ahead
         try:
             yield
@@ -425,26 +426,24 @@ class _RecentPacks:
     def read(self, name: str, length: int, offset: int, whole: Callable[[], bytes],
              ranged: Callable[[], bytes]) -> bytes:
         with self._lock:
-            data = self._whole.get(name)
-            if data is not None:
-                self._whole.move_to_end(name)
-            again = name in self._seen
-            self._seen[name] = None
-            self._seen.move_to_end(name)
-            while len(self._seen) > self.SEEN:
-                self._seen.popitem(last=False)
             ahead = self._ahead
-        if data is not None and ahead is not None:
-            ahead.drop(name)
-        elif data is None and ahead is not None:
-            data = ahead.take(name)  # None if it was not asked for; the fetch's error if it failed
-            if data is not None:
-                self._keep(name, data)
-        if data is None and not again:
-            return ranged()
+        # the read-ahead's answer first: it holds the pack of the run being read (None if not planned)
+        data = ahead.take(name) if ahead is not None else None
         if data is None:
-            data = whole()
-            self._keep(name, data)
+            with self._lock:
+                data = self._whole.get(name)
+                if data is not None:
+                    self._whole.move_to_end(name)
+                again = name in self._seen
+                self._seen[name] = None
+                self._seen.move_to_end(name)
+                while len(self._seen) > self.SEEN:
+                    self._seen.popitem(last=False)
+            if data is None and not again:
+                return ranged()
+            if data is None:
+                data = whole()
+                self._keep(name, data)
         return data[offset:] if length < 0 else data[offset:offset + length]
 
     def _keep(self, name: str, data: bytes) -> None:
@@ -465,52 +464,59 @@ class _RecentPacks:
 
 
 class _ReadAhead:
-    """Whole packs fetched in the order a restore will read them, by WORKERS threads, at most WINDOW
-    fetched and not yet read: a restore's reads wait for one round trip at a time no more, and memory
-    stays bounded (WINDOW + _RecentPacks.KEPT packs of 16 MiB at most)."""
+    """Whole packs fetched in the order a restore will read them, by WORKERS threads.
+
+    The plan is a sequence of runs (a pack read for one blob after another; the same pack may come again
+    after others). Reads follow the plan, some of its reads left out (a hard link's second name, the rest
+    of a damaged file): a read is served by the first run of its pack at or after the current one, and the
+    runs passed over are dropped. The current run and at most WINDOW after it are held or being fetched,
+    so memory stays bounded (WINDOW + 1 packs of 16 MiB at most) and a pack needed again after others is
+    fetched again ahead of its reads, never while the restore waits."""
 
     WINDOW = 4
     WORKERS = 4
 
     def __init__(self, names: Sequence[str], fetch: Callable[[str], bytes]) -> None:
-        self._order = list(dict.fromkeys(names))
-        self._next = 0
+        self._order = [name for at, name in enumerate(names) if not at or names[at - 1] != name]
+        self._runs: Dict[str, List[int]] = {}  # pack -> its runs' positions in the plan, ascending
+        for at, name in enumerate(self._order):
+            self._runs.setdefault(name, []).append(at)
+        self._current = 0
+        self._next = 0  # the next run to fetch
         self._fetch = fetch
-        self._pending: Dict[str, Future] = {}
-        self._done: set = set()  # asked for already: never fetched again, never left to fill the window
+        self._pending: Dict[int, Future] = {}  # run position -> its fetch
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(self.WORKERS, thread_name_prefix="s3-read-ahead") if self._order else None
         self._fill()
 
     def _fill(self) -> None:
         with self._lock:
-            while self._pool is not None and self._next < len(self._order) and len(self._pending) < self.WINDOW:
-                name = self._order[self._next]
+            while self._pool is not None and self._next < len(self._order) and \
+                    self._next <= self._current + self.WINDOW:
+                self._pending[self._next] = self._pool.submit(self._fetch, self._order[self._next])
                 self._next += 1
-                if name not in self._done:
-                    self._pending[name] = self._pool.submit(self._fetch, name)
 
     def take(self, name: str) -> Optional[bytes]:
-        """The pack's bytes once fetched (waiting for them), or None if it was not asked for or was
-        already taken; raises what the fetch raised."""
+        """The pack's bytes for a read of it (waiting for its fetch), or None if no run of it is left in
+        the plan; raises what the fetch raised."""
         with self._lock:
-            future = self._pending.pop(name, None)
-            self._done.add(name)
-        if future is None:
+            runs = self._runs.get(name, ())
+            found = bisect.bisect_left(runs, self._current)
+            if self._pool is None or found == len(runs):
+                return None
+            at = runs[found]
+            if at != self._current:
+                for passed in [position for position in self._pending if position < at]:
+                    self._pending.pop(passed).cancel()
+                self._current = at
+                if at >= self._next:  # a jump past the window: fetch from here on
+                    self._next = at
+        self._fill()
+        with self._lock:
+            future = self._pending.get(at)
+        if future is None:  # closed meanwhile
             return None
-        try:
-            return future.result()
-        finally:
-            self._fill()
-
-    def drop(self, name: str) -> None:
-        """The pack was read without its fetch (it was still kept): the fetch is not needed."""
-        with self._lock:
-            future = self._pending.pop(name, None)
-            self._done.add(name)
-        if future is not None:
-            future.cancel()
-            self._fill()
+        return future.result()
 
     def close(self) -> None:
         with self._lock:

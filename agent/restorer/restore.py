@@ -16,7 +16,7 @@ import os
 import secrets
 import stat
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from agent.progress import Progress
 from agent.restorer.plan import CREATE, REPLACE, SAME, Keep, Plan, Step, extras, make_plan, selection, show
@@ -134,9 +134,13 @@ def _apply(repo: Repository, dest: Target, plan: Plan, always: bool, owner: bool
     files = [step.entry.size for step in plan.steps if step.entry.type == "file"]
     if progress is not None:
         progress.expect(len(files), sum(files))
-    with repo.read_ahead(chunk for step in plan.steps if step.entry.type == "file" and (step.action != SAME or always)
+    steps = _in_storage_order(repo, plan.steps)
+    with repo.read_ahead(chunk for step in steps if step.entry.type == "file" and (step.action != SAME or always)
                          for chunk in step.entry.chunks):
-        _write(plan, writer, dirs, dest, result, progress)
+        _write(steps, writer, dirs, dest, result, progress)
+    order = {show(step.parts): number for number, step in enumerate(plan.steps)}
+    for named in (result.created, result.replaced):  # reported in manifest order, as planned
+        named.sort(key=order.__getitem__)
     # Directory modes and times last, deepest first: writing into a directory changes its mtime, and a
     # read-only directory could not be filled.
     for step in sorted(dirs, key=lambda item: len(item.parts), reverse=True):
@@ -146,10 +150,25 @@ def _apply(repo: Repository, dest: Target, plan: Plan, always: bool, owner: bool
             result.errors.append(f"{show(step.parts)}: {exc.strerror or exc}")
 
 
-def _write(plan: Plan, writer: _Writer, dirs: List[Step], dest: Target, result: RestoreResult,
+def _in_storage_order(repo: Repository, steps: Sequence[Step]) -> List[Step]:
+    """The directories in manifest order (parents first), then everything else ordered by where its first
+    blob is stored. In manifest order a restore jumps between packs (the backup read files in directory
+    order, and shares blobs with other files and jobs): a pack evicted and needed again is fetched whole
+    again on object storage. In storage order each pack is read once, front to back. The sort is stable:
+    a hard link's first name (the one `_Writer.good` links the others to) stays ahead of the others."""
+
+    def stored_at(step: Step) -> Tuple[bytes, int]:
+        chunks = step.entry.chunks if step.entry.type == "file" else ()
+        return repo.read_order(chunks[0]) if chunks else (b"", 0)
+
+    return [step for step in steps if step.entry.type == "dir"] + \
+        sorted((step for step in steps if step.entry.type != "dir"), key=stored_at)
+
+
+def _write(steps: Sequence[Step], writer: _Writer, dirs: List[Step], dest: Target, result: RestoreResult,
            progress: Optional[Progress]) -> None:
-    """Every step of the plan, in order; directories are collected into `dirs` for their metadata."""
-    for step in plan.steps:
+    """Every step, in order; directories are collected into `dirs` for their metadata."""
+    for number, step in enumerate(steps):
         try:
             if writer.step(step):
                 dirs.append(step)
@@ -160,8 +179,8 @@ def _write(plan: Plan, writer: _Writer, dirs: List[Step], dest: Target, result: 
         except OSError as exc:
             result.errors.append(f"{show(step.parts)}: {exc.strerror or exc}")
             if exc.errno in _FATAL:
-                result.errors.append(f"restore stopped: {exc.strerror} in {dest.root}; entries after "
-                                     f"{show(step.parts)} were not restored")
+                result.errors.append(f"restore stopped: {exc.strerror} in {dest.root}; {len(steps) - number - 1} "
+                                     f"entries after {show(step.parts)} were not restored")
                 break
 
 

@@ -212,16 +212,26 @@ class Repository:
 
     def read_ahead(self, blob_ids: Iterable[bytes]) -> ContextManager[None]:
         """For the length of the context, the blobs `blob_ids` will be read in this order (a restore's
-        files): the backend may fetch their packs ahead. Only packs read for two blobs or more are named:
-        a single blob is cheaper to fetch by itself than its whole pack."""
+        files): the backend may fetch their packs ahead. Named are the packs in the order they are read
+        (one name for consecutive reads of a pack, again when it is read again after others), only those
+        read for two blobs or more: a single blob is cheaper to fetch by itself than its whole pack."""
         return self._read_packs_ahead(self.index.get(blob_id) for blob_id in blob_ids)
 
     def _read_packs_ahead(self, locations: Iterable[Optional[BlobLocation]]) -> ContextManager[None]:
         counts: Dict[bytes, int] = {}
+        runs: List[bytes] = []
         for loc in locations:
             if loc is not None:
                 counts[loc.pack] = counts.get(loc.pack, 0) + 1
-        return self.backend.read_ahead([Handle(Kind.DATA, pack.hex()) for pack, count in counts.items() if count > 1])
+                if not runs or runs[-1] != loc.pack:
+                    runs.append(loc.pack)
+        return self.backend.read_ahead([Handle(Kind.DATA, pack.hex()) for pack in runs if counts[pack] > 1])
+
+    def read_order(self, blob_id: bytes) -> Tuple[bytes, int]:
+        """Where the blob is stored, as a sort key (pack id, offset in bytes); (b"", 0) for a blob the
+        index does not know. Blobs read in this order read each pack once, front to back."""
+        loc = self.index.get(blob_id)
+        return (b"", 0) if loc is None else (loc.pack, loc.offset)
 
     def read_blob(self, blob_id: bytes) -> bytes:
         """The blob's content, checked against its id: damage is an error, never silently restored.

@@ -229,3 +229,70 @@ def test_a_pack_read_blob_by_blob_is_fetched_whole_once(tmp_path, s3_server, s3_
     assert s3_proxy.counts.get("GET", 0) == 1  # one range: a single read fetches no more
 
 
+
+
+def test_a_restore_of_files_stored_out_of_path_order_fetches_each_pack_once(tmp_path, s3_server, s3_proxy,
+                                                                           monkeypatch):
+    """The backup stored the files in another order than their paths (here: every eighth one, from each
+    of eight starts): in path order a restore jumps between more packs than it keeps. It reads them in
+    storage order instead, each pack whole once, ahead of the writing."""
+    from collections import Counter
+
+    from agent.restorer import restore_snapshot
+    from agent.store import Snapshot
+    from agent.store.manifest import Entry
+    from agent.store.tree import write_tree
+    from tests.fixtures.s3 import s3_location
+
+    monkeypatch.setattr("agent.store.writer.TARGET_SIZE", 60_000)  # packs of about six files
+    location, settings = s3_location(s3_server, str(tmp_path), s3_proxy)
+    repo = Repository.open(open_backend(location, settings), create=True)
+    files = {f"d{number:02}/f": os.urandom(10_000) for number in range(64)}
+    paths = sorted(files)
+    writer = repo.writer()
+    ids = {path: writer.save(files[path])[0] for start in range(8) for path in paths[start::8]}
+    writer.flush()
+    entries = [Entry(".", "dir", 0o755, 0, 0, 0)]
+    for path in paths:
+        entries += [Entry(path.split("/")[0], "dir", 0o755, 0, 0, 0),
+                    Entry(path, "file", 0o644, 0, 0, 0, len(files[path]), (ids[path],))]
+    writer = repo.writer()
+    tree = write_tree(writer, entries)
+    writer.flush()
+    snap = repo.save_snapshot(Snapshot(job="svc", type="fs", host="h", time="2026-12-01T00:00:00Z",
+                                       trigger="manual", tree=tree, files=64, bytes=640_000, fingerprint="f"))
+    packs = {repo.index.get(blob).pack.hex() for blob in ids.values()}
+    assert len(packs) >= 8
+    reader = Repository.open(open_backend(location, settings))
+    s3_proxy.reset_counts()
+    result = restore_snapshot(reader, snap, str(tmp_path / "target"))
+    assert result.errors == [] and result.created[:3] == [".", "d00", "d00/f"]  # reported in path order
+    fetched = Counter(line.split("/")[-1].split("?")[0] for line in s3_proxy.seen
+                      if line.startswith("GET") and "/data/" in line)
+    assert {name: count for name, count in fetched.items() if name in packs} == {name: 1 for name in packs}
+    assert all((tmp_path / "target" / path).read_bytes() == files[path] for path in paths)
+
+
+def test_read_ahead_serves_a_pack_read_again_after_others_and_reads_left_out():
+    from agent.backend.s3 import _RecentPacks
+
+    packs = {name: name.encode() * 100 for name in "abc"}
+    fetched = []
+
+    def fetch(name: str) -> bytes:
+        fetched.append(name)
+        return packs[name]
+
+    def never() -> bytes:
+        raise AssertionError("a planned read waited for a fetch of its own")
+
+    recent = _RecentPacks()
+    with recent.ahead(["a", "a", "b", "a", "c", "b"], fetch):  # runs: a b a c b
+        assert recent.read("a", 3, 0, never, never) == b"aaa"
+        assert recent.read("a", -1, 98, never, never) == b"aa"
+        assert recent.read("b", 2, 1, never, never) == b"bb"
+        assert recent.read("a", 1, 5, never, never) == b"a"
+        # the run of c left out (a hard link's second name): b is served by its next run
+        assert recent.read("b", 1, 0, never, never) == b"b"
+    # no run fetched twice (the passed-over run of c may have been cancelled before it started)
+    assert fetched.count("a") == 2 and fetched.count("b") == 2 and fetched.count("c") <= 1
