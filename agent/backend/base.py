@@ -129,8 +129,9 @@ class Backend(Protocol):
 
     def read_ahead(self, handles: Sequence[Handle]) -> ContextManager[None]:
         """A hint, for the length of the context: these objects will be loaded next, in this order (a
-        restore's packs; one may come again after others). A remote backend fetches a few of them ahead of the loads, within bounded
-        memory; loads give the same bytes and raise the same errors with or without it."""
+        restore's packs; one may come again after others). A remote backend fetches a few of them ahead
+        of the loads, within bounded memory; loads give the same bytes and raise the same errors with or
+        without it."""
 
     def lock(self, exclusive: bool, purpose: str) -> RepositoryLock:
         """The repository lock, not yet acquired; `purpose` is shown to whoever waits for it."""
