@@ -6,9 +6,10 @@ raw lengths from the index) -- and that the restored tree holds as many files as
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from agent.drill.proof import Proof
 from agent.restorer import restore_snapshot, safe_parts
@@ -19,26 +20,28 @@ from agent.text import plural
 
 _TYPES = {"file": stat.S_ISREG, "dir": stat.S_ISDIR, "symlink": stat.S_ISLNK}
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-_BLOCK = 1 << 20
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 def prove_tree(repo: Repository, snapshot: Snapshot, directory: str) -> Proof:
     """Restore `snapshot` into the empty `directory` and check it (see the module). Every difference is
     an error naming the path; a blob the restore could not read is named by the restorer's error.
     Raises DamagedBlobError if the manifest itself cannot be read."""
-    restored = restore_snapshot(repo, snapshot, directory)
+    manifest = list(read_tree(repo, snapshot.tree))
+    restored = restore_snapshot(repo, snapshot, directory, entries=manifest)
     errors: List[str] = list(restored.errors)
     named = {error.split(": ", 1)[0] for error in restored.errors}
     expected_files = 0
-    for entry in read_tree(repo, snapshot.tree):
-        if entry.type == "file":
-            expected_files += 1
-        parts = safe_parts(entry.path)
-        if parts is None or entry.path in named:
-            continue  # the restorer already named it (unsafe, or its content could not be read)
-        problem = _check(repo, os.path.join(directory, *parts) if parts else directory, entry)
-        if problem:
-            errors.append(f"{entry.path}: {problem}")
+    with _Checker(repo, directory) as checker:
+        for entry in manifest:
+            if entry.type == "file":
+                expected_files += 1
+            parts = safe_parts(entry.path)
+            if parts is None or entry.path in named:
+                continue  # the restorer already named it (unsafe, or its content could not be read)
+            problem = checker.check(parts, entry)
+            if problem:
+                errors.append(f"{entry.path}: {problem}")
     found = _count_files(directory)
     if found != expected_files:
         errors.append(f"the restored tree holds {plural(found, 'file')}, the manifest {expected_files}")
@@ -46,23 +49,75 @@ def prove_tree(repo: Repository, snapshot: Snapshot, directory: str) -> Proof:
                  bytes=restored.bytes)
 
 
-def _check(repo: Repository, path: str, entry: Entry) -> Optional[str]:
-    """What is wrong with `path` as a restore of `entry`, None if nothing."""
-    try:
-        st = os.lstat(path)
-    except OSError as exc:
-        return f"not restored ({exc.strerror})"
+class _Checker:
+    """Checks restored entries below `directory`, each looked up relative to its directory's descriptor
+    (kept for the next entries there: a hundred thousand full path walks cost more than the checks)."""
+
+    _KEPT = 64
+
+    def __init__(self, repo: Repository, directory: str) -> None:
+        self.repo = repo
+        self.directory = directory
+        self._dirs: Dict[Tuple[str, ...], int] = {}
+
+    def __enter__(self) -> _Checker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self._dirs.values():
+            os.close(fd)
+        self._dirs.clear()
+
+    def _dir(self, parts: Tuple[str, ...]) -> int:
+        """The descriptor of a restored directory, opened one component at a time, never through a link."""
+        fd = self._dirs.get(parts)
+        if fd is None:
+            if len(self._dirs) >= self._KEPT:
+                self.__exit__()
+            fd = os.open(self.directory, _DIR) if not parts else \
+                os.open(parts[-1], _DIR | os.O_NOFOLLOW, dir_fd=self._dir(parts[:-1]))
+            self._dirs[parts] = fd
+        return fd
+
+    def check(self, parts: Tuple[str, ...], entry: Entry) -> Optional[str]:
+        """What is wrong with the restore of `entry` at `parts` below the directory, None if nothing."""
+        try:
+            if not parts:
+                return _check_stat(os.lstat(self.directory), entry)
+            parent, name = self._dir(parts[:-1]), parts[-1]
+            if entry.type == "file":  # opened without following a link: one lookup, then fstat
+                return self._check_file(parent, name, entry)
+            problem = _check_stat(os.lstat(name, dir_fd=parent), entry)
+            if problem or entry.type != "symlink":
+                return problem
+            target = os.readlink(name, dir_fd=parent)
+        except OSError as exc:
+            return f"not restored ({exc.strerror})"
+        return None if target == entry.target else f"links to {target!r}, the manifest says {entry.target!r}"
+
+    def _check_file(self, parent: int, name: str, entry: Entry) -> Optional[str]:
+        try:
+            fd = os.open(name, _READ | os.O_NONBLOCK, dir_fd=parent)  # a fifo in its place must not block
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                return f"not restored ({exc.strerror})" if exc.errno == errno.ENOENT else \
+                    f"cannot be read ({exc.strerror})"
+            return f"restored as something other than a {entry.type}"
+        try:
+            problem = _check_stat(os.fstat(fd), entry)
+            return problem or _content_problem(self.repo, fd, entry)
+        finally:
+            os.close(fd)
+
+
+def _check_stat(st: os.stat_result, entry: Entry) -> Optional[str]:
+    """What the entry's type, mode and size say that `st` does not, None if nothing."""
     if not _TYPES[entry.type](st.st_mode):
         return f"restored as something other than a {entry.type}"
     if entry.type != "symlink" and stat.S_IMODE(st.st_mode) != entry.mode:
         return f"mode {stat.S_IMODE(st.st_mode):04o}, the manifest says {entry.mode:04o}"
-    if entry.type == "symlink":
-        target = os.readlink(path)
-        return None if target == entry.target else f"links to {target!r}, the manifest says {entry.target!r}"
-    if entry.type == "file":
-        if st.st_size != entry.size:
-            return f"{st.st_size} bytes, the manifest says {entry.size}"
-        return content_problem(repo, path, entry)
+    if entry.type == "file" and st.st_size != entry.size:
+        return f"{st.st_size} bytes, the manifest says {entry.size}"
     return None
 
 
@@ -72,19 +127,53 @@ def content_problem(repo: Repository, path: str, entry: Entry) -> Optional[str]:
         fd = os.open(path, _READ)
     except OSError as exc:
         return f"cannot be read ({exc.strerror})"
-    with open(fd, "rb", buffering=_BLOCK) as handle:
-        for number, chunk in enumerate(entry.chunks):
-            location = repo.index.get(chunk)
-            if location is None:
-                return f"chunk {number} ({chunk.hex()[:12]}) is not in the index"
-            data = handle.read(location.raw_length)
-            if len(data) != location.raw_length or repo.hash_blob(data) != chunk:
-                return f"content differs from the manifest at chunk {number} ({chunk.hex()[:12]})"
+    try:
+        return _content_problem(repo, fd, entry)
+    finally:
+        os.close(fd)
+
+
+def _content_problem(repo: Repository, fd: int, entry: Entry) -> Optional[str]:
+    for number, chunk in enumerate(entry.chunks):
+        location = repo.index.get(chunk)
+        if location is None:
+            return f"chunk {number} ({chunk.hex()[:12]}) is not in the index"
+        # one read a chunk, unbuffered: a buffer per file would cost more than the small files it reads
+        data = _read_exactly(fd, location.raw_length)
+        if len(data) != location.raw_length or repo.hash_blob(data) != chunk:
+            return f"content differs from the manifest at chunk {number} ({chunk.hex()[:12]})"
     return None
 
 
+def _read_exactly(fd: int, length: int) -> bytes:
+    """`length` bytes from `fd`, fewer only at the end of the file."""
+    data = os.read(fd, length)
+    if len(data) == length or not data:
+        return data
+    pieces = [data]
+    got = len(data)
+    while got < length:
+        piece = os.read(fd, length - got)
+        if not piece:
+            break
+        pieces.append(piece)
+        got += len(piece)
+    return b"".join(pieces)
+
+
 def _count_files(directory: str) -> int:
+    """Regular files below `directory` (links not followed: the type comes with each directory entry)."""
     count = 0
-    for _root, _dirs, files in os.walk(directory):
-        count += sum(1 for name in files if stat.S_ISREG(os.lstat(os.path.join(_root, name)).st_mode))
+    pending = [directory]
+    while pending:
+        try:
+            entries = os.scandir(pending.pop())
+        except OSError:  # unreadable: its files are not counted, and the count says the tree differs
+            continue
+        with entries:
+            for found in entries:
+                if found.is_dir(follow_symlinks=False):
+                    pending.append(found.path)
+                elif found.is_file(follow_symlinks=False):
+                    count += 1
     return count

@@ -52,7 +52,8 @@ class RestoreResult:
 
 def restore_snapshot(repo: Repository, snapshot: Snapshot, target: str, paths: Iterable[str] = (),
                      overwrite: str = "never", delete: bool = False, dry_run: bool = False,
-                     keep: Optional[Keep] = None, progress: Optional[Progress] = None) -> RestoreResult:
+                     keep: Optional[Keep] = None, progress: Optional[Progress] = None,
+                     entries: Optional[Iterable[Entry]] = None) -> RestoreResult:
     """Restore `paths` of `snapshot` (all of it if none) into directory `target`, the job's path
     becoming `target`. `paths` are relative to the job's path, or absolute under it. `overwrite`: one
     of OVERWRITE_MODES; `delete` removes what the target holds under those paths and the snapshot does
@@ -61,12 +62,13 @@ def restore_snapshot(repo: Repository, snapshot: Snapshot, target: str, paths: I
     Raises PathError (nothing written) if a PATH is outside the job's path or not in the snapshot,
     TargetError if `target` cannot be a directory, DamagedBlobError if the snapshot's file list
     cannot be read. Everything else (a damaged file, a permission problem) is in the result's errors.
-    `progress` is told the files and bytes to write, then each file's as it is done."""
+    `progress` is told the files and bytes to write, then each file's as it is done. `entries`: the
+    snapshot's file list when the caller has read it already (a drill checks the restore against it)."""
     if overwrite not in OVERWRITE_MODES:
         raise ValueError(f"overwrite must be one of {OVERWRITE_MODES}")
     result = RestoreResult()
     wanted = _wanted(snapshot, paths)
-    selected, unsafe, found = selection(read_tree(repo, snapshot.tree), wanted)
+    selected, unsafe, found = selection(read_tree(repo, snapshot.tree) if entries is None else entries, wanted)
     missing = [show(prefix) for prefix, hit in zip(wanted, found) if not hit]
     if missing:  # before the target is made: a wrong PATH writes nothing
         raise PathError("; ".join(f"{path}: not in snapshot {snapshot.id[:12]}" for path in missing))

@@ -1,0 +1,56 @@
+"""The checks of a drill of a tree snapshot (agent.drill.tree): each way a restored entry can differ from
+its manifest entry is named, and a link planted where a directory belongs is never followed."""
+
+from __future__ import annotations
+
+import os
+
+from agent.drill.tree import _Checker, _count_files
+from agent.restorer import restore_snapshot, safe_parts
+from agent.store.tree import read_tree
+from tests.unit.repo_helpers import store_files
+
+FILES = {"a": b"alpha" * 100, "b": b"bravo" * 100, "c": b"charlie" * 100, "d": b"delta", "e": b"echo" * 50,
+         "sub/f": b"foxtrot" * 10, "sub/g": b"golf"}
+
+
+def _problems(repo, snap, directory) -> dict:
+    with _Checker(repo, directory) as checker:
+        return {entry.path: checker.check(safe_parts(entry.path), entry)
+                for entry in read_tree(repo, snap.tree)}
+
+
+def test_a_faithful_restore_passes_every_check(repo, tmp_path):
+    snap = store_files(repo, "svc", FILES, chunk=64)
+    restore_snapshot(repo, snap, str(tmp_path / "t"))
+    assert set(_problems(repo, snap, str(tmp_path / "t")).values()) == {None}
+    assert _count_files(str(tmp_path / "t")) == len(FILES)
+
+
+def test_every_difference_is_named_by_what_differs(repo, tmp_path):
+    snap = store_files(repo, "svc", FILES, chunk=64)
+    target = tmp_path / "t"
+    restore_snapshot(repo, snap, str(target))
+    (target / "a").unlink()
+    (target / "a").symlink_to("b")  # a link where a file belongs: never followed
+    os.chmod(target / "b", 0o600)
+    (target / "c").write_bytes(FILES["c"][:-1])
+    (target / "d").unlink()
+    (target / "e").write_bytes(b"ECHO" + FILES["e"][4:])  # same size, other bytes in the first chunk
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name, content in (("f", FILES["sub/f"]), ("g", FILES["sub/g"])):
+        (outside / name).write_bytes(content)
+        os.chmod(outside / name, 0o644)
+    for name in ("f", "g"):
+        (target / "sub" / name).unlink()
+    (target / "sub").rmdir()
+    (target / "sub").symlink_to(outside)  # the same files, through a link: not a restore
+    found = _problems(repo, snap, str(target))
+    assert found["a"] == "restored as something other than a file"
+    assert found["b"] == "mode 0600, the manifest says 0644"
+    assert found["c"] == f"{len(FILES['c']) - 1} bytes, the manifest says {len(FILES['c'])}"
+    assert found["d"] == "not restored (No such file or directory)"
+    assert found["e"].startswith("content differs from the manifest at chunk 0 (")
+    assert found["sub/f"].startswith("not restored (") and found["sub/g"].startswith("not restored (")
+    assert _count_files(str(target)) == 3  # b, c, e: neither the link a nor what sub links to
