@@ -395,9 +395,10 @@ def _make_client(endpoint: str, options: S3Options, keys: Keys) -> Any:
 
 class _RecentPacks:
     """Whole packs kept for a moment: a restore reads a pack's blobs one after another, and one GET of the
-    pack (16 MiB at most) costs a round trip where a GET per blob costs thousands. A pack is fetched whole
-    from its second read on (a backup reading one file list from a pack fetches only that range); at most
-    KEPT packs are held, so memory stays bounded."""
+    pack (16 MiB at most) costs a round trip where a GET per blob costs thousands. Under a read-ahead
+    (`ahead`) the packs it names are fetched whole ahead of their reads and every other read is a range.
+    Outside one, a pack is fetched whole from its second read on (a backup reading one file list from a
+    pack fetches only that range); at most KEPT packs are held, so memory stays bounded."""
 
     KEPT = 4
     SEEN = 256
@@ -412,15 +413,16 @@ class _RecentPacks:
     def ahead(self, names: Sequence[str], fetch: Callable[[str], bytes]) -> Iterator[None]:
         """Fetch the packs `names` whole, in this order (a pack may come again after others), a few at
         once, ahead of the reads that need them (see _ReadAhead); the fetches still running when the context
-        ends are waited for, the rest dropped."""
+        ends are waited for, the rest dropped. Meanwhile every other pack is read by range: with no names,
+        a caller says it reads a few bytes of each pack (a pack's blob list)."""
         ahead = _ReadAhead(names, fetch)
         with self._lock:
-            self._ahead = ahead
+            outer, self._ahead = self._ahead, ahead
         try:
             yield
         finally:
             with self._lock:
-                self._ahead = None
+                self._ahead = outer
             ahead.close()
 
     def read(self, name: str, length: int, offset: int, whole: Callable[[], bytes],
@@ -439,7 +441,8 @@ class _RecentPacks:
                 self._seen.move_to_end(name)
                 while len(self._seen) > self.SEEN:
                     self._seen.popitem(last=False)
-            if data is None and not again:
+            # under a read-ahead the caller named the packs it reads blob after blob: any other is read once
+            if data is None and (not again or ahead is not None):
                 return ranged()
             if data is None:
                 data = whole()

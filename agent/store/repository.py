@@ -342,8 +342,9 @@ class Repository:
         blobs are when no index names it. Raises ValueError naming the pack if it is malformed (or,
         encrypted, its trailer does not authenticate), NotFound if it is missing."""
         handle = Handle(Kind.DATA, pack_id.hex())
-        entries = read_trailer_range(lambda offset, length: self.backend.load(handle, length, offset), size,
-                                     self.cipher)
+        with self.backend.read_ahead([]):  # two or three small ranges: never the whole pack
+            entries = read_trailer_range(lambda offset, length: self.backend.load(handle, length, offset), size,
+                                         self.cipher)
         if entries is None:
             raise ValueError("malformed, or its blob list does not authenticate")
         return [(blob_id, BlobLocation(pack_id, offset, length, raw, flags))

@@ -26,7 +26,9 @@ def write_encoded(writer: BlobWriter, data: bytes) -> Tuple[str, ...]:
 
 
 def read_encoded(repo: Repository, tree: Iterable[str]) -> bytes:
-    return b"".join(repo.read_blob(bytes.fromhex(blob_id)) for blob_id in tree)
+    blob_ids = [bytes.fromhex(blob_id) for blob_id in tree]
+    with repo.read_ahead(blob_ids):
+        return b"".join(repo.read_blob(blob_id) for blob_id in blob_ids)
 
 
 def read_tree(repo: Repository, tree: Iterable[str]) -> Iterator[Entry]:

@@ -296,3 +296,22 @@ def test_read_ahead_serves_a_pack_read_again_after_others_and_reads_left_out():
         assert recent.read("b", 1, 0, never, never) == b"b"
     # no run fetched twice (the passed-over run of c may have been cancelled before it started)
     assert fetched.count("a") == 2 and fetched.count("b") == 2 and fetched.count("c") <= 1
+
+
+def test_a_pack_blob_list_is_read_by_range_never_whole(tmp_path, s3_server, s3_proxy):
+    """Indexing a pack no index file names (a backup killed before its index) reads its trailer's few
+    bytes, not the 16 MiB pack: the second small read of a pack is no reason to fetch it whole."""
+    from tests.fixtures.s3 import s3_location
+
+    location, settings = s3_location(s3_server, str(tmp_path), s3_proxy)
+    repo = Repository.open(open_backend(location, settings), create=True)
+    writer = repo.writer()
+    blobs = [writer.save(os.urandom(10_000))[0] for _ in range(150)]
+    writer.flush()
+    pack = repo.index.get(blobs[0]).pack
+    size = repo.packs()[pack]
+    reader = Repository.open(open_backend(location, settings))
+    s3_proxy.reset_counts()
+    listed = reader.pack_blobs(pack, size)
+    assert sorted(blob_id for blob_id, _ in listed) == sorted(blobs)
+    assert 2 <= s3_proxy.counts["GET"] <= 3 and s3_proxy.counts["GET bytes"] < size // 10
