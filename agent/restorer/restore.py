@@ -12,6 +12,7 @@ O_NOFOLLOW), so a tampered manifest or a symlink planted in the target cannot re
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import secrets
 import stat
@@ -204,6 +205,8 @@ class _Writer:
         self.always = always
         self.owner = owner
         self.result = result
+        self._prefix = secrets.token_hex(6)
+        self._count = itertools.count()
         # files whose content in the target is the snapshot's (restored now or found the same): the
         # later names of their inodes are linked to them, never to a file that failed to restore
         self.good: Dict[str, Parts] = {}
@@ -227,9 +230,9 @@ class _Writer:
             result.unchanged += 1
             os.utime(parts[-1], ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent, follow_symlinks=False)
         elif entry.type == "file" and entry.hardlink in self.good:
-            self._link(parent, parts[-1], self.good[entry.hardlink])
+            self._link(parent, parts[-1], self.good[entry.hardlink], action)
         elif entry.type == "file":
-            self._file(parent, parts[-1], entry)
+            self._file(parent, parts[-1], entry, action)
             result.files += 1
             result.bytes += entry.size
         else:
@@ -256,10 +259,15 @@ class _Writer:
         os.fchmod(fd, entry.mode)
         os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
 
-    def _file(self, parent: int, name: str, entry: Entry) -> None:
-        tmp = _temp_name()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                     dir_fd=parent)
+    def _file(self, parent: int, name: str, entry: Entry, action: str) -> None:
+        while True:
+            tmp = self._temp_name()
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                             dir_fd=parent)
+                break
+            except FileExistsError:  # a name planted in the target, or left by a killed restore
+                continue
         try:
             for chunk in entry.chunks:
                 view = memoryview(self.repo.read_blob(chunk))
@@ -271,18 +279,29 @@ class _Writer:
             os.unlink(tmp, dir_fd=parent)
             raise
         os.close(fd)
-        self._into_place(parent, tmp, name)
+        self._into_place(parent, tmp, name, action)
 
-    def _link(self, parent: int, name: str, first: Parts) -> None:
+    def _link(self, parent: int, name: str, first: Parts, action: str) -> None:
         """Another name of an inode already restored: a hard link, put in place by a rename."""
-        tmp = _temp_name()
-        os.link(first[-1], tmp, src_dir_fd=self.dest.dir_fd(first[:-1]), dst_dir_fd=parent,
-                follow_symlinks=False)
-        self._into_place(parent, tmp, name)
+        while True:
+            tmp = self._temp_name()
+            try:
+                os.link(first[-1], tmp, src_dir_fd=self.dest.dir_fd(first[:-1]), dst_dir_fd=parent,
+                        follow_symlinks=False)
+                break
+            except FileExistsError:
+                continue
+        self._into_place(parent, tmp, name, action)
 
-    def _into_place(self, parent: int, tmp: str, name: str) -> None:
+    def _temp_name(self) -> str:
+        """A name no other restore uses: one random part a restore, a counter a file (a random part a
+        file cost a getrandom call each)."""
+        return f".restore-{self._prefix}{next(self._count):x}"
+
+    def _into_place(self, parent: int, tmp: str, name: str, action: str) -> None:
         try:
-            _clear_directory(self.dest, parent, name)
+            if action != CREATE:  # nothing was there when the plan looked: nothing to clear
+                _clear_directory(self.dest, parent, name)
             os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
         except BaseException:
             os.unlink(tmp, dir_fd=parent)
@@ -299,10 +318,6 @@ class _Writer:
         if entry.xattrs:
             apply_xattrs(reach(parent, name), entry.xattrs, entry.path, self.result.warnings)
         os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent, follow_symlinks=False)
-
-
-def _temp_name() -> str:
-    return f".restore-{secrets.token_hex(6)}"
 
 
 def _clear_directory(dest: Target, parent: int, name: str) -> None:

@@ -609,3 +609,20 @@ def test_keep_is_told_whether_an_extra_entry_is_a_directory(tmp_path):
     (out / "extra-file").write_bytes(b"x")
     result = restore_snapshot(repo, snap, str(out), delete=True, keep=lambda path, is_dir: is_dir)
     assert result.deleted == ["extra-file"] and (out / "extra-dir/below").is_dir()
+
+
+def test_a_temp_name_already_taken_in_the_target_is_passed_over_and_left_alone(tmp_path, monkeypatch):
+    """A killed restore's leftover (or a planted file) under the name a restore would write to first."""
+    repo, snap = _snapshot(tmp_path, [("a", "file", b"alpha"), ("b", "file", b"alpha"), ("c", "file", b"c")],
+                           hardlinks={"b": "a"})
+    monkeypatch.setattr("agent.restorer.restore.secrets.token_hex", lambda size: "f" * size * 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    taken = [f".restore-{'f' * 12}{number:x}" for number in range(3)]
+    for name in taken:
+        (out / name).write_bytes(b"someone else's")
+    result = restore_snapshot(repo, snap, str(out))
+    assert result.errors == [] and result.created == ["a", "b", "c"]
+    assert all((out / name).read_bytes() == b"someone else's" for name in taken)
+    assert sorted(os.listdir(out)) == sorted(["a", "b", "c", *taken])
+    assert os.lstat(out / "a").st_ino == os.lstat(out / "b").st_ino
