@@ -50,6 +50,9 @@ class Target:
         self.root = root
         self.euid = os.geteuid()
         self._fds: Dict[Parts, int] = {}
+        # directories found missing: the plan looks up every entry, and in a new target each lookup
+        # would try to open the same missing directories again (one failed open an entry)
+        self._missing: Set[Parts] = set()
         self._opened_writable: Set[Parts] = set()
         self.fresh = not os.path.lexists(root)  # DIR did not exist: made (or, in a dry run, to be made) now
         try:
@@ -70,15 +73,17 @@ class Target:
     def find_dir(self, parts: Parts) -> Optional[int]:
         """The descriptor of an existing directory (never a symlink to one), or None; creates nothing."""
         fd = self._fds.get(parts)
-        if fd is not None or not parts:
+        if fd is not None or not parts or parts in self._missing:
             return fd
         parent = self.find_dir(parts[:-1])
         if parent is None:
+            self._missing.add(parts)
             return None
         try:
             fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                self._missing.add(parts)
                 return None
             raise
         return self._remember(parts, fd)
@@ -129,6 +134,7 @@ class Target:
                 os.mkdir(name, 0o700, dir_fd=parent)
                 fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
             fd = self._remember(parts, fd)
+            self._missing.clear()  # it, and maybe what was missing below it, exist now
         if parts not in self._opened_writable:
             self._make_writable(fd)
             self._opened_writable.add(parts)

@@ -21,7 +21,7 @@ from agent.restorer.plan import CREATE, REPLACE, SAME, make_plan, selection
 from agent.restorer.target import Target
 from agent.store import Repository, Snapshot
 from agent.store.manifest import Entry
-from agent.store.tree import write_tree
+from agent.store.tree import read_tree, write_tree
 from tests.helpers import deep_path, read_deep
 
 MTIME = 1_700_000_000_123_456_789
@@ -626,3 +626,26 @@ def test_a_temp_name_already_taken_in_the_target_is_passed_over_and_left_alone(t
     assert all((out / name).read_bytes() == b"someone else's" for name in taken)
     assert sorted(os.listdir(out)) == sorted(["a", "b", "c", *taken])
     assert os.lstat(out / "a").st_ino == os.lstat(out / "b").st_ino
+
+
+def test_planning_a_new_target_does_not_look_for_each_missing_directory_again(tmp_path, monkeypatch):
+    """The plan looks up every entry; in a new target the directories above them are missing, and each
+    is found missing once, not once an entry (a failed open each, a hundred thousand of them)."""
+    entries = [("conf", "dir", None)] + [(f"conf/f{number}", "file", b"x%d" % number) for number in range(50)]
+    repo, snap = _snapshot(tmp_path, entries)
+    opened: List[str] = []
+    real_open = os.open
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    (tmp_path / "new").mkdir()
+    monkeypatch.setattr("agent.restorer.target.os.open", counting_open)
+    target = Target(str(tmp_path / "new"), create=False)
+    plan = make_plan(repo, target, selection(read_tree(repo, snap.tree), [])[0], (), False, None)
+    assert {step.action for step in plan.steps if step.parts} == {CREATE} and opened.count("conf") <= 1
+    target.close()
+    result = restore_snapshot(repo, snap, str(tmp_path / "new"))
+    assert result.errors == [] and len(result.created) == 51  # "." was there
+    assert (tmp_path / "new/conf/f7").read_bytes() == b"x7"
