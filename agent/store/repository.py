@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import TYPE_CHECKING, Any, ContextManager, Dict, Iterable, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, Iterable, List, Optional, Set, Tuple
 
 from agent.backend import CONFIG_NAME, Backend, BackendError, Handle, Kind, NotFound, RepositoryLock, open_backend
 from agent.store.chunker import Chunker, ChunkerParams
@@ -161,9 +161,14 @@ class Repository:
             repo._snapshots = SnapshotStore(repo.backend)
         return repo
 
+    @property
+    def blob_hasher(self) -> Callable[[bytes | memoryview], bytes]:
+        """The function `hash_blob` is, for a writer to hold once rather than look up for every blob."""
+        return _sha256 if self.cipher is None else self.cipher.blob_id
+
     def hash_blob(self, data: bytes | memoryview) -> bytes:
         """A blob's id: SHA-256 of the content, or in an encrypted repository the keyed id (agent.crypt)."""
-        return _sha256(data) if self.cipher is None else self.cipher.blob_id(data)
+        return self.blob_hasher(data)
 
     @property
     def id(self) -> str:

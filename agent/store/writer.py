@@ -5,7 +5,6 @@ collects them; the index rebuilds their entries meanwhile)."""
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Protocol, Tuple
@@ -27,13 +26,12 @@ class Target(Protocol):
     index: Index
     cipher: Optional[RepositoryCipher]
 
+    @property
+    def blob_hasher(self) -> Callable[[bytes | memoryview], bytes]: ...
+
     def refresh(self) -> None: ...
 
     def pack_writer(self) -> PackWriter: ...
-
-
-def _sha256(data: bytes | memoryview) -> bytes:
-    return hashlib.sha256(data).digest()
 
 
 @dataclass(frozen=True)
@@ -87,7 +85,7 @@ class BlobWriter:
         self.repo = repo
         repo.refresh()  # another process may have added blobs since this repository was opened
         self._pack = repo.pack_writer()
-        self._blob_id: Callable[[bytes | memoryview], bytes] = _sha256 if repo.cipher is None else repo.cipher.blob_id
+        self._blob_id = repo.blob_hasher
         self._cipher = repo.cipher
         # the data key blobs are sealed with: a new one with every pack (blobs name theirs: see agent.crypt)
         self._data_key = self._cipher.data_key() if self._cipher is not None else None
