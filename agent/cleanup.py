@@ -22,17 +22,11 @@ def collectable(location: str) -> bool:
     return os.path.isabs(location)
 
 
-def collect_garbage(location: str) -> Optional[int]:
-    """Delete what no snapshot of the repository at `location` references, if it is a local directory
-    and can be locked exclusively right now; no snapshot is forgotten (no retention applies). Returns
-    the bytes freed, None if not now. Never raises: a clean-up must not change the outcome of the run
-    it follows."""
-    if not collectable(location):
-        return None
-    try:
-        repo = Repository.open(location)
-    except Exception:
-        return None
+def collect_garbage(repo: Repository) -> Optional[int]:
+    """Delete what no snapshot of `repo` (opened as the run opened it: an encrypted repository needs its
+    settings) references, if it can be locked exclusively right now; no snapshot is forgotten (no
+    retention applies). Returns the bytes freed, None if not now. Never raises: a clean-up must not
+    change the outcome of the run it follows."""
     try:
         lock = repo.lock(exclusive=True, purpose="clean-up after a failed backup")
         try:
@@ -46,5 +40,3 @@ def collect_garbage(location: str) -> Optional[int]:
     except Exception as exc:
         log.warning("clean-up after a failed backup: %s", exc)
         return None
-    finally:
-        repo.close()

@@ -164,7 +164,14 @@ def _clean_up(config: Config, wrote: bool = True, run_lock: Optional[RunLock] = 
     if wrote and collectable(config.repository):  # else the run lock is kept for the next job
         if run_lock is not None:
             run_lock.let_go()
-        collect_garbage(config.repository)
+        try:
+            repo = open_repository(config)  # with the run's encryption settings, as the run opened it
+        except Exception:  # the run's own report says what is wrong with the repository
+            return
+        try:
+            collect_garbage(repo)
+        finally:
+            repo.close()
 
 
 def _with_hooks(job: Job, stop: Optional[threading.Event], backup: Callable[[], TreeResult]) -> TreeResult:

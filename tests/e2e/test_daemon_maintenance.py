@@ -10,7 +10,10 @@ import subprocess
 import time
 from typing import Set
 
+import pytest
+
 from tests.e2e.test_daemon import Daemon, wait_for
+from tests.e2e.test_encryption import encrypt, generate_identity
 from tests.fixtures.collector import make_token
 from tests.helpers import agent_command, fs_job, make_tree, new_agent, wait_for_child
 
@@ -124,7 +127,10 @@ def test_killed_backups_leave_nothing_that_outlives_the_next_prune(agent, start_
     assert len(agent.snapshots()) == 1
 
 
-def test_a_failed_backup_removes_what_it_wrote(agent, tmp_path):
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_a_failed_backup_removes_what_it_wrote(agent, tmp_path, encrypted):
+    if encrypted:  # the clean-up opens the repository as the run did: with its encryption settings
+        encrypt(agent, [generate_identity(agent, str(tmp_path / "operator" / "identity"))])
     tree = str(tmp_path / "svc")
     make_tree(tree, {"a": os.urandom(100_000)})
     # a dump that streams 3 MB into the repository and then fails: no snapshot, and its blobs are garbage
