@@ -3,10 +3,14 @@ never replacing what the operator did not ask to replace.
 
 The target is first compared with the snapshot (plan.py); under `--overwrite never` (the
 default) any entry that would be written differently stops the restore before anything is written.
-Files are written to a temp name and renamed into place, so a restore never leaves a half-written file
-under a real name, and a damaged blob never becomes wrong bytes on disk: that file is named and left as
-it was, the rest is restored, and the run fails. All paths go through `Target` (directory descriptors,
-O_NOFOLLOW), so a tampered manifest or a symlink planted in the target cannot redirect a write or a delete.
+A file that replaces one in the target is written to a temp name and renamed into place, so a restore
+never leaves a half-written file where a whole one was; a file where nothing was is written under its
+name (one directory change instead of two: restic and tar do the same), its mode and times set last, so
+that a file cut short by a crash is never taken for restored (the next restore's plan compares content,
+mode and size and finds it different). A damaged blob never becomes wrong bytes on disk: that file is
+named and left as it was (a new one removed), the rest is restored, and the run fails. All paths go
+through `Target` (directory descriptors, O_NOFOLLOW), so a tampered manifest or a symlink planted in the
+target cannot redirect a write or a delete.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from agent.store.manifest import Entry
 from agent.store.tree import read_tree
 
 OVERWRITE_MODES = ("never", "if-changed", "always")
+
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # errors after which every further write would fail the same way: stop with one message, not 100k
 _FATAL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
@@ -260,14 +266,27 @@ class _Writer:
         os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
 
     def _file(self, parent: int, name: str, entry: Entry, action: str) -> None:
+        if action == CREATE:  # nothing there to keep: written under its name (see the module)
+            try:
+                fd = os.open(name, _NEW_FILE, 0o600, dir_fd=parent)
+            except FileExistsError:  # something came since the plan looked: replaced by a rename below
+                pass
+            else:
+                self._fill(fd, entry, parent, name)
+                return
         while True:
             tmp = self._temp_name()
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                             dir_fd=parent)
+                fd = os.open(tmp, _NEW_FILE, 0o600, dir_fd=parent)
                 break
             except FileExistsError:  # a name planted in the target, or left by a killed restore
                 continue
+        self._fill(fd, entry, parent, tmp)
+        self._into_place(parent, tmp, name, action)
+
+    def _fill(self, fd: int, entry: Entry, parent: int, name: str) -> None:
+        """Write the entry's content and metadata into the new file `name` open as `fd`, and close it;
+        on any error the file is removed."""
         try:
             for chunk in entry.chunks:
                 view = memoryview(self.repo.read_blob(chunk))
@@ -276,18 +295,24 @@ class _Writer:
             self._metadata(fd, entry, entry.path)
         except BaseException:
             os.close(fd)
-            os.unlink(tmp, dir_fd=parent)
+            os.unlink(name, dir_fd=parent)
             raise
         os.close(fd)
-        self._into_place(parent, tmp, name, action)
 
     def _link(self, parent: int, name: str, first: Parts, action: str) -> None:
-        """Another name of an inode already restored: a hard link, put in place by a rename."""
+        """Another name of an inode already restored: a hard link, made under its name where nothing was,
+        else put in place by a rename."""
+        source = self.dest.dir_fd(first[:-1])
+        if action == CREATE:
+            try:
+                os.link(first[-1], name, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False)
+                return
+            except FileExistsError:
+                pass
         while True:
             tmp = self._temp_name()
             try:
-                os.link(first[-1], tmp, src_dir_fd=self.dest.dir_fd(first[:-1]), dst_dir_fd=parent,
-                        follow_symlinks=False)
+                os.link(first[-1], tmp, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False)
                 break
             except FileExistsError:
                 continue

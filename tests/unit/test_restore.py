@@ -649,3 +649,29 @@ def test_planning_a_new_target_does_not_look_for_each_missing_directory_again(tm
     result = restore_snapshot(repo, snap, str(tmp_path / "new"))
     assert result.errors == [] and len(result.created) == 51  # "." was there
     assert (tmp_path / "new/conf/f7").read_bytes() == b"x7"
+
+
+@pytest.mark.parametrize("cut", ["content", "mode"])
+def test_a_new_file_a_crash_cut_short_is_found_different_by_the_next_restore(tmp_path, cut):
+    """New files are written under their names, mode and times last: what a kill -9 leaves (content cut
+    short, or whole but not yet given its mode) is never taken for restored."""
+    content = os.urandom(300_000)
+    repo, snap = _snapshot(tmp_path, [("a", "file", content), ("b", "file", b"b")])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").write_bytes(content[:100_000] if cut == "content" else content)
+    os.chmod(out / "a", 0o600)
+    assert restore_snapshot(repo, snap, str(out)).conflicts == ["a"]
+    result = restore_snapshot(repo, snap, str(out), overwrite="if-changed")
+    assert result.errors == [] and result.replaced == ["a"] and (out / "a").read_bytes() == content
+    assert stat.S_IMODE(os.lstat(out / "a").st_mode) == 0o644 and os.lstat(out / "a").st_mtime_ns == MTIME
+
+
+def test_new_files_and_links_are_made_under_their_names_and_leave_no_temp_name(tmp_path):
+    repo, snap = _snapshot(tmp_path, [("a", "file", b"alpha"), ("b", "file", b"alpha"), ("d", "dir", None),
+                                      ("d/c", "file", b"c")], hardlinks={"b": "a"})
+    out = tmp_path / "out"
+    result = restore_snapshot(repo, snap, str(out))
+    assert result.errors == [] and result.created == [".", "a", "b", "d", "d/c"]
+    assert sorted(os.listdir(out)) == ["a", "b", "d"] and os.listdir(out / "d") == ["c"]
+    assert os.lstat(out / "a").st_ino == os.lstat(out / "b").st_ino and (out / "d/c").read_bytes() == b"c"
