@@ -135,12 +135,12 @@ def test_a_failed_backup_removes_what_it_wrote(agent, tmp_path, encrypted):
     make_tree(tree, {"a": os.urandom(100_000)})
     # a dump that streams 3 MB into the repository and then fails: no snapshot, and its blobs are garbage
     agent.write_jobs(fs_job("svc", tree) + '[jobs.export]\ntype = "command"\nevery = "24h"\n'
-                     'argv = ["sh", "-c", "head -c 3000000 /dev/urandom; exit 3"]\n')
+                     'argv = ["sh", "-c", "head -c 40000000 /dev/urandom; exit 3"]\n')
     agent.backup("svc")
     clean = repository_bytes(agent)
     for _ in range(3):
         [report] = agent.backup("export", expect=1)
-        assert report["status"] == "failed" and report["snapshot"] is None and report["bytes"] > 2_000_000
+        assert report["status"] == "failed" and report["snapshot"] is None and report["bytes"] > 30_000_000
         assert repository_bytes(agent) == clean  # gone with the failed run, not at the next prune
     agent.run("verify", "--read-data", check=0)
     [report] = agent.backup("svc")
