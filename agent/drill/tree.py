@@ -162,18 +162,43 @@ def _read_exactly(fd: int, length: int) -> bytes:
 
 
 def _count_files(directory: str) -> int:
-    """Regular files below `directory` (links not followed: the type comes with each directory entry)."""
-    count = 0
-    pending = [directory]
-    while pending:
-        try:
-            entries = os.scandir(pending.pop())
-        except OSError:  # unreadable: its files are not counted, and the count says the tree differs
+    """Regular files below `directory`: each directory opened relative to its parent's descriptor (paths
+    longer than PATH_MAX count too; one descriptor open per level), links not followed, types from the
+    directory entries. An unreadable directory's files are not counted: the count then says so."""
+    try:
+        top = os.open(directory, _DIR | os.O_NOFOLLOW)
+    except OSError:
+        return 0
+    count, subdirectories = _listing(top)
+    stack = [(top, iter(subdirectories))]
+    while stack:
+        parent, names = stack[-1]
+        name = next(names, None)
+        if name is None:
+            os.close(parent)
+            stack.pop()
             continue
-        with entries:
-            for found in entries:
-                if found.is_dir(follow_symlinks=False):
-                    pending.append(found.path)
-                elif found.is_file(follow_symlinks=False):
-                    count += 1
+        try:
+            child = os.open(name, _DIR | os.O_NOFOLLOW, dir_fd=parent)
+        except OSError:
+            continue
+        try:
+            files, below = _listing(child)
+        except OSError:
+            os.close(child)
+            continue
+        count += files
+        stack.append((child, iter(below)))
     return count
+
+
+def _listing(fd: int) -> Tuple[int, List[str]]:
+    """(regular files, names of subdirectories) of the open directory `fd`."""
+    files, subdirectories = 0, []
+    with os.scandir(fd) as entries:
+        for found in entries:
+            if found.is_dir(follow_symlinks=False):
+                subdirectories.append(found.name)
+            elif found.is_file(follow_symlinks=False):
+                files += 1
+    return files, subdirectories

@@ -54,3 +54,12 @@ def test_every_difference_is_named_by_what_differs(repo, tmp_path):
     assert found["e"].startswith("content differs from the manifest at chunk 0 (")
     assert found["sub/f"].startswith("not restored (") and found["sub/g"].startswith("not restored (")
     assert _count_files(str(target)) == 3  # b, c, e: neither the link a nor what sub links to
+
+
+def test_a_tree_deeper_than_path_max_is_checked_and_counted(repo, tmp_path):
+    from agent.drill.tree import prove_tree
+
+    deep = "/".join(f"{'d' * 200}{level}" for level in range(30))  # about 6 KB: past PATH_MAX
+    snap = store_files(repo, "svc", {f"{deep}/leaf.txt": b"leaf", "top": b"top"})
+    proof = prove_tree(repo, snap, str(tmp_path / "scratch"))
+    assert proof.errors == () and proof.files == 2
