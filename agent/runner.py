@@ -134,6 +134,7 @@ def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional
                 # until prune rewrites the index
                 result = replace(result, warnings=result.warnings + tuple(repo.index_problems()))
         finally:
+            repo.settle()  # a failed run's packs still being written land before its clean-up looks
             if not shared:
                 repo.close()  # a shared repository's open packs may be in use by another run
     except (Aborted, LockTimeout) as exc:

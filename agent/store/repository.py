@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, Iterable, List, Optional, Set, Tuple
 
 from agent.backend import CONFIG_NAME, Backend, BackendError, Handle, Kind, NotFound, RepositoryLock, open_backend
@@ -97,6 +98,7 @@ class Repository:
         self._chunker: Optional[Chunker] = None
         self._stream_chunker: Optional[Chunker] = None
         self._undamaged_until = 0.0  # time.monotonic() until which no damage record is assumed
+        self._writers: weakref.WeakSet[BlobWriter] = weakref.WeakSet()  # see settle
         self.cipher: Optional[RepositoryCipher] = None
 
     # --- creation and opening -----------------------------------------------------------------------
@@ -201,7 +203,16 @@ class Repository:
         return _Lock(self.backend.lock(exclusive, purpose), self)
 
     def writer(self) -> BlobWriter:
-        return BlobWriter(self)
+        made = BlobWriter(self)
+        self._writers.add(made)
+        return made
+
+    def settle(self) -> None:
+        """Wait until no writer of this repository is sealing a pack. A run that failed leaves its writer
+        behind with packs still being written on their threads: the clean-up after it (or anything else
+        that weighs what the run left) must see them landed, or it misses them."""
+        for writer in list(self._writers):
+            writer.settle()
 
     def pack_writer(self) -> PackWriter:
         """A pack of already stored blobs (prune copies live blobs with it); the caller indexes it."""

@@ -331,3 +331,32 @@ def test_an_encrypted_config_whose_format_was_changed_is_an_authentication_error
     config.write_text(text.replace('"format": 2', format_field))
     with pytest.raises(RepositoryError, match=r"config\.json: authentication failed"):
         Repository.open(str(tmp_path / "r"))
+
+
+def test_a_failed_runs_packs_still_being_written_land_before_its_clean_up(tmp_path, monkeypatch):
+    """A run that fails leaves its writer with packs still being written on their threads; the clean-up
+    after it waits for them (Repository.settle), else it misses them and they stay until the next prune."""
+    import time
+
+    from agent.backend.base import Wrapper
+
+    class SlowPackSaves(Wrapper):  # an upload or an fsync that takes its time
+        def save(self, handle: Handle, pieces) -> None:
+            if handle.kind is Kind.DATA:
+                time.sleep(0.3)
+            self.inner.save(handle, pieces)
+
+    monkeypatch.setattr("agent.store.writer.TARGET_SIZE", 50_000)
+    inner = LocalBackend(str(tmp_path / "repo"))
+    Repository.open(inner, create=True)
+    repo = Repository.open(SlowPackSaves(inner))
+    kept = store_files(repo, "svc", {"a": b"kept" * 1000})
+    clean = repo.packs()
+    writer = repo.writer()
+    for _ in range(3):  # each blob fills a pack, sealed on a thread of its own
+        writer.save(os.urandom(60_000))
+    repo.settle()  # the run failed here: its writer is left as it is
+    prune_repository(repo, {})
+    writer.settle()  # what lands after the clean-up would stay
+    assert repo.packs() == clean
+    assert [snap.id for snap in repo.snapshots()] == [kept.id] and verify_repository(repo, read_data=True).ok
