@@ -14,6 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set, Tuple
 
+from agent.backend import BackendError
 from agent.progress import Progress
 from agent.store import Repository, RepositoryError
 from agent.store.index import KIND_TREE, BlobLocation, kind_of
@@ -49,6 +50,9 @@ def _check_pack(pack: bytes, blobs: Blobs) -> Tuple[Dict[str, str], List[str], L
     assert _REPO is not None
     try:
         data = _REPO.load_pack(pack)
+    except BackendError as exc:  # the server's error, not the pack's: never recorded as damage
+        return {}, [f"pack {pack.hex()} cannot be read: {exc} (not recorded as damage: verify again "
+                    "once the storage answers)"], [], set()
     except OSError as exc:  # an I/O error: every blob of the pack is unusable
         return ({blob_id.hex(): f"its pack {pack.hex()} cannot be read ({exc})" for blob_id, _ in blobs},
                 [], [(blob_id, pack) for blob_id, _ in blobs], set())

@@ -23,6 +23,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from agent.backend import BackendError
 from agent.progress import Progress
 from agent.restorer.plan import CREATE, REPLACE, SAME, Keep, Plan, Step, extras, make_plan, selection, show
 from agent.restorer.target import Parts, PathError, Target, TargetError, safe_parts
@@ -33,6 +34,7 @@ from agent.store.tree import read_tree
 
 OVERWRITE_MODES = ("never", "if-changed", "always")
 
+_FAILING_IN_A_ROW = 100  # storage errors in a row after which the rest would fail alike (server gone)
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # errors after which every further write would fail the same way: stop with one message, not 100k
@@ -177,14 +179,24 @@ def _in_storage_order(repo: Repository, steps: Sequence[Step]) -> List[Step]:
 def _write(steps: Sequence[Step], writer: _Writer, dirs: List[Step], dest: Target, result: RestoreResult,
            progress: Optional[Progress]) -> None:
     """Every step, in order; directories are collected into `dirs` for their metadata."""
+    failing = 0  # files in a row the storage failed to give
     for number, step in enumerate(steps):
         try:
             if writer.step(step):
                 dirs.append(step)
             if progress is not None and step.entry.type == "file":
                 progress.advance(files=1, bytes=step.entry.size)
+            failing = 0
         except DamagedBlobError as exc:
             result.errors.append(f"{show(step.parts)}: not restored, {exc}")
+        except BackendError as exc:  # one object the server will not give (after the client's retries)
+            result.errors.append(f"{show(step.parts)}: not restored, {exc}")
+            failing += 1
+            if failing >= _FAILING_IN_A_ROW:
+                result.errors.append(f"restore stopped: the repository's storage failed {failing} files in a "
+                                     f"row; {len(steps) - number - 1} entries after {show(step.parts)} were "
+                                     "not restored")
+                break
         except OSError as exc:
             result.errors.append(f"{show(step.parts)}: {exc.strerror or exc}")
             if exc.errno in _FATAL:

@@ -494,3 +494,32 @@ def test_the_daemon_on_an_append_only_bucket_leaves_prune_to_another_host(tmp_pa
     assert not [row for row in collector.reports("test-node") if row["trigger"] == "prune"]
     assert not [seen for seen in s3_proxy.seen if seen.startswith("DELETE") and "/data/" in seen]
     assert [snap["trigger"] for snap in agent.snapshots("svc")] == ["manual", "change"]
+
+
+def test_an_object_the_server_will_not_give_fails_its_files_only(tmp_path, s3_server, s3_proxy):
+    """One pack the server refuses (after the client's retries): restore names its files and restores the
+    rest, `restore --all` goes on with the other jobs, verify names the pack and records no damage."""
+    agent = s3_agent(str(tmp_path), s3_server, s3_proxy)
+    trees = {name: str(tmp_path / name) for name in ("one", "two")}
+    make_tree(trees["one"], {"big.bin": os.urandom(3_000_000), "conf/a.xml": "<a/>"})
+    make_tree(trees["two"], {"b.txt": "b" * 1000})
+    add_job(agent, fs_job("one", trees["one"]) + fs_job("two", trees["two"]))
+    assert [report["status"] for report in agent.backup()] == ["ok", "ok"]
+    out = tmp_path / "out"
+    s3_proxy.reset_counts()
+    agent.run("restore", "one:latest", "--target", str(out / "whole"), check=0)
+    [refused] = {line.split("/data/")[1].split("/")[1] for line in s3_proxy.seen  # one's only pack
+                 if line.startswith("GET") and "/data/" in line}
+    s3_proxy.faults.refuse_get, s3_proxy.faults.only = True, refused
+    result = agent.run("restore", "--all", "--target", str(out / "all"), "--json", check=1)
+    documents = {document["job"]: document for document in json.loads(result.stdout)}
+    assert "Traceback" not in result.stderr and set(documents) == {"one", "two"}
+    assert documents["one"]["errors"] and all("403" in error for error in documents["one"]["errors"])
+    assert documents["two"]["errors"] == [] and read_tree(str(out / "all/two")) == read_tree(trees["two"])
+    s3_proxy.reset_counts()
+    verified = agent.run("verify", "--read-data", check=1)
+    said = verified.stdout + verified.stderr
+    assert refused in said and "not recorded as damage" in said and "Traceback" not in said
+    assert not any(line.startswith("PUT") and "/damage/" in line for line in s3_proxy.seen)
+    s3_proxy.faults.refuse_get, s3_proxy.faults.only = False, ""
+    agent.run("verify", "--read-data", check=0)

@@ -107,11 +107,18 @@ def _restore_job(config, repo, job: str, found: List[Snapshot], options: Restore
         return EXIT_FAILED
     # --overwrite other than `never` replaces a dump file as it replaces the files of a tree
     one = replace(options, target=target, force=options.force or options.overwrite != "never")
+    from agent.backend import BackendError
+    from agent.store import RepositoryError
+
     try:
         return _restore_one(config, repo, found[0], one, documents)
     except UsageError as exc:  # this job's DIR/JOB cannot be used
         error(f"{job}: {exc}")
         documents.append(_failed(found[0].id, job, target, str(exc)))
+        return EXIT_FAILED
+    except (BackendError, RepositoryError) as exc:  # this job's data cannot be read (a dump cut short)
+        error(f"{job}: not restored: {exc}")
+        documents.append(_failed(found[0].id, job, target, f"not restored: {exc}"))
         return EXIT_FAILED
 
 
@@ -124,6 +131,7 @@ def _restore_one(config, repo, snapshot: Snapshot, options: RestoreOptions,
                  documents: Optional[List[dict]] = None) -> int:
     """Restore one snapshot as `options` say; with `documents` (restore --all), the JSON document is
     appended there instead of printed."""
+    from agent.backend import BackendError
     from agent.dumps.restore import STREAM_TYPES
     from agent.restorer import PathError, TargetError, restore_snapshot
     from agent.store import RepositoryError
@@ -156,7 +164,7 @@ def _restore_one(config, repo, snapshot: Snapshot, options: RestoreOptions,
         raise UsageError(f"--target: {exc}") from None
     except PathError as exc:
         raise UsageError(str(exc)) from None
-    except (RepositoryError, ValueError, KeyError) as exc:  # a damaged blob, or a damaged manifest line
+    except (RepositoryError, BackendError, ValueError, KeyError) as exc:  # a damaged blob or manifest line
         error(f"snapshot {snapshot.id[:12]} cannot be read: {exc}")
         if documents is not None:
             documents.append(_failed(snapshot.id, snapshot.job, options.target, f"cannot be read: {exc}"))
