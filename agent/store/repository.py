@@ -271,9 +271,9 @@ class Repository:
         try:
             data = decode_blob(stored, loc.flags, loc.raw_length)
         except Exception as exc:  # zstd raises its own error type for corrupt frames
-            raise DamagedBlobError(blob_id, f"cannot be decompressed ({exc})") from None
+            raise DamagedBlobError(blob_id, f"cannot be decompressed from pack {pack.name} ({exc})") from None
         if self.hash_blob(data) != blob_id:
-            raise DamagedBlobError(blob_id, "content does not match its id")
+            raise DamagedBlobError(blob_id, f"content in pack {pack.name} does not match its id")
         return data
 
     def _open_sealed(self, blob_id: bytes, stored: bytes | memoryview, loc: BlobLocation, pack: Handle) -> bytes:

@@ -273,7 +273,8 @@ def test_target_that_is_a_file_is_a_clear_error(agent, tmp_path):
     assert existing.read_text() == "not a directory"
 
 
-def _flip_byte_of_blob(repository: str, blob_id: bytes) -> None:
+def _flip_byte_of_blob(repository: str, blob_id: bytes) -> str:
+    """Flip a byte in the middle of the stored blob; returns its pack's id (hex)."""
     location = Repository.open(repository).index.get(blob_id)
     pack = Repository.open(repository).describe_pack(location.pack)
     with open(pack, "r+b") as handle:
@@ -281,6 +282,7 @@ def _flip_byte_of_blob(repository: str, blob_id: bytes) -> None:
         byte = handle.read(1)
         handle.seek(location.offset + location.length // 2)
         handle.write(bytes([byte[0] ^ 0x40]))
+    return location.pack.hex()
 
 
 def _entries(agent) -> dict:
@@ -298,11 +300,11 @@ def test_a_damaged_blob_never_becomes_wrong_bytes_on_disk(agent, tmp_path):
     agent.run("restore", "api:latest", "--target", target, check=0)
     make_tree(target, {"lib/app.jar": "the operator's own copy"})
     [chunk] = _entries(agent)["lib/app.jar"].chunks[:1]
-    _flip_byte_of_blob(agent.repository, chunk)
+    pack = _flip_byte_of_blob(agent.repository, chunk)
     for where, mode in ((str(tmp_path / "fresh"), "never"), (target, "always")):
         result = agent.run("restore", "api:latest", "--target", where, "--overwrite", mode)
         assert result.returncode == 1 and "Traceback" not in result.stderr
-        assert "lib/app.jar" in result.stderr and chunk.hex()[:12] in result.stderr
+        assert "lib/app.jar" in result.stderr and chunk.hex()[:12] in result.stderr and pack in result.stderr
         restored = read_tree(where)
         assert restored[b"conf/server.xml"] == read_tree(src)[b"conf/server.xml"]
         assert [name for name in os.listdir(os.path.join(where, "lib")) if name.startswith(".restore")] == []
