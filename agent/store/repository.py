@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-import weakref
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, Iterable, List, Optional, Set, Tuple
 
 from agent.backend import CONFIG_NAME, Backend, BackendError, Handle, Kind, NotFound, RepositoryLock, open_backend
@@ -33,7 +32,7 @@ from agent.store.snapshots import (
     load_config,
     new_config,
 )
-from agent.store.writer import BlobWriter, PreparedBlob
+from agent.store.writer import BlobWriter, PreparedBlob, Sealers
 
 if TYPE_CHECKING:
     from agent.crypt import EncryptionSettings
@@ -98,7 +97,7 @@ class Repository:
         self._chunker: Optional[Chunker] = None
         self._stream_chunker: Optional[Chunker] = None
         self._undamaged_until = 0.0  # time.monotonic() until which no damage record is assumed
-        self._writers: weakref.WeakSet[BlobWriter] = weakref.WeakSet()  # see settle
+        self._sealers = Sealers()  # see settle
         self.cipher: Optional[RepositoryCipher] = None
 
     # --- creation and opening -----------------------------------------------------------------------
@@ -203,16 +202,14 @@ class Repository:
         return _Lock(self.backend.lock(exclusive, purpose), self)
 
     def writer(self) -> BlobWriter:
-        made = BlobWriter(self)
-        self._writers.add(made)
-        return made
+        return BlobWriter(self, self._sealers)
 
     def settle(self) -> None:
         """Wait until no writer of this repository is sealing a pack. A run that failed leaves its writer
         behind with packs still being written on their threads: the clean-up after it (or anything else
-        that weighs what the run left) must see them landed, or it misses them."""
-        for writer in list(self._writers):
-            writer.settle()
+        that weighs what the run left) must see them landed, or it misses them. Packs that other runs
+        start meanwhile are not waited for."""
+        self._sealers.wait()
 
     def pack_writer(self) -> PackWriter:
         """A pack of already stored blobs (prune copies live blobs with it); the caller indexes it."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Protocol, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Protocol, Set, Tuple
 
 from agent.backend import Backend
 from agent.store.index import KIND_DATA, KIND_TREE, BlobLocation, Index
@@ -48,17 +48,44 @@ class PreparedBlob:
 _compressors = threading.local()  # zstd compressor objects must not be shared between threads
 
 
+class Sealers:
+    """The packs being sealed on their threads by the writers of one repository: a failed run's writer is
+    dropped with its packs still being written, and Repository.settle must still find them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: Set[_Sealer] = set()
+
+    def add(self, sealer: _Sealer) -> None:
+        with self._lock:
+            self._running.add(sealer)
+
+    def discard(self, sealer: _Sealer) -> None:
+        with self._lock:
+            self._running.discard(sealer)
+
+    def wait(self) -> None:
+        """Wait for the packs being sealed now (not for those started meanwhile: another run's)."""
+        with self._lock:
+            running = list(self._running)
+        for sealer in running:
+            sealer.join()
+
+
 class _Sealer:
     """Writes one finished pack durably on a thread; `result` joins it and re-raises its error (disk full).
     `ended` notifies `done` when the thread is over, so a writer can wait for whichever of its packs ends
     first."""
 
-    def __init__(self, pack: PackWriter, done: threading.Condition) -> None:
+    def __init__(self, pack: PackWriter, done: threading.Condition, registry: Optional[Sealers] = None) -> None:
         self._locations: List[Tuple[bytes, BlobLocation]] = []
         self._error: Optional[BaseException] = None
         self._done = done
+        self._registry = registry
         self.ended = False
         self._thread = threading.Thread(target=self._run, args=(pack,), name="pack-sealer", daemon=True)
+        if registry is not None:
+            registry.add(self)
         self._thread.start()
 
     def _run(self, pack: PackWriter) -> None:
@@ -70,6 +97,11 @@ class _Sealer:
             with self._done:
                 self.ended = True
                 self._done.notify_all()
+            if self._registry is not None:
+                self._registry.discard(self)
+
+    def join(self) -> None:
+        self._thread.join()
 
     def result(self) -> List[Tuple[bytes, BlobLocation]]:
         self._thread.join()
@@ -81,7 +113,8 @@ class _Sealer:
 class BlobWriter:
     """Adds blobs to the repository; nothing is visible to readers before `flush`."""
 
-    def __init__(self, repo: Target) -> None:
+    def __init__(self, repo: Target, sealers: Optional[Sealers] = None) -> None:
+        """`sealers`: the repository's registry of packs being sealed (see Sealers)."""
         self.repo = repo
         repo.refresh()  # another process may have added blobs since this repository was opened
         self._pack = repo.pack_writer()
@@ -97,6 +130,7 @@ class BlobWriter:
         # by that many packs plus the one being filled
         self._sealing: List[_Sealer] = []
         self._sealed = threading.Condition()  # notified by each _Sealer as it ends
+        self._sealers = sealers
         self._max_sealing = max(1, int(getattr(repo.backend, "parallel_saves", 1)))
         self._compressor = Compressor()
         self.new_bytes = 0
@@ -161,7 +195,7 @@ class BlobWriter:
         if not len(self._pack):
             return
         self._collect(self._max_sealing - 1)
-        self._sealing.append(_Sealer(self._pack, self._sealed))
+        self._sealing.append(_Sealer(self._pack, self._sealed, self._sealers))
         self._pack = self.repo.pack_writer()
         if self._cipher is not None:  # the finished pack's key is forgotten: this node cannot read it back
             self._data_key = self._cipher.data_key()

@@ -352,11 +352,15 @@ def test_a_failed_runs_packs_still_being_written_land_before_its_clean_up(tmp_pa
     repo = Repository.open(SlowPackSaves(inner))
     kept = store_files(repo, "svc", {"a": b"kept" * 1000})
     clean = repo.packs()
-    writer = repo.writer()
-    for _ in range(3):  # each blob fills a pack, sealed on a thread of its own
-        writer.save(os.urandom(60_000))
-    repo.settle()  # the run failed here: its writer is left as it is
+
+    def failed_run() -> None:  # its writer is dropped with its packs still being sealed
+        writer = repo.writer()
+        for _ in range(3):  # each blob fills a pack, sealed on a thread of its own
+            writer.save(os.urandom(60_000))
+
+    failed_run()
+    repo.settle()
     prune_repository(repo, {})
-    writer.settle()  # what lands after the clean-up would stay
+    repo.settle()  # what lands after the clean-up would stay
     assert repo.packs() == clean
     assert [snap.id for snap in repo.snapshots()] == [kept.id] and verify_repository(repo, read_data=True).ok
