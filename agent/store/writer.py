@@ -226,12 +226,6 @@ class BlobWriter:
             self._pending = []
         self._packs_since_index = 0
 
-    def settle(self) -> None:
-        """Wait until none of this writer's packs is being sealed; their errors are not raised and their
-        blobs not indexed (the writer of a failed run: see Repository.settle)."""
-        with self._sealed:
-            self._sealed.wait_for(lambda: all(sealer.ended for sealer in self._sealing))
-
     def flush(self) -> None:
         """Make every saved blob durable and indexed."""
         self._finish_pack()
