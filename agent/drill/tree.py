@@ -9,10 +9,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from agent.drill.proof import Proof
 from agent.restorer import restore_snapshot, safe_parts
+from agent.restorer.target import Target
 from agent.store import Repository, Snapshot
 from agent.store.manifest import Entry
 from agent.store.tree import read_tree
@@ -51,32 +52,25 @@ def prove_tree(repo: Repository, snapshot: Snapshot, directory: str) -> Proof:
 
 class _Checker:
     """Checks restored entries below `directory`, each looked up relative to its directory's descriptor
-    (kept for the next entries there: a hundred thousand full path walks cost more than the checks)."""
-
-    _KEPT = 64
+    (the restorer's Target: opened one component at a time, never through a link, and kept for the next
+    entries there: a hundred thousand full path walks cost more than the checks)."""
 
     def __init__(self, repo: Repository, directory: str) -> None:
         self.repo = repo
         self.directory = directory
-        self._dirs: Dict[Tuple[str, ...], int] = {}
+        self._target = Target(directory, create=False)
 
     def __enter__(self) -> _Checker:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for fd in self._dirs.values():
-            os.close(fd)
-        self._dirs.clear()
+        self._target.close()
 
     def _dir(self, parts: Tuple[str, ...]) -> int:
-        """The descriptor of a restored directory, opened one component at a time, never through a link."""
-        fd = self._dirs.get(parts)
+        """The descriptor of a restored directory; OSError(ENOENT) if there is none (or a link instead)."""
+        fd = self._target.find_dir(parts)
         if fd is None:
-            if len(self._dirs) >= self._KEPT:
-                self.__exit__()
-            fd = os.open(self.directory, _DIR) if not parts else \
-                os.open(parts[-1], _DIR | os.O_NOFOLLOW, dir_fd=self._dir(parts[:-1]))
-            self._dirs[parts] = fd
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), "/".join(parts))
         return fd
 
     def check(self, parts: Tuple[str, ...], entry: Entry) -> Optional[str]:
