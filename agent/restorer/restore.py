@@ -21,7 +21,7 @@ import os
 import secrets
 import stat
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
 from agent.backend import BackendError
 from agent.progress import Progress
@@ -34,6 +34,7 @@ from agent.store.tree import read_tree
 
 OVERWRITE_MODES = ("never", "if-changed", "always")
 
+Made = TypeVar("Made")
 _FAILING_IN_A_ROW = 100  # storage errors in a row after which the rest would fail alike (server gone)
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -278,23 +279,10 @@ class _Writer:
         os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
 
     def _file(self, parent: int, name: str, entry: Entry, action: str) -> None:
-        if action == CREATE:  # nothing there to keep: written under its name (see the module)
-            try:
-                fd = os.open(name, _NEW_FILE, 0o600, dir_fd=parent)
-            except FileExistsError:  # something came since the plan looked: replaced by a rename below
-                pass
-            else:
-                self._fill(fd, entry, parent, name)
-                return
-        while True:
-            tmp = self._temp_name()
-            try:
-                fd = os.open(tmp, _NEW_FILE, 0o600, dir_fd=parent)
-                break
-            except FileExistsError:  # a name planted in the target, or left by a killed restore
-                continue
-        self._fill(fd, entry, parent, tmp)
-        self._into_place(parent, tmp, name, action)
+        made, fd = self._new(parent, name, action, lambda new: os.open(new, _NEW_FILE, 0o600, dir_fd=parent))
+        self._fill(fd, entry, parent, made)
+        if made != name:
+            self._into_place(parent, made, name, action)
 
     def _fill(self, fd: int, entry: Entry, parent: int, name: str) -> None:
         """Write the entry's content and metadata into the new file `name` open as `fd`, and close it;
@@ -315,20 +303,26 @@ class _Writer:
         """Another name of an inode already restored: a hard link, made under its name where nothing was,
         else put in place by a rename."""
         source = self.dest.dir_fd(first[:-1])
+        made, _ = self._new(parent, name, action, lambda new: os.link(
+            first[-1], new, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False))
+        if made != name:
+            self._into_place(parent, made, name, action)
+
+    def _new(self, parent: int, name: str, action: str, make: Callable[[str], Made]) -> Tuple[str, Made]:
+        """(the name it got, what `make(name)` returned) for a new entry in directory `parent`: under `name`
+        itself where the plan found nothing there (see the module), else under a temp name nothing in the
+        target has (a killed restore's leftover or a planted file is passed over), to be renamed into place."""
         if action == CREATE:
             try:
-                os.link(first[-1], name, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False)
-                return
-            except FileExistsError:
+                return name, make(name)
+            except FileExistsError:  # something came since the plan looked: replaced by a rename
                 pass
         while True:
             tmp = self._temp_name()
             try:
-                os.link(first[-1], tmp, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False)
-                break
+                return tmp, make(tmp)
             except FileExistsError:
                 continue
-        self._into_place(parent, tmp, name, action)
 
     def _temp_name(self) -> str:
         """A name no other restore uses: one random part a restore, a counter a file (a random part a
