@@ -4,6 +4,17 @@ It sits above the repository and reads through its interface only (`Repository.r
 list); how the repository stores its objects is not its business.
 """
 
-from agent.restorer.restore import OVERWRITE_MODES, PathError, RestoreResult, TargetError, restore_snapshot, safe_parts
+from agent.restorer.restore import (
+    OVERWRITE_MODES,
+    PathError,
+    Restored,
+    RestoreRequest,
+    RestoreResult,
+    TargetError,
+    restore_snapshot,
+    restore_snapshots,
+    safe_parts,
+)
 
-__all__ = ["OVERWRITE_MODES", "PathError", "RestoreResult", "TargetError", "restore_snapshot", "safe_parts"]
+__all__ = ["OVERWRITE_MODES", "PathError", "RestoreRequest", "RestoreResult", "Restored", "TargetError",
+           "restore_snapshot", "restore_snapshots", "safe_parts"]

@@ -10,7 +10,8 @@ that a file cut short by a crash is never taken for restored (the next restore's
 mode and size and finds it different). A damaged blob never becomes wrong bytes on disk: that file is
 named and left as it was (a new one removed), the rest is restored, and the run fails. All paths go
 through `Target` (directory descriptors, O_NOFOLLOW), so a tampered manifest or a symlink planted in the
-target cannot redirect a write or a delete.
+target cannot redirect a write or a delete. Several snapshots restored together (`restore --all`) are
+written in one pass in storage order: a pack they share is read once.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ import os
 import secrets
 import stat
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, TypeVar
 
 from agent.backend import BackendError
 from agent.progress import Progress
 from agent.restorer.plan import CREATE, REPLACE, SAME, Keep, Plan, Step, extras, make_plan, selection, show
 from agent.restorer.target import Parts, PathError, Target, TargetError, safe_parts
 from agent.restorer.xattrs import apply_xattrs, reach
-from agent.store import DamagedBlobError, Repository, Snapshot
+from agent.store import DamagedBlobError, Repository, RepositoryError, Snapshot
 from agent.store.manifest import Entry
 from agent.store.tree import read_tree
 
@@ -41,7 +42,8 @@ _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # errors after which every further write would fail the same way: stop with one message, not 100k
 _FATAL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
-__all__ = ["OVERWRITE_MODES", "PathError", "RestoreResult", "TargetError", "restore_snapshot", "safe_parts"]
+__all__ = ["OVERWRITE_MODES", "PathError", "RestoreRequest", "RestoreResult", "Restored", "TargetError",
+           "restore_snapshot", "restore_snapshots", "safe_parts"]
 
 
 @dataclass
@@ -60,6 +62,30 @@ class RestoreResult:
     warnings: List[str] = field(default_factory=list)
 
 
+class RestoreRequest(NamedTuple):
+    """One snapshot to restore and how (see restore_snapshot for the fields' meaning)."""
+
+    snapshot: Snapshot
+    target: str
+    paths: Tuple[str, ...] = ()
+    overwrite: str = "never"
+    delete: bool = False
+    dry_run: bool = False
+    keep: Optional[Keep] = None
+    entries: Optional[Iterable[Entry]] = None
+
+
+class Restored(NamedTuple):
+    """What became of one RestoreRequest: its result, or (nothing written) why it could not start."""
+
+    result: Optional[RestoreResult]
+    failure: Optional[Exception] = None
+
+
+# what stops one request before anything is written, and only that one (restore_snapshot raises them)
+_REQUEST_FAILURES = (PathError, TargetError, RepositoryError, BackendError, ValueError, KeyError)
+
+
 def restore_snapshot(repo: Repository, snapshot: Snapshot, target: str, paths: Iterable[str] = (),
                      overwrite: str = "never", delete: bool = False, dry_run: bool = False,
                      keep: Optional[Keep] = None, progress: Optional[Progress] = None,
@@ -74,30 +100,84 @@ def restore_snapshot(repo: Repository, snapshot: Snapshot, target: str, paths: I
     cannot be read. Everything else (a damaged file, a permission problem) is in the result's errors.
     `progress` is told the files and bytes to write, then each file's as it is done. `entries`: the
     snapshot's file list when the caller has read it already (a drill checks the restore against it)."""
-    if overwrite not in OVERWRITE_MODES:
+    request = RestoreRequest(snapshot, target, tuple(paths), overwrite, delete, dry_run, keep, entries)
+    (done,) = restore_snapshots(repo, [request], progress)
+    if done.failure is not None:
+        raise done.failure
+    assert done.result is not None
+    return done.result
+
+
+def restore_snapshots(repo: Repository, requests: Sequence[RestoreRequest],
+                      progress: Optional[Progress] = None) -> List[Restored]:
+    """Carry out `requests` (each as restore_snapshot would) in one pass: the files of all of them are
+    written in the order their blobs are stored, so a pack that several snapshots share (the same jars in
+    six services) is read once, not once per snapshot. A request that cannot start (PathError,
+    TargetError, an unreadable file list, a storage error reading it) fails alone, named in its Restored;
+    the others go on. One Restored per request, in order."""
+    if any(request.overwrite not in OVERWRITE_MODES for request in requests):
         raise ValueError(f"overwrite must be one of {OVERWRITE_MODES}")
+    done: List[Restored] = []
+    ready: List[_Job] = []
+    try:
+        for request in requests:
+            try:
+                job = _prepare(repo, request)
+            except _REQUEST_FAILURES as exc:
+                done.append(Restored(None, exc))
+                continue
+            done.append(Restored(job.result))
+            if job.plan is not None:
+                ready.append(job)
+        if ready:
+            _apply(repo, ready, progress)
+    finally:
+        for job in ready:
+            job.dest.close()
+    return done
+
+
+class _Job:
+    """One request on its way: its target open, its plan made; `plan` None once nothing is to be written
+    (a dry run, a refusal under `never`)."""
+
+    def __init__(self, repo: Repository, request: RestoreRequest, result: RestoreResult, dest: Target,
+                 plan: Plan) -> None:
+        self.request, self.result, self.dest = request, result, dest
+        self.plan: Optional[Plan] = plan
+        self.writer = _Writer(repo, dest, request.overwrite == "always", os.geteuid() == 0, result)
+        self.dirs: List[Step] = []  # directories written, for their metadata at the end
+
+
+def _prepare(repo: Repository, request: RestoreRequest) -> _Job:
+    """Select the entries, open the target and plan; a `_Job` whose plan is None when nothing will be
+    written. Raises what restore_snapshot raises before writing."""
     result = RestoreResult()
-    wanted = _wanted(snapshot, paths)
-    selected, unsafe, found = selection(read_tree(repo, snapshot.tree) if entries is None else entries, wanted)
+    snapshot = request.snapshot
+    wanted = _wanted(snapshot, request.paths)
+    entries = read_tree(repo, snapshot.tree) if request.entries is None else request.entries
+    selected, unsafe, found = selection(entries, wanted)
     missing = [show(prefix) for prefix, hit in zip(wanted, found) if not hit]
     if missing:  # before the target is made: a wrong PATH writes nothing
         raise PathError("; ".join(f"{path}: not in snapshot {snapshot.id[:12]}" for path in missing))
     result.errors.extend(f"{path!r}: unsafe path in the manifest, not restored" for path in unsafe)
-    owner = os.geteuid() == 0
-    dest = Target(target, create=not dry_run)
+    dest = Target(request.target, create=not request.dry_run)
     try:
-        plan = make_plan(repo, dest, selected, (wanted or [()]) if delete else (), owner, keep)
-        result.errors.extend(plan.problems)
-        if overwrite == "never":
-            result.conflicts = plan.paths(REPLACE)
-        if dry_run:
-            _describe(plan, result)
-        if result.conflicts or dry_run:
-            return result
-        _apply(repo, dest, plan, overwrite == "always", owner, result, keep, progress)
-    finally:
+        plan = make_plan(repo, dest, selected, (wanted or [()]) if request.delete else (), os.geteuid() == 0,
+                         request.keep)
+    except BaseException:
         dest.close()
-    return result
+        raise
+    result.errors.extend(plan.problems)
+    if request.overwrite == "never":
+        result.conflicts = plan.paths(REPLACE)
+    if request.dry_run:
+        _describe(plan, result)
+    job = _Job(repo, request, result, dest, plan)
+    if result.conflicts or request.dry_run:
+        dest.close()
+        job.plan = None
+    return job
 
 
 def _wanted(snapshot: Snapshot, paths: Iterable[str]) -> List[Parts]:
@@ -132,59 +212,66 @@ def _describe(plan: Plan, result: RestoreResult) -> None:
     result.unchanged = sum(1 for step in plan.steps if step.action == SAME)
 
 
-def _apply(repo: Repository, dest: Target, plan: Plan, always: bool, owner: bool,
-           result: RestoreResult, keep: Optional[Keep], progress: Optional[Progress] = None) -> None:
-    _delete(dest, plan.delete, result)
-    for parts in plan.unlisted:  # opened (and made readable) by dir_fd, parents first
-        try:
-            dest.dir_fd(parts)
-            _delete(dest, extras(dest, parts, plan.held, keep), result)
-        except OSError as exc:
-            result.errors.append(f"{show(parts)}: cannot be listed, nothing deleted in it: {exc.strerror or exc}")
-    writer = _Writer(repo, dest, always, owner, result)
-    dirs: List[Step] = []
-    files = [step.entry.size for step in plan.steps if step.entry.type == "file"]
+def _apply(repo: Repository, jobs: Sequence[_Job], progress: Optional[Progress]) -> None:
+    for job in jobs:
+        assert job.plan is not None
+        _delete(job.dest, job.plan.delete, job.result)
+        for parts in job.plan.unlisted:  # opened (and made readable) by dir_fd, parents first
+            try:
+                job.dest.dir_fd(parts)
+                _delete(job.dest, extras(job.dest, parts, job.plan.held, job.request.keep), job.result)
+            except OSError as exc:
+                job.result.errors.append(f"{show(parts)}: cannot be listed, nothing deleted in it: "
+                                         f"{exc.strerror or exc}")
     if progress is not None:
+        files = [step.entry.size for job in jobs for step in job.plan.steps if step.entry.type == "file"]
         progress.expect(len(files), sum(files))
-    steps = _in_storage_order(repo, plan.steps)
-    with repo.read_ahead(chunk for step in steps if step.entry.type == "file" and (step.action != SAME or always)
-                         for chunk in step.entry.chunks):
-        _write(steps, writer, dirs, dest, result, progress)
-    order = {show(step.parts): number for number, step in enumerate(plan.steps)}
-    for named in (result.created, result.replaced):  # reported in manifest order, as planned
-        named.sort(key=order.__getitem__)
-    # Directory modes and times last, deepest first: writing into a directory changes its mtime, and a
-    # read-only directory could not be filled.
-    for step in sorted(dirs, key=lambda item: len(item.parts), reverse=True):
-        try:
-            writer.finish_dir(step)
-        except OSError as exc:
-            result.errors.append(f"{show(step.parts)}: {exc.strerror or exc}")
+    items = _in_storage_order(repo, jobs)
+    with repo.read_ahead(chunk for job, step in items if step.entry.type == "file"
+                         and (step.action != SAME or job.writer.always) for chunk in step.entry.chunks):
+        _write(repo, items, progress)
+    for job in jobs:
+        order = {show(step.parts): number for number, step in enumerate(job.plan.steps)}
+        for named in (job.result.created, job.result.replaced):  # reported in manifest order, as planned
+            named.sort(key=order.__getitem__)
+        # Directory modes and times last, deepest first: writing into a directory changes its mtime, and a
+        # read-only directory could not be filled.
+        for step in sorted(job.dirs, key=lambda item: len(item.parts), reverse=True):
+            try:
+                job.writer.finish_dir(step)
+            except OSError as exc:
+                job.result.errors.append(f"{show(step.parts)}: {exc.strerror or exc}")
 
 
-def _in_storage_order(repo: Repository, steps: Sequence[Step]) -> List[Step]:
+class _Item(NamedTuple):
+    job: _Job
+    step: Step
+
+
+def _in_storage_order(repo: Repository, jobs: Sequence[_Job]) -> List[_Item]:
     """The directories in manifest order (parents first), then everything else ordered by where its first
     blob is stored. In manifest order a restore jumps between packs (the backup read files in directory
     order, and shares blobs with other files and jobs): a pack evicted and needed again is fetched whole
     again on object storage. In storage order each pack is read once, front to back. The sort is stable:
     a hard link's first name (the one `_Writer.good` links the others to) stays ahead of the others."""
 
-    def stored_at(step: Step) -> Tuple[bytes, int]:
-        chunks = step.entry.chunks if step.entry.type == "file" else ()
+    def stored_at(item: _Item) -> Tuple[bytes, int]:
+        chunks = item.step.entry.chunks if item.step.entry.type == "file" else ()
         return repo.read_order(chunks[0]) if chunks else (b"", 0)
 
-    return [step for step in steps if step.entry.type == "dir"] + \
-        sorted((step for step in steps if step.entry.type != "dir"), key=stored_at)
+    items = [_Item(job, step) for job in jobs for step in job.plan.steps]  # type: ignore[union-attr]
+    return [item for item in items if item.step.entry.type == "dir"] + \
+        sorted((item for item in items if item.step.entry.type != "dir"), key=stored_at)
 
 
-def _write(steps: Sequence[Step], writer: _Writer, dirs: List[Step], dest: Target, result: RestoreResult,
-           progress: Optional[Progress]) -> None:
-    """Every step, in order; directories are collected into `dirs` for their metadata."""
+def _write(repo: Repository, items: Sequence[_Item], progress: Optional[Progress]) -> None:
+    """Every step, in order; directories are collected into their job's `dirs` for their metadata."""
     failing = 0  # files in a row the storage failed to give
-    for number, step in enumerate(steps):
+    for number, (job, step) in enumerate(items):
+        result = job.result
         try:
-            if writer.step(step):
-                dirs.append(step)
+            if job.writer.step(step):
+                job.dirs.append(step)
             if progress is not None and step.entry.type == "file":
                 progress.advance(files=1, bytes=step.entry.size)
             failing = 0
@@ -194,16 +281,26 @@ def _write(steps: Sequence[Step], writer: _Writer, dirs: List[Step], dest: Targe
             result.errors.append(f"{show(step.parts)}: not restored, {exc}")
             failing += 1
             if failing >= _FAILING_IN_A_ROW:
-                result.errors.append(f"restore stopped: the repository's storage failed {failing} files in a "
-                                     f"row; {len(steps) - number - 1} entries after {show(step.parts)} were "
-                                     "not restored")
+                _stopped(items, number, f"the repository's storage failed {failing} files in a row")
                 break
         except OSError as exc:
             result.errors.append(f"{show(step.parts)}: {exc.strerror or exc}")
             if exc.errno in _FATAL:
-                result.errors.append(f"restore stopped: {exc.strerror} in {dest.root}; {len(steps) - number - 1} "
-                                     f"entries after {show(step.parts)} were not restored")
+                _stopped(items, number, f"{exc.strerror} in {job.dest.root}")
                 break
+
+
+def _stopped(items: Sequence[_Item], number: int, why: str) -> None:
+    """Say in each request's result what a restore stopped at item `number` left out."""
+    left: Dict[int, int] = {id(items[number].job): 0}
+    jobs = {id(items[number].job): items[number].job}
+    for job, _ in items[number + 1:]:
+        left[id(job)] = left.get(id(job), 0) + 1
+        jobs[id(job)] = job
+    at = show(items[number].step.parts)
+    for key, count in left.items():
+        where = f"after {at} " if key == id(items[number].job) else ""
+        jobs[key].result.errors.append(f"restore stopped: {why}; {count} entries {where}were not restored")
 
 
 def _delete(dest: Target, paths: Iterable[Parts], result: RestoreResult) -> None:

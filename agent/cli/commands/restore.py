@@ -9,7 +9,7 @@ import errno
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import agent.cli.render as render
 from agent.cli import snapshot_ref
@@ -86,27 +86,40 @@ def restore(config, options: RestoreOptions) -> int:
         if not any(latest.values()):
             raise UsageError(f"no job of host {config.host} has a snapshot yet")
         snapshot_ref.warn_damaged(damaged)
-        documents: List[dict] = []
+        from agent.dumps.restore import STREAM_TYPES
+
+        by_job: Dict[str, List[dict]] = {job: [] for job in latest}
+        trees: List[Tuple[Snapshot, RestoreOptions]] = []
         worst = EXIT_OK
         for job, found in latest.items():
-            worst = max(worst, _restore_job(config, repo, job, found, options, documents))
+            if found and found[0].type not in STREAM_TYPES:  # restored together below: shared packs read once
+                trees.append((found[0], _job_options(options, job)))
+            else:
+                worst = max(worst, _restore_job(config, repo, job, found, options, by_job[job]))
+        worst = max(worst, _restore_trees(config, repo, trees, by_job))
     if options.json:
-        print_json(documents)
+        print_json([document for job in latest for document in by_job[job]])
     return worst
+
+
+def _job_options(options: RestoreOptions, job: str) -> RestoreOptions:
+    """`restore --all`'s options for one job: into DIR/JOB; an --overwrite other than `never` replaces a
+    dump file as it replaces the files of a tree."""
+    return replace(options, target=os.path.join(options.target or "", job),
+                   force=options.force or options.overwrite != "never")
 
 
 def _restore_job(config, repo, job: str, found: List[Snapshot], options: RestoreOptions,
                  documents: List[dict]) -> int:
-    """`restore --all`'s part for one job: its latest snapshot into DIR/JOB. A job without a readable
-    snapshot, or whose DIR/JOB cannot be used, is an error of this job (exit 1); the others go on."""
-    target = os.path.join(options.target or "", job)
+    """`restore --all`'s part for a job without a snapshot or with a dump: its latest snapshot into DIR/JOB.
+    A job without a readable snapshot, or whose DIR/JOB cannot be used, is an error of this job (exit 1);
+    the others go on."""
+    one = _job_options(options, job)
     if not found:
-        problem = f"{job}: no readable snapshot of host {config.host}; nothing restored to {target}"
+        problem = f"{job}: no readable snapshot of host {config.host}; nothing restored to {one.target}"
         error(problem)
-        documents.append(_failed(None, job, target, problem))
+        documents.append(_failed(None, job, one.target, problem))
         return EXIT_FAILED
-    # --overwrite other than `never` replaces a dump file as it replaces the files of a tree
-    one = replace(options, target=target, force=options.force or options.overwrite != "never")
     from agent.backend import BackendError
     from agent.store import RepositoryError
 
@@ -114,11 +127,11 @@ def _restore_job(config, repo, job: str, found: List[Snapshot], options: Restore
         return _restore_one(config, repo, found[0], one, documents)
     except UsageError as exc:  # this job's DIR/JOB cannot be used
         error(f"{job}: {exc}")
-        documents.append(_failed(found[0].id, job, target, str(exc)))
+        documents.append(_failed(found[0].id, job, one.target, str(exc)))
         return EXIT_FAILED
     except (BackendError, RepositoryError) as exc:  # this job's data cannot be read (a dump cut short)
         error(f"{job}: not restored: {exc}")
-        documents.append(_failed(found[0].id, job, target, f"not restored: {exc}"))
+        documents.append(_failed(found[0].id, job, one.target, f"not restored: {exc}"))
         return EXIT_FAILED
 
 
@@ -131,10 +144,7 @@ def _restore_one(config, repo, snapshot: Snapshot, options: RestoreOptions,
                  documents: Optional[List[dict]] = None) -> int:
     """Restore one snapshot as `options` say; with `documents` (restore --all), the JSON document is
     appended there instead of printed."""
-    from agent.backend import BackendError
     from agent.dumps.restore import STREAM_TYPES
-    from agent.restorer import PathError, TargetError, restore_snapshot
-    from agent.store import RepositoryError
 
     if snapshot.type in STREAM_TYPES:
         tree_only = [name for name, given in (("--overwrite", options.overwrite != "never"),
@@ -154,28 +164,47 @@ def _restore_one(config, repo, snapshot: Snapshot, options: RestoreOptions,
         raise UsageError(f"--to-database restores mysql snapshots; {snapshot.id[:12]} is {snapshot.type}")
     if not options.target:
         raise UsageError("give --target DIR")
-    try:
-        with progress("restore", options.json or options.dry_run) as shown:
-            result = restore_snapshot(repo, snapshot, os.path.abspath(options.target), list(options.paths),
-                                      overwrite=options.overwrite, delete=options.delete,
-                                      dry_run=options.dry_run, keep=_excluded_by_job(config, snapshot),
-                                      progress=shown)
-    except TargetError as exc:
-        raise UsageError(f"--target: {exc}") from None
-    except PathError as exc:
-        raise UsageError(str(exc)) from None
-    except (RepositoryError, BackendError, ValueError, KeyError) as exc:  # a damaged blob or manifest line
-        error(f"snapshot {snapshot.id[:12]} cannot be read: {exc}")
-        if documents is not None:
-            documents.append(_failed(snapshot.id, snapshot.job, options.target, f"cannot be read: {exc}"))
-        return EXIT_FAILED
-    if documents is not None:
-        documents.append(restore_json(result, snapshot, options.target, options.dry_run))
-    elif options.json:
-        print_json(restore_json(result, snapshot, options.target, options.dry_run))
-    for line in restore_lines(result, snapshot, options.target, options.dry_run):
-        err(line)
-    return EXIT_FAILED if result.errors or result.conflicts else EXIT_OK
+    return _restore_trees(config, repo, [(snapshot, options)])
+
+
+def _restore_trees(config, repo, wanted: Sequence[Tuple[Snapshot, RestoreOptions]],
+                   documents: Optional[Dict[str, List[dict]]] = None) -> int:
+    """Restore tree snapshots, each as its options say, in one pass (agent.restorer.restore_snapshots);
+    with `documents` (restore --all), each JSON document is appended to its job's list instead of printed,
+    and a job whose target cannot be used is an error of that job instead of a usage error."""
+    from agent.restorer import PathError, RestoreRequest, TargetError, restore_snapshots
+
+    if not wanted:
+        return EXIT_OK
+    requests = [RestoreRequest(snapshot, os.path.abspath(str(one.target)), one.paths, one.overwrite, one.delete,
+                               one.dry_run, _excluded_by_job(config, snapshot)) for snapshot, one in wanted]
+    with progress("restore", any(one.json or one.dry_run for _, one in wanted)) as shown:
+        outcomes = restore_snapshots(repo, requests, shown)
+    worst = EXIT_OK
+    for (snapshot, one), done in zip(wanted, outcomes):
+        failure, result = done.failure, done.result
+        if isinstance(failure, (TargetError, PathError)):
+            problem = f"--target: {failure}" if isinstance(failure, TargetError) else str(failure)
+            if documents is None:
+                raise UsageError(problem) from None
+            error(f"{snapshot.job}: {problem}")
+            documents[snapshot.job].append(_failed(snapshot.id, snapshot.job, one.target, problem))
+        elif failure is not None or result is None:  # a damaged blob or manifest line
+            error(f"snapshot {snapshot.id[:12]} cannot be read: {failure}")
+            if documents is not None:
+                documents[snapshot.job].append(_failed(snapshot.id, snapshot.job, one.target,
+                                                       f"cannot be read: {failure}"))
+        else:
+            if documents is not None:
+                documents[snapshot.job].append(restore_json(result, snapshot, str(one.target), one.dry_run))
+            elif one.json:
+                print_json(restore_json(result, snapshot, str(one.target), one.dry_run))
+            for line in restore_lines(result, snapshot, str(one.target), one.dry_run):
+                err(line)
+            if not (result.errors or result.conflicts):
+                continue
+        worst = EXIT_FAILED
+    return worst
 
 
 @contextmanager
