@@ -21,6 +21,7 @@ from agent.backend.base import (
     LockTimeout,
     NotFound,
     RepositoryLock,
+    Span,
 )
 from agent.backend.cache import CachedBackend
 from agent.backend.local import LocalBackend
@@ -46,4 +47,4 @@ def open_backend(location: str, s3: Optional[S3Options] = None, cache_dir: Optio
 
 
 __all__ = ["CONFIG_NAME", "Backend", "BackendError", "FileInfo", "Handle", "Kind", "LocalBackend",
-           "LockTimeout", "NotFound", "RepositoryLock", "open_backend"]
+           "LockTimeout", "NotFound", "RepositoryLock", "Span", "open_backend"]

@@ -43,6 +43,14 @@ class Handle(NamedTuple):
     name: str
 
 
+class Span(NamedTuple):
+    """Bytes [offset, end) of an object, for a read-ahead; end -1: to the object's end."""
+
+    handle: Handle
+    offset: int = 0
+    end: int = -1
+
+
 class FileInfo(NamedTuple):
     """A listed object: its name and size in bytes."""
 
@@ -127,11 +135,11 @@ class Backend(Protocol):
     def remove(self, handle: Handle) -> None:
         """Delete the object (and let go of anything cached for it)."""
 
-    def read_ahead(self, handles: Sequence[Handle]) -> ContextManager[None]:
-        """A hint, for the length of the context: these objects will be loaded next, in this order (a
-        restore's packs; one may come again after others). A remote backend fetches a few of them ahead
-        of the loads, within bounded memory; loads give the same bytes and raise the same errors with or
-        without it."""
+    def read_ahead(self, spans: Sequence[Span]) -> ContextManager[None]:
+        """A hint, for the length of the context: these parts of objects will be loaded next, in this
+        order (a restore's runs of blobs; a pack may come again after others). A remote backend fetches
+        a few of them ahead of the loads, within bounded memory; loads give the same bytes and raise the
+        same errors with or without it."""
 
     def lock(self, exclusive: bool, purpose: str) -> RepositoryLock:
         """The repository lock, not yet acquired; `purpose` is shown to whoever waits for it."""
@@ -178,8 +186,8 @@ class Wrapper:
     def remove(self, handle: Handle) -> None:
         self.inner.remove(handle)
 
-    def read_ahead(self, handles: Sequence[Handle]) -> ContextManager[None]:
-        return self.inner.read_ahead(handles)
+    def read_ahead(self, spans: Sequence[Span]) -> ContextManager[None]:
+        return self.inner.read_ahead(spans)
 
     def lock(self, exclusive: bool, purpose: str) -> RepositoryLock:
         return self.inner.lock(exclusive, purpose)

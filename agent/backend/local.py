@@ -23,7 +23,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Dict, List, Optional, Sequence
 
-from agent.backend.base import Buffer, FileInfo, Handle, Kind, NotFound, check_name, config_listing
+from agent.backend.base import Buffer, FileInfo, Handle, Kind, NotFound, Span, check_name, config_listing
 from agent.durable import FileLock, fsync_dir, make_private_dirs, write_temp
 
 _MAX_CACHED = 256  # open pack descriptors; each may hold a 16 MiB pack's disk space after its deletion
@@ -187,7 +187,7 @@ class LocalBackend:
             pass
         return found
 
-    def read_ahead(self, handles: Sequence[Handle]) -> ContextManager[None]:
+    def read_ahead(self, spans: Sequence[Span]) -> ContextManager[None]:
         return contextlib.nullcontext()  # a load costs no round trip here: nothing to fetch ahead
 
     def remove(self, handle: Handle) -> None:

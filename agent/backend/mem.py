@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
-from agent.backend.base import Buffer, FileInfo, Handle, Kind, LockTimeout, NotFound, _print_wait, check_name
+from agent.backend.base import Buffer, FileInfo, Handle, Kind, LockTimeout, NotFound, Span, _print_wait, check_name
 
 
 class _SharedLock:
@@ -115,7 +115,7 @@ class MemBackend:
             found = [FileInfo(name, len(data)) for (each, name), data in self._objects.items() if each is kind]
         return sorted(found, key=lambda info: info.name)
 
-    def read_ahead(self, handles: Sequence[Handle]) -> ContextManager[None]:
+    def read_ahead(self, spans: Sequence[Span]) -> ContextManager[None]:
         return contextlib.nullcontext()  # a load costs no round trip here: nothing to fetch ahead
 
     def remove(self, handle: Handle) -> None:

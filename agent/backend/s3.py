@@ -20,21 +20,15 @@ a message or an object.
 from __future__ import annotations
 
 import base64
-import bisect
-import contextlib
 import hashlib
 import os
 import threading
-from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
     Any,
-    Callable,
     ContextManager,
     Dict,
-    Iterator,
     List,
     NamedTuple,
     Optional,
@@ -52,9 +46,11 @@ from agent.backend.base import (
     Handle,
     Kind,
     NotFound,
+    Span,
     check_name,
     config_listing,
 )
+from agent.backend.readahead import RecentPacks
 
 if TYPE_CHECKING:  # the lock's module loads when a lock is taken: a local repository's commands never need it
     from agent.backend.s3lock import Listed, S3Lock
@@ -162,7 +158,7 @@ class S3Backend:
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._pid = 0
-        self._packs = _RecentPacks()
+        self._packs = RecentPacks()
 
     # --- the client -------------------------------------------------------------------------------
 
@@ -311,10 +307,10 @@ class S3Backend:
                 return listed, now
             token = answer.get("NextContinuationToken")
 
-    def read_ahead(self, handles: Sequence[Handle]) -> ContextManager[None]:
-        return self._packs.ahead([handle.name for handle in handles if handle.kind is Kind.DATA],
-                                 lambda name: self.get(self.key(Handle(Kind.DATA, name)),
-                                                       self.describe(Handle(Kind.DATA, name))))
+    def read_ahead(self, spans: Sequence[Span]) -> ContextManager[None]:
+        return self._packs.ahead([span for span in spans if span.handle.kind is Kind.DATA], lambda span: self.get(
+            self.key(span.handle), self.describe(span.handle), -1 if span.end < 0 else span.end - span.offset,
+            span.offset))
 
     def remove(self, handle: Handle) -> None:
         what = self.describe(handle)
@@ -391,142 +387,6 @@ def _make_client(endpoint: str, options: S3Options, keys: Keys) -> Any:
     return botocore.session.Session().create_client(
         "s3", endpoint_url=endpoint, config=config, verify=verify,
         aws_access_key_id=keys.access_key, aws_secret_access_key=keys.secret_key)
-
-
-class _RecentPacks:
-    """Whole packs kept for a moment: a restore reads a pack's blobs one after another, and one GET of the
-    pack (16 MiB at most) costs a round trip where a GET per blob costs thousands. Under a read-ahead
-    (`ahead`) the packs it names are fetched whole ahead of their reads and every other read is a range.
-    Outside one, a pack is fetched whole from its second read on (a backup reading one file list from a
-    pack fetches only that range); at most KEPT packs are held, so memory stays bounded."""
-
-    KEPT = 4
-    SEEN = 256
-
-    def __init__(self) -> None:
-        self._whole: OrderedDict[str, bytes] = OrderedDict()
-        self._seen: OrderedDict[str, None] = OrderedDict()
-        self._lock = threading.Lock()
-        self._ahead: Optional[_ReadAhead] = None
-
-    @contextlib.contextmanager
-    def ahead(self, names: Sequence[str], fetch: Callable[[str], bytes]) -> Iterator[None]:
-        """Fetch the packs `names` whole, in this order (a pack may come again after others), a few at
-        once, ahead of the reads that need them (see _ReadAhead); the fetches still running when the context
-        ends are waited for, the rest dropped. Meanwhile every other pack is read by range: with no names,
-        a caller says it reads a few bytes of each pack (a pack's blob list)."""
-        ahead = _ReadAhead(names, fetch)
-        with self._lock:
-            outer, self._ahead = self._ahead, ahead
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._ahead = outer
-            ahead.close()
-
-    def read(self, name: str, length: int, offset: int, whole: Callable[[], bytes],
-             ranged: Callable[[], bytes]) -> bytes:
-        with self._lock:
-            ahead = self._ahead
-        # the read-ahead's answer first: it holds the pack of the run being read (None if not planned)
-        data = ahead.take(name) if ahead is not None else None
-        if data is None:
-            with self._lock:
-                data = self._whole.get(name)
-                if data is not None:
-                    self._whole.move_to_end(name)
-                again = name in self._seen
-                self._seen[name] = None
-                self._seen.move_to_end(name)
-                while len(self._seen) > self.SEEN:
-                    self._seen.popitem(last=False)
-            # under a read-ahead the caller named the packs it reads blob after blob: any other is read once
-            if data is None and (not again or ahead is not None):
-                return ranged()
-            if data is None:
-                data = whole()
-                self._keep(name, data)
-        return data[offset:] if length < 0 else data[offset:offset + length]
-
-    def _keep(self, name: str, data: bytes) -> None:
-        with self._lock:
-            self._whole[name] = data
-            while len(self._whole) > self.KEPT:
-                self._whole.popitem(last=False)
-
-    def forget(self, name: str) -> None:
-        with self._lock:
-            self._whole.pop(name, None)
-            self._seen.pop(name, None)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._whole.clear()
-            self._seen.clear()
-
-
-class _ReadAhead:
-    """Whole packs fetched in the order a restore will read them, by WORKERS threads.
-
-    The plan is a sequence of runs (a pack read for one blob after another; the same pack may come again
-    after others). Reads follow the plan, some of its reads left out (a hard link's second name, the rest
-    of a damaged file): a read is served by the first run of its pack at or after the current one, and the
-    runs passed over are dropped. The current run and at most WINDOW after it are held or being fetched,
-    so memory stays bounded (WINDOW + 1 packs of 16 MiB at most) and a pack needed again after others is
-    fetched again ahead of its reads, never while the restore waits."""
-
-    WINDOW = 4
-    WORKERS = 4
-
-    def __init__(self, names: Sequence[str], fetch: Callable[[str], bytes]) -> None:
-        self._order = [name for at, name in enumerate(names) if not at or names[at - 1] != name]
-        self._runs: Dict[str, List[int]] = {}  # pack -> its runs' positions in the plan, ascending
-        for at, name in enumerate(self._order):
-            self._runs.setdefault(name, []).append(at)
-        self._current = 0
-        self._next = 0  # the next run to fetch
-        self._fetch = fetch
-        self._pending: Dict[int, Future] = {}  # run position -> its fetch
-        self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(self.WORKERS, thread_name_prefix="s3-read-ahead") if self._order else None
-        self._fill()
-
-    def _fill(self) -> None:
-        with self._lock:
-            while self._pool is not None and self._next < len(self._order) and \
-                    self._next <= self._current + self.WINDOW:
-                self._pending[self._next] = self._pool.submit(self._fetch, self._order[self._next])
-                self._next += 1
-
-    def take(self, name: str) -> Optional[bytes]:
-        """The pack's bytes for a read of it (waiting for its fetch), or None if no run of it is left in
-        the plan; raises what the fetch raised."""
-        with self._lock:
-            runs = self._runs.get(name, ())
-            found = bisect.bisect_left(runs, self._current)
-            if self._pool is None or found == len(runs):
-                return None
-            at = runs[found]
-            if at != self._current:
-                for passed in [position for position in self._pending if position < at]:
-                    self._pending.pop(passed).cancel()
-                self._current = at
-                if at >= self._next:  # a jump past the window: fetch from here on
-                    self._next = at
-        self._fill()
-        with self._lock:
-            future = self._pending.get(at)
-        if future is None:  # closed meanwhile
-            return None
-        return future.result()
-
-    def close(self) -> None:
-        with self._lock:
-            pool, self._pool = self._pool, None
-            self._pending.clear()
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class AccessDenied(BackendError):

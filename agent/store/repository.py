@@ -18,7 +18,7 @@ import hashlib
 import time
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, Iterable, List, Optional, Set, Tuple
 
-from agent.backend import CONFIG_NAME, Backend, BackendError, Handle, Kind, NotFound, RepositoryLock, open_backend
+from agent.backend import CONFIG_NAME, Backend, BackendError, Handle, Kind, NotFound, RepositoryLock, Span, open_backend
 from agent.store.chunker import Chunker, ChunkerParams
 from agent.store.damage import encode_damage
 from agent.store.index import KIND_TREE, BlobLocation, Index, kind_of
@@ -225,20 +225,24 @@ class Repository:
 
     def read_ahead(self, blob_ids: Iterable[bytes]) -> ContextManager[None]:
         """For the length of the context, the blobs `blob_ids` will be read in this order (a restore's
-        files): the backend may fetch their packs ahead. Named are the packs in the order they are read
-        (one name for consecutive reads of a pack, again when it is read again after others), only those
-        read for two blobs or more: a single blob is cheaper to fetch by itself than its whole pack."""
+        files): the backend may fetch them ahead. Named are the runs of reads of a pack (consecutive reads
+        of one pack, again when it is read again after others) with the bytes they cover, only for packs
+        read for two blobs or more: a single blob is cheaper to fetch by itself."""
         return self._read_packs_ahead(self.index.get(blob_id) for blob_id in blob_ids)
 
     def _read_packs_ahead(self, locations: Iterable[Optional[BlobLocation]]) -> ContextManager[None]:
         counts: Dict[bytes, int] = {}
-        runs: List[bytes] = []
+        runs: List[List] = []  # [pack, first byte, end]
         for loc in locations:
             if loc is not None:
                 counts[loc.pack] = counts.get(loc.pack, 0) + 1
-                if not runs or runs[-1] != loc.pack:
-                    runs.append(loc.pack)
-        return self.backend.read_ahead([Handle(Kind.DATA, pack.hex()) for pack in runs if counts[pack] > 1])
+                if runs and runs[-1][0] == loc.pack:
+                    runs[-1][1] = min(runs[-1][1], loc.offset)
+                    runs[-1][2] = max(runs[-1][2], loc.offset + loc.length)
+                else:
+                    runs.append([loc.pack, loc.offset, loc.offset + loc.length])
+        return self.backend.read_ahead([Span(Handle(Kind.DATA, pack.hex()), start, end)
+                                        for pack, start, end in runs if counts[pack] > 1])
 
     def read_order(self, blob_id: bytes) -> Tuple[bytes, int]:
         """Where the blob is stored, as a sort key (pack id, offset in bytes); (b"", 0) for a blob the

@@ -16,7 +16,7 @@ import threading
 
 import pytest
 
-from agent.backend import BackendError, FileInfo, Handle, Kind, LocalBackend, LockTimeout, NotFound, open_backend
+from agent.backend import BackendError, FileInfo, Handle, Kind, LocalBackend, LockTimeout, NotFound, Span, open_backend
 from agent.backend.base import Wrapper
 from agent.backend.cache import CachedBackend
 from agent.backend.faulty import Faults, FaultyBackend
@@ -94,13 +94,16 @@ def test_read_ahead_changes_neither_bytes_nor_errors(backend):
     for number, name in enumerate(names[:6]):
         backend.save(Handle(Kind.DATA, name), [bytes([number]) * (1000 + number)])
     handles = [Handle(Kind.DATA, name) for name in names]  # the last one does not exist
-    with backend.read_ahead(handles + [Handle(Kind.INDEX, NAME_A)]):
+    # whole objects, parts that cover the loads, parts that do not (a load outside what was named)
+    spans = [Span(handle) for handle in handles[:3]] + [Span(handles[3], 5, 15), Span(handles[4], 0, 3),
+                                                        Span(handles[5], 500, 2000), Span(handles[6], 0, 10)]
+    with backend.read_ahead(spans + [Span(Handle(Kind.INDEX, NAME_A))]):
         for number, handle in enumerate(handles[:6]):
             assert backend.load(handle, 10, 5) == bytes([number]) * 10
             assert backend.load(handle, -1, 0) == bytes([number]) * (1000 + number)
         with pytest.raises(NotFound):
             backend.load(handles[6], 10, 0)
-    with backend.read_ahead(handles):  # left before anything was read: nothing outlives it
+    with backend.read_ahead([Span(handle) for handle in handles]):  # left before anything was read
         pass
     assert backend.load(handles[2], 3, 0) == bytes([2]) * 3
 

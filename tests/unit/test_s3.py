@@ -8,10 +8,11 @@ import sys
 import threading
 import time
 import weakref
+from typing import List
 
 import pytest
 
-from agent.backend import BackendError, Handle, Kind, open_backend
+from agent.backend import BackendError, Handle, Kind, Span, open_backend
 from agent.backend.cache import CachedBackend
 from agent.backend.mem import MemBackend
 from agent.backend.s3 import S3Location, parse_location, read_credentials
@@ -273,29 +274,149 @@ def test_a_restore_of_files_stored_out_of_path_order_fetches_each_pack_once(tmp_
     assert all((tmp_path / "target" / path).read_bytes() == files[path] for path in paths)
 
 
+def test_snapshots_restored_together_read_a_pack_they_share_once(tmp_path, s3_server, s3_proxy, monkeypatch):
+    """`restore --all` of six services holding the same jars: restored together, the files of every
+    snapshot are written in one storage order, so a pack they share is fetched once (not once a
+    snapshot), also when each file's blobs lie in two packs, and no more of a pack than the restore reads
+    (a snapshot's file list: a few blobs of a pack). A request that cannot start fails alone."""
+    from collections import Counter
+
+    from agent.restorer import RestoreRequest, TargetError, restore_snapshots
+    from agent.store import Snapshot
+    from agent.store.manifest import Entry
+    from agent.store.tree import write_tree
+    from tests.fixtures.s3 import s3_location
+
+    monkeypatch.setattr("agent.store.writer.TARGET_SIZE", 60_000)  # packs of about six blobs
+    location, settings = s3_location(s3_server, str(tmp_path), s3_proxy)
+    repo = Repository.open(open_backend(location, settings), create=True)
+    halves = {f"d{number:02}/f": (os.urandom(10_000), os.urandom(10_000)) for number in range(24)}
+    paths = sorted(halves)
+    writer = repo.writer()
+    firsts = {path: writer.save(halves[path][0])[0] for path in paths}  # first halves in the early packs,
+    seconds = {path: writer.save(halves[path][1])[0] for path in paths}  # second halves in the later ones
+    writer.flush()
+    entries = [Entry(".", "dir", 0o755, 0, 0, 0)]
+    for path in paths:
+        entries += [Entry(path.split("/")[0], "dir", 0o755, 0, 0, 0),
+                    Entry(path, "file", 0o644, 0, 0, 0, 20_000, (firsts[path], seconds[path]))]
+    writer = repo.writer()
+    tree = write_tree(writer, entries)
+    filler = os.urandom(200_000)  # in the file list's pack, read by no restore of these snapshots
+    writer.save(filler)
+    writer.flush()
+    snaps = [repo.save_snapshot(Snapshot(job=job, type="fs", host="h", time="2026-12-01T00:00:00Z",
+                                         trigger="manual", tree=tree, files=24, bytes=480_000, fingerprint="f"))
+             for job in ("api", "console", "worker")]
+    packs = {repo.index.get(blob).pack.hex() for blob in [*firsts.values(), *seconds.values()]}
+    assert len(packs) >= 8
+    (tmp_path / "file").write_bytes(b"")
+    reader = Repository.open(open_backend(location, settings))
+    s3_proxy.reset_counts()
+    done = restore_snapshots(reader, [RestoreRequest(snap, str(tmp_path / "all" / snap.job)) for snap in snaps]
+                             + [RestoreRequest(snaps[0], str(tmp_path / "file" / "x"))])
+    assert isinstance(done[-1].failure, TargetError) and done[-1].result is None
+    assert all(one.failure is None and one.result.errors == [] and one.result.files == 24 for one in done[:3])
+    fetched = Counter(line.split("/")[-1].split("?")[0] for line in s3_proxy.seen
+                      if line.startswith("GET") and "/data/" in line)
+    assert {name: count for name, count in fetched.items() if name in packs} == {name: 1 for name in packs}
+    stored = sum(info.size for kind in Kind if kind is not Kind.CONFIG for info in reader.backend.list(kind))
+    assert s3_proxy.counts["GET bytes"] < stored - len(filler) // 2  # of the file list's pack, its blobs only
+    for snap in snaps:
+        assert all((tmp_path / "all" / snap.job / path).read_bytes() == b"".join(halves[path]) for path in paths)
+
+
+def _spans(names: str) -> List[Span]:
+    return [Span(Handle(Kind.DATA, name)) for name in names]
+
+
 def test_read_ahead_serves_a_pack_read_again_after_others_and_reads_left_out():
-    from agent.backend.s3 import _RecentPacks
+    from agent.backend.readahead import RecentPacks
 
     packs = {name: name.encode() * 100 for name in "abc"}
     fetched = []
 
-    def fetch(name: str) -> bytes:
-        fetched.append(name)
-        return packs[name]
+    def fetch(span: Span) -> bytes:
+        fetched.append(span.handle.name)
+        return packs[span.handle.name]
 
     def never() -> bytes:
         raise AssertionError("a planned read waited for a fetch of its own")
 
-    recent = _RecentPacks()
-    with recent.ahead(["a", "a", "b", "a", "c", "b"], fetch):  # runs: a b a c b
+    recent = RecentPacks()
+    with recent.ahead(_spans("aabacb"), fetch):  # runs: a b a c b
         assert recent.read("a", 3, 0, never, never) == b"aaa"
         assert recent.read("a", -1, 98, never, never) == b"aa"
         assert recent.read("b", 2, 1, never, never) == b"bb"
         assert recent.read("a", 1, 5, never, never) == b"a"
         # the run of c left out (a hard link's second name): b is served by its next run
         assert recent.read("b", 1, 0, never, never) == b"b"
-    # no run fetched twice (the passed-over run of c may have been cancelled before it started)
-    assert fetched.count("a") == 2 and fetched.count("b") == 2 and fetched.count("c") <= 1
+    # a and b kept for their later runs: each fetched once (c, passed over, may have been cancelled)
+    assert fetched.count("a") == 1 and fetched.count("b") == 1 and fetched.count("c") <= 1
+
+
+def test_read_ahead_fetches_only_the_bytes_its_runs_cover():
+    """A run names the bytes of the pack it reads (a snapshot's file list: a few blobs of a 16 MiB pack):
+    the fetch gets those, once for the runs it serves; a read outside them is a range of its own."""
+    from agent.backend.readahead import RecentPacks
+
+    objects = {"a": bytes(range(256)) * 4, "b": bytes(range(255, -1, -1)) * 4}
+    fetched = []
+
+    def fetch(span: Span) -> bytes:
+        fetched.append(span)
+        data = objects[span.handle.name]
+        return data[span.offset:] if span.end < 0 else data[span.offset:span.end]
+
+    def never() -> bytes:
+        raise AssertionError("a planned read waited for a fetch of its own")
+
+    a, b = Handle(Kind.DATA, "a"), Handle(Kind.DATA, "b")
+    recent = RecentPacks()
+    with recent.ahead([Span(a, 100, 150), Span(a, 150, 200), Span(b, 0, 50), Span(a, 300, 400)], fetch):
+        assert recent.read("a", 50, 100, never, never) == objects["a"][100:150]
+        assert recent.read("a", 50, 150, never, never) == objects["a"][150:200]
+        assert recent.read("b", 10, 40, never, never) == objects["b"][40:50]
+        assert recent.read("a", 100, 300, never, never) == objects["a"][300:400]
+        assert recent.read("a", 10, 0, never, lambda: b"ranged") == b"ranged"  # not in what was named
+    assert sorted(fetched) == [Span(a, 100, 400), Span(b, 0, 50)]
+
+
+def test_read_ahead_fetches_each_pack_once_for_files_that_span_packs_restored_many_times():
+    """The same 3-pack jar in six services, restored one copy after another: runs a b c a b c ...; each pack
+    fetched once. With more packs than are kept, the fewest fetches Belady's rule allows, never more."""
+    from agent.backend.readahead import ReadAhead, RecentPacks, belady
+
+    fetched = []
+
+    def fetch(span: Span) -> bytes:
+        fetched.append(span.handle.name)
+        return span.handle.name.encode() * 10
+
+    def never() -> bytes:
+        raise AssertionError("a planned read waited for a fetch of its own")
+
+    recent = RecentPacks()
+    plan = list("abc") * 6
+    with recent.ahead(_spans(plan), fetch):
+        for name in plan:
+            assert recent.read(name, 2, 0, never, never) == name.encode() * 2
+    assert sorted(fetched) == ["a", "b", "c"]
+
+    # more packs than are kept (4): a b c d e f g h, then a and h again: only a and h are worth keeping
+    plan = list("abcdefgh") + ["a", "h"]
+    fetched.clear()
+    with recent.ahead(_spans(plan), fetch):
+        for name in plan:
+            assert recent.read(name, 1, 0, never, never) == name.encode()
+    serves, packs, _ = belady(plan, ReadAhead.KEPT)
+    assert len(fetched) == len(packs) and sorted(set(fetched)) == sorted(set(plan))
+    assert len(packs) == 8 and serves[8] == serves[0] and serves[9] == serves[7]
+
+    # five packs wanted again, more than are kept: the one needed again last is fetched twice
+    plan = list("abcdefgh") + list("abcde")
+    serves, packs, last = belady(plan, 4)
+    assert packs == list("abcdefgh") + ["e"] and serves[8:] == [0, 1, 2, 3, 8] and last[3] == 11 and last[4] == 4
 
 
 def test_a_pack_blob_list_is_read_by_range_never_whole(tmp_path, s3_server, s3_proxy):
