@@ -6,6 +6,7 @@ The cache is saved only after the manifest is durable: it must never name blobs 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -71,7 +72,14 @@ def commit(repo: Repository, root: str, rules: IgnoreRules, tree: TreeRecords, r
     unchanged = previous.trusted and fingerprint == previous.cache.fingerprint and not partial
     snapshot: Snapshot
     changes: Optional[ManifestDiff] = None
-    same = None if unchanged or partial or not previous.trusted else _latest_alike(repo, names, fingerprint)
+    manifest = None
+    same = None
+    if not (unchanged or partial or not previous.trusted):
+        # the listing's round trip while the manifest is built (needed unless it finds a snapshot alike)
+        with ThreadPoolExecutor(1, thread_name_prefix="snapshot-listing") as pool:
+            alike = pool.submit(_latest_alike, repo, names, fingerprint)
+            manifest = tree.manifest(hardlinks)
+            same = alike.result()
     if unchanged:
         snapshot = repo.load_snapshot(previous.cache.snapshot)
     elif same is not None:
@@ -79,7 +87,8 @@ def commit(repo: Repository, root: str, rules: IgnoreRules, tree: TreeRecords, r
     else:
         if reader.writer is None:
             reader.writer = repo.writer()
-        manifest = tree.manifest(hardlinks)
+        if manifest is None:
+            manifest = tree.manifest(hardlinks)
         blobs = write_encoded(reader.writer, manifest)
         reader.writer.flush()
         if names.trigger == "change" and previous.trusted:

@@ -20,9 +20,10 @@ import bisect
 import hashlib
 import struct
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, FrozenSet, Iterable, Iterator, KeysView, List, NamedTuple, Optional, Set, Tuple
 
-from agent.backend.base import Backend, BackendError, Handle, Kind, NotFound
+from agent.backend.base import Backend, BackendError, FileInfo, Handle, Kind, NotFound
 from agent.store.damage import decode_damage
 
 MAGIC = b"BAIX\x01"
@@ -252,12 +253,13 @@ class Index:
         if self._damaged and self._blobs is not None:
             self._skip_damaged(self._damaged)
 
-    def _index_unnamed_packs(self) -> None:
-        """Index, from their own trailers, the packs no loaded segment names (see the module docstring)."""
+    def _index_unnamed_packs(self, packs: Optional[List[FileInfo]] = None) -> None:
+        """Index, from their own trailers, the packs no loaded segment names (see the module docstring);
+        `packs`: the listing of data objects when it was just made."""
         if self._read_pack is None:
             return
         self._packs_listed = True
-        for info in self.backend.list(Kind.DATA):
+        for info in self.backend.list(Kind.DATA) if packs is None else packs:
             try:
                 pack = bytes.fromhex(info.name)
             except ValueError:  # not a pack's name: nothing of the repository's
@@ -280,13 +282,14 @@ class Index:
         """Load index files and damage records written since the last look (by this or another
         process); start over if some disappeared (prune consolidated them): returns whether it did."""
         with self._lock:
-            names = {info.name for info in self.backend.list(Kind.INDEX)}
-            damage = {info.name for info in self.backend.list(Kind.DAMAGE)}
+            # packs are listed on a first load and when a file turns out unreadable, not on every look
+            look_at_packs = not self._packs_listed
+            listed = _listings(self.backend, (Kind.INDEX, Kind.DAMAGE) + ((Kind.DATA,) if look_at_packs else ()))
+            names = {info.name for info in listed[Kind.INDEX]}
+            damage = {info.name for info in listed[Kind.DAMAGE]}
             reset = not (self._loaded <= names and self._damage_files <= damage)
             if reset:
                 self.drop()
-            # packs are listed on a first load and when a file turns out unreadable, not on every look
-            look_at_packs = not self._packs_listed
             self._listed = True
             new_damage = sorted(damage - self._damage_files)
             if new_damage:
@@ -311,10 +314,10 @@ class Index:
                     # one bad index file must not stop every backup: its packs are indexed from their
                     # own trailers below, verify names it and prune replaces it
                     unreadable[name] = str(exc)
-            look_at_packs = look_at_packs or bool(set(unreadable) - set(self.unreadable))
+            newly_unreadable = set(unreadable) - set(self.unreadable)
             self.unreadable = unreadable
-            if look_at_packs:
-                self._index_unnamed_packs()
+            if look_at_packs or newly_unreadable:
+                self._index_unnamed_packs(listed.get(Kind.DATA))
             return reset
 
     def problems(self) -> List[str]:
@@ -351,3 +354,10 @@ class Index:
             if self._listed and name not in self._loaded:
                 self._add_file(name, data)
         return name
+
+
+def _listings(backend: Backend, kinds: Tuple[Kind, ...]) -> Dict[Kind, List[FileInfo]]:
+    """The listings of `kinds`, asked for at once: on object storage each is a round trip."""
+    with ThreadPoolExecutor(len(kinds), thread_name_prefix="index-listing") as pool:
+        asked = {kind: pool.submit(backend.list, kind) for kind in kinds}
+        return {kind: answer.result() for kind, answer in asked.items()}
