@@ -36,7 +36,9 @@ from agent.store.tree import read_tree
 OVERWRITE_MODES = ("never", "if-changed", "always")
 
 Made = TypeVar("Made")
-_FAILING_IN_A_ROW = 100  # storage errors in a row after which the rest would fail alike (server gone)
+# objects in a row the storage would not give (each after the client's retries): the server is gone, and
+# the rest would fail alike
+_FAILING_IN_A_ROW = 10
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # errors after which every further write would fail the same way: stop with one message, not 100k
@@ -265,8 +267,12 @@ def _in_storage_order(repo: Repository, jobs: Sequence[_Job]) -> List[_Item]:
 
 
 def _write(repo: Repository, items: Sequence[_Item], progress: Optional[Progress]) -> None:
-    """Every step, in order; directories are collected into their job's `dirs` for their metadata."""
-    failing = 0  # files in a row the storage failed to give
+    """Every step, in order; directories are collected into their job's `dirs` for their metadata. A pack
+    the storage would not give fails the files that need it, each named, and is not asked for again."""
+    unreadable: Dict[bytes, str] = {}  # pack id -> why the storage would not give it
+    for job in {id(job): job for job, _ in items}.values():
+        job.writer.unreadable = unreadable
+    failing = 0  # objects in a row the storage would not give
     for number, (job, step) in enumerate(items):
         result = job.result
         try:
@@ -275,13 +281,13 @@ def _write(repo: Repository, items: Sequence[_Item], progress: Optional[Progress
             if progress is not None and step.entry.type == "file":
                 progress.advance(files=1, bytes=step.entry.size)
             failing = 0
-        except DamagedBlobError as exc:
+        except (DamagedBlobError, _Unreadable) as exc:
             result.errors.append(f"{show(step.parts)}: not restored, {exc}")
-        except BackendError as exc:  # one object the server will not give (after the client's retries)
+        except BackendError as exc:  # an object the server will not give (after the client's retries)
             result.errors.append(f"{show(step.parts)}: not restored, {exc}")
             failing += 1
             if failing >= _FAILING_IN_A_ROW:
-                _stopped(items, number, f"the repository's storage failed {failing} files in a row")
+                _stopped(items, number, f"the repository's storage would not give {failing} objects in a row")
                 break
         except OSError as exc:
             result.errors.append(f"{show(step.parts)}: {exc.strerror or exc}")
@@ -326,6 +332,7 @@ class _Writer:
         # files whose content in the target is the snapshot's (restored now or found the same): the
         # later names of their inodes are linked to them, never to a file that failed to restore
         self.good: Dict[str, Parts] = {}
+        self.unreadable: Dict[bytes, str] = {}  # packs the storage would not give (shared by a restore's writers)
 
     def step(self, step: Step) -> bool:
         """Carry out one step; True for a directory (its metadata is applied at the end)."""
@@ -376,6 +383,11 @@ class _Writer:
         os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
 
     def _file(self, parent: int, name: str, entry: Entry, action: str) -> None:
+        if self.unreadable:
+            for chunk in entry.chunks:
+                why = self.unreadable.get(self.repo.read_order(chunk)[0])
+                if why is not None:
+                    raise _Unreadable(why)
         made, fd = self._new(parent, name, action, lambda new: os.open(new, _NEW_FILE, 0o600, dir_fd=parent))
         self._fill(fd, entry, parent, made)
         if made != name:
@@ -386,7 +398,11 @@ class _Writer:
         on any error the file is removed."""
         try:
             for chunk in entry.chunks:
-                view = memoryview(self.repo.read_blob(chunk))
+                try:
+                    view = memoryview(self.repo.read_blob(chunk))
+                except BackendError as exc:
+                    self.unreadable.setdefault(self.repo.read_order(chunk)[0], str(exc))
+                    raise
                 while view:
                     view = view[os.write(fd, view):]
             self._metadata(fd, entry, entry.path)
@@ -446,6 +462,10 @@ class _Writer:
         if entry.xattrs:
             apply_xattrs(reach(parent, name), entry.xattrs, entry.path, self.result.warnings)
         os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent, follow_symlinks=False)
+
+
+class _Unreadable(Exception):
+    """A file needs a pack the storage would not give for an earlier file: it is not asked for again."""
 
 
 def _clear_directory(dest: Target, parent: int, name: str) -> None:

@@ -326,6 +326,82 @@ def test_snapshots_restored_together_read_a_pack_they_share_once(tmp_path, s3_se
         assert all((tmp_path / "all" / snap.job / path).read_bytes() == b"".join(halves[path]) for path in paths)
 
 
+def test_a_pack_the_server_will_not_give_fails_its_files_each_named_and_the_rest_is_restored(tmp_path, s3_server,
+                                                                                            s3_proxy):
+    """One pack refused (after the client's retries), holding more files than a run of failures that stops
+    a restore: each of its files is named, it is not asked for again file after file, and the files of the
+    pack stored after it are restored."""
+    from collections import Counter
+
+    from agent.restorer import restore_snapshot
+    from agent.store import Snapshot
+    from agent.store.manifest import Entry
+    from agent.store.tree import write_tree
+    from tests.fixtures.s3 import s3_location
+
+    location, settings = s3_location(s3_server, str(tmp_path), s3_proxy)
+    repo = Repository.open(open_backend(location, settings), create=True)
+    files = {f"g{group}/f{number:03}": os.urandom(200) for group in (1, 2) for number in range(150)}
+    ids = {}
+    for group in ("g1/", "g2/"):  # each group in a pack of its own
+        writer = repo.writer()
+        ids.update({path: writer.save(data)[0] for path, data in files.items() if path.startswith(group)})
+        writer.flush()
+    entries = [Entry(".", "dir", 0o755, 0, 0, 0), Entry("g1", "dir", 0o755, 0, 0, 0),
+               Entry("g2", "dir", 0o755, 0, 0, 0)]
+    entries += [Entry(path, "file", 0o644, 0, 0, 0, 200, (ids[path],)) for path in sorted(files)]
+    writer = repo.writer()
+    tree = write_tree(writer, entries)
+    writer.flush()
+    snap = repo.save_snapshot(Snapshot(job="svc", type="fs", host="h", time="2026-12-01T00:00:00Z",
+                                       trigger="manual", tree=tree, files=300, bytes=60_000, fingerprint="f"))
+    packs = {group: repo.index.get(ids[f"{group}/f000"]).pack.hex() for group in ("g1", "g2")}
+    first = min(packs, key=packs.__getitem__)  # restored first: storage order
+    reader = Repository.open(open_backend(location, settings))
+    s3_proxy.reset_counts()
+    s3_proxy.faults.refuse_get, s3_proxy.faults.only = True, packs[first]
+    result = restore_snapshot(reader, snap, str(tmp_path / "out"))
+    named = sorted(error.split(":")[0] for error in result.errors)
+    assert named == sorted(path for path in files if path.startswith(first)), result.errors[-1:]
+    assert all(packs[first] in error for error in result.errors)
+    assert Counter(line.split("?")[0].split("/")[-1] for line in s3_proxy.seen)[packs[first]] <= 2
+    rest = [path for path in files if not path.startswith(first)]
+    assert all((tmp_path / "out" / path).read_bytes() == files[path] for path in rest)
+    assert not any((tmp_path / "out" / path).exists() for path in files if path.startswith(first))
+
+
+def test_a_restore_stops_once_the_storage_gives_no_object_in_a_row(tmp_path, s3_server, s3_proxy):
+    """The server gone (every pack refused): the restore stops after a run of objects that all failed, with
+    one message counting what was left out, instead of asking for every pack in turn."""
+    from agent.restorer import restore_snapshot
+    from agent.store import Snapshot
+    from agent.store.manifest import Entry
+    from agent.store.tree import read_tree, write_tree
+    from tests.fixtures.s3 import s3_location
+
+    location, settings = s3_location(s3_server, str(tmp_path), s3_proxy)
+    repo = Repository.open(open_backend(location, settings), create=True)
+    entries = [Entry(".", "dir", 0o755, 0, 0, 0)]
+    for number in range(15):  # a pack a file
+        writer = repo.writer()
+        entries.append(Entry(f"f{number:02}", "file", 0o644, 0, 0, 0, 100, (writer.save(os.urandom(100))[0],)))
+        writer.flush()
+    writer = repo.writer()
+    tree = write_tree(writer, entries)
+    writer.flush()
+    snap = repo.save_snapshot(Snapshot(job="svc", type="fs", host="h", time="2026-12-01T00:00:00Z",
+                                       trigger="manual", tree=tree, files=15, bytes=1500, fingerprint="f"))
+    reader = Repository.open(open_backend(location, settings))
+    manifest = list(read_tree(reader, snap.tree))
+    s3_proxy.faults.refuse_get, s3_proxy.faults.only = True, "/data/"
+    s3_proxy.reset_counts()
+    result = restore_snapshot(reader, snap, str(tmp_path / "out"), entries=manifest)
+    assert len(result.errors) == 11 and all(": not restored, " in error for error in result.errors[:10])
+    assert result.errors[10].startswith("restore stopped: the repository's storage would not give 10 objects in a row; "
+                                        "5 entries after ")
+    assert s3_proxy.counts["GET"] <= 10
+
+
 def _spans(names: str) -> List[Span]:
     return [Span(Handle(Kind.DATA, name)) for name in names]
 
