@@ -12,9 +12,10 @@ clock (a holder killed or cut off; restic's 30 minutes), or its holder is a proc
 LastModified and Date.
 
 Taking it: write our lock object, then list. A shared lock steps back (writes .end, waits, tries again
-with a new id) while a live exclusive one exists; an exclusive one waits, keeping its object so that new
-backups wait behind it (prune is not starved by a stream of backups), until no live shared lock and no
-older live exclusive lock remain. Strong read-after-write listing (S3 since 2020, MinIO, Ceph) means
+with a new id) while a live exclusive one exists, and after a step back looks before it writes again (so
+waiting behind a prune writes one object and its end, not a pair a look); an exclusive one waits, keeping
+its object so that new backups wait behind it (prune is not starved by a stream of backups), until no live
+shared lock and no older live exclusive lock remain. Strong read-after-write listing (S3 since 2020, MinIO, Ceph) means
 that of two lockers who write and then list, at least one sees the other.
 
 Prune (the exclusive holder, which has delete permission) removes the objects of ended and stale locks
@@ -121,11 +122,13 @@ class S3Lock:
         if self.exclusive:
             self._check_delete_permission()
         told = False
+        stepped_back = False
         pause = _POLL_S[0]
         try:
             while True:
-                # a backup looks before it writes: waiting behind a prune writes nothing
-                blocker = None if self.exclusive else self._blocker()
+                # a backup writes, then looks (a round trip fewer than looking first); once it had to step
+                # back it looks before it writes again
+                blocker = self._blocker() if stepped_back and not self.exclusive else None
                 if blocker is None:
                     if self._base is None:
                         self._write_own()
@@ -135,6 +138,7 @@ class S3Lock:
                         return
                     if not self.exclusive:  # step back: a waiting prune must see no live shared lock of ours
                         self._end_own()
+                        stepped_back = True
                 if not told:
                     on_wait(f"waiting for the repository lock held by {self._who(blocker)}")
                     told = True

@@ -294,8 +294,7 @@ def test_a_no_change_backup_costs_requests_that_do_not_grow_with_the_repository(
         agent.backup("other")
     large = _requests_of(agent, s3_proxy, "backup", "svc")
     assert large == small, (small, large)
-    # config (HEAD, GET), the lock (list, PUT, list), the snapshot's HEAD, the damage listing, the lock's end
-    assert large <= 7  # config, lock (3), the files cache's snapshot, damage listing, lock end
+    assert large <= 6  # config, lock (PUT, list), the files cache's snapshot, damage listing, lock end
     large_all = _requests_of(agent, s3_proxy, "backup", "--all")
     assert large_all == small_all, (small_all, large_all)
     assert large_all <= large + 1  # a further job: its snapshot's HEAD; no lock, no damage listing
