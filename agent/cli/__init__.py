@@ -15,6 +15,19 @@ from agent.text import plural
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command `argv` (default: the process's arguments); returns its exit status."""
+    status = _command(argv)
+    if argv is None:
+        # The process ends next: what is alive now is left out of the collections of the interpreter's
+        # teardown, which otherwise walk every object of the loaded modules (botocore's service models
+        # alone are hundreds of thousands): 50 ms of a 0.75 s no-change backup on object storage.
+        import gc
+
+        gc.freeze()
+    return status
+
+
+def _command(argv: Optional[List[str]]) -> int:
     from agent.cli.common import escape_names_in_output
     from agent.cli.parser import build_parser
 
