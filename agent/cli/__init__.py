@@ -13,6 +13,8 @@ from typing import List, Optional
 from agent.cli.common import EXIT_FAILED, EXIT_USAGE, CommandFailed, UsageError, err, error
 from agent.text import plural
 
+_SERVING = ("daemon", "collector")  # long-running: the collector's default pace suits them
+
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command `argv` (default: the process's arguments); returns its exit status."""
@@ -40,6 +42,13 @@ def _command(argv: Optional[List[str]]) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.paths = [*args.paths, *extra]
+    if args.command not in _SERVING:
+        # A command that runs once allocates a lot and frees most of it by reference counting: the cyclic
+        # collector's default pace (every 700 allocations) spent 35 ms of a 0.75 s no-change backup walking
+        # the loaded modules' objects again and again. mypy's main does the same.
+        import gc
+
+        gc.set_threshold(100_000, 20, 20)
     from agent.backend import BackendError
     from agent.config import ConfigError
     from agent.store import RepositoryError
