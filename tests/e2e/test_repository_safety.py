@@ -177,6 +177,29 @@ def test_prune_deletes_unreferenced_data_and_keeps_restorable(agent, tmp_path):
     assert report["status"] == "ok" and report["changed"] is False
 
 
+def test_a_files_cache_whose_snapshot_was_forgotten_and_pruned_is_not_trusted(agent, tmp_path):
+    """The walk starts with the files cache while the repository is asked whether its snapshot still exists;
+    it is gone (forgotten and pruned with its data): the tree is walked again without the cache and every
+    file read, also the one changed meanwhile, whose blob the first walk stored (kept, not lost)."""
+    src = str(tmp_path / "svc")
+    files = {f"lib/{number}.jar": os.urandom(300_000) for number in range(8)}
+    make_tree(src, files)
+    agent.write_jobs(fs_job("svc", src))
+    [first] = agent.backup()
+    agent.run("forget", first["snapshot"], check=0)
+    agent.run("prune", check=0)
+    with open(os.path.join(src, "lib/0.jar"), "wb") as handle:
+        handle.write(os.urandom(300_000))
+    [second] = agent.backup()
+    assert second["status"] == "ok" and second["changed"]
+    assert second["new_bytes"] >= sum(len(data) for data in files.values())  # nothing taken from the cache
+    assert agent.run("verify", "--read-data").returncode == 0
+    agent.run("restore", "svc:latest", "--target", str(tmp_path / "out"), check=0)
+    assert subprocess.run(["diff", "-r", src, str(tmp_path / "out")]).returncode == 0
+    [third] = agent.backup()
+    assert third["status"] == "ok" and not third["changed"]
+
+
 def test_damage_found_by_verify_is_healed_by_the_next_backup(agent, tmp_path):
     """Issue 15 kind 4: a flipped byte in a pack is never deduplicated against once verify found it;
     the next backup stores a good copy even with the files cache saying "unchanged"; prune then drops
