@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from typing import Iterator, List, NamedTuple, Optional, Tuple
 
@@ -39,14 +40,23 @@ def dump_content(repo: Repository, entry: Entry) -> Iterator[bytes]:
             yield repo.read_blob(chunk)
 
 
-def dump_destination(entry: Entry, target: str, force: bool) -> str:
+def dump_destination(entry: Entry, target: str, force: bool, follow_target: bool = False) -> str:
     """Where the dump `entry` goes for `--target`: `target`, or the dump's name inside it if it is a
-    directory. Raises RestoreRefused if that exists and `force` is false."""
-    if os.path.isdir(target):
+    directory -- a symlink to one only with `follow_target` (the operator named `target`); otherwise a
+    link there is a file that the dump replaces (a link planted at `restore --all`'s DIR/JOB never sends
+    the dump elsewhere). Raises RestoreRefused if that exists and `force` is false."""
+    if os.path.isdir(target) if follow_target else _is_dir(target):
         target = os.path.join(target, os.path.basename(entry.path))
     if os.path.lexists(target) and not force:
         raise RestoreRefused(f"{target} exists (give --force to replace it)")
     return target
+
+
+def _is_dir(path: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 class Restored(NamedTuple):
@@ -54,11 +64,12 @@ class Restored(NamedTuple):
     size: int  # bytes
 
 
-def restore_to_file(repo: Repository, snapshot: Snapshot, target: str, force: bool) -> Restored:
-    """Write the dump to `target` (into it, under the dump's name, if it is a directory); raises
-    RestoreRefused if that exists and `force` is false."""
+def restore_to_file(repo: Repository, snapshot: Snapshot, target: str, force: bool,
+                    follow_target: bool = False) -> Restored:
+    """Write the dump to `target` (into it, under the dump's name, if it is a directory: see
+    dump_destination for `follow_target`); raises RestoreRefused if that exists and `force` is false."""
     entry = dump_entry(repo, snapshot)
-    target = dump_destination(entry, target, force)
+    target = dump_destination(entry, target, force, follow_target)
     directory = os.path.dirname(os.path.abspath(target))
     os.makedirs(directory, exist_ok=True)
     os.rename(write_temp(directory, dump_content(repo, entry), prefix=".restore-"), target)

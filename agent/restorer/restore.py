@@ -75,6 +75,7 @@ class RestoreRequest(NamedTuple):
     dry_run: bool = False
     keep: Optional[Keep] = None
     entries: Optional[Iterable[Entry]] = None
+    follow_target: bool = False
 
 
 class Restored(NamedTuple):
@@ -91,7 +92,7 @@ _REQUEST_FAILURES = (PathError, TargetError, RepositoryError, BackendError, Valu
 def restore_snapshot(repo: Repository, snapshot: Snapshot, target: str, paths: Iterable[str] = (),
                      overwrite: str = "never", delete: bool = False, dry_run: bool = False,
                      keep: Optional[Keep] = None, progress: Optional[Progress] = None,
-                     entries: Optional[Iterable[Entry]] = None) -> RestoreResult:
+                     entries: Optional[Iterable[Entry]] = None, follow_target: bool = False) -> RestoreResult:
     """Restore `paths` of `snapshot` (all of it if none) into directory `target`, the job's path
     becoming `target`. `paths` are relative to the job's path, or absolute under it. `overwrite`: one
     of OVERWRITE_MODES; `delete` removes what the target holds under those paths and the snapshot does
@@ -101,8 +102,11 @@ def restore_snapshot(repo: Repository, snapshot: Snapshot, target: str, paths: I
     TargetError if `target` cannot be a directory, DamagedBlobError if the snapshot's file list
     cannot be read. Everything else (a damaged file, a permission problem) is in the result's errors.
     `progress` is told the files and bytes to write, then each file's as it is done. `entries`: the
-    snapshot's file list when the caller has read it already (a drill checks the restore against it)."""
-    request = RestoreRequest(snapshot, target, tuple(paths), overwrite, delete, dry_run, keep, entries)
+    snapshot's file list when the caller has read it already (a drill checks the restore against it).
+    `follow_target`: a symlink at `target` itself is followed (the operator named it); without it such a
+    link is a TargetError (a directory the caller derived: see Target)."""
+    request = RestoreRequest(snapshot, target, tuple(paths), overwrite, delete, dry_run, keep, entries,
+                             follow_target)
     (done,) = restore_snapshots(repo, [request], progress)
     if done.failure is not None:
         raise done.failure
@@ -163,7 +167,7 @@ def _prepare(repo: Repository, request: RestoreRequest) -> _Job:
     if missing:  # before the target is made: a wrong PATH writes nothing
         raise PathError("; ".join(f"{path}: not in snapshot {snapshot.id[:12]}" for path in missing))
     result.errors.extend(f"{path!r}: unsafe path in the manifest, not restored" for path in unsafe)
-    dest = Target(request.target, create=not request.dry_run)
+    dest = Target(request.target, create=not request.dry_run, follow_root=request.follow_target)
     try:
         plan = make_plan(repo, dest, selected, (wanted or [()]) if request.delete else (), os.geteuid() == 0,
                          request.keep)

@@ -17,6 +17,8 @@ Parts = Tuple[str, ...]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CACHED_FDS = 256  # open directory descriptors kept; past it the cache starts over
+_LINK = "{} is a symbolic link: not followed (a link there could send the restore outside its directory); " \
+    "remove it, or restore elsewhere"
 
 
 class TargetError(Exception):
@@ -43,10 +45,13 @@ class Target:
     """DIR, opened once; `dir_fd` opens (and creates) directories below it and caches their descriptors.
 
     Without `create` (a dry run) a missing DIR is not created and looks empty; `dir_fd` must not be
-    called then. Raises TargetError if DIR exists and is not a directory, or cannot be created or
-    opened."""
+    called then. A symlink at DIR itself is followed only with `follow_root` (the operator named DIR:
+    `restore SNAPSHOT --target DIR`); a DIR the caller derived (`restore --all`'s DIR/JOB, a drill's
+    scratch directory) that is a link is refused, so that a link planted there cannot send the restore
+    elsewhere. Raises TargetError if DIR exists and is not a directory (or is such a link), or cannot be
+    created or opened."""
 
-    def __init__(self, root: str, create: bool = True) -> None:
+    def __init__(self, root: str, create: bool = True, follow_root: bool = False) -> None:
         self.root = root
         self.euid = os.geteuid()
         self._fds: Dict[Parts, int] = {}
@@ -55,15 +60,20 @@ class Target:
         self._missing: Set[Parts] = set()
         self._opened_writable: Set[Parts] = set()
         self.fresh = not os.path.lexists(root)  # DIR did not exist: made (or, in a dry run, to be made) now
+        if not follow_root and os.path.islink(root):
+            raise TargetError(_LINK.format(root))
         try:
             if create:
                 os.makedirs(root, 0o700, exist_ok=True)
             elif not os.path.lexists(root):
                 return
-            self._fds[()] = os.open(root, _DIR_FLAGS & ~os.O_NOFOLLOW)
+            # O_NOFOLLOW: a link put there after the check above is refused too, never followed
+            self._fds[()] = os.open(root, _DIR_FLAGS if not follow_root else _DIR_FLAGS & ~os.O_NOFOLLOW)
         except FileExistsError:
             raise TargetError(f"{root} exists and is not a directory") from None
         except NotADirectoryError:
+            if not follow_root and os.path.islink(root):  # what O_NOFOLLOW with O_DIRECTORY says of a link
+                raise TargetError(_LINK.format(root)) from None
             raise TargetError(f"{root} is not a directory (or a parent of it is not)") from None
         except OSError as exc:
             raise TargetError(f"{root}: {exc.strerror or exc}") from None

@@ -165,3 +165,42 @@ def test_a_dump_restored_into_a_directory_is_named_where_it_went(tmp_path):
     [written] = os.listdir(directory)
     assert (directory / written).read_text() == "k=v"
     assert result.stderr.rstrip().endswith(f"to {directory / written}"), result.stderr
+
+
+def test_a_link_planted_at_dir_job_is_refused_for_that_job_and_never_followed(tmp_path):
+    agent = new_agent(str(tmp_path / "node"))
+    app, km = str(tmp_path / "app"), str(tmp_path / "km")
+    make_tree(app, {"conf/server.xml": "<Server/>", "lib/a.jar": "a" * 5000})
+    make_tree(km, {"conf/km.properties": "x=1\n"})
+    agent.write_jobs(fs_job("app", app) + fs_job("km", km) + _command_job("settings", "k=v"))
+    agent.backup()
+    victim, dumps_victim = tmp_path / "victim", tmp_path / "dumps-victim"
+    make_tree(str(victim), {"precious.txt": "precious"})
+    dumps_victim.mkdir()
+    os.chmod(victim, 0o711)
+    os.utime(victim, ns=(1_600_000_000_000_000_000,) * 2)
+    before = (read_tree(str(victim)), os.stat(victim).st_mode, os.stat(victim).st_mtime_ns)
+    target = tmp_path / "dr"
+    target.mkdir()
+    os.symlink(victim, target / "app")  # a tree job's DIR/JOB
+    os.symlink(dumps_victim, target / "settings")  # a dump job's: the dump replaces the link, not what it names
+
+    for extra in (["--dry-run"], []):
+        result = agent.run("restore", "--all", "--target", str(target), "--overwrite", "if-changed", "--delete",
+                           "--json", *extra)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        documents = {document["job"]: document for document in json.loads(result.stdout)}
+        [problem] = documents["app"]["errors"]
+        assert problem == (f"--target: {target / 'app'} is a symbolic link: not followed (a link there could send "
+                           "the restore outside its directory); remove it, or restore elsewhere")
+        assert f"app: {problem}" in result.stderr
+        assert documents["km"]["errors"] == [] and documents["settings"]["errors"] == []
+        assert (read_tree(str(victim)), os.stat(victim).st_mode, os.stat(victim).st_mtime_ns) == before
+        assert os.listdir(dumps_victim) == []
+        assert os.path.islink(target / "app")
+    assert read_tree(str(target / "km")) == read_tree(km)
+    assert not os.path.islink(target / "settings") and (target / "settings").read_text() == "k=v"
+
+    # the operator naming the link itself as the target of one snapshot: followed, as always
+    agent.run("restore", "app:latest", "--target", str(target / "app"), check=0)
+    assert read_tree(str(victim / "conf")) == read_tree(os.path.join(app, "conf"))

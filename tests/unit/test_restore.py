@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import pytest
 
 from agent.backend.mem import MemBackend
-from agent.restorer import PathError, TargetError, restore_snapshot, safe_parts
+from agent.restorer import PathError, RestoreRequest, TargetError, restore_snapshot, restore_snapshots, safe_parts
 from agent.restorer.plan import CREATE, REPLACE, SAME, make_plan, selection
 from agent.restorer.target import Target
 from agent.store import Repository, Snapshot
@@ -244,6 +244,36 @@ def test_absolute_paths_must_lie_under_the_jobs_path(tmp_path):
     assert not (tmp_path / "o2").exists()
 
 
+def test_a_link_at_a_derived_target_is_refused_alone_never_followed(tmp_path):
+    # restore --all's DIR/JOB with a link planted there: that request fails, the others are restored
+    repo, snap = _snapshot(tmp_path, [("d", "dir", None), ("d/a", "file", b"new")])
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("precious")
+    os.chmod(victim, 0o711)
+    os.utime(victim, ns=(MTIME, MTIME))
+    before = os.stat(victim)
+    out = tmp_path / "all"
+    out.mkdir()
+    os.symlink(victim, out / "app")
+    os.symlink(tmp_path / "nowhere", out / "dangling")
+    done = restore_snapshots(repo, [RestoreRequest(snap, str(out / "app"), overwrite="if-changed", delete=True),
+                                    RestoreRequest(snap, str(out / "dangling")),
+                                    RestoreRequest(snap, str(out / "km"), delete=True)])
+    for restored, name in zip(done, ("app", "dangling")):
+        assert restored.result is None and isinstance(restored.failure, TargetError)
+        assert str(restored.failure) == (f"{out / name} is a symbolic link: not followed (a link there could send "
+                                         "the restore outside its directory); remove it, or restore elsewhere")
+    assert done[2].failure is None and done[2].result.created == [".", "d", "d/a"]
+    assert (out / "km/d/a").read_bytes() == b"new"
+    assert os.listdir(victim) == ["precious.txt"] and not (tmp_path / "nowhere").exists()
+    after = os.stat(victim)
+    assert (stat.S_IMODE(after.st_mode), after.st_mtime_ns) == (0o711, before.st_mtime_ns)
+    with pytest.raises(TargetError, match="symbolic link: not followed"):
+        restore_snapshot(repo, snap, str(out / "app"), dry_run=True)
+    assert os.path.islink(out / "app") and os.path.islink(out / "dangling")
+
+
 def test_target_that_is_a_file_and_a_dry_run_that_creates_nothing(tmp_path):
     repo, snap = _snapshot(tmp_path, [("a", "file", b"a")])
     (tmp_path / "file").write_text("x")
@@ -252,8 +282,8 @@ def test_target_that_is_a_file_and_a_dry_run_that_creates_nothing(tmp_path):
     with pytest.raises(TargetError, match=r"file/below is not a directory \(or a parent of it is not\)"):
         restore_snapshot(repo, snap, str(tmp_path / "file" / "below"))
     os.mkdir(tmp_path / "real")
-    os.symlink("real", tmp_path / "link")  # DIR itself may be a symlink to a directory: it is followed
-    assert restore_snapshot(repo, snap, str(tmp_path / "link")).errors == []
+    os.symlink("real", tmp_path / "link")  # DIR named by the operator may be a symlink: it is followed
+    assert restore_snapshot(repo, snap, str(tmp_path / "link"), follow_target=True).errors == []
     assert (tmp_path / "real" / "a").read_bytes() == b"a"
     dry = restore_snapshot(repo, snap, str(tmp_path / "new" / "dir"), dry_run=True)
     assert dry.created == [".", "a"] and not (tmp_path / "new").exists()

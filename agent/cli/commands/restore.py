@@ -176,8 +176,10 @@ def _restore_trees(config, repo, wanted: Sequence[Tuple[Snapshot, RestoreOptions
 
     if not wanted:
         return EXIT_OK
+    # --all's DIR/JOB is ours to derive: a link planted there is refused; `--target DIR` is the operator's own
     requests = [RestoreRequest(snapshot, os.path.abspath(str(one.target)), one.paths, one.overwrite, one.delete,
-                               one.dry_run, _excluded_by_job(config, snapshot)) for snapshot, one in wanted]
+                               one.dry_run, _excluded_by_job(config, snapshot), follow_target=not one.every_job)
+                for snapshot, one in wanted]
     with progress("restore", any(one.json or one.dry_run for _, one in wanted)) as shown:
         outcomes = restore_snapshots(repo, requests, shown)
     worst = EXIT_OK
@@ -283,7 +285,8 @@ def _dry_run_dump(repo, snapshot: Snapshot, options: RestoreOptions) -> int:
     from agent.dumps.restore import RestoreRefused, dump_destination, dump_entry
 
     try:
-        target = dump_destination(dump_entry(repo, snapshot), os.path.abspath(str(options.target)), options.force)
+        target = dump_destination(dump_entry(repo, snapshot), os.path.abspath(str(options.target)), options.force,
+                                  follow_target=not options.every_job)
     except RestoreRefused:
         error(f"{options.target} exists: the dump of {snapshot.job} would not replace it without --force (or an "
               "--overwrite other than never)")
@@ -316,7 +319,8 @@ def _restore_dump(config, repo, snapshot, options: RestoreOptions) -> int:
             return EXIT_OK
         if not options.target:
             raise UsageError("give --target FILE (or --to-database NAME for a mysql snapshot)")
-        restored = restore_to_file(repo, snapshot, os.path.abspath(options.target), options.force)
+        restored = restore_to_file(repo, snapshot, os.path.abspath(options.target), options.force,
+                                   follow_target=not options.every_job)
     except RestoreRefused as exc:
         error(str(exc))
         return EXIT_FAILED
