@@ -203,8 +203,11 @@ class Lane:
         self.thread: Optional[threading.Thread] = None
         from agent.drill import remove_leftovers
 
-        for path in remove_leftovers(config.state_dir):
+        cleared = remove_leftovers(config.state_dir)
+        for path in cleared.removed:
             log.info("removed the scratch directory of an interrupted drill: %s", path)
+        for problem in cleared.problems:
+            log.warning("%s", problem)
 
     @property
     def busy(self) -> bool:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Union
+
+import pytest
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,17 @@ def make_tree(root: str, spec: TreeSpec) -> None:
         else:
             with open(path, "wb") as handle:
                 handle.write(value.encode() if isinstance(value, str) else value)
+
+
+def nobody_can_use(area) -> List[str]:
+    """setpriv argv for a user without CAP_DAC_OVERRIDE (nobody), after handing it `area` (a shared_tmp);
+    skips the test where setpriv is missing."""
+    if not shutil.which("setpriv"):
+        pytest.skip("needs setpriv")
+    for directory, dirs, files in os.walk(str(area)):
+        for name in dirs + files + [""]:
+            os.lchown(os.path.join(directory, name), 65534, 65534)
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
 
 
 def agent_command() -> List[str]:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 from agent.drill.dumps import prove_command, prove_mysql, prove_sqlite
 from agent.drill.proof import Proof
-from agent.drill.scratch import Scratch
+from agent.drill.scratch import Cleared, Scratch, clear_leftovers
 from agent.drill.server import ServerError
 from agent.drill.tree import prove_tree
 from agent.report import RunReport, new_run_id, utc_now
@@ -82,29 +82,35 @@ def drill(repo: Repository, target: DrillTarget, state_dir: str, spool: Optional
 
 
 def _prove(repo: Repository, snapshot: Snapshot, state_dir: str) -> Proof:
+    """The proof of `snapshot` in a new scratch directory, with what could not be cleaned up as warnings.
+    Raises OSError if no scratch directory can be made."""
     prover = PROVERS.get(snapshot.type)
     if prover is None:
         return Proof(errors=(f"snapshot {snapshot.id[:12]} is of type {snapshot.type}, which no drill proves",))
     with Scratch(state_dir) as scratch:
-        try:
-            return prover(repo, snapshot, scratch.directory(snapshot.type))
-        except DamagedBlobError as exc:  # a blob of the manifest, or of a dump being read: named with its pack
-            location = repo.index.get(exc.blob_id)
-            pack = f" (pack {location.pack.hex()})" if location is not None else ""
-            return Proof(errors=(f"snapshot {snapshot.id[:12]} cannot be read: {exc}{pack}",))
-        except RepositoryError as exc:
-            return Proof(errors=(f"snapshot {snapshot.id[:12]} cannot be read: {exc}",))
-        except ServerError as exc:
-            return Proof(errors=(f"throwaway server: {exc}",))
-        except OSError as exc:
-            where = f"{exc.filename}: " if exc.filename else ""
-            return Proof(errors=(f"{where}{exc.strerror or exc}",))
-        except Exception as exc:  # a restore path that fails in a way of its own: the drill fails, named
-            return Proof(errors=(in_words(exc),))
+        proof = _proven(prover, repo, snapshot, scratch)
+    return replace(proof, warnings=proof.warnings + tuple(scratch.warnings))
 
 
-def remove_leftovers(state_dir: str) -> List[str]:
-    """Scratch directories of killed drills, removed (with their servers); for start-up of the daemon."""
-    from agent.drill.scratch import clear_leftovers
+def _proven(prover: Prover, repo: Repository, snapshot: Snapshot, scratch: Scratch) -> Proof:
+    try:
+        return prover(repo, snapshot, scratch.directory(snapshot.type))
+    except DamagedBlobError as exc:  # a blob of the manifest, or of a dump being read: named with its pack
+        location = repo.index.get(exc.blob_id)
+        pack = f" (pack {location.pack.hex()})" if location is not None else ""
+        return Proof(errors=(f"snapshot {snapshot.id[:12]} cannot be read: {exc}{pack}",))
+    except RepositoryError as exc:
+        return Proof(errors=(f"snapshot {snapshot.id[:12]} cannot be read: {exc}",))
+    except ServerError as exc:
+        return Proof(errors=(f"throwaway server: {exc}",))
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return Proof(errors=(f"{where}{exc.strerror or exc}",))
+    except Exception as exc:  # a restore path that fails in a way of its own: the drill fails, named
+        return Proof(errors=(in_words(exc),))
 
+
+def remove_leftovers(state_dir: str) -> Cleared:
+    """Scratch directories of killed drills, removed (with their servers); for start-up of the daemon.
+    Never raises: what could not be removed is in the result's problems."""
     return clear_leftovers(os.path.join(state_dir, "drill"))

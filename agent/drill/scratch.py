@@ -5,6 +5,13 @@ A drill killed with `kill -9` cannot clean up after itself. The kernel drops its
 tells a leftover from a running drill, and removes it: first every process still running from it (a
 throwaway database server, an install script), found by the marker they carry in their argv -- the
 leftover's own path in `--datadir=` -- never by program name, then the files.
+
+Clean-up never follows a link it did not make: `STATE_DIR/drill` that is a symlink is refused (a drill
+there would list and delete in whatever it points to), and everything is removed entry by entry relative
+to directory descriptors (agent.restorer.target.remove_tree), a link removed, never followed. A directory
+restored without owner permissions (0000, 0500) is opened up first: the scratch is this user's own. A
+scratch directory that cannot be removed (another user's leftover) is a warning, never the failure of a
+drill: the drill runs in a new one.
 """
 
 from __future__ import annotations
@@ -12,44 +19,71 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import shutil
+import secrets
 import signal
 import stat
 import tempfile
 import time
-from typing import List
+from typing import List, NamedTuple, Tuple
 
 from agent.durable import make_private_dirs
+from agent.restorer.target import remove_tree
 
 LOCK = ".lock"
 SOCKET_DIR = ".socket-dir"  # names a short-path directory outside the scratch dir, if one was made
+SOCKET_PREFIX = "backup-agent-drill-"  # such a directory's name in the temp directory
 _GONE_WAIT = 10.0  # seconds to wait for a killed leftover process to disappear
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_LINKED = "a symbolic link, not followed: drills keep their scratch directories in a directory of their own " \
+    "(remove the link)"
+
+
+class Cleared(NamedTuple):
+    """What a clean-up of leftovers did: the scratch directories removed, and what it could not remove
+    (one sentence each, naming the directory)."""
+
+    removed: Tuple[str, ...] = ()
+    problems: Tuple[str, ...] = ()
 
 
 class Scratch:
     """One drill run's scratch directory under `state_dir`; leftovers of dead runs are removed first.
     `path` is private (0700). Use as a context manager: `close` kills what still runs from it and
-    removes it, whatever happened. Raises OSError if `state_dir` cannot hold it."""
+    removes it, whatever happened. `warnings`: leftovers (and, after `close`, this run's own directory)
+    that could not be removed. Raises OSError if `state_dir` cannot hold it (`STATE_DIR/drill` a link)."""
 
     def __init__(self, state_dir: str) -> None:
         root = os.path.join(state_dir, "drill")
         make_private_dirs(root)
-        clear_leftovers(root)
-        self.path = tempfile.mkdtemp(prefix="run-", dir=root)
-        self._lock = os.open(os.path.join(self.path, LOCK), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        self._root = open_root(root)
+        opened = [self._root]
+        try:
+            self.warnings: List[str] = list(_clear(self._root, root).problems)
+            self.name = _new_run(self._root)
+            self.path = os.path.join(root, self.name)
+            self._fd = os.open(self.name, _DIR, dir_fd=self._root)
+            opened.append(self._fd)
+            self._lock = os.open(LOCK, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self._fd)
+        except BaseException:
+            for fd in opened:
+                os.close(fd)
+            raise
         fcntl.flock(self._lock, fcntl.LOCK_EX)
 
     def directory(self, name: str) -> str:
         """A new, empty, private directory `name` in the scratch directory."""
-        path = os.path.join(self.path, name)
-        os.mkdir(path, 0o700)
-        return path
+        os.mkdir(name, 0o700, dir_fd=self._fd)
+        return os.path.join(self.path, name)
 
     def close(self) -> None:
         try:
-            _remove(self.path)
+            _remove(self._root, self.name, self.path)
+        except OSError as exc:
+            self.warnings.append(f"{self.path}: this drill's scratch directory could not be removed "
+                                 f"({exc.strerror or exc}); the next drill tries again")
         finally:
-            os.close(self._lock)
+            for fd in (self._lock, self._fd, self._root):
+                os.close(fd)
 
     def __enter__(self) -> Scratch:
         return self
@@ -58,28 +92,76 @@ class Scratch:
         self.close()
 
 
-def clear_leftovers(root: str) -> List[str]:
-    """Remove the scratch directories under `root` whose drill is gone (their lock is free), with every
-    process still running from them; returns their paths."""
-    removed = []
+def open_root(root: str) -> int:
+    """`STATE_DIR/drill` opened as a directory, never through a symlink; OSError naming it if it is one."""
     try:
-        names = os.listdir(root)
-    except FileNotFoundError:
-        return removed
-    for name in names:
-        path = os.path.join(root, name)
-        if not name.startswith("run-") or not os.path.isdir(path) or _alive(path):
+        return os.open(root, _DIR)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP) and os.path.islink(root):
+            raise OSError(errno.ELOOP, _LINKED, root) from None
+        raise
+
+
+def _new_run(root: int) -> str:
+    """A new private directory `run-*` in the open directory `root` (as mkdtemp, relative to `root`)."""
+    while True:
+        name = f"run-{secrets.token_hex(4)}"
+        try:
+            os.mkdir(name, 0o700, dir_fd=root)
+            return name
+        except FileExistsError:
             continue
-        _remove(path)
-        removed.append(path)
-    return removed
 
 
-def _alive(path: str) -> bool:
+def clear_leftovers(root: str) -> Cleared:
+    """Remove the scratch directories under `root` (`STATE_DIR/drill`) whose drill is gone (their lock is
+    free), with every process still running from them. Never raises: what it cannot do is a problem."""
     try:
-        fd = os.open(os.path.join(path, LOCK), os.O_RDWR | os.O_CLOEXEC)
+        fd = open_root(root)
+    except FileNotFoundError:
+        return Cleared()
+    except OSError as exc:
+        return Cleared(problems=(f"{root}: {exc.strerror or exc}",))
+    try:
+        return _clear(fd, root)
+    finally:
+        os.close(fd)
+
+
+def _clear(root_fd: int, root: str) -> Cleared:
+    removed, problems = [], []
+    try:
+        names = os.listdir(root_fd)
+    except OSError as exc:
+        return Cleared(problems=(f"{root}: cannot be listed ({exc.strerror or exc})",))
+    for name in sorted(names):
+        path = os.path.join(root, name)
+        try:
+            # a link named run-* is no scratch directory of a drill: left alone, never followed
+            if not name.startswith("run-") or not stat.S_ISDIR(os.lstat(name, dir_fd=root_fd).st_mode) \
+                    or _alive(root_fd, name):
+                continue
+            _remove(root_fd, name, path)
+        except FileNotFoundError:  # another drill removed it meanwhile
+            continue
+        except OSError as exc:
+            problems.append(f"{path}: the scratch directory of an earlier drill cannot be removed "
+                            f"({exc.strerror or exc}); it is left for someone to remove")
+            continue
+        removed.append(path)
+    return Cleared(tuple(removed), tuple(problems))
+
+
+def _alive(root: int, name: str) -> bool:
+    """Whether the drill of scratch directory `name` runs (holds its lock). Raises OSError if the
+    directory cannot be opened (another user's): then it is not this process's to remove either."""
+    run = os.open(name, _DIR, dir_fd=root)
+    try:
+        fd = os.open(LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=run)
     except OSError:
-        return False  # made, but its lock not yet: only mkdtemp's caller knows it, and it would hold it
+        return False  # made, but its lock not yet: only _new_run's caller knows it, and it would hold it
+    finally:
+        os.close(run)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return False
@@ -91,34 +173,39 @@ def _alive(path: str) -> bool:
         os.close(fd)
 
 
-def _remove(path: str) -> None:
-    """Kill what runs from `path`, then delete it (and the short socket directory it names)."""
+def _remove(root: int, name: str, path: str) -> None:
+    """Kill what runs from `path` (`name` in the open directory `root`), then delete it, and the short
+    socket directory it names."""
     kill_marked(path)
+    _remove_socket_dir(root, name)
+    remove_tree(root, name)
+
+
+def _remove_socket_dir(root: int, name: str) -> None:
+    """The socket directory a throwaway server made in the temp directory (server.py), if `name` records
+    one: removed if it is still a directory of this user's there (not a link, nothing elsewhere)."""
     try:
-        with open(os.path.join(path, SOCKET_DIR), encoding="utf-8") as handle:
-            socket_dir = handle.read().strip()
+        run = os.open(name, _DIR, dir_fd=root)
+        try:
+            fd = os.open(SOCKET_DIR, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=run)
+        finally:
+            os.close(run)
+        with open(fd, encoding="utf-8") as handle:
+            recorded = handle.read().strip()
     except OSError:
-        socket_dir = ""
-    if socket_dir.startswith(tempfile.gettempdir() + "/backup-agent-drill-"):
-        shutil.rmtree(socket_dir, ignore_errors=True)
-    shutil.rmtree(path, onerror=_writable_and_retry)
-
-
-def _writable_and_retry(func, failed: str, _exc: object) -> None:  # shutil.rmtree's onerror signature
-    # a restored 0555 directory refuses its entries' removal to a user without CAP_DAC_OVERRIDE
-    parent = os.path.dirname(failed)
+        return
+    base = os.path.basename(recorded)
+    if os.path.dirname(recorded) != tempfile.gettempdir() or not base.startswith(SOCKET_PREFIX):
+        return
+    temp = os.open(tempfile.gettempdir(), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.chmod(parent, stat.S_IRWXU)
-        if func is os.rmdir or func is os.unlink:
-            func(failed)
-        else:
-            shutil.rmtree(failed, onerror=_ignore)
-    except FileNotFoundError:
-        pass
-
-
-def _ignore(*_: object) -> None:
-    pass
+        found = os.lstat(base, dir_fd=temp)
+        if stat.S_ISDIR(found.st_mode) and found.st_uid == os.geteuid():
+            remove_tree(temp, base)
+    except OSError:
+        pass  # gone already, or not ours to remove: a few bytes in the temp directory
+    finally:
+        os.close(temp)
 
 
 def marked_processes(path: str) -> List[int]:

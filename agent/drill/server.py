@@ -19,6 +19,7 @@ import tempfile
 import time
 from typing import Iterable, List, Optional, Sequence
 
+from agent.drill.scratch import SOCKET_DIR, SOCKET_PREFIX
 from agent.execute import Finished, feed_command, run_hook
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -57,8 +58,8 @@ class ThrowawayServer:
         self.proc: Optional[subprocess.Popen] = None
         socket_dir = directory
         if len(os.path.join(directory, "mysqld.sock")) > _SOCKET_PATH_MAX:
-            socket_dir = tempfile.mkdtemp(prefix="backup-agent-drill-")
-            with open(os.path.join(os.path.dirname(directory), ".socket-dir"), "w", encoding="utf-8") as handle:
+            socket_dir = tempfile.mkdtemp(prefix=SOCKET_PREFIX)
+            with open(os.path.join(os.path.dirname(directory), SOCKET_DIR), "w", encoding="utf-8") as handle:
                 handle.write(socket_dir)
         self.socket = os.path.join(socket_dir, "mysqld.sock")
         self.daemon = _find(("mariadbd", "mysqld"))

@@ -4,6 +4,7 @@ create, make writable, remove), none of which can reach outside DIR.
 Every name is resolved one component at a time relative to its parent's descriptor with O_NOFOLLOW, so
 neither a tampered manifest (`../x`, `/etc/x`; refused before it gets here by `safe_parts`) nor a symlink
 planted in the target can redirect a write or a delete, and paths longer than PATH_MAX work.
+`remove_tree` is the same removal for a directory of the caller's own (a drill's scratch directory).
 """
 
 from __future__ import annotations
@@ -80,17 +81,25 @@ class Target:
 
     # --- looking, changing nothing ---------------------------------------------------------------------
 
-    def find_dir(self, parts: Parts) -> Optional[int]:
-        """The descriptor of an existing directory (never a symlink to one), or None; creates nothing."""
+    def find_dir(self, parts: Parts, open_up: bool = False) -> Optional[int]:
+        """The descriptor of an existing directory (never a symlink to one), or None; creates nothing.
+        With `open_up`, a directory of this user that it may not open (0000) gets owner rwx on the way
+        (a drill checking its own scratch copy: the mode was compared before, parents come first)."""
         fd = self._fds.get(parts)
         if fd is not None or not parts or parts in self._missing:
             return fd
-        parent = self.find_dir(parts[:-1])
+        parent = self.find_dir(parts[:-1], open_up)
         if parent is None:
             self._missing.add(parts)
             return None
         try:
-            fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
+            try:
+                fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
+            except PermissionError:
+                if not open_up:
+                    raise
+                _open_up(parent, parts[-1], self.euid)
+                fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                 self._missing.add(parts)
@@ -135,7 +144,7 @@ class Target:
                 os.mkdir(name, 0o700, dir_fd=parent)
                 fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
             except PermissionError:
-                self._open_up(parent, name)
+                _open_up(parent, name, self.euid)
                 fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
             except OSError as exc:
                 if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
@@ -146,55 +155,16 @@ class Target:
             fd = self._remember(parts, fd)
             self._missing.clear()  # it, and maybe what was missing below it, exist now
         if parts not in self._opened_writable:
-            self._make_writable(fd)
+            _make_writable(fd, self.euid)
             self._opened_writable.add(parts)
         return fd
-
-    def _make_writable(self, fd: int) -> None:
-        """Owner write and search on a directory of ours that lacks them (a 0555 one)."""
-        st = os.fstat(fd)
-        if self.euid != 0 and st.st_uid == self.euid and st.st_mode & 0o300 != 0o300:
-            os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
-
-    def _open_up(self, parent: int, name: str) -> None:
-        """A directory of ours that we may not even open (0000, say): give the owner rwx. An O_PATH
-        descriptor needs no permission, and chmod through /proc/self/fd/N changes that very inode (a
-        symlink swapped in meanwhile would be what O_NOFOLLOW opened, and O_DIRECTORY refuses it)."""
-        if self.euid == 0:
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
-        fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-        try:
-            st = os.fstat(fd)
-            if st.st_uid != self.euid:
-                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
-            os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(st.st_mode) | 0o700)
-        finally:
-            os.close(fd)
 
     def remove(self, parent: int, name: str) -> None:
         """Remove `name` in directory `parent`, a directory with everything below it, never following
         a symlink (a link is removed, not what it points to)."""
-        try:
-            os.unlink(name, dir_fd=parent)
-            return
-        except IsADirectoryError:
-            pass
-        except OSError as exc:
-            if exc.errno not in (errno.EISDIR, errno.EPERM):
-                raise
-        self._forget_below(parent, name)
-        try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-        except PermissionError:
-            self._open_up(parent, name)
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-        try:
-            self._make_writable(fd)
-            for child in os.listdir(fd):
-                self.remove(fd, child)
-        finally:
-            os.close(fd)
-        os.rmdir(name, dir_fd=parent)
+        if not _unlinked(parent, name):
+            self._forget_below(parent, name)
+            _remove_dir(parent, name, self.euid)
 
     def _forget_below(self, parent: int, name: str) -> None:
         """Drop cached descriptors of a directory about to be removed (and of everything below it)."""
@@ -221,3 +191,61 @@ class Target:
         root = self._fds.pop((), None)
         if root is not None:
             os.close(root)
+
+
+def remove_tree(parent: int, name: str) -> None:
+    """Remove `name` in the open directory `parent` and, if it is a directory, everything below it, each
+    entry relative to its directory's descriptor: a symlink is removed, never followed. A directory of this
+    process's user that refuses it (0000, 0500: restored so) gets owner rwx first. Raises OSError."""
+    if not _unlinked(parent, name):
+        _remove_dir(parent, name, os.geteuid())
+
+
+def _unlinked(parent: int, name: str) -> bool:
+    """Unlink `name` in `parent`; False (nothing done) if it is a directory."""
+    try:
+        os.unlink(name, dir_fd=parent)
+        return True
+    except OSError as exc:
+        if exc.errno not in (errno.EISDIR, errno.EPERM):
+            raise
+        return False
+
+
+def _remove_dir(parent: int, name: str, euid: int) -> None:
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except PermissionError:
+        _open_up(parent, name, euid)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    try:
+        _make_writable(fd, euid)
+        for child in os.listdir(fd):
+            if not _unlinked(fd, child):
+                _remove_dir(fd, child, euid)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent)
+
+
+def _make_writable(fd: int, euid: int) -> None:
+    """Owner write and search on a directory of ours that lacks them (a 0555 one)."""
+    st = os.fstat(fd)
+    if euid != 0 and st.st_uid == euid and st.st_mode & 0o300 != 0o300:
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
+
+
+def _open_up(parent: int, name: str, euid: int) -> None:
+    """A directory of ours that we may not even open (0000, say): give the owner rwx. An O_PATH
+    descriptor needs no permission, and chmod through /proc/self/fd/N changes that very inode (a
+    symlink swapped in meanwhile would be what O_NOFOLLOW opened, and O_DIRECTORY refuses it)."""
+    if euid == 0:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
+    fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != euid:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
+        os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(st.st_mode) | 0o700)
+    finally:
+        os.close(fd)

@@ -14,7 +14,16 @@ import time
 
 import pytest
 
-from tests.helpers import agent_command, fs_job, make_tree, process_argv, process_state, wait_for_child
+from tests.helpers import (
+    agent_command,
+    fs_job,
+    make_tree,
+    new_agent,
+    nobody_can_use,
+    process_argv,
+    process_state,
+    wait_for_child,
+)
 
 
 def drill(agent, *args: str, expect: int) -> list:
@@ -142,6 +151,47 @@ def test_a_killed_drills_leftovers_are_cleared_by_the_next(agent, tree_jobs):
         if straggler.poll() is None:
             straggler.kill()
             straggler.wait()
+
+
+def test_a_linked_drill_directory_is_refused_and_what_it_links_to_kept(agent, tree_jobs, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    make_tree(str(elsewhere / "run-important"), {"data.db": "keep me"})  # looks like a leftover, has no lock
+    os.symlink(elsewhere, os.path.join(agent.state_dir, "drill"))
+    [report] = drill(agent, "export", expect=1)
+    assert report["status"] == "failed" and report["errors"] == [
+        f"{agent.state_dir}/drill: a symbolic link, not followed: drills keep their scratch directories in a "
+        "directory of their own (remove the link)"]
+    assert os.listdir(elsewhere) == ["run-important"]
+    assert (elsewhere / "run-important" / "data.db").read_text() == "keep me"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand the test area to another user")
+def test_a_user_without_override_drills_an_unreadable_directory_and_removes_its_scratch(shared_tmp):
+    agent = new_agent(str(shared_tmp / "agent"))
+    locked, plain = str(shared_tmp / "u"), str(shared_tmp / "plain")
+    make_tree(locked, {"zero/in/h": "hidden", "top.txt": "t"})
+    make_tree(plain, {"a.txt": "a"})
+    os.chmod(os.path.join(locked, "zero/in"), 0o000)
+    os.chmod(os.path.join(locked, "zero"), 0o500)
+    agent.write_jobs(fs_job("u", locked) + fs_job("plain", plain))
+    agent.backup()  # as root, who reads everything
+    user = nobody_can_use(shared_tmp)  # repository and state now nobody's
+    result = agent.run("drill", "u", "--json", user=user, timeout=600)
+    [report] = json.loads(result.stdout)
+    assert result.returncode == 0 and report["status"] == "ok", (report, result.stderr)
+    assert (report["files"], report["errors"], report["warnings"]) == (2, [], [])
+    assert scratch_left(agent) == []
+
+    # a leftover nobody may not remove (root's): named as a warning; no drill fails because of it
+    stuck = os.path.join(agent.state_dir, "drill", "run-stuck")
+    make_tree(stuck, {"data/f": "x"})
+    for _ in range(2):
+        result = agent.run("drill", "plain", "--json", user=user, timeout=600)
+        [report] = json.loads(result.stdout)
+        assert result.returncode == 0 and report["status"] == "ok", (report, result.stderr)
+        assert report["warnings"] == [f"{stuck}: the scratch directory of an earlier drill cannot be removed "
+                                      "(Permission denied); it is left for someone to remove"]
+        assert scratch_left(agent) == ["run-stuck"]
 
 
 # --- mysql: a throwaway server of the drill's own -------------------------------------------------------

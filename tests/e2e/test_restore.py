@@ -14,7 +14,17 @@ import subprocess
 import pytest
 
 from agent.store import Repository
-from tests.helpers import Link, deep_path, fs_job, make_tree, new_agent, read_deep, read_tree, write_deep
+from tests.helpers import (
+    Link,
+    deep_path,
+    fs_job,
+    make_tree,
+    new_agent,
+    nobody_can_use,
+    read_deep,
+    read_tree,
+    write_deep,
+)
 
 RELEASE_1 = {
     "tomcat/conf/server.xml": "<Server port='8005'/>", "tomcat/conf/context.xml": "<Context/>",
@@ -211,16 +221,6 @@ def test_a_file_where_a_directory_goes_and_the_other_way_round(agent, tmp_path):
     assert restored == read_tree(src)
 
 
-def _nobody_can_use(area) -> list:
-    """setpriv argv for a user without CAP_DAC_OVERRIDE, after handing it `area` (a shared_tmp)."""
-    if not shutil.which("setpriv"):
-        pytest.skip("needs setpriv")
-    for directory, dirs, files in os.walk(str(area)):
-        for name in dirs + files + [""]:
-            os.lchown(os.path.join(directory, name), 65534, 65534)
-    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand the test area to another user")
 def test_second_restore_into_a_read_only_directory_without_cap_dac_override(shared_tmp):
     tmp_path = shared_tmp
@@ -234,7 +234,7 @@ def test_second_restore_into_a_read_only_directory_without_cap_dac_override(shar
     agent.write_jobs(fs_job("svc", src))
     agent.backup()
     target = str(tmp_path / "out")
-    user = _nobody_can_use(tmp_path)
+    user = nobody_can_use(tmp_path)
     agent.run("restore", "svc:latest", "--target", target, check=0, user=user)
     os.chmod(os.path.join(target, "static"), 0o755)
     make_tree(target, {"static/app.js": "edited", "static/extra.js": "x"})
@@ -427,7 +427,7 @@ def test_extended_attributes_acls_and_hard_links_round_trip(shared_tmp):
     assert (again["created"], again["replaced"], again["conflict_count"]) == (0, 0, 0)
 
     if os.geteuid() == 0:  # a user that may not set trusted.*: a warning naming the file, run ok
-        user = _nobody_can_use(tmp_path)
+        user = nobody_can_use(tmp_path)
         result = agent.run("restore", "svc:latest", "--target", str(tmp_path / "as-nobody"), user=user)
         assert result.returncode == 0, result.stderr
         [warning] = [line for line in result.stderr.splitlines() if "warning:" in line]
