@@ -74,3 +74,22 @@ def test_records_keep_the_times_across_restarts(tmp_path):
     assert Records(str(tmp_path)).load() == records({"api": STARTED}, prune=STARTED + 1)
     (tmp_path / "maintenance.json").write_text("{not json")
     assert Records(str(tmp_path)).load() == records()  # a damaged file: as if nothing ran (all due again)
+
+
+def test_start_up_clears_leftovers_and_names_what_it_will_not_follow(tmp_path, caplog):
+    from agent.maintenance import Lane
+
+    state = tmp_path / "state"
+    (state / "drill" / "run-dead" / "fs").mkdir(parents=True)  # a killed drill's: removed
+    Lane(replace(config(), state_dir=str(state)), STARTED, lambda name: True, print, lambda: None, lambda: STARTED)
+    assert list((state / "drill").iterdir()) == []
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "run-important").mkdir(parents=True)
+    (state / "drill").rmdir()
+    (state / "drill").symlink_to(elsewhere)
+    with caplog.at_level("WARNING", logger="backup-agent"):
+        Lane(replace(config(), state_dir=str(state)), STARTED, lambda name: True, print, lambda: None, lambda: STARTED)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{state}/drill: a symbolic link, not followed: drills keep their scratch directories in a directory of "
+        "their own (remove the link)"]
+    assert [path.name for path in elsewhere.iterdir()] == ["run-important"]
