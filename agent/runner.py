@@ -29,6 +29,7 @@ from agent.snapshot.cache import FilesCache, cache_path
 from agent.snapshot.changes import ChangeSet
 from agent.snapshot.fs import Aborted, TreeResult, backup_tree
 from agent.snapshot.ignore import IgnoreRules
+from agent.snapshot.reader import StoreFailed
 from agent.state import StateDir
 from agent.store import Repository
 from agent.text import in_words
@@ -137,6 +138,9 @@ def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional
             repo.settle()  # a failed run's packs still being written land before its clean-up looks
             if not shared:
                 repo.close()  # a shared repository's open packs may be in use by another run
+    except StoreFailed as exc:  # the repository refused a write (a full disk): what it stored goes at once
+        _clean_up(config, run_lock=run_lock)
+        return report("failed", (in_words(exc.cause),), bytes=exc.size, new_bytes=exc.new_bytes)
     except (Aborted, LockTimeout) as exc:
         _clean_up(config, wrote=isinstance(exc, Aborted), run_lock=run_lock)
         return report("failed", ("aborted: the agent was stopping; nothing of this run was committed",))
@@ -147,7 +151,8 @@ def run_job(config: Config, job: Job, trigger: str = "manual", changes: Optional
     except Exception as exc:  # the run failed as a whole; the report carries why
         _clean_up(config, run_lock=run_lock)
         return report("failed", (in_words(exc),))
-    _clean_up(config, wrote=result.snapshot is None and result.bytes > 0, run_lock=run_lock)  # a failed dump
+    # a dump judged bad reports the new data it stored
+    _clean_up(config, wrote=result.snapshot is None and result.new_bytes > 0, run_lock=run_lock)
     incremental = result.incremental
     changes = None if result.changes is None else Changes(
         **result.changes.counts(), paths=tuple(result.changes.paths(MAX_CHANGE_PATHS)))

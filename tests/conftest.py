@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import subprocess
 import tempfile
 import threading
-from typing import Iterator
+from typing import Callable, Iterator, List
 
 import pytest
 
@@ -41,6 +42,29 @@ def no_thread_leaks():
         thread.join(timeout=5)
     still = [thread.name for thread in leaked if thread.is_alive()]
     assert not still, f"threads leaked by the test: {still}"
+
+
+@pytest.fixture
+def tmpfs(tmp_path) -> Iterator[Callable[[str], str]]:
+    """tmpfs(size) -> the path of a tmpfs of `size` (mount's form: "2m") mounted for the test (root only),
+    every one unmounted afterwards whatever happens."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted: List[str] = []
+
+    def mount(size: str) -> str:
+        path = str(tmp_path / f"tmpfs-{len(mounted)}")
+        os.mkdir(path)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", path], check=True)
+        mounted.append(path)
+        return path
+
+    try:
+        yield mount
+    finally:
+        for path in reversed(mounted):
+            if subprocess.run(["umount", path]).returncode != 0:
+                subprocess.run(["umount", "-l", path], check=True)
 
 
 @pytest.fixture(scope="session")

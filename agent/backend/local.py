@@ -125,7 +125,12 @@ class LocalBackend:
 
     def save(self, handle: Handle, pieces: Sequence[Buffer]) -> None:
         path = self._path(handle)
-        tmp = write_temp(self._tmp, pieces, prefix=f"{handle.kind.value}-")
+        try:
+            tmp = write_temp(self._tmp, pieces, prefix=f"{handle.kind.value}-")
+        except OSError as exc:
+            if exc.filename is None:  # a failed write or fsync names no file (a full disk): name the object
+                raise OSError(exc.errno, exc.strerror, path) from exc
+            raise
         try:
             try:
                 os.rename(tmp, path)

@@ -31,14 +31,15 @@ def backup_dump(repo: Repository, job: Job, stop: Optional[threading.Event], nam
         with StreamingCommand(argv, job.timeout, secret_values, stop) as command:
             stored = store_stream(repo, command.stdout, stop, progress)
             finished = command.finish()
-    except OSError as exc:
-        # disk full in the repository, or the tool could not start: never a snapshot
+    except OSError as exc:  # the tool could not start (a full repository raises StoreFailed: see the runner)
         return TreeResult(None, False, 0, 0, 0, (mask(in_words(exc), secret_values),), ())
     errors = module.judge(finished, stored.tail)
     if not errors and stored.size == 0:
         errors = ["the dump is empty"]
     if errors:
-        return TreeResult(None, False, 0, stored.size, 0, tuple(mask(e, secret_values) for e in errors), ())
+        # no snapshot; what it read and stored is reported, and the runner removes what it stored at once
+        return TreeResult(None, False, 0, stored.size, stored.writer.new_bytes,
+                          tuple(mask(e, secret_values) for e in errors), ())
     snapshot, changed = commit_stream(repo, stored, module.dump_name(job), source=job.target, **names)
     return TreeResult(snapshot, changed, 1, stored.size, stored.writer.new_bytes, (), tool_warnings(finished))
 

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 
 from agent.snapshot.cache import FilesCache, owner_of
 from agent.snapshot.ignore import IgnoreRules
-from agent.snapshot.reader import Aborted, FileReader
+from agent.snapshot.reader import Aborted, FileReader, StoreFailed
 from agent.snapshot.records import TreeRecords
 from agent.store import Repository, Snapshot
 from agent.store.diff import ManifestDiff, diff_manifests
@@ -89,14 +89,20 @@ def commit(repo: Repository, root: str, rules: IgnoreRules, tree: TreeRecords, r
             reader.writer = repo.writer()
         if manifest is None:
             manifest = tree.manifest(hardlinks)
-        blobs = write_encoded(reader.writer, manifest)
-        reader.writer.flush()
+        try:
+            blobs = write_encoded(reader.writer, manifest)
+            reader.writer.flush()
+        except OSError as exc:  # the last packs could not be stored (a full disk): no snapshot
+            raise StoreFailed(exc, total_bytes, reader.writer.new_bytes) from exc
         if names.trigger == "change" and previous.trusted:
             changes = diff_manifests(read_encoded(repo, repo.load_snapshot(previous.cache.snapshot).tree), manifest)
-        snapshot = repo.save_snapshot(Snapshot(
-            job=names.job, type=names.job_type, host=names.host, time=names.now, trigger=names.trigger,
-            tree=blobs, files=file_count, bytes=total_bytes, fingerprint=fingerprint, source=(root,),
-            partial=partial, changes=changes.counts() if changes is not None else None))
+        try:
+            snapshot = repo.save_snapshot(Snapshot(
+                job=names.job, type=names.job_type, host=names.host, time=names.now, trigger=names.trigger,
+                tree=blobs, files=file_count, bytes=total_bytes, fingerprint=fingerprint, source=(root,),
+                partial=partial, changes=changes.counts() if changes is not None else None))
+        except OSError as exc:
+            raise StoreFailed(exc, total_bytes, reader.writer.new_bytes) from exc
     new_bytes = reader.writer.new_bytes if reader.writer else 0
     others = tree.others()
     # Rewriting an identical cache is skipped: that is most runs.

@@ -37,6 +37,16 @@ class Aborted(Exception):
     """The agent is stopping: the run ends without a snapshot (what was written is unreferenced)."""
 
 
+class StoreFailed(Exception):
+    """The repository refused a write the run needed (its disk is full): the run cannot go on, and no
+    source file is to blame. `cause` says why; `size` bytes had been read and `new_bytes` of them stored as
+    new data by then, for the run's report and its clean-up (what was stored is no snapshot's)."""
+
+    def __init__(self, cause: OSError, size: int, new_bytes: int) -> None:
+        super().__init__(str(cause))
+        self.cause, self.size, self.new_bytes = cause, size, new_bytes
+
+
 class TypeChanged(Exception):
     """The entry is no longer what the listing said (replaced by another type since)."""
 
@@ -106,16 +116,18 @@ class FileReader:
     def __init__(self, repo: Repository, cache: FilesCache, seed: int, stop: threading.Event) -> None:
         self.repo, self.cache, self.seed, self.stop = repo, cache, seed, stop
         self.writer: Optional[BlobWriter] = None
+        self.bytes_read = 0  # of the files read whole, for the report of a run the repository fails
 
     def read(self, dir_fd: int, name: str, number: Optional[int], warn: Callable[[str], None], rel: str) -> FileRead:
         """Read `name` (a regular file when listed). Raises TypeChanged, FileNotFoundError (it vanished),
-        OSError (unreadable), Aborted."""
+        OSError (unreadable), Aborted, StoreFailed (the repository could not store it)."""
         for attempt in range(ATTEMPTS):
             fd = _open_file(dir_fd, name)
             try:
                 result = self._read_open(fd, number)
             finally:
                 os.close(fd)
+            self.bytes_read += result.size
             if result.settled:
                 return result
             if attempt == ATTEMPTS - 1:
@@ -155,7 +167,10 @@ class FileReader:
     def _save(self, piece: memoryview | bytes) -> bytes:
         if self.writer is None:
             self.writer = self.repo.writer()
-        blob_id, _ = self.writer.save(piece)
+        try:
+            blob_id, _ = self.writer.save(piece)
+        except OSError as exc:  # not the file's fault: the walk must not take it for an unreadable file
+            raise StoreFailed(exc, self.bytes_read, self.writer.new_bytes) from exc
         return blob_id
 
 

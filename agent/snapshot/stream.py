@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Deque, Optional, Tuple
 
 from agent.progress import Progress
-from agent.snapshot.reader import Aborted
+from agent.snapshot.reader import Aborted, StoreFailed
 from agent.store import BlobWriter, Repository, Snapshot
 from agent.store.manifest import Entry
 from agent.store.tree import write_tree
@@ -39,7 +39,8 @@ def store_stream(repo: Repository, stream: BinaryIO, stop: Optional[threading.Ev
                  progress: Optional[Progress] = None) -> StoredStream:
     """Chunk the stream on this thread while worker threads hash and compress the chunks before it: the
     dump tool, the chunker and compression run at once, so the tool is not held up by a full pipe.
-    `progress` is told each chunk's bytes."""
+    `progress` is told each chunk's bytes. Raises StoreFailed for an OSError (how far it got), Aborted
+    when `stop` is set."""
     writer = repo.writer()
     ids = []
     size = 0
@@ -65,6 +66,8 @@ def store_stream(repo: Repository, stream: BinaryIO, stop: Optional[threading.Ev
                 ids.append(_add(writer, in_flight.popleft()))
             if progress is not None:
                 progress.advance(files=1)  # the dump is one file of the snapshot
+        except OSError as exc:
+            raise StoreFailed(exc, size, writer.new_bytes) from exc
         finally:
             for future in in_flight:
                 future.cancel()
@@ -79,15 +82,20 @@ def _add(writer: BlobWriter, future: Future) -> bytes:
 
 def commit_stream(repo: Repository, stored: StoredStream, name: str, *, job: str, job_type: str, host: str,
                   trigger: str, now: str, source: str) -> Tuple[Snapshot, bool]:
-    """Write the snapshot of a judged-good stream; returns it and whether it differs from the last one."""
+    """Write the snapshot of a judged-good stream; returns it and whether it differs from the last one.
+    Raises StoreFailed when the repository refuses a write."""
     fingerprint = hashlib.sha256(b"".join(stored.chunks)).hexdigest()
     previous = repo.history(job, host)  # a snapshot dated by a wrong clock does not count as the last
     if previous and previous[-1].fingerprint == fingerprint and not previous[-1].partial:
         return previous[-1], False  # identical dump (same bytes): nothing new to keep
     entry = Entry(name, "file", 0o600, os.getuid(), os.getgid(), time.time_ns(), stored.size, stored.chunks)
-    tree = write_tree(stored.writer, [Entry(".", "dir", 0o700, os.getuid(), os.getgid(), time.time_ns()), entry])
-    stored.writer.flush()
-    snapshot = repo.save_snapshot(Snapshot(job=job, type=job_type, host=host, time=now, trigger=trigger,
-                                           tree=tree, files=1, bytes=stored.size, fingerprint=fingerprint,
-                                           source=(source,)))
+    try:
+        tree = write_tree(stored.writer, [Entry(".", "dir", 0o700, os.getuid(), os.getgid(), time.time_ns()),
+                                          entry])
+        stored.writer.flush()  # the last packs: the first write that fails on a full disk, often
+        snapshot = repo.save_snapshot(Snapshot(job=job, type=job_type, host=host, time=now, trigger=trigger,
+                                               tree=tree, files=1, bytes=stored.size, fingerprint=fingerprint,
+                                               source=(source,)))
+    except OSError as exc:
+        raise StoreFailed(exc, stored.size, stored.writer.new_bytes) from exc
     return snapshot, True

@@ -414,18 +414,9 @@ def test_a_last_run_recorded_by_a_clock_that_ran_ahead_does_not_hold_the_timer(a
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path):
+def small_tmpfs(tmpfs):
     """A 2 MiB tmpfs mounted for the test (root only), unmounted whatever happens."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount)], check=True)
-    try:
-        yield str(mount)
-    finally:
-        if subprocess.run(["umount", str(mount)]).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount)], check=True)
+    return tmpfs("2m")
 
 
 def fill(directory: str) -> str:

@@ -145,3 +145,45 @@ def test_a_failed_backup_removes_what_it_wrote(agent, tmp_path, encrypted):
     agent.run("verify", "--read-data", check=0)
     [report] = agent.backup("svc")
     assert report["status"] == "ok"
+
+
+def _stored(repository: str) -> Set[str]:
+    """The packs, data keys and snapshot documents of a repository (what a failed run may leave)."""
+    return {os.path.relpath(os.path.join(root, name), repository)
+            for kind in ("data", "packkeys", "snapshots")
+            for root, _dirs, files in os.walk(os.path.join(repository, kind)) for name in files}
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_a_backup_that_fills_the_repositorys_disk_removes_what_it_wrote(agent, tmpfs, tmp_path, encrypted):
+    """The repository on a 40 MB filesystem: a dump and a tree of 60 MB each fail with the disk full, name
+    the repository's path, report what they read and stored before it, and leave nothing behind."""
+    repository = os.path.join(tmpfs("40m"), "repo")
+    with open(agent.config) as handle:
+        text = handle.read().replace(f'repository = "{agent.repository}"', f'repository = "{repository}"')
+    with open(agent.config, "w") as handle:
+        handle.write(text)
+    agent.repository = repository
+    if encrypted:
+        encrypt(agent, [generate_identity(agent, str(tmp_path / "operator" / "identity"))])
+    small, big = str(tmp_path / "small"), str(tmp_path / "big")
+    make_tree(small, {"a": os.urandom(100_000)})
+    make_tree(big, {f"f{n}": os.urandom(10_000_000) for n in range(6)})
+    agent.write_jobs(fs_job("small", small) + fs_job("bigtree", big) + '[jobs.bigdump]\ntype = "command"\n'
+                     'every = "24h"\nargv = ["head", "-c", "60000000", "/dev/urandom"]\n')
+    agent.backup("small")
+    clean = _stored(repository)
+    for job in ("bigdump", "bigtree", "bigdump"):
+        [report] = agent.backup(job, expect=1)
+        assert report["status"] == "failed" and report["snapshot"] is None, report
+        assert report["errors"] and all(error.startswith(repository + "/") and
+                                        error.endswith("No space left on device") for error in report["errors"])
+        if job == "bigdump":  # what it read and stored before the disk was full: two packs at least
+            assert report["bytes"] >= report["new_bytes"] > 2 * 16 * 2 ** 20, json.dumps(report)
+        assert _stored(repository) == clean, job  # gone with the failed run, not at the next prune
+        assert os.listdir(os.path.join(repository, "tmp")) == []
+    agent.run("verify", "--read-data", check=0)
+    assert "0 packs deleted" in agent.run("prune", check=0).stdout
+    [report] = agent.backup("small")
+    assert report["status"] == "ok"
+
