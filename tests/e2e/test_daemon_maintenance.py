@@ -15,7 +15,7 @@ import pytest
 from tests.e2e.test_daemon import Daemon, wait_for
 from tests.e2e.test_encryption import encrypt, generate_identity
 from tests.fixtures.collector import make_token
-from tests.helpers import agent_command, fs_job, make_tree, new_agent, wait_for_child
+from tests.helpers import agent_command, fs_job, make_tree, new_agent, process_state, wait_for_child
 
 
 def configure(agent, collector, tmp_path, extra: str = "") -> None:
@@ -187,3 +187,39 @@ def test_a_backup_that_fills_the_repositorys_disk_removes_what_it_wrote(agent, t
     [report] = agent.backup("small")
     assert report["status"] == "ok"
 
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_backup_stopped_by_a_signal_cleans_up_reports_and_exits_1(agent, tmp_path, number):
+    """`backup export svc` stopped while its dump streams (a pack stored): the dump is killed, its packs
+    are gone at once, a failed report is spooled, svc is not run, the exit status is 1 and the locks are
+    free for the next backup."""
+    tree = str(tmp_path / "svc")
+    make_tree(tree, {"a": os.urandom(100_000)})
+    agent.write_jobs(fs_job("svc", tree) + _HANGING_DUMP)
+    agent.backup("svc")
+    clean, packs = _stored(agent.repository), _packs(agent)
+    proc = subprocess.Popen([*agent_command(), "--config", agent.config, "backup", "export", "svc", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    dump = None
+    try:
+        dump = wait_for_child(proc.pid, ["sh", "sleep"])
+        wait_for(lambda: _packs(agent) - packs or proc.poll() is not None, timeout=120, interval=0.01)
+        assert proc.poll() is None, "the backup ended before it was stopped"
+        proc.send_signal(number)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        if dump is not None and process_state(dump) not in ("", "Z"):
+            os.killpg(dump, signal.SIGKILL)
+    assert proc.returncode == 1, (proc.returncode, out, err)
+    [report] = json.loads(out)
+    assert report["job"] == "export" and report["status"] == "failed" and report["snapshot"] is None, report
+    assert "1 job not run: svc" in err, err
+    wait_for(lambda: process_state(dump) in ("", "Z"))  # the dump tool went with the run
+    assert _stored(agent.repository) == clean  # removed at once, not at the next prune
+    pending = json.loads(agent.run("reports", "--json", check=0).stdout)
+    assert report["id"] in json.dumps(pending), pending
+    again = agent.run("backup", "svc", "--json", check=0, timeout=60)
+    assert "waiting" not in again.stderr and json.loads(again.stdout)[0]["status"] == "ok"
