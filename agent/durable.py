@@ -48,12 +48,16 @@ def make_private_dirs(path: str) -> None:
         fsync_dir(os.path.dirname(directory))
 
 
-def write_temp(directory: str, pieces: Iterable[bytes], prefix: str = ".tmp-", durable: bool = True) -> str:
+def write_temp(directory: str, pieces: Iterable[bytes], prefix: str = ".tmp-", durable: bool = True,
+               opened: Optional[Callable[[int], None]] = None) -> str:
     """Write `pieces` to a new private file in `directory` (fsynced if durable); the caller renames it
-    into place. On any error the temp file is removed."""
+    into place. `opened` is called with its descriptor first (a restore locks its temp file). On any
+    error the temp file is removed."""
     tmp = os.path.join(directory, f"{prefix}{os.urandom(8).hex()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
     try:
+        if opened is not None:
+            opened(fd)
         for piece in pieces:
             view = memoryview(piece)
             while view:

@@ -14,6 +14,7 @@ from agent.dumps import mysql
 from agent.dumps.retarget import Retarget, quote_name
 from agent.durable import write_temp
 from agent.execute import feed_command, run_hook
+from agent.leftovers import TEMP_PREFIX, hold, sweep
 from agent.store import Repository, Snapshot
 from agent.store.manifest import Entry
 from agent.store.tree import read_tree
@@ -62,18 +63,31 @@ def _is_dir(path: str) -> bool:
 class Restored(NamedTuple):
     path: str  # where the dump went: `target`, or the dump's name inside it when it is a directory
     size: int  # bytes
+    warnings: Tuple[str, ...] = ()  # temp files of interrupted restores removed beside it, or left
 
 
 def restore_to_file(repo: Repository, snapshot: Snapshot, target: str, force: bool,
                     follow_target: bool = False) -> Restored:
     """Write the dump to `target` (into it, under the dump's name, if it is a directory: see
-    dump_destination for `follow_target`); raises RestoreRefused if that exists and `force` is false."""
+    dump_destination for `follow_target`); raises RestoreRefused if that exists and `force` is false.
+    The dump is written under a temp name beside `target` and renamed into place; the temp files that
+    killed restores left there go first (agent.leftovers: never one that another restore is writing)."""
     entry = dump_entry(repo, snapshot)
     target = dump_destination(entry, target, force, follow_target)
     directory = os.path.dirname(os.path.abspath(target))
     os.makedirs(directory, exist_ok=True)
-    os.rename(write_temp(directory, dump_content(repo, entry), prefix=".restore-"), target)
-    return Restored(target, entry.size)
+    warnings = _sweep(directory)
+    os.rename(write_temp(directory, dump_content(repo, entry), prefix=TEMP_PREFIX, opened=hold), target)
+    return Restored(target, entry.size, warnings)
+
+
+def _sweep(directory: str) -> Tuple[str, ...]:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        swept = sweep(fd)
+    finally:
+        os.close(fd)
+    return tuple(swept.notes(lambda name: os.path.join(directory, name)))
 
 
 class _Client:

@@ -14,6 +14,7 @@ import os
 import stat
 from typing import AbstractSet, BinaryIO, Callable, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Set, Tuple
 
+from agent.leftovers import is_temp_name
 from agent.restorer.target import Parts, Target, safe_parts
 from agent.restorer.xattrs import reach, xattrs_differ
 from agent.store import Repository
@@ -91,7 +92,20 @@ def make_plan(repo: Repository, target: Target, selected: Iterable[Tuple[Parts, 
 def extras(target: Target, parts: Parts, held: AbstractSet[Parts], keep: Optional[Keep]) -> List[Parts]:
     """The entries of directory `parts` in the target that are not `held` nor kept; raises OSError."""
     return [parts + (name,) for name in sorted(target.listdir(parts))
-            if parts + (name,) not in held and not _kept(target, parts + (name,), keep)]
+            if parts + (name,) not in held and not _kept(target, parts + (name,), keep)
+            and not _restore_temp(target, parts + (name,))]
+
+
+def _restore_temp(target: Target, parts: Parts) -> bool:
+    """A restore's temp file: left to the sweep (leftovers.py), which never takes one a live restore
+    is writing."""
+    if not is_temp_name(parts[-1]):
+        return False
+    try:
+        st = target.lstat(parts)
+    except OSError:
+        return False
+    return st is not None and stat.S_ISREG(st.st_mode)
 
 
 def _kept(target: Target, parts: Parts, keep: Optional[Keep]) -> bool:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, TypeVar
 
 from agent.backend import BackendError
+from agent.leftovers import TEMP_PREFIX, hold, sweep
 from agent.progress import Progress
 from agent.restorer.plan import CREATE, REPLACE, SAME, Keep, Plan, Step, extras, make_plan, selection, show
 from agent.restorer.target import Parts, PathError, Target, TargetError, safe_parts
@@ -179,6 +180,7 @@ def _prepare(repo: Repository, request: RestoreRequest) -> _Job:
         result.conflicts = plan.paths(REPLACE)
     if request.dry_run:
         _describe(plan, result)
+        _sweep(dest, plan, result, dry_run=True)
     job = _Job(repo, request, result, dest, plan)
     if result.conflicts or request.dry_run:
         dest.close()
@@ -222,6 +224,7 @@ def _apply(repo: Repository, jobs: Sequence[_Job], progress: Optional[Progress])
     for job in jobs:
         assert job.plan is not None
         _delete(job.dest, job.plan.delete, job.result)
+        _sweep(job.dest, job.plan, job.result)
         for parts in job.plan.unlisted:  # opened (and made readable) by dir_fd, parents first
             try:
                 job.dest.dir_fd(parts)
@@ -247,6 +250,27 @@ def _apply(repo: Repository, jobs: Sequence[_Job], progress: Optional[Progress])
                 job.writer.finish_dir(step)
             except OSError as exc:
                 job.result.errors.append(f"{show(step.parts)}: {exc.strerror or exc}")
+
+
+def _sweep(dest: Target, plan: Plan, result: RestoreResult, dry_run: bool = False) -> None:
+    """Remove the temp files that killed restores left in the directories this restore writes into
+    (leftovers.py: never one a live restore is writing), each named in the result's warnings."""
+    if dest.fresh:
+        return
+    held: Dict[Parts, set] = {}
+    for step in plan.steps:
+        if step.entry.type == "dir":
+            held.setdefault(step.parts, set())
+        if step.parts:
+            held.setdefault(step.parts[:-1], set()).add(step.parts[-1])
+    for parts, names in held.items():
+        try:
+            fd = dest.find_dir(parts)
+            swept = sweep(fd, names, dry_run) if fd is not None else None
+        except OSError:  # a directory that cannot be listed: what the restore does there says why
+            continue
+        if swept is not None:
+            result.warnings.extend(swept.notes(lambda name, parts=parts: show(parts + (name,)), dry_run))
 
 
 class _Item(NamedTuple):
@@ -393,13 +417,18 @@ class _Writer:
                 if why is not None:
                     raise _Unreadable(why)
         made, fd = self._new(parent, name, action, lambda new: os.open(new, _NEW_FILE, 0o600, dir_fd=parent))
-        self._fill(fd, entry, parent, made)
-        if made != name:
-            self._into_place(parent, made, name, action)
+        try:
+            if made != name:
+                hold(fd)  # until it is in place: another restore's sweep passes it over (leftovers.py)
+            self._fill(fd, entry, parent, made)
+            if made != name:
+                self._into_place(parent, made, name, action)
+        finally:
+            os.close(fd)
 
     def _fill(self, fd: int, entry: Entry, parent: int, name: str) -> None:
-        """Write the entry's content and metadata into the new file `name` open as `fd`, and close it;
-        on any error the file is removed."""
+        """Write the entry's content and metadata into the new file `name` open as `fd`; on any error the
+        file is removed."""
         try:
             for chunk in entry.chunks:
                 try:
@@ -411,10 +440,8 @@ class _Writer:
                     view = view[os.write(fd, view):]
             self._metadata(fd, entry, entry.path)
         except BaseException:
-            os.close(fd)
             os.unlink(name, dir_fd=parent)
             raise
-        os.close(fd)
 
     def _link(self, parent: int, name: str, first: Parts, action: str) -> None:
         """Another name of an inode already restored: a hard link, made under its name where nothing was,
@@ -444,7 +471,7 @@ class _Writer:
     def _temp_name(self) -> str:
         """A name no other restore uses: one random part a restore, a counter a file (a random part a
         file cost a getrandom call each)."""
-        return f".restore-{self._prefix}{next(self._count):x}"
+        return f"{TEMP_PREFIX}{self._prefix}{next(self._count):x}"
 
     def _into_place(self, parent: int, tmp: str, name: str, action: str) -> None:
         try:

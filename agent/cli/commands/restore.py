@@ -332,6 +332,8 @@ def _restore_dump(config, repo, snapshot, options: RestoreOptions) -> int:
             raise UsageError(f"--target {options.target}: {exc.strerror or exc}") from None
         error(f"{options.target}: {exc.strerror or exc}")  # a full disk, an I/O error
         return EXIT_FAILED
+    for note in restored.warnings:
+        warning(note)
     err(f"restored the {render.size(restored.size)} dump of {snapshot.job} ({snapshot.time}) to {restored.path}")
     return EXIT_OK
 
