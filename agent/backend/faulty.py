@@ -1,7 +1,7 @@
 """A fault-injecting wrapper around any backend, for tests of what a repository does when its storage
 misbehaves: the Nth save fails (disk full) or is cut short (a torn write the storage did not report),
-listing raises, every call is slow. With no fault set it passes everything through unchanged, and as
-such it passes the conformance suite.
+listing raises, an object is not served, every call is slow. With no fault set it passes everything
+through unchanged, and as such it passes the conformance suite.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ class Faults:
     fail_save: Optional[int] = None       # this save raises OSError(ENOSPC) and stores nothing
     truncate_save: Optional[int] = None   # this save stores only the first half of its bytes
     fail_list: bool = False               # every list() raises BackendError
+    fail_load: str = ""                   # every load of an object whose name starts with this raises
+                                          # BackendError (storage that does not serve it: an HTTP 500)
     delay: float = 0.0                    # seconds every call waits first
     kinds: Optional[frozenset] = None     # the kinds whose saves are counted (None: all)
 
@@ -63,6 +65,8 @@ class FaultyBackend(Wrapper):
 
     def load(self, handle: Handle, length: int = -1, offset: int = 0) -> bytes:
         self._slow()
+        if self.faults.fail_load and handle.name.startswith(self.faults.fail_load):
+            raise BackendError(f"{self.inner.describe(handle)}: not served (injected fault)")
         return self.inner.load(handle, length, offset)
 
     def stat(self, handle: Handle) -> FileInfo:

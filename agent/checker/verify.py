@@ -155,13 +155,13 @@ def verify_repository(repo: Repository, read_data: bool = False, record: bool = 
     pairs: List[Tuple[bytes, bytes]] = []
     collect = _check_packs(repo, by_pack, read_data, result, pairs, progress)
 
-    for damaged in repo.damaged_snapshots():
-        result.problems.append(damaged.reason)
+    readable, damaged = repo.all_snapshots()  # one listing: each document is fetched once
+    result.problems.extend(document.reason for document in damaged)
     if read_data:
         result.problems.extend(repo.check_keys())
     references: List[Tuple[str, object, Set[bytes]]] = []
     ids_by_tree: Dict[Tuple[str, ...], Set[bytes]] = {}
-    for snapshot in repo.snapshots():
+    for snapshot in readable:
         result.snapshots += 1
         where = f"snapshot {snapshot.id[:12]} ({snapshot.job} {snapshot.time})"
         if snapshot.tree not in ids_by_tree:

@@ -15,10 +15,11 @@ from datetime import datetime
 from typing import Dict, List, Optional, Set, Tuple
 
 from agent.config import Retention
-from agent.store import Repository, RepositoryError, Snapshot
+from agent.store import DamagedSnapshot, Repository, RepositoryError, Snapshot
 from agent.store.index import BlobLocation
 from agent.store.pack import TARGET_SIZE
 from agent.store.tree import referenced_chunks
+from agent.text import plural
 
 _REPACK_IF_UNUSED = 0.2
 Blobs = List[Tuple[bytes, BlobLocation]]
@@ -70,11 +71,13 @@ def prune_repository(repo: Repository, policies: Dict[str, Retention], dry_run: 
     host), then delete the data no remaining snapshot needs. Snapshots of a job without a policy, or of
     another host, are kept."""
     result = PruneResult()
-    result.damaged = [damaged.reason for damaged in repo.damaged_snapshots()]
+    readable, damaged = repo.all_snapshots()  # one view: a document failing in a second listing goes unseen
+    _refuse_unserved(damaged)
+    result.damaged = [document.reason for document in damaged]
     # retention counts each host's snapshots of a job apart (restic groups by host too): in a repository
     # shared by a fleet, a busy host must never push another host's snapshots of the same job out
     groups: Dict[Tuple[str, str], List[Snapshot]] = {}
-    for snap in repo.snapshots():
+    for snap in readable:
         groups.setdefault((snap.job, snap.host), []).append(snap)
     for (job, host), snaps in sorted(groups.items()):
         if hosts is not None and host not in hosts:
@@ -95,6 +98,17 @@ def prune_repository(repo: Repository, policies: Dict[str, Retention], dry_run: 
         repo.delete_snapshot(snap.id)
     _collect_garbage(repo, result)
     return result
+
+
+def _refuse_unserved(damaged: List[DamagedSnapshot]) -> None:
+    """Raises RepositoryError if a snapshot document was not served by the storage: it may be any job's
+    and still need its data, so nothing may be forgotten or deleted on a view without it. (A document
+    that was read and found damaged is kept and named, its data no longer known to be needed.)"""
+    unserved = [document for document in damaged if document.unserved]
+    if unserved:
+        more = f" (and {plural(len(unserved) - 1, 'more document')})" if len(unserved) > 1 else ""
+        raise RepositoryError(f"{unserved[0].reason}{more}: what it needs is unknown, so nothing was pruned "
+                              "(no snapshot forgotten, no data deleted); prune again once the storage serves it")
 
 
 def _used_blobs(repo: Repository, kept: List[Snapshot]) -> Set[bytes]:

@@ -14,10 +14,11 @@ from agent.store.repository import (
     Repository,
     RepositoryError,
     Snapshot,
+    SnapshotUnreadable,
 )
 
 __all__ = [
     "KIND_DATA", "KIND_TREE", "BlobWriter", "DamagedBlobError", "DamagedSnapshot", "KeyUnusable", "LockTimeout",
     "Repository",
-    "RepositoryError", "Snapshot",
+    "RepositoryError", "Snapshot", "SnapshotUnreadable",
 ]

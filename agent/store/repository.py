@@ -29,6 +29,7 @@ from agent.store.snapshots import (
     RepositoryError,
     Snapshot,
     SnapshotStore,
+    SnapshotUnreadable,
     load_config,
     new_config,
 )
@@ -462,6 +463,12 @@ class Repository:
         """Snapshot documents that cannot be read, each with its storage name and why."""
         return self._snapshots.list(None)[1]
 
+    def all_snapshots(self) -> Tuple[List[Snapshot], List[DamagedSnapshot]]:
+        """(every readable snapshot oldest first, the documents that cannot be read), from one listing: a
+        caller that acts on the whole (prune) must see both halves of the same view, since a document
+        may fail in one listing and not in the next."""
+        return self._snapshots.list(None)
+
     def delete_snapshot(self, snapshot_id: str) -> None:
         self._snapshots.delete(snapshot_id)
 
@@ -484,4 +491,4 @@ class Repository:
 
 __all__ = ["BackendError", "BlobWriter", "DamagedBlobError", "DamagedSnapshot", "KeyUnusable", "PreparedBlob",
            "Repository",
-           "RepositoryError", "Snapshot"]
+           "RepositoryError", "Snapshot", "SnapshotUnreadable"]

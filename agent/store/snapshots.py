@@ -2,8 +2,9 @@
 
 A snapshot document names what one run stored (job, time, the blobs of its file list); it is saved last,
 named by the SHA-256 of its bytes. A document that cannot be read (empty or cut short by a power loss on a
-filesystem without data journaling) is reported by name as damaged and left out; every other snapshot
-stays usable. `JOB:latest` is chosen so that a clock that was wrong once cannot pin it (see `latest`).
+filesystem without data journaling, or one the storage does not serve: an object store's error after the
+client's retries) is reported by name as unreadable and left out; every other snapshot stays usable.
+`JOB:latest` is chosen so that a clock that was wrong once cannot pin it (see `latest`).
 """
 
 from __future__ import annotations
@@ -68,13 +69,26 @@ class Snapshot:
                    changes=data.get("changes"), id=snapshot_id)
 
 
+class SnapshotUnreadable(RepositoryError):
+    """A listed snapshot document that cannot be read: damaged, or (`unserved`) not given by the storage
+    (an object store's error after the client's retries, a local read error): then what it holds is
+    unknown, not known to be damaged. The message names the document by its storage name."""
+
+    def __init__(self, message: str, unserved: bool = False) -> None:
+        super().__init__(message)
+        self.unserved = unserved
+
+
 @dataclass(frozen=True)
 class DamagedSnapshot:
-    """A snapshot document that cannot be read: its id, storage name and why."""
+    """A snapshot document that cannot be read: its id, storage name and why. `unserved`: the storage did
+    not give its bytes (see SnapshotUnreadable), so it may be any job's and may still be needed: nothing
+    may be deleted on a view of the repository without it (prune refuses)."""
 
     id: str
     name: str
     reason: str
+    unserved: bool = False
 
 
 def _epoch(stamp: str) -> float:
@@ -111,19 +125,22 @@ class SnapshotStore:
         except NotFound:
             raise RepositoryError(f"no snapshot {snapshot_id!r}") from None
         except ValueError as exc:  # a sealed document that does not authenticate (agent.crypt)
-            raise RepositoryError(f"snapshot {snapshot_id} is damaged: {exc}") from None
+            raise SnapshotUnreadable(f"snapshot {snapshot_id} is damaged: {exc}") from None
+        except (BackendError, OSError) as exc:  # not served: an HTTP 500 or a dropped connection, EIO
+            raise SnapshotUnreadable(f"snapshot {snapshot_id} cannot be read: {in_words(exc)}", unserved=True) \
+                from None
         try:
             snapshot = Snapshot.from_json(snapshot_id, json.loads(data))
             _epoch(snapshot.time)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             reason = "empty" if not data else f"unreadable: {in_words(exc)}"
-            raise RepositoryError(f"snapshot {snapshot_id} is damaged: "
-                                  f"{self.backend.describe(handle)} is {reason}") from None
+            raise SnapshotUnreadable(f"snapshot {snapshot_id} is damaged: "
+                                     f"{self.backend.describe(handle)} is {reason}") from None
         # a document is named by the SHA-256 of its content (save): a changed byte that leaves it readable
         # (a digit of its size, a letter of a blob id) is damage too
         if hashlib.sha256(data).hexdigest() != snapshot_id:
-            raise RepositoryError(f"snapshot {snapshot_id} is damaged: {self.backend.describe(handle)}: "
-                                  "content does not match its name")
+            raise SnapshotUnreadable(f"snapshot {snapshot_id} is damaged: {self.backend.describe(handle)}: "
+                                     "content does not match its name")
         return snapshot
 
     def list(self, job: Optional[str], host: Optional[str] = None) -> Tuple[List[Snapshot], List[DamagedSnapshot]]:
@@ -135,7 +152,7 @@ class SnapshotStore:
                 snapshot = self.load(info.name)
             except RepositoryError as exc:
                 damaged.append(DamagedSnapshot(info.name, self.backend.describe(Handle(Kind.SNAPSHOT, info.name)),
-                                               str(exc)))
+                                               str(exc), getattr(exc, "unserved", False)))
                 continue
             if (job is None or snapshot.job == job) and (host is None or snapshot.host == host):
                 good.append(snapshot)

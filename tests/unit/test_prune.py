@@ -9,6 +9,7 @@ import pytest
 from agent.backend import Handle, Kind, LocalBackend
 from agent.backend.faulty import Faults, FaultyBackend
 from agent.checker import verify_repository
+from agent.cleanup import collect_garbage
 from agent.config.model import Retention
 from agent.pruner import prune_repository, select_kept
 from agent.store import Repository, RepositoryError, Snapshot
@@ -112,6 +113,24 @@ def test_a_damaged_snapshot_document_is_kept_named_and_the_rest_pruned(repo):
     assert len(result.damaged) == 1 and bad.id in result.damaged[0]
     assert [snap.id for snap in result.kept] == [newest.id] and len(result.removed) == 1
     assert [d.id for d in repo.damaged_snapshots()] == [bad.id]
+
+
+def test_a_snapshot_document_the_storage_does_not_serve_stops_prune_before_anything_is_deleted(tmp_path):
+    backend = FaultyBackend(LocalBackend(str(tmp_path / "repo")))
+    repo = Repository.open(backend, create=True)
+    store_files(repo, "svc", {"a": b"a" * 100}, time="2026-11-26T07:00:00Z")
+    store_files(repo, "svc", {"b": b"b" * 100}, time="2026-11-27T07:00:00Z")
+    lost = store_files(repo, "db", {"c": os.urandom(1000)})  # only it needs its data
+    backend.faults.fail_load = lost.id
+    packs, listed = repo.packs(), [info.name for info in backend.list(Kind.SNAPSHOT)]
+    with pytest.raises(RepositoryError, match=f"snapshot {lost.id} cannot be read: .*nothing was pruned"):
+        prune_repository(repo, {"svc": KEEP_ONE, "db": KEEP_ONE})
+    assert collect_garbage(repo) is None  # the clean-up after a failed backup: the same refusal
+    assert repo.packs() == packs and [info.name for info in backend.list(Kind.SNAPSHOT)] == listed
+    backend.faults.fail_load = ""
+    result = prune_repository(repo, {"svc": KEEP_ONE, "db": KEEP_ONE})
+    assert len(result.removed) == 1 and lost.id in {snap.id for snap in result.kept}
+    assert verify_repository(repo).ok
 
 
 def test_an_unreadable_file_list_stops_prune_before_anything_is_deleted(repo):

@@ -69,6 +69,31 @@ def test_an_unreadable_snapshot_document_is_named_and_the_others_listed(content)
     assert repo.find_snapshot("svc:latest").id == good.id
 
 
+def test_a_snapshot_document_the_storage_does_not_serve_is_named_and_the_others_stay_usable():
+    from agent.store import SnapshotUnreadable
+
+    backend = FaultyBackend(MemBackend())
+    repo = Repository.open(backend, create=True)
+    good = store_files(repo, "svc", {"a": b"1"})
+    lost = store_files(repo, "db", {"d": b"2"}, time="2026-11-28T07:00:00Z")
+    backend.faults.fail_load = lost.id  # an HTTP 500 after the client's retries
+    readable, [unserved] = repo.all_snapshots()
+    assert [snap.id for snap in readable] == [good.id] and [snap.id for snap in repo.snapshots()] == [good.id]
+    assert unserved.id == lost.id and unserved.unserved
+    assert unserved.reason.startswith(f"snapshot {lost.id} cannot be read: ") and "not served" in unserved.reason
+    assert repo.find_snapshot("svc:latest").id == good.id
+    assert repo.histories(None) == ({"svc": [good]}, [unserved])
+    with pytest.raises(SnapshotUnreadable, match="cannot be read") as raised:
+        repo.load_snapshot(lost.id)
+    assert raised.value.unserved
+    damaged = store_files(repo, "svc", {"b": b"3"})
+    repo.backend.remove(Handle(Kind.SNAPSHOT, damaged.id))
+    repo.backend.save(Handle(Kind.SNAPSHOT, damaged.id), [b'{"job": "svc", "ti'])
+    assert {(doc.id, doc.unserved) for doc in repo.damaged_snapshots()} == {(lost.id, True), (damaged.id, False)}
+    backend.faults.fail_load = ""  # served again: nothing was lost
+    assert [snap.id for snap in repo.snapshots()] == [good.id, lost.id]
+
+
 @pytest.mark.parametrize("content", [b"", b"garbage", b"[]", b'{"format": 1}',
                                      b'{"format": 1, "id": "x", "chunker": 3}'])
 def test_a_garbage_config_names_the_file(tmp_path, content):
