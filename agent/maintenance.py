@@ -123,12 +123,15 @@ def run_task(config: Config, task: Task, on_report: Callable[[RunReport], None])
 
 
 def _drill(config: Config, name: str) -> RunReport:
-    from agent.drill import DrillTarget, drill
+    from agent.drill import DrillTarget, drill, unopened
     from agent.runner import open_repository, spool_for
 
     job = config.job(name)
     target = DrillTarget(name, config.host, job.every.low, job.every.high, config.drill_every_of(job), job.type)
-    repo = open_repository(config)
+    try:
+        repo = open_repository(config)
+    except Exception as exc:  # a damaged config, unreachable storage: the drill fails, in its report
+        return unopened(target, in_words(exc), config.state_dir, spool_for(config))
     try:
         return drill(repo, target, config.state_dir, spool_for(config))
     finally:

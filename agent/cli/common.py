@@ -120,30 +120,41 @@ def check_jobs(config: Config, names: Iterable[str]) -> None:
             raise unknown_job(config, name)
 
 
-def repository_exists(config: Config) -> bool:
-    """Whether the configured repository has been created (by a first backup)."""
+def repository_exists(config: Config, location: Optional[str] = None) -> bool:
+    """Whether the configured repository (or the one at `location`) has been created (by a first backup)."""
     from agent.runner import repository_backend
     from agent.store import Repository
 
-    return Repository(repository_backend(config)).exists()
+    return Repository(repository_backend(config, location)).exists()
 
 
-def open_repository(config: Config, cache: Optional[str] = None) -> Repository:
-    """The configured repository. A missing one is a UsageError (exit 2: the configuration names the wrong
-    place), and so is an encrypted one this node has no key or identity for; a damaged one (its config.json
-    unreadable or not authentic) raises RepositoryError naming it (exit 1). `cache`: where an object
-    store's index files and snapshot documents are kept (see agent.runner.repository_backend)."""
+def open_repository(config: Config, cache: Optional[str] = None, location: Optional[str] = None) -> Repository:
+    """The configured repository (or the one at `location`, reached with the same settings). A missing one
+    is a UsageError (exit 2: the configuration names the wrong place), and so is an encrypted one this node
+    has no key or identity for; a damaged one (its config.json unreadable or not authentic) raises
+    RepositoryError naming it, storage that cannot be reached BackendError (exit 1). `cache`: where an
+    object store's index files and snapshot documents are kept (see agent.runner.repository_backend)."""
+    from agent.backend import BackendError
     from agent.runner import repository_backend
     from agent.store import KeyUnusable, Repository, RepositoryError
 
     try:
-        return Repository.open(repository_backend(config, cache=cache), encryption=config.encryption)
+        backend = repository_backend(config, location, cache)
+    except BackendError as exc:  # a location the settings cannot reach (a malformed URL): theirs to fix
+        raise UsageError(str(exc)) from None
+    try:
+        return Repository.open(backend, encryption=config.encryption)
     except KeyUnusable as exc:
         raise UsageError(str(exc)) from None
     except RepositoryError as exc:
-        if repository_exists(config):
-            raise
-        raise UsageError(str(exc)) from None
+        damaged = exc
+    try:
+        exists = repository_exists(config, location)
+    except (BackendError, OSError):  # the storage fails now: what it said first is the news
+        raise damaged from None
+    if exists:
+        raise damaged
+    raise UsageError(str(damaged)) from None
 
 
 def with_identity(config: Config, identity: Optional[str]) -> Config:

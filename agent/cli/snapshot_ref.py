@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Sequence
 
-from agent.cli.common import UsageError, unknown_job
+from agent.cli.common import CommandFailed, UsageError, unknown_job
 from agent.text import plural
 
 if TYPE_CHECKING:
@@ -27,28 +27,42 @@ def warn_damaged(damaged: Sequence[DamagedSnapshot]) -> None:
                 "`backup-agent verify` names them all")
 
 
+def unreadable(damaged: Sequence[DamagedSnapshot]) -> str:
+    """The documents that cannot be read, for a message that says why a snapshot may be missing: `` (2
+    snapshot documents cannot be read: REASON; REASON)``; empty when there are none."""
+    if not damaged:
+        return ""
+    return f" ({plural(len(damaged), 'snapshot document')} cannot be read: " \
+        f"{'; '.join(document.reason for document in damaged)})"
+
+
 def resolve(config: Config, repo: Repository, ref: str) -> Snapshot:
     """The snapshot `ref` names. Raises UsageError: an unknown job (the same message as every command),
-    a job without snapshots, N beyond the job's history, no or several snapshots with that id prefix."""
-    from agent.store import RepositoryError
+    a job without snapshots, N beyond the job's history, no or several snapshots with that id prefix;
+    CommandFailed (exit 1, damage is no usage error) where the snapshot asked for may be among documents
+    that cannot be read, and RepositoryError for a document named by id that cannot be read."""
+    from agent.store import RepositoryError, SnapshotUnreadable
 
     match = _LATEST.fullmatch(ref)
     if match is None:
         try:
             return repo.find_snapshot(ref)
+        except SnapshotUnreadable:
+            raise
         except RepositoryError as exc:
             raise UsageError(str(exc)) from None
     job, back = match["job"], int(match["back"] or 0)
     # this host's: hosts sharing a repository name their jobs alike. Oldest first, as far as a wrong
     # clock allows (Repository.history)
     histories, damaged = repo.histories(config.host)
-    warn_damaged(damaged)
     found = histories.get(job, [])
+    if not found and job not in {known.name for known in config.jobs}:
+        raise unknown_job(config, job)
+    failure = CommandFailed if damaged else UsageError
     if not found:
-        if job not in {known.name for known in config.jobs}:
-            raise unknown_job(config, job)
-        raise UsageError(f"job {job!r} has no readable snapshot of host {config.host}")
+        raise failure(f"job {job!r} has no readable snapshot of host {config.host}{unreadable(damaged)}")
     if back >= len(found):
-        raise UsageError(f"{ref}: job {job!r} has only {plural(len(found), 'readable snapshot')} of host "
-                         f"{config.host}")
+        raise failure(f"{ref}: job {job!r} has only {plural(len(found), 'readable snapshot')} of host "
+                      f"{config.host}{unreadable(damaged)}")
+    warn_damaged(damaged)
     return found[-1 - back]

@@ -7,6 +7,6 @@ to drill and when is the caller's (the `drill` command, the daemon).
 """
 
 from agent.drill.proof import Proof
-from agent.drill.run import DrillTarget, drill, latest_of_host, remove_leftovers
+from agent.drill.run import DrillTarget, drill, remove_leftovers, unopened
 
-__all__ = ["DrillTarget", "Proof", "drill", "latest_of_host", "remove_leftovers"]
+__all__ = ["DrillTarget", "Proof", "drill", "remove_leftovers", "unopened"]

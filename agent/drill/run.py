@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 from agent.drill.dumps import prove_command, prove_mysql, prove_sqlite
 from agent.drill.proof import Proof
@@ -42,34 +42,50 @@ class DrillTarget:
     identity: Optional[str] = None
 
 
-def latest_of_host(repo: Repository, job: str, host: str) -> Optional[Snapshot]:
-    """The newest snapshot of `job` made by `host` (the order of Repository.history), None if none."""
-    found = repo.history(job, host)
-    return found[-1] if found else None
-
-
 def drill(repo: Repository, target: DrillTarget, state_dir: str, spool: Optional[Spool] = None) -> RunReport:
     """Prove `target`'s latest snapshot in a scratch directory under `state_dir` (removed afterwards;
     leftovers of killed drills removed first) and return the run report, spooled in `spool` if given.
     Nothing escapes as an exception: every failure is the report's error."""
     run_id, started = new_run_id(), utc_now()
     snapshot: Optional[Snapshot] = None
+    notes: Tuple[str, ...] = ()
     try:
         with repo.lock(exclusive=False, purpose=f"drill {target.job}"):  # prune waits: no pack goes mid-drill
             repo.refresh()
-            snapshot = latest_of_host(repo, target.job, target.host)
-            if snapshot is None:
-                proof = Proof(errors=(f"no snapshot of {target.job} by host {target.host} to prove",))
+            histories, damaged = repo.histories(target.host)
+            found = histories.get(target.job, [])
+            snapshot = found[-1] if found else None
+            if snapshot is None:  # its snapshots may be among the documents that cannot be read: named
+                proof = Proof(errors=(f"no {'readable ' if damaged else ''}snapshot of {target.job} by host "
+                                      f"{target.host} to prove", *(document.reason for document in damaged)))
             else:
+                # any job's latest may be among them (a sealed or unserved document does not say whose)
+                notes = tuple(f"{document.reason} (if it is the latest snapshot of {target.job}, an older "
+                              "one was proven)" for document in damaged)
                 proof = _prove(repo, snapshot, state_dir)
-    except (RepositoryError, OSError) as exc:
+    except Exception as exc:  # the storage failing mid-drill (a lock, a listing): the drill fails, named
         proof = Proof(errors=(in_words(exc),))
+    return _reported(target, run_id, started, snapshot, proof, notes + tuple(repo.index_problems()), state_dir,
+                     spool)
+
+
+def unopened(target: DrillTarget, problem: str, state_dir: str, spool: Optional[Spool] = None) -> RunReport:
+    """The report of a drill that could not begin because the repository cannot be opened (`problem`:
+    why, naming the object: a damaged config, an unreachable endpoint), spooled in `spool` if given: the
+    collector learns that the job's drills fail as it learns of any other failure."""
+    return _reported(target, new_run_id(), utc_now(), None,
+                     Proof(errors=(f"the repository cannot be opened: {problem}",)), (), state_dir, spool)
+
+
+def _reported(target: DrillTarget, run_id: str, started: str, snapshot: Optional[Snapshot], proof: Proof,
+              notes: Tuple[str, ...], state_dir: str, spool: Optional[Spool]) -> RunReport:
+    """The drill's run report (`notes`: warnings besides the proof's), spooled in `spool` if given."""
     report = RunReport(id=run_id, host=target.host, job=target.job,
                        type=snapshot.type if snapshot else (target.job_type or "fs"), trigger="drill",
                        status="ok" if proof.ok else "failed", changed=False,
                        snapshot=snapshot.id if snapshot else None, started_at=started, finished_at=utc_now(),
                        files=proof.files, bytes=proof.bytes, errors=proof.errors,
-                       warnings=proof.warnings + tuple(repo.index_problems()),
+                       warnings=proof.warnings + notes,
                        every_low=target.every_low, every_high=target.every_high, drill_every=target.drill_every,
                        tables=proof.tables)
     if spool is not None:

@@ -256,3 +256,89 @@ def test_no_server_outlives_a_killed_drill(agent, mariadb, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def spooled(agent) -> list:
+    """The reports waiting in the agent's spool for the collector, as documents."""
+    from agent.report.spool import Spool
+
+    spool = Spool(agent.state_dir)
+    return [json.loads(spool.read(entry) or b"null") for entry in spool.pending()]
+
+
+@pytest.mark.parametrize("encrypted", [True, False], ids=["tampered-encrypted", "not-json"])
+def test_a_repository_that_cannot_be_opened_fails_each_drill_in_its_report(tmp_path, encrypted):
+    """A damaged repository is no usage error: every drill asked for ends in a failed report naming the
+    config (printed with --json, spooled for the collector), exit 1, as a backup in the same state."""
+    from tests.e2e.test_encryption import encrypt, generate_identity
+    from tests.helpers import new_agent
+
+    agent = new_agent(str(tmp_path / "node"))
+    identity = str(tmp_path / "operator" / "identity")
+    if encrypted:
+        encrypt(agent, [generate_identity(agent, identity)])
+    tree = str(tmp_path / "svc")
+    make_tree(tree, {"conf/a.xml": "<a/>"})
+    agent.write_jobs(fs_job("svc", tree) + '[jobs.export]\ntype = "command"\nargv = ["seq", "10"]\nevery = "24h"\n')
+    assert [report["status"] for report in agent.backup()] == ["ok", "ok"]
+    config = os.path.join(agent.repository, "config.json")
+    with open(config) as handle:
+        text = handle.read()
+    if encrypted:  # one digit of the repository id changed: its MAC no longer matches
+        repo_id = json.loads(text)["id"]
+        text = text.replace(f'"{repo_id}"', f'"{repo_id[:3]}{"1" if repo_id[3] != "1" else "2"}{repo_id[4:]}"')
+        why = "authentication failed"
+    else:
+        text, why = text[: len(text) // 2], "not valid JSON"
+    with open(config, "w") as handle:
+        handle.write(text)
+    before = spooled(agent)
+
+    result = agent.run("drill", "--all", "--json", *(("--identity", identity) if encrypted else ()), check=1)
+    reports = json.loads(result.stdout)
+    assert [(report["job"], report["type"]) for report in reports] == [("svc", "fs"), ("export", "command")]
+    for report in reports:
+        assert report["trigger"] == "drill" and report["status"] == "failed" and report["snapshot"] is None
+        [error] = report["errors"]
+        assert error.startswith(f"the repository cannot be opened: {config}") and why in error, error
+    assert config in result.stderr and "Traceback" not in result.stderr
+    added = spooled(agent)[len(before):]
+    assert [report["id"] for report in added] == [report["id"] for report in reports]
+    shown = agent.run("drill", "svc", *(("--identity", identity) if encrypted else ()), check=1)  # not --json
+    assert "svc: FAILED: no snapshot" in shown.stdout and why in shown.stdout + shown.stderr
+
+
+def test_unreachable_storage_fails_each_drill_in_its_report(agent, tmp_path):
+    credentials = tmp_path / "s3.credentials"
+    credentials.write_text("[default]\naws_access_key_id = AKTEST\naws_secret_access_key = secret\n")
+    os.chmod(credentials, 0o600)
+    with open(agent.config) as handle:  # port 9 of loopback: nothing listens there
+        text = handle.read().replace(f'"{agent.repository}"', '"s3:http://127.0.0.1:9/backups/node"')
+    with open(agent.config, "w") as handle:
+        handle.write(text + f'[s3]\ncredentials_file = "{credentials}"\n[encryption]\ndisabled = true\n')
+    agent.write_jobs(fs_job("api", str(tmp_path)) + fs_job("web", str(tmp_path)))
+    [backup, _] = agent.backup(expect=1)  # the same state, for a backup: a failed report
+    result = agent.run("drill", "--all", "--json", check=1)
+    reports = json.loads(result.stdout)
+    assert [report["job"] for report in reports] == ["api", "web"]
+    for report in reports:
+        assert report["status"] == "failed" and report["trigger"] == "drill"
+        assert report["errors"] == [f"the repository cannot be opened: {backup['errors'][0]}"]
+        assert "127.0.0.1:9" in report["errors"][0] and "cannot connect" in report["errors"][0]
+    assert [report["id"] for report in spooled(agent)[-2:]] == [report["id"] for report in reports]
+
+
+def test_a_damaged_latest_snapshot_document_is_named_by_drill_and_restore(agent, tree_jobs, tmp_path):
+    [api] = [row for row in agent.snapshots() if row["job"] == "api"]
+    document = os.path.join(agent.repository, "snapshots", api["id"] + ".json")
+    with open(document, "r+b") as handle:  # cut short, as by a power loss
+        handle.truncate(20)
+    [report] = drill(agent, "api", expect=1)
+    assert report["snapshot"] is None and report["status"] == "failed"
+    assert report["errors"][0] == "no readable snapshot of api by host test-node to prove"
+    assert [error for error in report["errors"][1:] if document in error and "damaged" in error], report["errors"]
+    [other] = drill(agent, "export", expect=0)  # the other jobs are proven, the document named beside
+    assert [note for note in other["warnings"] if document in note], other["warnings"]
+    restored = agent.run("restore", "api:latest", "--target", str(tmp_path / "out"), check=1)
+    assert "no readable snapshot" in restored.stderr and document in restored.stderr
+    assert not (tmp_path / "out").exists() and "Traceback" not in restored.stderr

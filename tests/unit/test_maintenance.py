@@ -1,4 +1,5 @@
-"""When the daemon's maintenance lane drills and prunes (agent.maintenance.due_tasks), on an injected clock."""
+"""When the daemon's maintenance lane drills and prunes (agent.maintenance.due_tasks), on an injected clock;
+and that each of its drills ends in a report, also where the repository fails (run_task, agent.drill)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from dataclasses import replace
 
 from agent.config import Config, Job, Retention, parse_interval
 from agent.crypt.settings import EncryptionSettings
-from agent.maintenance import FIRST_DRILL_WITHIN, FIRST_PRUNE_WITHIN, START_DELAY, Records, Task, due_tasks
+from agent.maintenance import FIRST_DRILL_WITHIN, FIRST_PRUNE_WITHIN, START_DELAY, Records, Task, due_tasks, run_task
 
 STARTED = 1_800_000_000.0
 DAY = 86400.0
@@ -93,3 +94,48 @@ def test_start_up_clears_leftovers_and_names_what_it_will_not_follow(tmp_path, c
         f"{state}/drill: a symbolic link, not followed: drills keep their scratch directories in a directory of "
         "their own (remove the link)"]
     assert [path.name for path in elsewhere.iterdir()] == ["run-important"]
+
+
+def _spooled(state_dir: str) -> list:
+    import json
+
+    from agent.report.spool import Spool
+
+    spool = Spool(state_dir)
+    return [json.loads(spool.read(entry) or b"null") for entry in spool.pending()]
+
+
+def test_the_daemons_drill_of_a_repository_that_cannot_be_opened_is_a_failed_report(tmp_path):
+    from agent.store import Repository
+
+    repository = str(tmp_path / "repo")
+    Repository.open(repository, create=True).close()
+    with open(tmp_path / "repo" / "config.json", "w") as handle:
+        handle.write('{"format": 1, "id": "8a3')  # cut short
+    cfg = replace(config(job("api")), repository=repository, state_dir=str(tmp_path / "state"))
+    heard = []
+    report = run_task(cfg, Task("drill", "api", 0.0), heard.append)
+    assert report is not None and heard == [report]
+    assert report.trigger == "drill" and report.status == "failed" and report.job == "api"
+    assert report.snapshot is None and report.drill_every == 7 * DAY
+    [error] = report.errors
+    assert error.startswith("the repository cannot be opened: ") and str(tmp_path / "repo" / "config.json") in error
+    assert "not valid JSON" in error
+    [spooled] = _spooled(cfg.state_dir)  # on its way to the collector, as every report
+    assert spooled["id"] == report.id and spooled["errors"] == [error]
+
+
+def test_a_drill_whose_storage_fails_midway_is_a_failed_report(tmp_path):
+    from agent.backend import LocalBackend
+    from agent.backend.faulty import Faults, FaultyBackend
+    from agent.drill import DrillTarget, drill
+    from agent.store import Repository
+    from tests.unit.repo_helpers import store_files
+
+    backend = FaultyBackend(LocalBackend(str(tmp_path / "repo")))
+    repo = Repository.open(backend, create=True)
+    store_files(repo, "api", {"a": b"alpha"})
+    backend.faults = Faults(fail_list=True)  # an object store that stops answering listings
+    report = drill(repo, DrillTarget("api", "node-1", DAY, DAY, 7 * DAY, "fs"), str(tmp_path / "state"))
+    assert report.status == "failed" and report.trigger == "drill" and report.snapshot is None
+    assert report.errors == (f"{tmp_path / 'repo'}: listing index failed (injected fault)",)
