@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Callable, List, Optional, Set
 
-from tests.fixtures.s3 import S3Proxy, S3Server, s3_location
+from tests.fixtures.s3 import Faults, S3Proxy, S3Server, s3_location
 from tests.helpers import Agent, agent_command, fs_job, make_tree, read_tree
 
 
@@ -522,3 +522,71 @@ def test_an_object_the_server_will_not_give_fails_its_files_only(tmp_path, s3_se
     assert not any(line.startswith("PUT") and "/damage/" in line for line in s3_proxy.seen)
     s3_proxy.faults.refuse_get, s3_proxy.faults.only = False, ""
     agent.run("verify", "--read-data", check=0)
+
+
+def _two_jobs_one_unserved(tmp_path, s3_server: S3Server, s3_proxy: S3Proxy, fault: str):
+    """(agent, trees, snapshot ids by job) of jobs `bulk` and `many` backed up on S3, the local cache removed
+    (a new node), and the proxy answering every GET of bulk's snapshot document with `fault`: "500"
+    (InternalError) or "dropped" (the connection closed), so that the client gives up after its retries."""
+    agent = s3_agent(str(tmp_path), s3_server, s3_proxy)
+    trees = {name: str(tmp_path / name) for name in ("bulk", "many")}
+    make_tree(trees["bulk"], {"big.bin": os.urandom(300_000)})
+    make_tree(trees["many"], {f"conf/f{n}.xml": f"<f{n}/>" for n in range(20)})
+    add_job(agent, fs_job("bulk", trees["bulk"]) + fs_job("many", trees["many"]))
+    assert [report["status"] for report in agent.backup()] == ["ok", "ok"]
+    ids = {row["job"]: row["id"] for row in agent.snapshots()}
+    shutil.rmtree(os.path.join(agent.state_dir, "cache"))
+    s3_proxy.faults.only = f"/snapshots/{ids['bulk']}"
+    if fault == "500":
+        s3_proxy.faults.fail_get = True
+    else:
+        s3_proxy.faults.drop = 1_000_000
+    return agent, trees, ids
+
+
+def test_a_snapshot_document_the_server_cannot_serve_is_named_and_the_other_jobs_stay_usable(
+        tmp_path, s3_server, s3_proxy):
+    """One snapshot document the server does not serve (HTTP 500 after the client's retries) on a node with
+    nothing cached: every command that lists snapshots names it as unreadable and does its work for the
+    other jobs (exit 1 where the answer is incomplete); prune refuses, since what the document needs is
+    unknown; once it is served again, nothing was lost."""
+    agent, trees, ids = _two_jobs_one_unserved(tmp_path, s3_server, s3_proxy, "500")
+    unreadable = f"snapshot {ids['bulk']} cannot be read"
+
+    listed = agent.run("snapshots", "--json", check=1)
+    assert [row["id"] for row in json.loads(listed.stdout)] == [ids["many"]]
+    assert unreadable in listed.stderr and "500" in listed.stderr and "Traceback" not in listed.stderr
+    found = agent.run("find", "f7.xml", "--json", check=1)
+    assert [row["snapshot"] for row in json.loads(found.stdout)] == [ids["many"]] and unreadable in found.stderr
+    out = tmp_path / "out"
+    one = agent.run("restore", "many:latest", "--target", str(out / "one"), check=0)
+    assert read_tree(str(out / "one")) == read_tree(trees["many"]) and ids["bulk"] in one.stderr
+    refused = agent.run("restore", "bulk:latest", "--target", str(out / "bulk"), check=1)
+    assert unreadable in refused.stderr and not (out / "bulk").exists()
+    every = agent.run("restore", "--all", "--target", str(out / "all"), "--json", check=1)
+    documents = {document["job"]: document for document in json.loads(every.stdout)}
+    assert documents["many"]["errors"] == [] and read_tree(str(out / "all/many")) == read_tree(trees["many"])
+    assert documents["bulk"]["snapshot"] is None and unreadable in documents["bulk"]["errors"][0]
+    drilled = {report["job"]: report
+               for report in json.loads(agent.run("drill", "--all", "--json", check=1).stdout)}
+    assert drilled["many"]["status"] == "ok" and drilled["many"]["snapshot"] == ids["many"]
+    assert any(unreadable in note for note in drilled["many"]["warnings"])
+    assert drilled["bulk"]["status"] == "failed" and any(unreadable in error for error in drilled["bulk"]["errors"])
+    verified = json.loads(agent.run("verify", "--json", check=1).stdout)
+    assert verified["snapshots"] == 1 and [problem for problem in verified["problems"] if unreadable in problem]
+    pruned = agent.run("prune", check=1)
+    assert unreadable in pruned.stderr and "nothing was pruned" in pruned.stderr
+    assert "Traceback" not in pruned.stderr
+
+    s3_proxy.faults = Faults()  # served again: everything is there
+    assert {row["id"] for row in agent.snapshots()} == set(ids.values())
+    agent.run("restore", "bulk:latest", "--target", str(out / "bulk"), check=0)
+    assert read_tree(str(out / "bulk")) == read_tree(trees["bulk"])
+    agent.run("verify", "--read-data", check=0)
+
+
+def test_a_snapshot_document_whose_connection_drops_is_named_as_unreadable(tmp_path, s3_server, s3_proxy):
+    agent, _, ids = _two_jobs_one_unserved(tmp_path, s3_server, s3_proxy, "dropped")
+    listed = agent.run("snapshots", "--json", check=1)
+    assert [row["id"] for row in json.loads(listed.stdout)] == [ids["many"]]
+    assert f"snapshot {ids['bulk']} cannot be read" in listed.stderr and "Traceback" not in listed.stderr

@@ -12,14 +12,17 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 import agent.cli.render as render
 from agent.cli import snapshot_ref
 from agent.cli.common import (
+    EXIT_FAILED,
     EXIT_OK,
     CommandFailed,
     UsageError,
     check_jobs,
+    error,
     load_config,
     open_repository,
     print_json,
     repository_exists,
+    warning,
 )
 
 if TYPE_CHECKING:
@@ -45,13 +48,15 @@ def manifest_path(snapshot: Snapshot, path: Optional[str]) -> Optional[str]:
 
 
 def manifest(repo: Repository, snapshot: Snapshot) -> bytes:
-    """The snapshot's encoded manifest. Raises CommandFailed naming the snapshot if it is damaged."""
+    """The snapshot's encoded manifest. Raises CommandFailed naming the snapshot if it is damaged or the
+    storage does not serve it."""
+    from agent.backend import BackendError
     from agent.store import RepositoryError
     from agent.store.tree import read_encoded
 
     try:
         return read_encoded(repo, snapshot.tree)
-    except RepositoryError as exc:
+    except (RepositoryError, BackendError) as exc:
         raise _damaged(snapshot, exc) from None
 
 
@@ -113,18 +118,31 @@ def diff(config, ref_a: str, ref_b: str, path: Optional[str] = None, as_json: bo
 def find(config, pattern: str, job: Optional[str] = None, as_json: bool = False) -> int:
     """Every snapshot (of `job`, if given) holding a path that matches the glob `pattern`; a pattern
     without '/' matches the name at any depth, one with '/' the whole path (relative to the job's path,
-    or absolute)."""
+    or absolute). A snapshot that cannot be read is named and the others searched; exit status 1 then
+    (the answer may be incomplete), except for a damaged document, which is only named (as `snapshots`
+    does)."""
     if job:
         check_jobs(config, [job])
     found: List[Dict] = []
+    status = EXIT_OK
     if repository_exists(config):
         repo = open_repository(config)
+        readable, damaged = repo.all_snapshots()
+        for document in damaged:
+            warning(document.reason)
+            status = EXIT_FAILED if document.unserved else status
         # Snapshots of a job share nearly all their lines: each distinct line is decoded and matched once
         # (per job path, which an absolute pattern depends on).
         verdicts: Dict[Tuple[str, bytes], Optional[Dict]] = {}
-        for snapshot in repo.snapshots(job):
+        for snapshot in (snap for snap in readable if job is None or snap.job == job):
             root = snapshot.source[0] if snapshot.source else "/"
-            for line in manifest(repo, snapshot).split(b"\n"):
+            try:
+                lines = manifest(repo, snapshot).split(b"\n")
+            except CommandFailed as exc:
+                error(str(exc))
+                status = EXIT_FAILED
+                continue
+            for line in lines:
                 if not line:
                     continue
                 key = (root, line)
@@ -137,7 +155,7 @@ def find(config, pattern: str, job: Optional[str] = None, as_json: bool = False)
         print_json(found)
     else:
         render.show(render.found(found, pattern))
-    return EXIT_OK
+    return status
 
 
 def _match(pattern: str, snapshot: Snapshot, line: bytes) -> Optional[Dict]:

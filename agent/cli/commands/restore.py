@@ -83,9 +83,10 @@ def restore(config, options: RestoreOptions) -> int:
             error(str(exc))
             return EXIT_FAILED
         latest = {job.name: histories.get(job.name, [])[-1:] for job in config.jobs}
-        if not any(latest.values()):
+        if not any(latest.values()) and not damaged:
             raise UsageError(f"no job of host {config.host} has a snapshot yet")
         snapshot_ref.warn_damaged(damaged)
+        missing = snapshot_ref.unreadable(damaged)  # why a job may have no readable snapshot
         from agent.dumps.restore import STREAM_TYPES
 
         by_job: Dict[str, List[dict]] = {job: [] for job in latest}
@@ -95,7 +96,7 @@ def restore(config, options: RestoreOptions) -> int:
             if found and found[0].type not in STREAM_TYPES:  # restored together below: shared packs read once
                 trees.append((found[0], _job_options(options, job)))
             else:
-                worst = max(worst, _restore_job(config, repo, job, found, options, by_job[job]))
+                worst = max(worst, _restore_job(config, repo, job, found, options, by_job[job], missing))
         worst = max(worst, _restore_trees(config, repo, trees, by_job))
     if options.json:
         print_json([document for job in latest for document in by_job[job]])
@@ -110,13 +111,14 @@ def _job_options(options: RestoreOptions, job: str) -> RestoreOptions:
 
 
 def _restore_job(config, repo, job: str, found: List[Snapshot], options: RestoreOptions,
-                 documents: List[dict]) -> int:
+                 documents: List[dict], missing: str = "") -> int:
     """`restore --all`'s part for a job without a snapshot or with a dump: its latest snapshot into DIR/JOB.
-    A job without a readable snapshot, or whose DIR/JOB cannot be used, is an error of this job (exit 1);
-    the others go on."""
+    A job without a readable snapshot (`missing`: the documents that cannot be read, see
+    snapshot_ref.unreadable), or whose DIR/JOB cannot be used, is an error of this job (exit 1); the others
+    go on."""
     one = _job_options(options, job)
     if not found:
-        problem = f"{job}: no readable snapshot of host {config.host}; nothing restored to {one.target}"
+        problem = f"{job}: no readable snapshot of host {config.host}{missing}; nothing restored to {one.target}"
         error(problem)
         documents.append(_failed(None, job, one.target, problem))
         return EXIT_FAILED
