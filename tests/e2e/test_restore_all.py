@@ -204,3 +204,24 @@ def test_a_link_planted_at_dir_job_is_refused_for_that_job_and_never_followed(tm
     # the operator naming the link itself as the target of one snapshot: followed, as always
     agent.run("restore", "app:latest", "--target", str(target / "app"), check=0)
     assert read_tree(str(victim / "conf")) == read_tree(os.path.join(app, "conf"))
+
+
+def test_restore_all_of_a_repository_that_cannot_be_opened_names_it_for_every_job(tmp_path):
+    agent = new_agent(str(tmp_path / "node"))
+    api = str(tmp_path / "api")
+    make_tree(api, {"conf/server.xml": "<Server/>"})
+    agent.write_jobs(fs_job("api", api) + _command_job("settings", "k=v"))
+    agent.backup()
+    config = os.path.join(agent.repository, "config.json")
+    with open(config, "r+b") as handle:  # cut short
+        handle.truncate(os.path.getsize(config) // 2)
+    target = tmp_path / "out"
+    result = agent.run("restore", "--all", "--target", str(target), "--json")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    documents = json.loads(result.stdout)
+    assert [(document["job"], document["snapshot"], document["target"]) for document in documents] == [
+        ("api", None, str(target / "api")), ("settings", None, str(target / "settings"))]
+    for document in documents:
+        [error] = document["errors"]
+        assert error.startswith(f"the repository cannot be opened: {config}") and "not valid JSON" in error
+    assert config in result.stderr and not target.exists()

@@ -61,8 +61,11 @@ class RestoreOptions:
 
 
 def restore(config, options: RestoreOptions) -> int:
-    """Exit status 0 if everything was restored, 1 if something failed or was refused."""
+    """Exit status 0 if everything was restored, 1 if something failed or was refused. `restore --all` of
+    a repository that cannot be opened or listed names that for every job (--json: a document each)."""
+    from agent.backend import BackendError
     from agent.store import RepositoryError
+    from agent.text import in_words
 
     if options.every_job:
         if options.snapshot or options.paths or options.to_database:
@@ -72,16 +75,20 @@ def restore(config, options: RestoreOptions) -> int:
             raise UsageError("give --target DIR (each job is restored into DIR/JOB)")
     elif not options.snapshot:
         raise UsageError("give a SNAPSHOT (an id, JOB:latest, ...) or --all")
-    repo = open_repository(config)
+    try:
+        repo = open_repository(config)
+    except (RepositoryError, BackendError) as exc:
+        if not options.every_job:
+            raise
+        return _none_restored(config, options, f"the repository cannot be opened: {in_words(exc)}")
     require_identity(repo, config, required=True)
     with repo.lock(exclusive=False, purpose="restore"), _index_warnings(repo):
         if not options.every_job:
             return _restore_one(config, repo, snapshot_ref.resolve(config, repo, options.snapshot), options)
         try:
             histories, damaged = repo.histories(config.host)
-        except RepositoryError as exc:
-            error(str(exc))
-            return EXIT_FAILED
+        except (RepositoryError, BackendError) as exc:
+            return _none_restored(config, options, f"the snapshots cannot be listed: {in_words(exc)}")
         latest = {job.name: histories.get(job.name, [])[-1:] for job in config.jobs}
         if not any(latest.values()) and not damaged:
             raise UsageError(f"no job of host {config.host} has a snapshot yet")
@@ -101,6 +108,16 @@ def restore(config, options: RestoreOptions) -> int:
     if options.json:
         print_json([document for job in latest for document in by_job[job]])
     return worst
+
+
+def _none_restored(config, options: RestoreOptions, problem: str) -> int:
+    """`restore --all` where nothing can be restored (`problem`: why): said once, and with --json a
+    document per job, as for a job without a readable snapshot. Exit status 1."""
+    error(problem)
+    if options.json:
+        print_json([_failed(None, job.name, _job_options(options, job.name).target, problem)
+                    for job in config.jobs])
+    return EXIT_FAILED
 
 
 def _job_options(options: RestoreOptions, job: str) -> RestoreOptions:
