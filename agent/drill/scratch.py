@@ -12,6 +12,14 @@ to directory descriptors (agent.restorer.target.remove_tree), a link removed, ne
 restored without owner permissions (0000, 0500) is opened up first: the scratch is this user's own. A
 scratch directory that cannot be removed (another user's leftover) is a warning, never the failure of a
 drill: the drill runs in a new one.
+
+Two drills may run at once (the daemon's and one from the command line), and each clears leftovers when
+it starts, so a new scratch directory must never look like a leftover, at no instant. It is made as
+`new-*`, its lock taken, and only then renamed to `run-*`: a `run-*` whose lock is free is a dead drill's,
+exactly, and its clean-up never waits. (Treating every young lockless directory as live instead would
+leave a killed drill's scratch -- gigabytes, a server still running -- to a later drill, and rests on the
+clock.) A `new-*` is left alone until it is a minute old and its lock is free: only a drill killed between
+two system calls leaves one, with at most an empty lock file in it.
 """
 
 from __future__ import annotations
@@ -30,6 +38,9 @@ from agent.durable import make_private_dirs
 from agent.restorer.target import remove_tree
 
 LOCK = ".lock"
+RUN = "run-"  # a drill's scratch directory, its lock held from before it had this name
+STAGING = "new-"  # a scratch directory being made, not locked yet
+_STAGING_AGE = 60.0  # seconds after which a `new-*` with a free lock is a killed drill's
 SOCKET_DIR = ".socket-dir"  # names a short-path directory outside the scratch dir, if one was made
 SOCKET_PREFIX = "backup-agent-drill-"  # such a directory's name in the temp directory
 _GONE_WAIT = 10.0  # seconds to wait for a killed leftover process to disappear
@@ -46,6 +57,14 @@ class Cleared(NamedTuple):
     problems: Tuple[str, ...] = ()
 
 
+class _Run(NamedTuple):
+    """A scratch directory just made: its name in `STATE_DIR/drill`, it open, and its lock, held."""
+
+    name: str
+    fd: int
+    lock: int
+
+
 class Scratch:
     """One drill run's scratch directory under `state_dir`; leftovers of dead runs are removed first.
     `path` is private (0700). Use as a context manager: `close` kills what still runs from it and
@@ -56,19 +75,14 @@ class Scratch:
         root = os.path.join(state_dir, "drill")
         make_private_dirs(root)
         self._root = open_root(root)
-        opened = [self._root]
         try:
             self.warnings: List[str] = list(_clear(self._root, root).problems)
-            self.name = _new_run(self._root)
-            self.path = os.path.join(root, self.name)
-            self._fd = os.open(self.name, _DIR, dir_fd=self._root)
-            opened.append(self._fd)
-            self._lock = os.open(LOCK, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self._fd)
+            run = _new_run(self._root)
         except BaseException:
-            for fd in opened:
-                os.close(fd)
+            os.close(self._root)
             raise
-        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self.name, self._fd, self._lock = run.name, run.fd, run.lock
+        self.path = os.path.join(root, self.name)
 
     def directory(self, name: str) -> str:
         """A new, empty, private directory `name` in the scratch directory."""
@@ -102,15 +116,49 @@ def open_root(root: str) -> int:
         raise
 
 
-def _new_run(root: int) -> str:
-    """A new private directory `run-*` in the open directory `root` (as mkdtemp, relative to `root`)."""
+def _new_run(root: int) -> _Run:
+    """A new private directory `run-*` in the open directory `root`, its lock held: made as `new-*` and
+    renamed once locked (module docstring). Raises OSError, leaving nothing behind, if it cannot be made."""
+    staging = _new_dir(root, STAGING)
+    fd = lock = -1
+    try:
+        fd = os.open(staging, _DIR, dir_fd=root)
+        lock = os.open(LOCK, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _Run(_rename_to_run(root, staging), fd, lock)
+    except BaseException:
+        for opened in (lock, fd):
+            if opened >= 0:
+                os.close(opened)
+        try:
+            remove_tree(root, staging)
+        except OSError:
+            pass  # a few bytes the next drill removes
+        raise
+
+
+def _new_dir(root: int, prefix: str) -> str:
+    """A new private directory `prefix` + hex digits in the open directory `root` (as mkdtemp)."""
     while True:
-        name = f"run-{secrets.token_hex(4)}"
+        name = f"{prefix}{secrets.token_hex(4)}"
         try:
             os.mkdir(name, 0o700, dir_fd=root)
             return name
         except FileExistsError:
             continue
+
+
+def _rename_to_run(root: int, staging: str) -> str:
+    """`staging` renamed to a free `run-*` name in the open directory `root`; that name."""
+    while True:
+        name = f"{RUN}{secrets.token_hex(4)}"
+        try:
+            # never onto a live drill's: it is not empty (its lock); an empty `run-*` is nobody's
+            os.rename(staging, name, src_dir_fd=root, dst_dir_fd=root)
+            return name
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                raise
 
 
 def clear_leftovers(root: str) -> Cleared:
@@ -137,9 +185,7 @@ def _clear(root_fd: int, root: str) -> Cleared:
     for name in sorted(names):
         path = os.path.join(root, name)
         try:
-            # a link named run-* is no scratch directory of a drill: left alone, never followed
-            if not name.startswith("run-") or not stat.S_ISDIR(os.lstat(name, dir_fd=root_fd).st_mode) \
-                    or _alive(root_fd, name):
+            if not name.startswith((RUN, STAGING)) or not _dead(root_fd, name):
                 continue
             _remove(root_fd, name, path)
         except FileNotFoundError:  # another drill removed it meanwhile
@@ -152,6 +198,18 @@ def _clear(root_fd: int, root: str) -> Cleared:
     return Cleared(tuple(removed), tuple(problems))
 
 
+def _dead(root: int, name: str) -> bool:
+    """Whether `name` (`run-*` or `new-*` in the open directory `root`) is a scratch directory of a drill
+    that is gone. Raises OSError as _alive."""
+    found = os.lstat(name, dir_fd=root)
+    if not stat.S_ISDIR(found.st_mode):
+        return False  # a link named run-* is no scratch directory of a drill: left alone, never followed
+    # a young `new-*` may be a drill's between making it and locking it; a clock set back only delays this
+    if name.startswith(STAGING) and not time.time() - found.st_mtime > _STAGING_AGE:
+        return False
+    return not _alive(root, name)
+
+
 def _alive(root: int, name: str) -> bool:
     """Whether the drill of scratch directory `name` runs (holds its lock). Raises OSError if the
     directory cannot be opened (another user's): then it is not this process's to remove either."""
@@ -159,7 +217,7 @@ def _alive(root: int, name: str) -> bool:
     try:
         fd = os.open(LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=run)
     except OSError:
-        return False  # made, but its lock not yet: only _new_run's caller knows it, and it would hold it
+        return False  # no drill's: a drill's `run-*` has its lock from the start, an old `new-*` is dead
     finally:
         os.close(run)
     try:

@@ -1,9 +1,12 @@
 """Scratch directories of drills (agent.drill.scratch): clearing leftovers never follows a link it did not
-make, and what cannot be removed is named instead of failing the drill that finds it."""
+make, never takes a drill that is starting for a leftover, and what cannot be removed is named instead of
+failing the drill that finds it."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import time
 
 import pytest
 
@@ -46,3 +49,47 @@ def test_a_running_drills_scratch_is_kept_and_removed_when_it_ends(tmp_path):
         assert clear_leftovers(str(tmp_path / "drill")) == Cleared()
         assert os.listdir(tmp_path / "drill") == [os.path.basename(scratch.path)]
     assert os.listdir(tmp_path / "drill") == [] and scratch.warnings == []
+
+
+@pytest.mark.parametrize("instant", ["directory made", "lock file made, not yet locked"])
+def test_a_scratch_directory_being_made_survives_another_drills_clear_up(tmp_path, monkeypatch, instant):
+    # another drill (the daemon's, or one from the command line) clears leftovers at the very instant this
+    # one has made its scratch directory and does not hold its lock yet
+    root = tmp_path / "drill"
+    cleared = []
+    mkdir, flock = os.mkdir, fcntl.flock
+
+    def mkdir_then_another_drill_clears(path, mode=0o777, *, dir_fd=None):
+        mkdir(path, mode, dir_fd=dir_fd)
+        if instant == "directory made" and dir_fd is not None and not cleared:
+            cleared.append(clear_leftovers(str(root)))
+
+    def another_drill_clears_then_flock(fd, operation):
+        if instant == "lock file made, not yet locked" and operation == fcntl.LOCK_EX and not cleared:
+            cleared.append(clear_leftovers(str(root)))
+        flock(fd, operation)
+
+    monkeypatch.setattr(os, "mkdir", mkdir_then_another_drill_clears)
+    monkeypatch.setattr(fcntl, "flock", another_drill_clears_then_flock)
+    with Scratch(str(tmp_path)) as scratch:
+        monkeypatch.undo()
+        assert cleared == [Cleared()]
+        made = scratch.directory("fs")
+        make_tree(made, {"f": "x"})
+        assert os.listdir(root) == [scratch.name] and (root / scratch.name / "fs/f").read_text() == "x"
+        assert clear_leftovers(str(root)) == Cleared()
+    assert os.listdir(root) == [] and scratch.warnings == []
+
+
+def test_a_drill_killed_while_making_its_scratch_directory_leaves_it_to_a_drill_a_minute_later(tmp_path):
+    root = tmp_path / "drill"
+    # killed before its lock file was made, and after; one made just now; one whose drill holds the lock
+    make_tree(str(root), {"new-nolock/": None, "new-unlocked/.lock": "", "new-young/.lock": "",
+                          "new-held/.lock": ""})
+    a_minute_ago = time.time() - 61
+    for name in ("new-nolock", "new-unlocked", "new-held"):
+        os.utime(root / name, (a_minute_ago, a_minute_ago))
+    with open(root / "new-held/.lock", "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert clear_leftovers(str(root)) == Cleared(removed=(str(root / "new-nolock"), str(root / "new-unlocked")))
+    assert sorted(os.listdir(root)) == ["new-held", "new-young"]
