@@ -178,6 +178,8 @@ def _prepare(repo: Repository, request: RestoreRequest) -> _Job:
     result.errors.extend(plan.problems)
     if request.overwrite == "never":
         result.conflicts = plan.paths(REPLACE)
+    else:
+        plan = _spare_directories(dest, plan, request.delete, result)
     if request.dry_run:
         _describe(plan, result)
         _sweep(dest, plan, result, dry_run=True)
@@ -186,6 +188,30 @@ def _prepare(repo: Repository, request: RestoreRequest) -> _Job:
         dest.close()
         job.plan = None
     return job
+
+
+def _spare_directories(dest: Target, plan: Plan, delete: bool, result: RestoreResult) -> Plan:
+    """The plan without the files and symlinks of the snapshot that would replace a directory holding
+    entries: replacing it removes what it holds, which the snapshot does not hold, and only --delete
+    removes that (with it, the replacement is said in the warnings)."""
+    steps = []
+    for step in plan.steps:
+        if step.action == REPLACE and step.entry.type != "dir" and step.parts:
+            try:
+                st = dest.lstat(step.parts)
+                held = st is not None and stat.S_ISDIR(st.st_mode) and any(True for _ in dest.listdir(step.parts))
+            except OSError:
+                held = True  # a directory that cannot be listed may hold anything
+            if held and not delete:
+                result.errors.append(f"{show(step.parts)}: a directory holding entries where the snapshot has a "
+                                     f"{step.entry.type}; not replaced (only --delete removes what the snapshot "
+                                     "does not hold)")
+                continue
+            if held:
+                result.warnings.append(f"{show(step.parts)}: the directory there and what it holds replaced by the "
+                                       f"snapshot's {step.entry.type} (--delete)")
+        steps.append(step)
+    return plan._replace(steps=tuple(steps))
 
 
 def _wanted(snapshot: Snapshot, paths: Iterable[str]) -> List[Parts]:
@@ -311,7 +337,9 @@ def _write(repo: Repository, items: Sequence[_Item], progress: Optional[Progress
             failing = 0
         except (DamagedBlobError, _Unreadable) as exc:
             result.errors.append(f"{show(step.parts)}: not restored, {exc}")
-        except BackendError as exc:  # an object the server will not give (after the client's retries)
+        except (BackendError, RepositoryError) as exc:
+            # an object the server will not give (after the client's retries), or a pack that cannot be
+            # opened (a data key the identity cannot unwrap)
             result.errors.append(f"{show(step.parts)}: not restored, {exc}")
             failing += 1
             if failing >= _FAILING_IN_A_ROW:
@@ -411,7 +439,7 @@ class _Writer:
         os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
 
     def _file(self, parent: int, name: str, entry: Entry, action: str) -> None:
-        if self.unreadable:
+        if self.unreadable and entry.size:
             for chunk in entry.chunks:
                 why = self.unreadable.get(self.repo.read_order(chunk)[0])
                 if why is not None:
@@ -430,10 +458,12 @@ class _Writer:
         """Write the entry's content and metadata into the new file `name` open as `fd`; on any error the
         file is removed."""
         try:
-            for chunk in entry.chunks:
+            for chunk in entry.chunks if entry.size else ():  # an empty file needs no blob
                 try:
                     view = memoryview(self.repo.read_blob(chunk))
-                except BackendError as exc:
+                except DamagedBlobError:  # this blob only: the pack's others may be good
+                    raise
+                except (BackendError, RepositoryError) as exc:
                     self.unreadable.setdefault(self.repo.read_order(chunk)[0], str(exc))
                     raise
                 while view:

@@ -456,7 +456,7 @@ def test_a_links_times_are_its_own_and_links_replace_what_is_in_their_way(tmp_pa
                                       ("was-dir", "symlink", "f"), ("was-file", "symlink", "f")],
                            mtimes={"dangling": 1_000_000_000_000, "l": 2_000_000_000_000, "f": 3_000_000_000_000})
     out = tmp_path / "out"
-    os.makedirs(out / "was-dir/inside")
+    os.makedirs(out / "was-dir")  # empty: one holding entries is replaced only with --delete (see below)
     (out / "was-file").write_bytes(b"in the way")
     result = restore_snapshot(repo, snap, str(out), overwrite="if-changed")
     assert result.errors == [] and sorted(result.replaced) == ["was-dir", "was-file"]
@@ -479,8 +479,11 @@ def test_a_file_replaces_a_directory_and_a_directory_a_file(tmp_path):
     (out / "a/deeper/x").write_bytes(b"x")
     (out / "d").write_bytes(b"a file where a directory goes")
     assert restore_snapshot(repo, snap, str(out)).conflicts == ["a", "d"]
-    result = restore_snapshot(repo, snap, str(out), overwrite="if-changed")
-    assert result.errors == [] and (result.replaced, result.created) == (["a", "d"], ["d/y"])
+    kept = restore_snapshot(repo, snap, str(out), overwrite="if-changed")  # a/deeper/x: not the snapshot's
+    assert [error.split(":")[0] for error in kept.errors] == ["a"] and (kept.replaced, kept.created) == (["d"], ["d/y"])
+    assert (out / "a/deeper/x").read_bytes() == b"x"
+    result = restore_snapshot(repo, snap, str(out), overwrite="if-changed", delete=True)
+    assert result.errors == [] and result.replaced == ["a"]
     assert (out / "a").read_bytes() == b"file now" and (out / "d/y").read_bytes() == b"y"
     assert sorted(os.listdir(out)) == ["a", "d"]  # no temp name left behind
 
@@ -705,3 +708,27 @@ def test_new_files_and_links_are_made_under_their_names_and_leave_no_temp_name(t
     assert result.errors == [] and result.created == [".", "a", "b", "d", "d/c"]
     assert sorted(os.listdir(out)) == ["a", "b", "d"] and os.listdir(out / "d") == ["c"]
     assert os.lstat(out / "a").st_ino == os.lstat(out / "b").st_ino and (out / "d/c").read_bytes() == b"c"
+
+
+def test_a_directory_with_entries_is_never_replaced_by_a_file_without_delete(tmp_path):
+    """Where the snapshot has a file or a symlink and the target a directory holding entries, replacing it
+    would remove what the directory holds, which the snapshot does not hold: refused without --delete (and
+    said in a dry run), done with it; an empty directory is simply replaced."""
+    repo, snap = _snapshot(tmp_path, [("lib", "dir", None), ("lib/a.jar", "file", b"jar" * 100),
+                                      ("empty.txt", "file", b""), ("current", "symlink", "lib")])
+    out = tmp_path / "out"
+    for name in ("lib/a.jar", "current"):
+        (out / name / "inner").mkdir(parents=True)
+        (out / name / "inner" / "precious").write_text("operator's")
+    (out / "empty.txt").mkdir()
+    dry = restore_snapshot(repo, snap, str(out), overwrite="if-changed", dry_run=True)
+    assert sorted(error.split(":")[0] for error in dry.errors) == ["current", "lib/a.jar"]
+    assert dry.replaced == ["empty.txt"]
+    result = restore_snapshot(repo, snap, str(out), overwrite="always")
+    assert sorted(error.split(":")[0] for error in result.errors) == ["current", "lib/a.jar"]
+    assert (out / "lib/a.jar/inner/precious").read_text() == "operator's"
+    assert (out / "current/inner/precious").read_text() == "operator's"
+    assert (out / "empty.txt").is_file() and (out / "empty.txt").read_bytes() == b""
+    deleted = restore_snapshot(repo, snap, str(out), overwrite="if-changed", delete=True)
+    assert deleted.errors == [] and len(deleted.warnings) == 2
+    assert (out / "lib/a.jar").read_bytes() == b"jar" * 100 and os.readlink(out / "current") == "lib"
