@@ -367,6 +367,27 @@ def test_a_plain_config_swapped_in_for_an_encrypted_one_is_refused(encrypted, tm
         assert CANARY.encode() not in data
 
 
+def test_restore_all_with_a_wrong_identity_names_every_job_in_its_json(encrypted, tmp_path):
+    """Whether a job's file list or only its files' data keys are out of the identity's reach, each job
+    gets its JSON document naming why (nothing escapes as one bare error with no JSON), exit 1."""
+    agent, _, _ = encrypted
+    trees = {"svc": str(tmp_path / "svc"), "km": str(tmp_path / "km")}
+    for name, tree in trees.items():
+        make_tree(tree, {"lib/big.jar": os.urandom(3_000_000), "conf/a.xml": f"<{name}/>"})
+    agent.write_jobs(fs_job("svc", trees["svc"]) + fs_job("km", trees["km"]))
+    agent.backup()
+    other = str(tmp_path / "other")
+    generate_identity(agent, other)
+    result = agent.run("restore", "--all", "--target", str(tmp_path / "out"), "--identity", other, "--json",
+                       check=1)
+    documents = {document["job"]: document for document in json.loads(result.stdout)}
+    assert set(documents) == {"svc", "km"} and "Traceback" not in result.stderr
+    for document in documents.values():
+        assert document["errors"] and all("cannot decrypt" in error or "restore stopped" in error
+                                          for error in document["errors"]), document["errors"]
+    assert not os.path.exists(tmp_path / "out" / "svc" / "lib" / "big.jar")
+
+
 def test_restore_drills_of_an_encrypted_repository_need_the_identity(encrypted, tmp_path):
     agent, identity, _ = encrypted
     src = str(tmp_path / "svc")

@@ -402,6 +402,35 @@ def test_a_restore_stops_once_the_storage_gives_no_object_in_a_row(tmp_path, s3_
     assert s3_proxy.counts["GET"] <= 10
 
 
+def test_an_empty_file_is_restored_whatever_pack_holds_its_empty_blob(tmp_path, s3_server, s3_proxy):
+    """A backup stores an empty file as the empty blob: its content is known from its size, so a pack the
+    server will not give never fails it (the file beside it in that pack is named)."""
+    from agent.restorer import restore_snapshot
+    from agent.store import Snapshot
+    from agent.store.manifest import Entry
+    from agent.store.tree import write_tree
+    from tests.fixtures.s3 import s3_location
+
+    location, settings = s3_location(s3_server, str(tmp_path), s3_proxy)
+    repo = Repository.open(open_backend(location, settings), create=True)
+    writer = repo.writer()
+    empty, full = writer.save(b"")[0], writer.save(os.urandom(500))[0]
+    writer.flush()
+    writer = repo.writer()
+    tree = write_tree(writer, [Entry(".", "dir", 0o755, 0, 0, 0), Entry("empty", "file", 0o644, 0, 0, 0, 0, (empty,)),
+                               Entry("full", "file", 0o644, 0, 0, 0, 500, (full,))])
+    writer.flush()
+    snap = repo.save_snapshot(Snapshot(job="svc", type="fs", host="h", time="2026-12-01T00:00:00Z",
+                                       trigger="manual", tree=tree, files=2, bytes=500, fingerprint="f"))
+    refused = repo.index.get(empty).pack.hex()
+    assert repo.index.get(full).pack.hex() == refused
+    reader = Repository.open(open_backend(location, settings))
+    s3_proxy.faults.refuse_get, s3_proxy.faults.only = True, refused
+    result = restore_snapshot(reader, snap, str(tmp_path / "out"))
+    assert [error.split(":")[0] for error in result.errors] == ["full"]
+    assert (tmp_path / "out" / "empty").read_bytes() == b"" and not (tmp_path / "out" / "full").exists()
+
+
 def _spans(names: str) -> List[Span]:
     return [Span(Handle(Kind.DATA, name)) for name in names]
 
