@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import pytest
 
@@ -47,6 +48,36 @@ def nobody_can_use(area) -> List[str]:
         for name in dirs + files + [""]:
             os.lchown(os.path.join(directory, name), 65534, 65534)
     return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
+
+
+NOBODY = 65534
+
+
+def as_nobody(run: Callable[[], object]) -> object:
+    """What `run()` returns when called in a forked child that is uid and gid NOBODY: a process without
+    CAP_DAC_OVERRIDE, as an operator restoring their own files is. Raises AssertionError with the
+    child's exception."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            answer = pickle.dumps(("ok", run()))
+        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the test
+            answer = pickle.dumps(("failed", repr(exc)))
+        with os.fdopen(write, "wb") as pipe:
+            pipe.write(answer)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        answer = pipe.read()
+    os.waitpid(pid, 0)
+    status, value = pickle.loads(answer)
+    assert status == "ok", value
+    return value
 
 
 def agent_command() -> List[str]:

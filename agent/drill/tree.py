@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 
 from agent.drill.proof import Proof
 from agent.restorer import restore_snapshot, safe_parts
-from agent.restorer.target import Target
+from agent.restorer.target import Target, open_up
 from agent.store import Repository, Snapshot
 from agent.store.manifest import Entry
 from agent.store.tree import read_tree
@@ -93,17 +93,36 @@ class _Checker:
 
     def _check_file(self, parent: int, name: str, entry: Entry) -> Optional[str]:
         try:
-            fd = os.open(name, _READ | os.O_NONBLOCK, dir_fd=parent)  # a fifo in its place must not block
+            fd, problem = _open_file(parent, name, entry, self._target.euid)
         except OSError as exc:
             if exc.errno != errno.ELOOP:
                 return f"not restored ({exc.strerror})" if exc.errno == errno.ENOENT else \
                     f"cannot be read ({exc.strerror})"
             return f"restored as something other than a {entry.type}"
+        if fd is None:
+            return problem
         try:
-            problem = _check_stat(os.fstat(fd), entry)
             return problem or _content_problem(self.repo, fd, entry)
         finally:
             os.close(fd)
+
+
+def _open_file(parent: int, name: str, entry: Entry, euid: int) -> Tuple[Optional[int], Optional[str]]:
+    """(`name` in `parent` opened for reading, what its status says is wrong with it as `entry`): never
+    opened through a link, and a fifo in its place must not block. A file restored without owner read
+    (0000, 0200) has its status compared first (no descriptor if that fails) and is then made readable
+    if it is this user's own: the drill's copy, not the file the snapshot came from. Raises OSError
+    (ELOOP for a link; EACCES for a file of another user, or as root: open_up changes nothing then)."""
+    flags = _READ | os.O_NONBLOCK
+    try:
+        fd = os.open(name, flags, dir_fd=parent)
+    except PermissionError:
+        problem = _check_stat(os.lstat(name, dir_fd=parent), entry)
+        if problem:
+            return None, problem
+        open_up(parent, name, euid, stat.S_IRUSR, stat.S_IFREG)
+        return os.open(name, flags, dir_fd=parent), None
+    return fd, _check_stat(os.fstat(fd), entry)
 
 
 def _check_stat(st: os.stat_result, entry: Entry) -> Optional[str]:

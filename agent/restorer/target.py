@@ -83,8 +83,9 @@ class Target:
 
     def find_dir(self, parts: Parts, open_up: bool = False) -> Optional[int]:
         """The descriptor of an existing directory (never a symlink to one), or None; creates nothing.
-        With `open_up`, a directory of this user that it may not open (0000) gets owner rwx on the way
-        (a drill checking its own scratch copy: the mode was compared before, parents come first)."""
+        With `open_up`, a directory of this user that it may not open or search (0000, 0600) gets owner
+        rwx on the way (a drill checking its own scratch copy: the mode was compared before, parents come
+        first)."""
         fd = self._fds.get(parts)
         if fd is not None or not parts or parts in self._missing:
             return fd
@@ -105,6 +106,8 @@ class Target:
                 self._missing.add(parts)
                 return None
             raise
+        if open_up:  # one it may read but not search (0600) would hide its entries all the same
+            _make_writable(fd, self.euid, need=0o500)
         return self._remember(parts, fd)
 
     def lstat(self, parts: Parts) -> Optional[os.stat_result]:
@@ -228,24 +231,35 @@ def _remove_dir(parent: int, name: str, euid: int) -> None:
     os.rmdir(name, dir_fd=parent)
 
 
-def _make_writable(fd: int, euid: int) -> None:
-    """Owner write and search on a directory of ours that lacks them (a 0555 one)."""
+def _make_writable(fd: int, euid: int, need: int = 0o300) -> None:
+    """Owner rwx on a directory of ours that lacks the owner permissions `need` (write and search on a
+    0555 one; read and search, 0o500, on a 0600 one)."""
     st = os.fstat(fd)
-    if euid != 0 and st.st_uid == euid and st.st_mode & 0o300 != 0o300:
+    if euid != 0 and st.st_uid == euid and st.st_mode & need != need:
         os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
 
 
 def _open_up(parent: int, name: str, euid: int) -> None:
-    """A directory of ours that we may not even open (0000, say): give the owner rwx. An O_PATH
-    descriptor needs no permission, and chmod through /proc/self/fd/N changes that very inode (a
-    symlink swapped in meanwhile would be what O_NOFOLLOW opened, and O_DIRECTORY refuses it)."""
+    """A directory of ours that we may not even open (0000, say): give the owner rwx."""
+    open_up(parent, name, euid, 0o700, stat.S_IFDIR)
+
+
+def open_up(parent: int, name: str, euid: int, bits: int, kind: int) -> None:
+    """Give the owner `bits` (0o400: read) on `name` in `parent`, an entry of ours of type `kind`
+    (stat.S_IFDIR, stat.S_IFREG) whose mode denies us what we need (a 0000 directory, a 0200 file); one
+    of another type is left as it is. An O_PATH descriptor needs no permission, and chmod through
+    /proc/self/fd/N changes that very inode (never a symlink: O_NOFOLLOW opens the link itself, whose
+    type is not `kind`). Raises PermissionError for root (nothing is denied to it but by a mount or an
+    attribute, which a chmod would not lift) and for an entry of another user: never ours to change."""
     if euid == 0:
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
-    fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_DIRECTORY if kind == stat.S_IFDIR else 0)
+    fd = os.open(name, flags, dir_fd=parent)
     try:
         st = os.fstat(fd)
         if st.st_uid != euid:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
-        os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(st.st_mode) | 0o700)
+        if stat.S_IFMT(st.st_mode) == kind and st.st_mode & bits != bits:
+            os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(st.st_mode) | bits)
     finally:
         os.close(fd)

@@ -194,6 +194,24 @@ def test_a_user_without_override_drills_an_unreadable_directory_and_removes_its_
         assert scratch_left(agent) == ["run-stuck"]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand the test area to another user")
+def test_a_user_without_override_drills_unreadable_files_and_an_unsearchable_directory(shared_tmp):
+    agent = new_agent(str(shared_tmp / "agent"))
+    tree = str(shared_tmp / "t")
+    make_tree(tree, {"open/o": "zero", "wonly": "write only", "list/f": "in a 0600 directory", "x": "0644"})
+    modes = {"open/o": 0o000, "wonly": 0o200, "list": 0o600}
+    for path, mode in modes.items():
+        os.chmod(os.path.join(tree, path), mode)
+    agent.write_jobs(fs_job("t", tree))
+    agent.backup()  # as root, who reads everything
+    user = nobody_can_use(shared_tmp)
+    result = agent.run("drill", "t", "--json", user=user, timeout=600)
+    [report] = json.loads(result.stdout)
+    assert result.returncode == 0 and report["status"] == "ok", (report, result.stderr)
+    assert (report["files"], report["errors"], report["warnings"]) == (4, [], [])
+    assert scratch_left(agent) == []
+
+
 # --- mysql: a throwaway server of the drill's own -------------------------------------------------------
 
 def mysql_job(agent, name: str, database: str, options_file: str, extra: str = "") -> None:

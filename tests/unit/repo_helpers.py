@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import Dict
+from typing import Dict, List
 
 from agent.store import Repository, Snapshot
 from agent.store.tree import Entry, write_tree
+from agent.store.writer import BlobWriter
 
 
 def store_files(repo: Repository, job: str, files: Dict[str, bytes], time: str = "2026-11-27T07:00:00Z",
@@ -26,6 +27,16 @@ def store_files(repo: Repository, job: str, files: Dict[str, bytes], time: str =
     return repo.save_snapshot(Snapshot(job=job, type="fs", host=host, time=time, trigger="manual", tree=tree,
                                        files=len(files), bytes=sum(map(len, files.values())),
                                        fingerprint=f"{job}-{time}-{len(files)}"))
+
+
+def snapshot_of(repo: Repository, writer: BlobWriter, entries: List[Entry], job: str = "api") -> Snapshot:
+    """A snapshot of `job` holding exactly `entries` (their blobs saved by `writer` already)."""
+    tree = write_tree(writer, entries)
+    writer.flush()
+    files = [entry for entry in entries if entry.type == "file"]
+    return repo.save_snapshot(Snapshot(job=job, type="fs", host="h", time="2026-11-30T00:00:00Z", trigger="manual",
+                                       tree=tree, files=len(files), bytes=sum(entry.size for entry in files),
+                                       fingerprint="f", source=(f"/services/{job}",)))
 
 
 def deleted_descriptors() -> int:

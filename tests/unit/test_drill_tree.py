@@ -4,11 +4,20 @@ its manifest entry is named, and a link planted where a directory belongs is nev
 from __future__ import annotations
 
 import os
+import shutil
+import stat
+import tempfile
 
+import pytest
+
+from agent.backend.mem import MemBackend
 from agent.drill.tree import _Checker, _count_files
 from agent.restorer import restore_snapshot, safe_parts
+from agent.store import Repository
+from agent.store.manifest import Entry
 from agent.store.tree import read_tree
-from tests.unit.repo_helpers import store_files
+from tests.helpers import NOBODY, as_nobody
+from tests.unit.repo_helpers import snapshot_of, store_files
 
 FILES = {"a": b"alpha" * 100, "b": b"bravo" * 100, "c": b"charlie" * 100, "d": b"delta", "e": b"echo" * 50,
          "sub/f": b"foxtrot" * 10, "sub/g": b"golf"}
@@ -63,3 +72,28 @@ def test_a_tree_deeper_than_path_max_is_checked_and_counted(repo, tmp_path):
     snap = store_files(repo, "svc", {f"{deep}/leaf.txt": b"leaf", "top": b"top"})
     proof = prove_tree(repo, snap, str(tmp_path / "scratch"))
     assert proof.errors == () and proof.files == 2
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user in a child")
+def test_an_unreadable_file_is_read_only_as_the_drills_own_copy_and_after_its_mode_is_compared():
+    repo = Repository.open(MemBackend(), create=True)  # in memory: the child reads it without permissions
+    writer = repo.writer()
+    modes = {"mine": 0o000, "wonly": 0o200, "wrong": 0o644, "theirs": 0o000, "dir/f": 0o644}
+    entries = [Entry(".", "dir", 0o755, NOBODY, NOBODY, 0), Entry("dir", "dir", 0o600, NOBODY, NOBODY, 0)]
+    for path, mode in sorted(modes.items()):
+        owner = 0 if path == "theirs" else NOBODY
+        entries.append(Entry(path, "file", mode, owner, owner, 0, 1, (writer.save(path[0].encode())[0],)))
+    snap = snapshot_of(repo, writer, entries)
+    out = tempfile.mkdtemp(prefix="drill-as-nobody-")  # /tmp lets another user reach it, tmp_path does not
+    try:
+        assert restore_snapshot(repo, snap, out).errors == []  # as root: owners and modes as recorded
+        os.chmod(os.path.join(out, "wrong"), 0o000)  # not what the manifest says, and unreadable
+        found = as_nobody(lambda: _problems(repo, snap, out))
+        assert found == {".": None, "dir": None, "dir/f": None, "mine": None, "wonly": None,
+                         "wrong": "mode 0000, the manifest says 0644", "theirs": "cannot be read (Permission denied)"}
+        after = {path: stat.S_IMODE(os.lstat(os.path.join(out, path)).st_mode) for path in ("mine", "wonly", "wrong",
+                                                                                             "theirs", "dir")}
+        # read only once compared, and only the drill user's own: the rest keep the modes they were found with
+        assert after == {"mine": 0o400, "wonly": 0o600, "wrong": 0o000, "theirs": 0o000, "dir": 0o700}
+    finally:
+        shutil.rmtree(out)

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import errno
 import os
-import pickle
 import shutil
 import stat
 import struct
 import tempfile
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 
@@ -22,7 +21,8 @@ from agent.restorer.target import Target
 from agent.store import Repository, Snapshot
 from agent.store.manifest import Entry
 from agent.store.tree import read_tree, write_tree
-from tests.helpers import deep_path, read_deep
+from tests.helpers import NOBODY, as_nobody, deep_path, read_deep
+from tests.unit.repo_helpers import snapshot_of
 
 MTIME = 1_700_000_000_123_456_789
 UID, GID = os.geteuid(), os.getegid()
@@ -550,36 +550,6 @@ def test_paths_are_read_as_the_jobs_and_each_wrong_one_is_named(tmp_path):
         restore_snapshot(repo, snap, str(tmp_path / "no"), ["/conf"])
 
 
-NOBODY = 65534
-
-
-def _as_nobody(run: Callable[[], object]) -> object:
-    """What `run()` returns when called in a forked child that is uid and gid NOBODY: a process without
-    CAP_DAC_OVERRIDE, as an operator restoring their own files is. Raises AssertionError with the
-    child's exception."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.close(read)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            answer = pickle.dumps(("ok", run()))
-        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the test
-            answer = pickle.dumps(("failed", repr(exc)))
-        with os.fdopen(write, "wb") as pipe:
-            pipe.write(answer)
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        answer = pipe.read()
-    os.waitpid(pid, 0)
-    status, value = pickle.loads(answer)
-    assert status == "ok", value
-    return value
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user in a child")
 def test_a_user_without_override_restores_unreadable_and_read_only_directories_and_deletes_in_them(tmp_path):
     repo = Repository.open(MemBackend(), create=True)  # in memory: the child reads it without permissions
@@ -590,14 +560,11 @@ def test_a_user_without_override_restores_unreadable_and_read_only_directories_a
                Entry("locked/inner/f", "file", 0o644, size=1, chunks=(writer.save(b"f")[0],), **own),
                Entry("ro", "dir", 0o555, **own), Entry("ro/x", "file", 0o444, size=1, chunks=(writer.save(b"x")[0],),
                                                          **own)]
-    tree = write_tree(writer, entries)
-    writer.flush()
-    snap = repo.save_snapshot(Snapshot(job="api", type="fs", host="h", time="2026-11-30T00:00:00Z", trigger="manual",
-                                       tree=tree, files=2, bytes=2, fingerprint="f", source=("/services/api",)))
+    snap = snapshot_of(repo, writer, entries)
     out = tempfile.mkdtemp(prefix="restore-as-nobody-")  # /tmp lets another user reach it, tmp_path does not
     try:
         os.chown(out, NOBODY, NOBODY)
-        first = _as_nobody(lambda: restore_snapshot(repo, snap, out))
+        first = as_nobody(lambda: restore_snapshot(repo, snap, out))
         assert first.errors == [] and first.created == ["locked", "locked/inner", "locked/inner/f", "ro", "ro/x"]
         modes = {name: stat.S_IMODE(os.stat(os.path.join(out, name)).st_mode) for name in ("locked", "ro", "ro/x")}
         assert modes == {"locked": 0o000, "ro": 0o555, "ro/x": 0o444}
@@ -608,11 +575,11 @@ def test_a_user_without_override_restores_unreadable_and_read_only_directories_a
             with open(os.path.join(out, name), "wb") as handle:
                 handle.write(b"extra")
         keep = lambda path, is_dir: path == "locked/kept"  # noqa: E731
-        dry = _as_nobody(lambda: restore_snapshot(repo, snap, out, delete=True, dry_run=True, keep=keep))
+        dry = as_nobody(lambda: restore_snapshot(repo, snap, out, delete=True, dry_run=True, keep=keep))
         assert dry.deleted == ["ro/stray"] and dry.errors == []
         assert dry.warnings == ["locked: not readable without changing its mode; what --delete would remove in it "
                                 "is known only when the restore opens it"]
-        done = _as_nobody(lambda: restore_snapshot(repo, snap, out, delete=True, overwrite="if-changed", keep=keep))
+        done = as_nobody(lambda: restore_snapshot(repo, snap, out, delete=True, overwrite="if-changed", keep=keep))
         assert done.errors == [] and done.deleted == ["ro/stray", "locked/stray"]
         assert sorted(os.listdir(os.path.join(out, "locked"))) == ["inner", "kept"]
         assert stat.S_IMODE(os.stat(os.path.join(out, "locked")).st_mode) == 0o000
