@@ -21,6 +21,7 @@ import itertools
 import os
 import secrets
 import stat
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, TypeVar
 
@@ -324,7 +325,7 @@ def _write(repo: Repository, items: Sequence[_Item], progress: Optional[Progress
     """Every step, in order; directories are collected into their job's `dirs` for their metadata. A pack
     the storage would not give fails the files that need it, each named, and is not asked for again."""
     unreadable: Dict[bytes, str] = {}  # pack id -> why the storage would not give it
-    for job in {id(job): job for job, _ in items}.values():
+    for job in {item.job for item in items}:
         job.writer.unreadable = unreadable
     failing = 0  # objects in a row the storage would not give
     for number, (job, step) in enumerate(items):
@@ -354,15 +355,13 @@ def _write(repo: Repository, items: Sequence[_Item], progress: Optional[Progress
 
 def _stopped(items: Sequence[_Item], number: int, why: str) -> None:
     """Say in each request's result what a restore stopped at item `number` left out."""
-    left: Dict[int, int] = {id(items[number].job): 0}
-    jobs = {id(items[number].job): items[number].job}
-    for job, _ in items[number + 1:]:
-        left[id(job)] = left.get(id(job), 0) + 1
-        jobs[id(job)] = job
+    current = items[number].job
+    left = Counter(item.job for item in items[number + 1:])
+    left[current] += 0  # named even with nothing of its own left
     at = show(items[number].step.parts)
-    for key, count in left.items():
-        where = f"after {at} " if key == id(items[number].job) else ""
-        jobs[key].result.errors.append(f"restore stopped: {why}; {count} entries {where}were not restored")
+    for job, count in left.items():
+        where = f"after {at} " if job is current else ""
+        job.result.errors.append(f"restore stopped: {why}; {count} entries {where}were not restored")
 
 
 def _delete(dest: Target, paths: Iterable[Parts], result: RestoreResult) -> None:
