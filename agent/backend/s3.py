@@ -23,6 +23,7 @@ import base64
 import hashlib
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
@@ -159,6 +160,7 @@ class S3Backend:
         self._client_lock = threading.Lock()
         self._pid = 0
         self._packs = RecentPacks()
+        _backends.add(self)
 
     # --- the client -------------------------------------------------------------------------------
 
@@ -348,6 +350,21 @@ class S3Backend:
 
 _clients: Dict[Tuple[int, str, Optional[str], Optional[str], Keys], Any] = {}
 _clients_lock = threading.Lock()
+_backends: weakref.WeakSet[S3Backend] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    """In a forked child (verify's workers, a restore's writers), the locks another thread of the parent
+    held at the fork (a lock's refresher asking for the client) would stay held: each starts afresh, and
+    no pack read ahead by the parent is shared."""
+    global _clients_lock
+    _clients_lock = threading.Lock()
+    for backend in list(_backends):
+        backend._client_lock = threading.Lock()
+        backend._packs = RecentPacks()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def _client_for(endpoint: str, options: S3Options) -> Any:

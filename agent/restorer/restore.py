@@ -11,59 +11,43 @@ mode and size and finds it different). A damaged blob never becomes wrong bytes 
 named and left as it was (a new one removed), the rest is restored, and the run fails. All paths go
 through `Target` (directory descriptors, O_NOFOLLOW), so a tampered manifest or a symlink planted in the
 target cannot redirect a write or a delete. Several snapshots restored together (`restore --all`) are
-written in one pass in storage order: a pack they share is read once.
+written in one pass in storage order: a pack they share is read once. A command restoring thousands of
+files writes them from several processes, each a contiguous part of that order (fanout.py).
 """
 
 from __future__ import annotations
 
 import errno
-import itertools
 import os
-import secrets
 import stat
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, TypeVar
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from agent.backend import BackendError
-from agent.leftovers import TEMP_PREFIX, hold, sweep
+from agent.leftovers import sweep
 from agent.progress import Progress
+from agent.restorer import fanout
 from agent.restorer.plan import CREATE, REPLACE, SAME, Keep, Plan, Step, extras, make_plan, selection, show
 from agent.restorer.target import Parts, PathError, Target, TargetError, safe_parts
-from agent.restorer.xattrs import apply_xattrs, reach
+from agent.restorer.writer import RestoreResult, Unreadable, Writer
 from agent.store import DamagedBlobError, Repository, RepositoryError, Snapshot
 from agent.store.manifest import Entry
 from agent.store.tree import read_tree
 
 OVERWRITE_MODES = ("never", "if-changed", "always")
 
-Made = TypeVar("Made")
 # objects in a row the storage would not give (each after the client's retries): the server is gone, and
 # the rest would fail alike
 _FAILING_IN_A_ROW = 10
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# the bytes that cost a writer as much as creating a file (measured: ~30 µs for either), to cut the storage
+# order into parts of equal work
+_BYTES_A_FILE = 32 * 1024
 
 # errors after which every further write would fail the same way: stop with one message, not 100k
 _FATAL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 __all__ = ["OVERWRITE_MODES", "PathError", "RestoreRequest", "RestoreResult", "Restored", "TargetError",
            "restore_snapshot", "restore_snapshots", "safe_parts"]
-
-
-@dataclass
-class RestoreResult:
-    """What a restore did (or, with dry_run, would do). `conflicts` is non-empty only when `never`
-    refused: then nothing was written. Paths are relative to the target, '/'-separated."""
-
-    created: List[str] = field(default_factory=list)
-    replaced: List[str] = field(default_factory=list)
-    deleted: List[str] = field(default_factory=list)
-    unchanged: int = 0
-    conflicts: List[str] = field(default_factory=list)
-    files: int = 0  # files written
-    bytes: int = 0  # bytes written
-    errors: List[str] = field(default_factory=list)
-    warnings: List[str] = field(default_factory=list)
 
 
 class RestoreRequest(NamedTuple):
@@ -94,7 +78,8 @@ _REQUEST_FAILURES = (PathError, TargetError, RepositoryError, BackendError, Valu
 def restore_snapshot(repo: Repository, snapshot: Snapshot, target: str, paths: Iterable[str] = (),
                      overwrite: str = "never", delete: bool = False, dry_run: bool = False,
                      keep: Optional[Keep] = None, progress: Optional[Progress] = None,
-                     entries: Optional[Iterable[Entry]] = None, follow_target: bool = False) -> RestoreResult:
+                     entries: Optional[Iterable[Entry]] = None, follow_target: bool = False,
+                     fork_writers: bool = False) -> RestoreResult:
     """Restore `paths` of `snapshot` (all of it if none) into directory `target`, the job's path
     becoming `target`. `paths` are relative to the job's path, or absolute under it. `overwrite`: one
     of OVERWRITE_MODES; `delete` removes what the target holds under those paths and the snapshot does
@@ -106,10 +91,11 @@ def restore_snapshot(repo: Repository, snapshot: Snapshot, target: str, paths: I
     `progress` is told the files and bytes to write, then each file's as it is done. `entries`: the
     snapshot's file list when the caller has read it already (a drill checks the restore against it).
     `follow_target`: a symlink at `target` itself is followed (the operator named it); without it such a
-    link is a TargetError (a directory the caller derived: see Target)."""
+    link is a TargetError (a directory the caller derived: see Target). `fork_writers`: see
+    restore_snapshots."""
     request = RestoreRequest(snapshot, target, tuple(paths), overwrite, delete, dry_run, keep, entries,
                              follow_target)
-    (done,) = restore_snapshots(repo, [request], progress)
+    (done,) = restore_snapshots(repo, [request], progress, fork_writers)
     if done.failure is not None:
         raise done.failure
     assert done.result is not None
@@ -117,12 +103,14 @@ def restore_snapshot(repo: Repository, snapshot: Snapshot, target: str, paths: I
 
 
 def restore_snapshots(repo: Repository, requests: Sequence[RestoreRequest],
-                      progress: Optional[Progress] = None) -> List[Restored]:
+                      progress: Optional[Progress] = None, fork_writers: bool = False) -> List[Restored]:
     """Carry out `requests` (each as restore_snapshot would) in one pass: the files of all of them are
     written in the order their blobs are stored, so a pack that several snapshots share (the same jars in
     six services) is read once, not once per snapshot. A request that cannot start (PathError,
     TargetError, an unreadable file list, a storage error reading it) fails alone, named in its Restored;
-    the others go on. One Restored per request, in order."""
+    the others go on. One Restored per request, in order. `fork_writers`: a restore writing many files
+    writes them from several processes (fanout.py), for a command that is a process of its own: the
+    writers are forked, so no other thread of the caller may hold a lock the restore needs meanwhile."""
     if any(request.overwrite not in OVERWRITE_MODES for request in requests):
         raise ValueError(f"overwrite must be one of {OVERWRITE_MODES}")
     done: List[Restored] = []
@@ -138,7 +126,7 @@ def restore_snapshots(repo: Repository, requests: Sequence[RestoreRequest],
             if job.plan is not None:
                 ready.append(job)
         if ready:
-            _apply(repo, ready, progress)
+            _apply(repo, ready, progress, fork_writers)
     finally:
         for job in ready:
             job.dest.close()
@@ -153,7 +141,7 @@ class _Job:
                  plan: Plan) -> None:
         self.request, self.result, self.dest = request, result, dest
         self.plan: Optional[Plan] = plan
-        self.writer = _Writer(repo, dest, request.overwrite == "always", os.geteuid() == 0, result)
+        self.writer = Writer(repo, dest, request.overwrite == "always", os.geteuid() == 0, result)
         self.dirs: List[Step] = []  # directories written, for their metadata at the end
 
 
@@ -247,7 +235,7 @@ def _describe(plan: Plan, result: RestoreResult) -> None:
     result.unchanged = sum(1 for step in plan.steps if step.action == SAME)
 
 
-def _apply(repo: Repository, jobs: Sequence[_Job], progress: Optional[Progress]) -> None:
+def _apply(repo: Repository, jobs: Sequence[_Job], progress: Optional[Progress], fork: bool) -> None:
     for job in jobs:
         assert job.plan is not None
         _delete(job.dest, job.plan.delete, job.result)
@@ -262,10 +250,7 @@ def _apply(repo: Repository, jobs: Sequence[_Job], progress: Optional[Progress])
     if progress is not None:
         files = [step.entry.size for job in jobs for step in job.plan.steps if step.entry.type == "file"]
         progress.expect(len(files), sum(files))
-    items = _in_storage_order(repo, jobs)
-    with repo.read_ahead(chunk for job, step in items if step.entry.type == "file"
-                         and (step.action != SAME or job.writer.always) for chunk in step.entry.chunks):
-        _write(repo, items, progress)
+    _write_all(repo, jobs, _in_storage_order(repo, jobs), progress, fork)
     for job in jobs:
         order = {show(step.parts): number for number, step in enumerate(job.plan.steps)}
         for named in (job.result.created, job.result.replaced):  # reported in manifest order, as planned
@@ -310,7 +295,7 @@ def _in_storage_order(repo: Repository, jobs: Sequence[_Job]) -> List[_Item]:
     blob is stored. In manifest order a restore jumps between packs (the backup read files in directory
     order, and shares blobs with other files and jobs): a pack evicted and needed again is fetched whole
     again on object storage. In storage order each pack is read once, front to back. The sort is stable:
-    a hard link's first name (the one `_Writer.good` links the others to) stays ahead of the others."""
+    a hard link's first name (the one `Writer.good` links the others to) stays ahead of the others."""
 
     def stored_at(item: _Item) -> Tuple[bytes, int]:
         chunks = item.step.entry.chunks if item.step.entry.type == "file" else ()
@@ -319,6 +304,80 @@ def _in_storage_order(repo: Repository, jobs: Sequence[_Job]) -> List[_Item]:
     items = [_Item(job, step) for job in jobs for step in job.plan.steps]  # type: ignore[union-attr]
     return [item for item in items if item.step.entry.type == "dir"] + \
         sorted((item for item in items if item.step.entry.type != "dir"), key=stored_at)
+
+
+def _writes(item: _Item) -> bool:
+    """Whether the item's file is written (its blobs read)."""
+    return item.step.entry.type == "file" and (item.step.action != SAME or item.job.writer.always)
+
+
+def _chunks(items: Sequence[_Item]) -> Iterator[bytes]:
+    return (chunk for item in items if _writes(item) for chunk in item.step.entry.chunks)
+
+
+def _write_all(repo: Repository, jobs: Sequence[_Job], items: Sequence[_Item], progress: Optional[Progress],
+               fork: bool) -> None:
+    """Every item: in this process, or (`fork` and many files to write) the directories here, then the
+    files and symlinks in contiguous parts of the storage order by writer processes (fanout.py), then the
+    later names of hard links, which need their first names restored by whichever part had them."""
+    writers = fanout.writers_for(sum(1 for item in items if _writes(item))) if fork else 1
+    if writers == 1:
+        with repo.read_ahead(_chunks(items)):
+            _write(repo, items, progress)
+        return
+    later = [item for item in items if item.step.entry.type == "file" and item.step.entry.hardlink]
+    _write(repo, [item for item in items if item.step.entry.type == "dir"], progress)
+    rest = [item for item in items if item.step.entry.type != "dir" and not
+            (item.step.entry.type == "file" and item.step.entry.hardlink)]
+    parts = fanout.split(rest, writers, lambda item: 1 + (item.step.entry.size if _writes(item) else 0) / _BYTES_A_FILE)
+    linked = {item.step.entry.hardlink for item in later}
+    outcomes = fanout.in_processes(len(parts), lambda number, counted: _write_part(
+        repo, jobs, parts[number], counted, linked), progress)
+    for part, outcome in zip(parts, outcomes):
+        if isinstance(outcome, fanout.PartFailed):
+            for job, count in Counter(item.job for item in part).items():
+                job.result.errors.append(f"restore stopped: {outcome.why}; up to {count} entries it was writing "
+                                         "may not be restored")
+            continue
+        for number, result in outcome.results.items():
+            _merge(jobs[number], result, outcome.good[number])
+    _write(repo, later, progress)
+
+
+class _Written(NamedTuple):
+    """What one part of a restore did, per job (by its number): its counts and names, and the first names it
+    restored that later names of their inodes link to."""
+
+    results: Dict[int, RestoreResult]
+    good: Dict[int, Dict[str, Parts]]
+
+
+def _write_part(repo: Repository, jobs: Sequence[_Job], items: Sequence[_Item], progress: Optional[Progress],
+                linked: Set[str]) -> _Written:
+    """Write `items` with their own read-ahead, counting into fresh results (the part may run in a writer
+    process: what it did goes back to the restore as a _Written)."""
+    kept = [job.result for job in jobs]
+    for job in jobs:
+        job.result = job.writer.result = RestoreResult()
+    try:
+        with repo.read_ahead(_chunks(items)):
+            _write(repo, items, progress)
+        return _Written({number: job.result for number, job in enumerate(jobs)},
+                        {number: {path: job.writer.good[path] for path in linked if path in job.writer.good}
+                         for number, job in enumerate(jobs)})
+    finally:
+        for job, result in zip(jobs, kept):
+            job.result = job.writer.result = result
+
+
+def _merge(job: _Job, done: RestoreResult, good: Dict[str, Parts]) -> None:
+    result = job.result
+    for name in ("created", "replaced", "errors", "warnings"):
+        getattr(result, name).extend(getattr(done, name))
+    result.unchanged += done.unchanged
+    result.files += done.files
+    result.bytes += done.bytes
+    job.writer.good.update(good)
 
 
 def _write(repo: Repository, items: Sequence[_Item], progress: Optional[Progress]) -> None:
@@ -336,7 +395,7 @@ def _write(repo: Repository, items: Sequence[_Item], progress: Optional[Progress
             if progress is not None and step.entry.type == "file":
                 progress.advance(files=1, bytes=step.entry.size)
             failing = 0
-        except (DamagedBlobError, _Unreadable) as exc:
+        except (DamagedBlobError, Unreadable) as exc:
             result.errors.append(f"{show(step.parts)}: not restored, {exc}")
         except (BackendError, RepositoryError) as exc:
             # an object the server will not give (after the client's retries), or a pack that cannot be
@@ -371,168 +430,3 @@ def _delete(dest: Target, paths: Iterable[Parts], result: RestoreResult) -> None
             result.deleted.append(show(parts))
         except OSError as exc:
             result.errors.append(f"{show(parts)}: not deleted: {exc.strerror or exc}")
-
-
-class _Writer:
-    """Writes the plan's steps into the target, one at a time, counting into `result`."""
-
-    def __init__(self, repo: Repository, dest: Target, always: bool, owner: bool, result: RestoreResult) -> None:
-        self.repo = repo
-        self.dest = dest
-        self.always = always
-        self.owner = owner
-        self.result = result
-        self._prefix = secrets.token_hex(6)
-        self._count = itertools.count()
-        # files whose content in the target is the snapshot's (restored now or found the same): the
-        # later names of their inodes are linked to them, never to a file that failed to restore
-        self.good: Dict[str, Parts] = {}
-        self.unreadable: Dict[bytes, str] = {}  # packs the storage would not give (shared by a restore's writers)
-
-    def step(self, step: Step) -> bool:
-        """Carry out one step; True for a directory (its metadata is applied at the end)."""
-        parts, entry, action = step
-        result = self.result
-        if entry.type == "dir":
-            self.dest.dir_fd(parts)
-            if action == SAME:
-                result.unchanged += 1
-            else:
-                (result.created if action == CREATE else result.replaced).append(show(parts))
-            return True
-        if not parts or entry.type not in ("file", "symlink"):
-            result.errors.append(f"{entry.path}: unknown entry type {entry.type!r}")
-            return False
-        parent = self.dest.dir_fd(parts[:-1])
-        if action == SAME and not self.always:
-            result.unchanged += 1
-            os.utime(parts[-1], ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent, follow_symlinks=False)
-        elif entry.type == "file" and entry.hardlink in self.good:
-            self._link(parent, parts[-1], self.good[entry.hardlink], action)
-        elif entry.type == "file":
-            self._file(parent, parts[-1], entry, action)
-            result.files += 1
-            result.bytes += entry.size
-        else:
-            self._symlink(parent, parts[-1], entry)
-        if action != SAME or self.always:
-            (result.created if action == CREATE else result.replaced).append(show(parts))
-        if entry.type == "file" and not entry.hardlink:
-            self.good[entry.path] = parts
-        return False
-
-    def finish_dir(self, step: Step) -> None:
-        entry = step.entry
-        fd = self.dest.dir_fd(step.parts)
-        self._metadata(fd, entry, show(step.parts), existed=step.action == SAME)
-
-    def _metadata(self, fd: int, entry: Entry, path: str, existed: bool = False) -> None:
-        """Owner (as root), extended attributes, mode, then times, on an open file or directory. In this
-        order: a chown clears set-id bits and file capabilities (security.capability), and user.*
-        attributes need write permission that the recorded mode may not give."""
-        if self.owner:
-            os.fchown(fd, entry.uid, entry.gid)
-        if entry.xattrs or existed:
-            apply_xattrs(fd, entry.xattrs, path, self.result.warnings, clear=existed)
-        os.fchmod(fd, entry.mode)
-        os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-
-    def _file(self, parent: int, name: str, entry: Entry, action: str) -> None:
-        if self.unreadable and entry.size:
-            for chunk in entry.chunks:
-                why = self.unreadable.get(self.repo.read_order(chunk)[0])
-                if why is not None:
-                    raise _Unreadable(why)
-        made, fd = self._new(parent, name, action, lambda new: os.open(new, _NEW_FILE, 0o600, dir_fd=parent))
-        try:
-            if made != name:
-                hold(fd)  # until it is in place: another restore's sweep passes it over (leftovers.py)
-            self._fill(fd, entry, parent, made)
-            if made != name:
-                self._into_place(parent, made, name, action)
-        finally:
-            os.close(fd)
-
-    def _fill(self, fd: int, entry: Entry, parent: int, name: str) -> None:
-        """Write the entry's content and metadata into the new file `name` open as `fd`; on any error the
-        file is removed."""
-        try:
-            for chunk in entry.chunks if entry.size else ():  # an empty file needs no blob
-                try:
-                    view = memoryview(self.repo.read_blob(chunk))
-                except DamagedBlobError:  # this blob only: the pack's others may be good
-                    raise
-                except (BackendError, RepositoryError) as exc:
-                    self.unreadable.setdefault(self.repo.read_order(chunk)[0], str(exc))
-                    raise
-                while view:
-                    view = view[os.write(fd, view):]
-            self._metadata(fd, entry, entry.path)
-        except BaseException:
-            os.unlink(name, dir_fd=parent)
-            raise
-
-    def _link(self, parent: int, name: str, first: Parts, action: str) -> None:
-        """Another name of an inode already restored: a hard link, made under its name where nothing was,
-        else put in place by a rename."""
-        source = self.dest.dir_fd(first[:-1])
-        made, _ = self._new(parent, name, action, lambda new: os.link(
-            first[-1], new, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False))
-        if made != name:
-            self._into_place(parent, made, name, action)
-
-    def _new(self, parent: int, name: str, action: str, make: Callable[[str], Made]) -> Tuple[str, Made]:
-        """(the name it got, what `make(name)` returned) for a new entry in directory `parent`: under `name`
-        itself where the plan found nothing there (see the module), else under a temp name nothing in the
-        target has (a killed restore's leftover or a planted file is passed over), to be renamed into place."""
-        if action == CREATE:
-            try:
-                return name, make(name)
-            except FileExistsError:  # something came since the plan looked: replaced by a rename
-                pass
-        while True:
-            tmp = self._temp_name()
-            try:
-                return tmp, make(tmp)
-            except FileExistsError:
-                continue
-
-    def _temp_name(self) -> str:
-        """A name no other restore uses: one random part a restore, a counter a file (a random part a
-        file cost a getrandom call each)."""
-        return f"{TEMP_PREFIX}{self._prefix}{next(self._count):x}"
-
-    def _into_place(self, parent: int, tmp: str, name: str, action: str) -> None:
-        try:
-            if action != CREATE:  # nothing was there when the plan looked: nothing to clear
-                _clear_directory(self.dest, parent, name)
-            os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
-        except BaseException:
-            os.unlink(tmp, dir_fd=parent)
-            raise
-
-    def _symlink(self, parent: int, name: str, entry: Entry) -> None:
-        try:
-            self.dest.remove(parent, name)
-        except FileNotFoundError:
-            pass
-        os.symlink(entry.target, name, dir_fd=parent)
-        if self.owner:
-            os.chown(name, entry.uid, entry.gid, dir_fd=parent, follow_symlinks=False)
-        if entry.xattrs:
-            apply_xattrs(reach(parent, name), entry.xattrs, entry.path, self.result.warnings)
-        os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent, follow_symlinks=False)
-
-
-class _Unreadable(Exception):
-    """A file needs a pack the storage would not give for an earlier file: it is not asked for again."""
-
-
-def _clear_directory(dest: Target, parent: int, name: str) -> None:
-    """A directory where a file goes is removed (the plan listed it as replaced); rename cannot."""
-    try:
-        existing: Optional[os.stat_result] = os.lstat(name, dir_fd=parent)
-    except FileNotFoundError:
-        existing = None
-    if existing is not None and stat.S_ISDIR(existing.st_mode):
-        dest.remove(parent, name)

@@ -225,3 +225,32 @@ def test_restore_all_of_a_repository_that_cannot_be_opened_names_it_for_every_jo
         [error] = document["errors"]
         assert error.startswith(f"the repository cannot be opened: {config}") and "not valid JSON" in error
     assert config in result.stderr and not target.exists()
+
+
+def test_restore_all_of_thousands_of_files_written_by_several_processes_is_whole(tmp_path):
+    """Above fanout.FAN_OUT_FILES the files are written by forked writer processes: the trees, hard links
+    across parts, the counts and the JSON (printed once: no buffered output copied by a fork) are those of
+    a restore in one process."""
+    from agent.restorer.fanout import FAN_OUT_FILES
+
+    agent = new_agent(str(tmp_path / "node"))
+    api, km = str(tmp_path / "api"), str(tmp_path / "km")
+    files = FAN_OUT_FILES // 2 + 100
+    make_tree(api, {f"webapps/d{number % 40}/c{number}.class": f"class {number} " * (number % 50)
+                    for number in range(files)})
+    make_tree(km, {f"lib/d{number % 30}/c{number}.class": f"class {number} " * (number % 50 + 1)
+                   for number in range(files)})
+    os.link(os.path.join(api, "webapps/d0/c0.class"), os.path.join(api, "webapps/d39/last-name-of-c0"))
+    agent.write_jobs(fs_job("api", api) + fs_job("km", km))
+    agent.backup()
+
+    target = str(tmp_path / "out")
+    result = agent.run("restore", "--all", "--target", target, "--json", check=0)
+    documents = {document["job"]: document for document in json.loads(result.stdout)}
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert read_tree(os.path.join(target, "api")) == read_tree(api)
+    assert read_tree(os.path.join(target, "km")) == read_tree(km)
+    first = os.stat(os.path.join(target, "api", "webapps/d0/c0.class"))
+    assert os.stat(os.path.join(target, "api", "webapps/d39/last-name-of-c0")).st_ino == first.st_ino
+    assert documents["api"]["errors"] == [] and documents["km"]["errors"] == []
+    assert [documents[job]["files"] for job in ("api", "km")] == [files, files]

@@ -615,7 +615,7 @@ def test_a_temp_name_already_taken_in_the_target_is_passed_over_and_left_alone(t
     """A killed restore's leftover (or a planted file) under the name a restore would write to first."""
     repo, snap = _snapshot(tmp_path, [("a", "file", b"alpha"), ("b", "file", b"alpha"), ("c", "file", b"c")],
                            hardlinks={"b": "a"})
-    monkeypatch.setattr("agent.restorer.restore.secrets.token_hex", lambda size: "f" * size * 2)
+    monkeypatch.setattr("agent.restorer.writer.secrets.token_hex", lambda size: "f" * size * 2)
     out = tmp_path / "out"
     out.mkdir()
     taken = [f".restore-{'f' * 12}{number:x}" for number in range(3)]

@@ -200,7 +200,7 @@ def _restore_trees(config, repo, wanted: Sequence[Tuple[Snapshot, RestoreOptions
                                one.dry_run, _excluded_by_job(config, snapshot), follow_target=not one.every_job)
                 for snapshot, one in wanted]
     with progress("restore", any(one.json or one.dry_run for _, one in wanted)) as shown:
-        outcomes = restore_snapshots(repo, requests, shown)
+        outcomes = restore_snapshots(repo, requests, shown, fork_writers=True)
     worst = EXIT_OK
     for (snapshot, one), done in zip(wanted, outcomes):
         failure, result = done.failure, done.result

@@ -1,0 +1,170 @@
+"""Writer processes for a large restore. Creating 100k files is mostly the kernel's work, done on the
+calling thread; the interpreter's lock keeps threads from overlapping it (two threads were slower than one,
+README "Off-host repository"). A restore that writes many files forks writer processes once its
+directories exist, each writing a contiguous part of the storage order with its own read-ahead (so the
+parts read different packs); what a part did comes back pickled, its progress through shared counters
+while it runs. A writer dies with its restore (PR_SET_PDEATHSIG): a killed restore does not go on writing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import warnings
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
+
+from agent.progress import Progress
+
+# files to write below which a restore stays in one process: a fork and a pool cost ~20 ms, and the
+# parts would be too short to overlap
+FAN_OUT_FILES = 4000
+MAX_WRITERS = 4
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_RELAY_EVERY = 0.2  # seconds between two reports of the writers' progress to the caller's Progress
+
+Item = TypeVar("Item")
+Work = Callable[[int, Optional[Progress]], Any]
+
+# what the forked writers run and count into: set just before the pool forks, as verify's workers do
+_WORK: Optional[Work] = None
+_COUNTERS: Any = None
+_PARENT = 0  # the restore's pid
+
+
+def writers_for(files: int) -> int:
+    """How many processes should write a restore of `files` files: 1 below FAN_OUT_FILES, else one per
+    core this process may use, at most MAX_WRITERS."""
+    if files < FAN_OUT_FILES:
+        return 1
+    return max(1, min(MAX_WRITERS, len(os.sched_getaffinity(0))))
+
+
+def split(items: Sequence[Item], parts: int, weight: Callable[[Item], float]) -> List[Sequence[Item]]:
+    """`items` cut into at most `parts` contiguous, non-empty slices of about equal total `weight`."""
+    weights = list(itertools.accumulate(weight(item) for item in items))
+    total = weights[-1] if weights else 0.0
+    slices: List[Sequence[Item]] = []
+    start = 0
+    for part in range(1, parts + 1):
+        end = len(items) if part == parts else next(
+            (i + 1 for i in range(start, len(items)) if weights[i] >= total * part / parts), len(items))
+        if end > start:
+            slices.append(items[start:end])
+        start = end
+    return slices
+
+
+def in_processes(parts: int, work: Work, progress: Optional[Progress]) -> List[Union[Any, PartFailed]]:
+    """`work(0, progress)` in this process and `work(k, ...)` for k in 1..parts-1 in forked processes, all at
+    once; returns each part's result (pickled back from its process), or PartFailed when the part raised or
+    its process died. `work` must not use threads this process started before (a forked process has none
+    of them) and the caller must not hold locks the parts need. An exception of this process's own part
+    (KeyboardInterrupt) is raised once the writer processes are killed."""
+    global _WORK, _COUNTERS, _PARENT
+    context = multiprocessing.get_context("fork")
+    counters = context.RawArray("q", 2 * parts)  # files and bytes done, per part
+    for stream in (sys.stdout, sys.stderr):  # a forked process flushes its copy of their buffers at exit
+        stream.flush()
+    writers: List[Tuple[Any, Any]] = []  # (process, the reading end of its pipe)
+    _WORK, _COUNTERS, _PARENT = work, counters, os.getpid()
+    stop = threading.Event()
+    relay = threading.Thread(target=_relay, args=(counters, parts, progress, stop), name="restore-progress",
+                             daemon=True)
+    try:
+        with warnings.catch_warnings():
+            # forked with threads alive: the parts touch none of their locks (see the S3 backend's at-fork reset)
+            warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*fork")
+            for part in range(1, parts):
+                reading, writing = context.Pipe(duplex=False)
+                process = context.Process(target=_writer, args=(part, writing), name=f"restore-writer-{part}",
+                                          daemon=True)
+                process.start()
+                writing.close()
+                writers.append((process, reading))
+        _WORK, _COUNTERS = None, None  # the processes have their copies
+        if progress is not None:
+            relay.start()
+        done: List[Union[Any, PartFailed]] = []
+        try:
+            done.append(work(0, progress))
+        except Exception as exc:
+            done.append(PartFailed(f"{type(exc).__name__}: {exc}"))
+        for process, reading in writers:
+            done.append(_outcome(process, reading))
+        return done
+    finally:
+        _WORK, _COUNTERS = None, None
+        for process, reading in writers:
+            if process.exitcode is None:  # this process's own part was interrupted: theirs end with it
+                process.kill()
+            process.join()
+            reading.close()
+        stop.set()
+        if relay.is_alive():
+            relay.join()
+
+
+class PartFailed(NamedTuple):
+    """A part that did not end normally: what ended it (its exception, or the signal its process died of)."""
+
+    why: str
+
+
+def _outcome(process: Any, reading: Any) -> Union[Any, PartFailed]:
+    try:
+        kind, value = reading.recv()
+    except EOFError:  # it died without a word
+        process.join()
+        code = process.exitcode
+        died = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+        return PartFailed(f"its writer process ended ({died})")
+    return value if kind == "done" else PartFailed(value)
+
+
+def _writer(part: int, writing: Any) -> None:
+    """A writer process: it is killed when the restore that forked it ends, writes its part and sends back
+    ("done", what the part returned) or ("failed", why)."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != _PARENT:  # the restore died before the line above
+        os._exit(1)
+    assert _WORK is not None and _COUNTERS is not None
+    try:
+        answer: Tuple[str, Any] = ("done", _WORK(part, _Counted(_COUNTERS, part)))
+    except BaseException as exc:  # KeyboardInterrupt too: the parent is told why
+        answer = ("failed", f"{type(exc).__name__}: {exc}")
+    writing.send(answer)
+    writing.close()
+
+
+class _Counted:
+    """The Progress of a writer process: its counts go into its slots of the shared counters."""
+
+    def __init__(self, counters: Any, part: int) -> None:
+        self._counters, self._at = counters, 2 * part
+
+    def expect(self, files: Optional[int], bytes: Optional[int]) -> None:
+        pass
+
+    def advance(self, files: int = 0, bytes: int = 0) -> None:
+        self._counters[self._at] += files  # one writer per slot: no lock needed
+        self._counters[self._at + 1] += bytes
+
+
+def _relay(counters: Any, parts: int, progress: Progress, stop: threading.Event) -> None:
+    """Pass the writer processes' counts on to `progress` until `stop`, then the last of them."""
+    told = [0] * (2 * parts)
+    while True:
+        stopping = stop.wait(_RELAY_EVERY)
+        now = list(counters)
+        files = sum(now[i] - told[i] for i in range(2, 2 * parts, 2))
+        size = sum(now[i] - told[i] for i in range(3, 2 * parts, 2))
+        if files or size:
+            progress.advance(files=files, bytes=size)
+        told = now
+        if stopping:
+            return
