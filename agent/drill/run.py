@@ -6,6 +6,7 @@ says nothing about how fresh the backups are).
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, replace
 from typing import Callable, Dict, Optional, Tuple
@@ -42,10 +43,13 @@ class DrillTarget:
     identity: Optional[str] = None
 
 
-def drill(repo: Repository, target: DrillTarget, state_dir: str, spool: Optional[Spool] = None) -> RunReport:
+def drill(repo: Repository, target: DrillTarget, state_dir: str, spool: Optional[Spool] = None,
+          fork_writers: bool = False) -> RunReport:
     """Prove `target`'s latest snapshot in a scratch directory under `state_dir` (removed afterwards;
     leftovers of killed drills removed first) and return the run report, spooled in `spool` if given.
-    Nothing escapes as an exception: every failure is the report's error."""
+    Nothing escapes as an exception: every failure is the report's error. `fork_writers`: a tree's
+    restore may write from forked processes (agent.restorer.restore_snapshots: a command of its own, not
+    the daemon, whose other threads hold locks)."""
     run_id, started = new_run_id(), utc_now()
     snapshot: Optional[Snapshot] = None
     notes: Tuple[str, ...] = ()
@@ -62,7 +66,7 @@ def drill(repo: Repository, target: DrillTarget, state_dir: str, spool: Optional
                 # any job's latest may be among them (a sealed or unserved document does not say whose)
                 notes = tuple(f"{document.reason} (if it is the latest snapshot of {target.job}, an older "
                               "one was proven)" for document in damaged)
-                proof = _prove(repo, snapshot, state_dir)
+                proof = _prove(repo, snapshot, state_dir, fork_writers)
     except Exception as exc:  # the storage failing mid-drill (a lock, a listing): the drill fails, named
         proof = Proof(errors=(in_words(exc),))
     return _reported(target, run_id, started, snapshot, proof, notes + tuple(repo.index_problems()), state_dir,
@@ -97,12 +101,14 @@ def _reported(target: DrillTarget, run_id: str, started: str, snapshot: Optional
     return report
 
 
-def _prove(repo: Repository, snapshot: Snapshot, state_dir: str) -> Proof:
+def _prove(repo: Repository, snapshot: Snapshot, state_dir: str, fork_writers: bool) -> Proof:
     """The proof of `snapshot` in a new scratch directory, with what could not be cleaned up as warnings.
     Raises OSError if no scratch directory can be made."""
     prover = PROVERS.get(snapshot.type)
     if prover is None:
         return Proof(errors=(f"snapshot {snapshot.id[:12]} is of type {snapshot.type}, which no drill proves",))
+    if prover is prove_tree and fork_writers:
+        prover = functools.partial(prove_tree, fork_writers=True)
     with Scratch(state_dir) as scratch:
         proof = _proven(prover, repo, snapshot, scratch)
     return replace(proof, warnings=proof.warnings + tuple(scratch.warnings))

@@ -24,12 +24,12 @@ _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-def prove_tree(repo: Repository, snapshot: Snapshot, directory: str) -> Proof:
+def prove_tree(repo: Repository, snapshot: Snapshot, directory: str, fork_writers: bool = False) -> Proof:
     """Restore `snapshot` into the empty `directory` and check it (see the module). Every difference is
     an error naming the path; a blob the restore could not read is named by the restorer's error.
-    Raises DamagedBlobError if the manifest itself cannot be read."""
+    Raises DamagedBlobError if the manifest itself cannot be read. `fork_writers`: see restore_snapshots."""
     manifest = list(read_tree(repo, snapshot.tree))
-    restored = restore_snapshot(repo, snapshot, directory, entries=manifest)
+    restored = restore_snapshot(repo, snapshot, directory, entries=manifest, fork_writers=fork_writers)
     errors: List[str] = list(restored.errors)
     named = {error.split(": ", 1)[0] for error in restored.errors}
     expected_files = 0

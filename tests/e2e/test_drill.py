@@ -360,3 +360,20 @@ def test_a_damaged_latest_snapshot_document_is_named_by_drill_and_restore(agent,
     restored = agent.run("restore", "api:latest", "--target", str(tmp_path / "out"), check=1)
     assert "no readable snapshot" in restored.stderr and document in restored.stderr
     assert not (tmp_path / "out").exists() and "Traceback" not in restored.stderr
+
+
+def test_a_drill_of_thousands_of_files_restored_by_writer_processes_passes(agent, tmp_path):
+    """`drill` is a command of its own: above fanout.FAN_OUT_FILES its restore forks writer processes,
+    and the proof is the same (every file checked, the scratch directory removed, no writer left)."""
+    from agent.restorer.fanout import FAN_OUT_FILES
+
+    tree = str(tmp_path / "api")
+    files = FAN_OUT_FILES + 100
+    make_tree(tree, {f"webapps/d{number % 50}/c{number}.class": f"class {number} " * (number % 40 + 1)
+                     for number in range(files)})
+    os.link(os.path.join(tree, "webapps/d0/c0.class"), os.path.join(tree, "webapps/d49/another-name"))
+    agent.write_jobs(fs_job("api", tree))
+    agent.backup()
+    [report] = drill(agent, "api", expect=0)
+    assert report["status"] == "ok" and report["errors"] == [] and report["files"] == files + 1, report
+    assert scratch_left(agent) == [] and marked(str(agent.state_dir)) == []

@@ -75,7 +75,7 @@ def _drill_one(config: Config, repo: Optional[Repository], problem: str, target:
     else:
         if not as_json:
             err(f"drilling {target.job} ...")
-        report = drill_in(repo, target, config.state_dir, spool)
+        report = drill_in(repo, target, config.state_dir, spool, fork_writers=True)
     if not as_json:
         render.show(drill_lines(report))
     return report
