@@ -71,6 +71,18 @@ def test_restore_all_usage_errors_write_nothing(tmp_path):
         assert result.returncode == 2, (args, result.stderr)
         assert words in result.stderr and "Traceback" not in result.stderr
     assert not os.path.exists(target)
+    # a --target that is a file or a symlink to nothing: one usage error, not an error per job
+    a_file, dangling = str(tmp_path / "a-file"), str(tmp_path / "dangling")
+    with open(a_file, "w") as handle:
+        handle.write("the operator's")
+    os.symlink(str(tmp_path / "nowhere"), dangling)
+    for where, words in ((a_file, "is not a directory"), (dangling, "is a symlink to nothing")):
+        result = agent.run("restore", "--all", "--target", where, "--json")
+        assert result.returncode == 2 and result.stdout == "", (where, result.stderr)
+        assert f"--target: {where} {words}" in result.stderr and "api:" not in result.stderr
+    with open(a_file) as handle:
+        assert handle.read() == "the operator's"
+    assert not os.path.lexists(str(tmp_path / "nowhere"))
 
 
 def test_hosts_sharing_a_repository_restore_and_keep_their_own_snapshots(tmp_path):

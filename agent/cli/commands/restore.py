@@ -73,6 +73,10 @@ def restore(config, options: RestoreOptions) -> int:
                              "--to-database")
         if not options.target:
             raise UsageError("give --target DIR (each job is restored into DIR/JOB)")
+        if os.path.lexists(options.target) and not os.path.isdir(options.target):
+            # before the repository is opened: nothing of any job could go there
+            what = "a symlink to nothing" if not os.path.exists(options.target) else "not a directory"
+            raise UsageError(f"--target: {options.target} is {what} (each job is restored into DIR/JOB)")
     elif not options.snapshot:
         raise UsageError("give a SNAPSHOT (an id, JOB:latest, ...) or --all")
     try:
