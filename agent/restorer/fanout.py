@@ -26,6 +26,7 @@ FAN_OUT_FILES = 4000
 MAX_WRITERS = 4
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _RELAY_EVERY = 0.2  # seconds between two reports of the writers' progress to the caller's Progress
+_GRACE = 5.0  # seconds an interrupted writer has to remove the file it was writing before it is killed
 
 Item = TypeVar("Item")
 Work = Callable[[int, Optional[Progress]], Any]
@@ -99,10 +100,16 @@ def in_processes(parts: int, work: Work, progress: Optional[Progress]) -> List[U
         return done
     finally:
         _WORK, _COUNTERS = None, None
+        # this process's own part was interrupted (KeyboardInterrupt): theirs end with it, each first told as
+        # it was (its file being written is removed, not left cut short), then killed if it does not end
+        running = [process for process, _ in writers if process.exitcode is None]
+        for process in running:
+            _interrupt(process.pid)
         for process, reading in writers:
-            if process.exitcode is None:  # this process's own part was interrupted: theirs end with it
+            process.join(_GRACE if process in running else None)
+            if process.exitcode is None:
                 process.kill()
-            process.join()
+                process.join()
             reading.close()
         stop.set()
         if relay.is_alive():
@@ -126,19 +133,32 @@ def _outcome(process: Any, reading: Any) -> Union[Any, PartFailed]:
     return value if kind == "done" else PartFailed(value)
 
 
+def _interrupt(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGINT)
+    except ProcessLookupError:  # it ended meanwhile
+        pass
+
+
 def _writer(part: int, writing: Any) -> None:
     """A writer process: it is killed when the restore that forked it ends, writes its part and sends back
-    ("done", what the part returned) or ("failed", why)."""
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != _PARENT:  # the restore died before the line above
-        os._exit(1)
-    assert _WORK is not None and _COUNTERS is not None
+    ("done", what the part returned) or ("failed", why). Interrupted (SIGINT, as the restore is), it ends
+    its part as the restore would (the file being written removed) and says so; interrupted again while
+    answering, it ends without a word (never a traceback: the restore names the part as ended)."""
     try:
-        answer: Tuple[str, Any] = ("done", _WORK(part, _Counted(_COUNTERS, part)))
-    except BaseException as exc:  # KeyboardInterrupt too: the parent is told why
-        answer = ("failed", f"{type(exc).__name__}: {exc}")
-    writing.send(answer)
-    writing.close()
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != _PARENT:  # the restore died before the line above
+            os._exit(1)
+        assert _WORK is not None and _COUNTERS is not None
+        try:
+            answer: Tuple[str, Any] = ("done", _WORK(part, _Counted(_COUNTERS, part)))
+        except BaseException as exc:  # KeyboardInterrupt too: the parent is told why
+            answer = ("failed", f"{type(exc).__name__}: {exc}")
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the answer goes out whole
+        writing.send(answer)
+        writing.close()
+    except BaseException:
+        os._exit(1)
 
 
 class _Counted:

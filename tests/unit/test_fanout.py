@@ -81,26 +81,36 @@ def test_a_part_that_raises_or_whose_process_dies_is_named_and_the_others_come_b
     assert done[2] == fanout.PartFailed("its writer process ended (killed by signal 9)")
 
 
-def test_an_interrupted_restore_kills_its_writers_before_it_raises():
+def test_an_interrupted_restore_interrupts_its_writers_which_clean_up_before_it_raises(tmp_path):
+    """A writer told of the interrupt ends as the restore does (what it was writing removed); one that does
+    not end in time is killed. Nothing is left running."""
     started = multiprocessing.get_context("fork").Queue()
 
     def work(part: int, progress) -> None:
-        if part:
-            started.put(os.getpid())
+        if part == 0:
+            writers = [started.get(timeout=10) for _ in range(3)]
+            started.put(writers)
+            raise KeyboardInterrupt
+        being_written = tmp_path / f"part-{part}"
+        being_written.write_text("half")
+        if part == 3:  # deaf to the interrupt: killed after the grace time
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        started.put(os.getpid())
+        try:
             time.sleep(60)
-            return
-        writers = [started.get(timeout=10) for _ in range(2)]
-        started.put(writers)
-        raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            being_written.unlink()
+            raise
 
     began = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        fanout.in_processes(3, work, None)
+        fanout.in_processes(4, work, None)
     assert time.monotonic() - began < 30  # not waiting for the writers' minute
     writers: List[int] = started.get(timeout=5)
     for pid in writers:
         with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)  # killed and reaped
+            os.kill(pid, 0)  # ended and reaped
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["part-3"]  # the killed one's is left
 
 
 def test_writers_die_with_a_restore_killed_by_sigkill(tmp_path):
