@@ -48,6 +48,16 @@ def make_private_dirs(path: str) -> None:
         fsync_dir(os.path.dirname(directory))
 
 
+def remove_quietly(path: str, dir_fd: Optional[int] = None) -> None:
+    """Remove a temp file on an error path. Removing it may fail in turn (it was renamed into place just
+    before a KeyboardInterrupt, the filesystem turned read-only): that must not replace the error being
+    handled, which says what went wrong; a temp file left is swept later (agent.leftovers)."""
+    try:
+        os.unlink(path, dir_fd=dir_fd)
+    except OSError:
+        pass
+
+
 def write_temp(directory: str, pieces: Iterable[bytes], prefix: str = ".tmp-", durable: bool = True,
                opened: Optional[Callable[[int], None]] = None) -> str:
     """Write `pieces` to a new private file in `directory` (fsynced if durable); the caller renames it
@@ -66,7 +76,7 @@ def write_temp(directory: str, pieces: Iterable[bytes], prefix: str = ".tmp-", d
             os.fsync(fd)
     except BaseException:
         os.close(fd)
-        os.unlink(tmp)
+        remove_quietly(tmp)
         raise
     os.close(fd)
     return tmp
@@ -88,7 +98,7 @@ def atomic_write(path: str, data: bytes, tmp_dir: str | None = None, durable: bo
     try:
         os.rename(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        remove_quietly(tmp)
         raise
     if not durable:
         return

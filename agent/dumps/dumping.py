@@ -10,7 +10,7 @@ from typing import Dict, Optional, Tuple
 
 from agent.config import Job
 from agent.dumps import engine
-from agent.durable import make_private_dirs
+from agent.durable import make_private_dirs, remove_quietly
 from agent.execute import Finished, StreamingCommand, mask
 from agent.progress import Progress
 from agent.snapshot.fs import TreeResult
@@ -83,8 +83,7 @@ def backup_sqlite(repo: Repository, job: Job, state_dir: str, stop: Optional[thr
     except sqlite3.Error as exc:
         return TreeResult(None, False, 0, 0, 0, (f"sqlite backup of {job.path} failed: {exc}",), ())
     finally:
-        if os.path.exists(copy):
-            os.unlink(copy)
+        remove_quietly(copy)
     snapshot, changed = commit_stream(repo, stored, os.path.basename(str(job.path)), source=str(job.path),
                                       **names)
     return TreeResult(snapshot, changed, 1, stored.size, stored.writer.new_bytes, (), ())

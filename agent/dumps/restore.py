@@ -12,7 +12,7 @@ from agent.config import Job
 from agent.config.loader import secret_file_warning
 from agent.dumps import mysql
 from agent.dumps.retarget import Retarget, quote_name
-from agent.durable import write_temp
+from agent.durable import remove_quietly, write_temp
 from agent.execute import feed_command, run_hook
 from agent.leftovers import TEMP_PREFIX, hold, sweep
 from agent.store import Repository, Snapshot
@@ -77,7 +77,12 @@ def restore_to_file(repo: Repository, snapshot: Snapshot, target: str, force: bo
     directory = os.path.dirname(os.path.abspath(target))
     os.makedirs(directory, exist_ok=True)
     warnings = _sweep(directory)
-    os.rename(write_temp(directory, dump_content(repo, entry), prefix=TEMP_PREFIX, opened=hold), target)
+    tmp = write_temp(directory, dump_content(repo, entry), prefix=TEMP_PREFIX, opened=hold)
+    try:
+        os.rename(tmp, target)
+    except BaseException:  # a directory came where the file goes, say: no temp file stays beside it
+        remove_quietly(tmp)
+        raise
     return Restored(target, entry.size, warnings)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import mmap
 import multiprocessing
 import os
 import signal
@@ -29,11 +30,27 @@ _RELAY_EVERY = 0.2  # seconds between two reports of the writers' progress to th
 _GRACE = 5.0  # seconds an interrupted writer has to remove the file it was writing before it is killed
 
 Item = TypeVar("Item")
-Work = Callable[[int, Optional[Progress]], Any]
 
-# what the forked writers run and count into: set just before the pool forks, as verify's workers do
+
+class Halt:
+    """A flag every part of a restore sees at once, whichever process it runs in: set by a part that must
+    stop (a full disk, the storage gone), so that the others stop too instead of meeting it one by one."""
+
+    def __init__(self, cell: Any) -> None:
+        self._cell = cell  # a one-element view of memory shared by the processes
+
+    def set(self) -> None:
+        self._cell[0] = 1
+
+    def is_set(self) -> bool:
+        return bool(self._cell[0])
+
+
+Work = Callable[[int, Optional[Progress], Halt], Any]
+
+# what the forked writers run and count into: set just before they are forked, as verify's workers do
 _WORK: Optional[Work] = None
-_COUNTERS: Any = None
+_SHARED: Any = None  # the shared counters: [halt, files and bytes of part 0, of part 1, ...]
 _PARENT = 0  # the restore's pid
 
 
@@ -61,51 +78,59 @@ def split(items: Sequence[Item], parts: int, weight: Callable[[Item], float]) ->
 
 
 def in_processes(parts: int, work: Work, progress: Optional[Progress]) -> List[Union[Any, PartFailed]]:
-    """`work(0, progress)` in this process and `work(k, ...)` for k in 1..parts-1 in forked processes, all at
-    once; returns each part's result (pickled back from its process), or PartFailed when the part raised or
-    its process died. `work` must not use threads this process started before (a forked process has none
+    """`work(0, progress, halt)` in this process and `work(k, ...)` for k in 1..parts-1 in forked processes,
+    all at once (a part whose process cannot be started runs here after part 0); returns each part's result
+    (pickled back from its process), or PartFailed when the part raised or its process died. `halt` is
+    shared by all parts. `work` must not use threads this process started before (a forked process has none
     of them) and the caller must not hold locks the parts need. An exception of this process's own part
-    (KeyboardInterrupt) is raised once the writer processes are killed."""
-    global _WORK, _COUNTERS, _PARENT
+    (KeyboardInterrupt) is raised once the writer processes have ended."""
+    global _WORK, _SHARED, _PARENT
     context = multiprocessing.get_context("fork")
-    counters = context.RawArray("q", 2 * parts)  # files and bytes done, per part
+    # anonymous shared memory, inherited by the forked writers: no /dev/shm needed
+    memory = mmap.mmap(-1, 8 * (1 + 2 * parts))
+    shared = memoryview(memory).cast("q")
+    halt = Halt(shared[0:1])
     for stream in (sys.stdout, sys.stderr):  # a forked process flushes its copy of their buffers at exit
         stream.flush()
-    writers: List[Tuple[Any, Any]] = []  # (process, the reading end of its pipe)
-    _WORK, _COUNTERS, _PARENT = work, counters, os.getpid()
+    writers: List[Tuple[int, Any, Any]] = []  # (part, process, the reading end of its pipe)
+    here: List[int] = []  # parts whose process could not be started
+    _WORK, _SHARED, _PARENT = work, shared, os.getpid()
     stop = threading.Event()
-    relay = threading.Thread(target=_relay, args=(counters, parts, progress, stop), name="restore-progress",
+    relay = threading.Thread(target=_relay, args=(shared, parts, progress, stop), name="restore-progress",
                              daemon=True)
     try:
         with warnings.catch_warnings():
             # forked with threads alive: the parts touch none of their locks (see the S3 backend's at-fork reset)
             warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*fork")
             for part in range(1, parts):
-                reading, writing = context.Pipe(duplex=False)
-                process = context.Process(target=_writer, args=(part, writing), name=f"restore-writer-{part}",
-                                          daemon=True)
-                process.start()
-                writing.close()
-                writers.append((process, reading))
-        _WORK, _COUNTERS = None, None  # the processes have their copies
+                try:
+                    reading, writing = context.Pipe(duplex=False)
+                    process = context.Process(target=_writer, args=(part, writing),
+                                              name=f"restore-writer-{part}", daemon=True)
+                    try:
+                        process.start()
+                    finally:
+                        writing.close()
+                except OSError:  # no process to be had (EAGAIN, ENOMEM): this one writes that part too
+                    here.append(part)
+                    continue
+                writers.append((part, process, reading))
         if progress is not None:
             relay.start()
-        done: List[Union[Any, PartFailed]] = []
-        try:
-            done.append(work(0, progress))
-        except Exception as exc:
-            done.append(PartFailed(f"{type(exc).__name__}: {exc}"))
-        for process, reading in writers:
-            done.append(_outcome(process, reading))
-        return done
+        done = {0: _here(work, 0, progress, halt)}
+        for part in here:
+            done[part] = _here(work, part, progress, halt)
+        for part, process, reading in writers:
+            done[part] = _outcome(process, reading)
+        return [done[part] for part in range(parts)]
     finally:
-        _WORK, _COUNTERS = None, None
+        _WORK, _SHARED = None, None
         # this process's own part was interrupted (KeyboardInterrupt): theirs end with it, each first told as
         # it was (its file being written is removed, not left cut short), then killed if it does not end
-        running = [process for process, _ in writers if process.exitcode is None]
+        running = [process for _, process, _ in writers if process.exitcode is None]
         for process in running:
             _interrupt(process.pid)
-        for process, reading in writers:
+        for _, process, reading in writers:
             process.join(_GRACE if process in running else None)
             if process.exitcode is None:
                 process.kill()
@@ -114,6 +139,19 @@ def in_processes(parts: int, work: Work, progress: Optional[Progress]) -> List[U
         stop.set()
         if relay.is_alive():
             relay.join()
+
+
+def _here(work: Work, part: int, progress: Optional[Progress], halt: Halt) -> Union[Any, PartFailed]:
+    try:
+        return work(part, progress, halt)
+    except Exception as exc:
+        return PartFailed(_why(exc))
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 class PartFailed(NamedTuple):
@@ -149,11 +187,11 @@ def _writer(part: int, writing: Any) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != _PARENT:  # the restore died before the line above
             os._exit(1)
-        assert _WORK is not None and _COUNTERS is not None
+        assert _WORK is not None and _SHARED is not None
         try:
-            answer: Tuple[str, Any] = ("done", _WORK(part, _Counted(_COUNTERS, part)))
+            answer: Tuple[str, Any] = ("done", _WORK(part, _Counted(_SHARED, part), Halt(_SHARED[0:1])))
         except BaseException as exc:  # KeyboardInterrupt too: the parent is told why
-            answer = ("failed", f"{type(exc).__name__}: {exc}")
+            answer = ("failed", _why(exc))
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the answer goes out whole
         writing.send(answer)
         writing.close()
@@ -164,8 +202,8 @@ def _writer(part: int, writing: Any) -> None:
 class _Counted:
     """The Progress of a writer process: its counts go into its slots of the shared counters."""
 
-    def __init__(self, counters: Any, part: int) -> None:
-        self._counters, self._at = counters, 2 * part
+    def __init__(self, shared: Any, part: int) -> None:
+        self._counters, self._at = shared, 1 + 2 * part
 
     def expect(self, files: Optional[int], bytes: Optional[int]) -> None:
         pass
@@ -175,14 +213,14 @@ class _Counted:
         self._counters[self._at + 1] += bytes
 
 
-def _relay(counters: Any, parts: int, progress: Progress, stop: threading.Event) -> None:
-    """Pass the writer processes' counts on to `progress` until `stop`, then the last of them."""
-    told = [0] * (2 * parts)
+def _relay(shared: Any, parts: int, progress: Progress, stop: threading.Event) -> None:
+    """Pass the writer processes' counts (parts 1 on) on to `progress` until `stop`, then the last of them."""
+    told = [0] * (1 + 2 * parts)
     while True:
         stopping = stop.wait(_RELAY_EVERY)
-        now = list(counters)
-        files = sum(now[i] - told[i] for i in range(2, 2 * parts, 2))
-        size = sum(now[i] - told[i] for i in range(3, 2 * parts, 2))
+        now = list(shared)
+        files = sum(now[i] - told[i] for i in range(3, 1 + 2 * parts, 2))
+        size = sum(now[i] - told[i] for i in range(4, 1 + 2 * parts, 2))
         if files or size:
             progress.advance(files=files, bytes=size)
         told = now

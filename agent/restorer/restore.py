@@ -124,6 +124,7 @@ def restore_snapshots(repo: Repository, requests: Sequence[RestoreRequest],
                 continue
             done.append(Restored(job.result))
             if job.plan is not None:
+                job.number = len(ready)
                 ready.append(job)
         if ready:
             _apply(repo, ready, progress, fork_writers)
@@ -143,6 +144,7 @@ class _Job:
         self.plan: Optional[Plan] = plan
         self.writer = Writer(repo, dest, request.overwrite == "always", os.geteuid() == 0, result)
         self.dirs: List[Step] = []  # directories written, for their metadata at the end
+        self.number = -1  # its place among the restore's jobs being written: names it across processes
 
 
 def _prepare(repo: Repository, request: RestoreRequest) -> _Job:
@@ -170,7 +172,7 @@ def _prepare(repo: Repository, request: RestoreRequest) -> _Job:
     else:
         plan = _spare_directories(dest, plan, request.delete, result)
     if request.dry_run:
-        _describe(plan, result)
+        _describe(plan, result, request.overwrite == "always")
         _sweep(dest, plan, result, dry_run=True)
     job = _Job(repo, request, result, dest, plan)
     if result.conflicts or request.dry_run:
@@ -188,9 +190,14 @@ def _spare_directories(dest: Target, plan: Plan, delete: bool, result: RestoreRe
         if step.action == REPLACE and step.entry.type != "dir" and step.parts:
             try:
                 st = dest.lstat(step.parts)
-                held = st is not None and stat.S_ISDIR(st.st_mode) and any(True for _ in dest.listdir(step.parts))
-            except OSError:
-                held = True  # a directory that cannot be listed may hold anything
+            except OSError:  # in a directory this user may not search (yet): not known to be a directory
+                st = None
+            held = False
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                try:
+                    held = any(True for _ in dest.listdir(step.parts))
+                except OSError:
+                    held = True  # a directory that cannot be listed may hold anything
             if held and not delete:
                 result.errors.append(f"{show(step.parts)}: a directory holding entries where the snapshot has a "
                                      f"{step.entry.type}; not replaced (only --delete removes what the snapshot "
@@ -226,13 +233,18 @@ def _wanted(snapshot: Snapshot, paths: Iterable[str]) -> List[Parts]:
     return wanted
 
 
-def _describe(plan: Plan, result: RestoreResult) -> None:
+def _describe(plan: Plan, result: RestoreResult, always: bool) -> None:
+    """A dry run's result: what the restore would do, as it would count it (`always`: every file and
+    symlink found the same is rewritten, a directory found the same stays)."""
     result.warnings.extend(f"{show(parts)}: not readable without changing its mode; what --delete would "
                            "remove in it is known only when the restore opens it" for parts in plan.unlisted)
+    def replaced(step: Step) -> bool:
+        return step.action == REPLACE or (always and step.action == SAME and step.entry.type != "dir")
+
     result.created = plan.paths(CREATE)
-    result.replaced = plan.paths(REPLACE)
+    result.replaced = [show(step.parts) for step in plan.steps if replaced(step)]
     result.deleted = [show(parts) for parts in plan.delete]
-    result.unchanged = sum(1 for step in plan.steps if step.action == SAME)
+    result.unchanged = sum(1 for step in plan.steps if step.action != CREATE and not replaced(step))
 
 
 def _apply(repo: Repository, jobs: Sequence[_Job], progress: Optional[Progress], fork: bool) -> None:
@@ -319,20 +331,25 @@ def _write_all(repo: Repository, jobs: Sequence[_Job], items: Sequence[_Item], p
                fork: bool) -> None:
     """Every item: in this process, or (`fork` and many files to write) the directories here, then the
     files and symlinks in contiguous parts of the storage order by writer processes (fanout.py), then the
-    later names of hard links, which need their first names restored by whichever part had them."""
+    later names of hard links, which need their first names restored by whichever part had them. A stop
+    (storage gone, a full disk) in any part halts the others and is said once per request."""
     writers = fanout.writers_for(sum(1 for item in items if _writes(item))) if fork else 1
     if writers == 1:
         with repo.read_ahead(_chunks(items)):
-            _write(repo, items, progress)
+            _say_stopped(jobs, [_write(repo, items, progress)])
         return
     later = [item for item in items if item.step.entry.type == "file" and item.step.entry.hardlink]
-    _write(repo, [item for item in items if item.step.entry.type == "dir"], progress)
     rest = [item for item in items if item.step.entry.type != "dir" and not
             (item.step.entry.type == "file" and item.step.entry.hardlink)]
+    stop = _write(repo, [item for item in items if item.step.entry.type == "dir"], progress)
+    if stop is not None:  # no directory could be made: nothing else could be written
+        _say_stopped(jobs, [stop._replace(left=dict(Counter(stop.left) + Counter(_left([*rest, *later]))))])
+        return
     parts = fanout.split(rest, writers, lambda item: 1 + (item.step.entry.size if _writes(item) else 0) / _BYTES_A_FILE)
     linked = {item.step.entry.hardlink for item in later}
-    outcomes = fanout.in_processes(len(parts), lambda number, counted: _write_part(
-        repo, jobs, parts[number], counted, linked), progress)
+    outcomes = fanout.in_processes(len(parts), lambda number, counted, halt: _write_part(
+        repo, jobs, parts[number], counted, halt, linked), progress)
+    stops: List[Optional[_Stop]] = []
     for part, outcome in zip(parts, outcomes):
         if isinstance(outcome, fanout.PartFailed):
             for job, count in Counter(item.job for item in part).items():
@@ -341,19 +358,26 @@ def _write_all(repo: Repository, jobs: Sequence[_Job], items: Sequence[_Item], p
             continue
         for number, result in outcome.results.items():
             _merge(jobs[number], result, outcome.good[number])
-    _write(repo, later, progress)
+        stops.append(outcome.stop)
+    if any(stop is not None for stop in stops):
+        # not linked: their first names may be among what was left out, and copies would meet the same stop
+        stops.append(_Stop("", "", -1, _left(later)))
+    else:
+        stops.append(_write(repo, later, progress))
+    _say_stopped(jobs, stops)
 
 
 class _Written(NamedTuple):
-    """What one part of a restore did, per job (by its number): its counts and names, and the first names it
-    restored that later names of their inodes link to."""
+    """What one part of a restore did, per job (by its number): its counts and names, the first names it
+    restored that later names of their inodes link to, and where it stopped (None: it wrote its part)."""
 
     results: Dict[int, RestoreResult]
     good: Dict[int, Dict[str, Parts]]
+    stop: Optional[_Stop]
 
 
 def _write_part(repo: Repository, jobs: Sequence[_Job], items: Sequence[_Item], progress: Optional[Progress],
-                linked: Set[str]) -> _Written:
+                halt: fanout.Halt, linked: Set[str]) -> _Written:
     """Write `items` with their own read-ahead, counting into fresh results (the part may run in a writer
     process: what it did goes back to the restore as a _Written)."""
     kept = [job.result for job in jobs]
@@ -361,10 +385,10 @@ def _write_part(repo: Repository, jobs: Sequence[_Job], items: Sequence[_Item], 
         job.result = job.writer.result = RestoreResult()
     try:
         with repo.read_ahead(_chunks(items)):
-            _write(repo, items, progress)
-        return _Written({number: job.result for number, job in enumerate(jobs)},
-                        {number: {path: job.writer.good[path] for path in linked if path in job.writer.good}
-                         for number, job in enumerate(jobs)})
+            stop = _write(repo, items, progress, halt)
+        return _Written({job.number: job.result for job in jobs},
+                        {job.number: {path: job.writer.good[path] for path in linked if path in job.writer.good}
+                         for job in jobs}, stop)
     finally:
         for job, result in zip(jobs, kept):
             job.result = job.writer.result = result
@@ -380,15 +404,21 @@ def _merge(job: _Job, done: RestoreResult, good: Dict[str, Parts]) -> None:
     job.writer.good.update(good)
 
 
-def _write(repo: Repository, items: Sequence[_Item], progress: Optional[Progress]) -> None:
+def _write(repo: Repository, items: Sequence[_Item], progress: Optional[Progress],
+           halt: Optional[fanout.Halt] = None) -> Optional[_Stop]:
     """Every step, in order; directories are collected into their job's `dirs` for their metadata. A pack
-    the storage would not give fails the files that need it, each named, and is not asked for again."""
+    the storage would not give fails the files that need it, each named, and is not asked for again.
+    Returns where and why it stopped early (storage gone, a full disk: then `halt` is set for the other
+    parts), or where it was when another part's stop set `halt`; None when every step was taken."""
     unreadable: Dict[bytes, str] = {}  # pack id -> why the storage would not give it
     for job in {item.job for item in items}:
         job.writer.unreadable = unreadable
     failing = 0  # objects in a row the storage would not give
     for number, (job, step) in enumerate(items):
+        if halt is not None and halt.is_set():
+            return _Stop("", "", -1, _left(items[number:]))
         result = job.result
+        why = ""
         try:
             if job.writer.step(step):
                 job.dirs.append(step)
@@ -403,24 +433,49 @@ def _write(repo: Repository, items: Sequence[_Item], progress: Optional[Progress
             result.errors.append(f"{show(step.parts)}: not restored, {exc}")
             failing += 1
             if failing >= _FAILING_IN_A_ROW:
-                _stopped(items, number, f"the repository's storage would not give {failing} objects in a row")
-                break
+                why = f"the repository's storage would not give {failing} objects in a row"
         except OSError as exc:
             result.errors.append(f"{show(step.parts)}: {exc.strerror or exc}")
             if exc.errno in _FATAL:
-                _stopped(items, number, f"{exc.strerror} in {job.dest.root}")
-                break
+                why = f"{exc.strerror} in {job.dest.root}"
+        if why:
+            if halt is not None:
+                halt.set()
+            return _Stop(why, show(step.parts), job.number, _left(items[number + 1:]))
+    return None
 
 
-def _stopped(items: Sequence[_Item], number: int, why: str) -> None:
-    """Say in each request's result what a restore stopped at item `number` left out."""
-    current = items[number].job
-    left = Counter(item.job for item in items[number + 1:])
-    left[current] += 0  # named even with nothing of its own left
-    at = show(items[number].step.parts)
-    for job, count in left.items():
-        where = f"after {at} " if job is current else ""
-        job.result.errors.append(f"restore stopped: {why}; {count} entries {where}were not restored")
+class _Stop(NamedTuple):
+    """Where a pass over items stopped: why (empty: another part's stop halted it), the entry it stopped
+    at and that entry's job (by number; -1 when halted), and how many entries of each job it left out."""
+
+    why: str
+    at: str
+    job: int
+    left: Dict[int, int]
+
+
+def _left(items: Sequence[_Item]) -> Dict[int, int]:
+    return dict(Counter(item.job.number for item in items))
+
+
+def _say_stopped(jobs: Sequence[_Job], stops: Sequence[Optional[_Stop]]) -> None:
+    """Say once in each request's result what the restore left out when a pass (or a part of it) stopped:
+    the first stop's reason, and every part's entries left out, counted together."""
+    fatal = [stop for stop in stops if stop is not None and stop.why]
+    if not fatal:
+        return
+    first = fatal[0]
+    left: Counter = Counter()
+    for stop in stops:
+        if stop is not None:
+            left.update(stop.left)
+    for job in jobs:
+        if job.number in left or job.number == first.job:  # the job it stopped at is named even with none left
+            alone = sum(1 for stop in stops if stop is not None) == 1  # one pass: "after" says where
+            where = f"after {first.at} " if job.number == first.job and alone else ""
+            job.result.errors.append(f"restore stopped: {first.why}; {left[job.number]} entries {where}"
+                                     "were not restored")
 
 
 def _delete(dest: Target, paths: Iterable[Parts], result: RestoreResult) -> None:

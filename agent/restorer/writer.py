@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
 from agent.backend import BackendError
+from agent.durable import remove_quietly
 from agent.leftovers import TEMP_PREFIX, hold
 from agent.restorer.plan import CREATE, SAME, Step, show
 from agent.restorer.target import Parts, Target
@@ -135,7 +136,7 @@ class Writer:
                     view = view[os.write(fd, view):]
             self._metadata(fd, entry, entry.path)
         except BaseException:
-            os.unlink(name, dir_fd=parent)
+            remove_quietly(name, dir_fd=parent)
             raise
 
     def _link(self, parent: int, name: str, first: Parts, action: str) -> None:
@@ -146,6 +147,9 @@ class Writer:
             first[-1], new, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False))
         if made != name:
             self._into_place(parent, made, name, action)
+            # rename(2) does nothing when both names are links to one inode (another restore into the same
+            # target linked this name a moment ago): the temp name would stay
+            remove_quietly(made, dir_fd=parent)
 
     def _new(self, parent: int, name: str, action: str, make: Callable[[str], Made]) -> Tuple[str, Made]:
         """(the name it got, what `make(name)` returned) for a new entry in directory `parent`: under `name`
@@ -176,7 +180,7 @@ class Writer:
                 clear_directory(self.dest, parent, name)
             os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
         except BaseException:
-            os.unlink(tmp, dir_fd=parent)
+            remove_quietly(tmp, dir_fd=parent)
             raise
 
     def _symlink(self, parent: int, name: str, entry: Entry) -> None:

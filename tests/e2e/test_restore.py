@@ -16,6 +16,7 @@ import pytest
 from agent.store import Repository
 from tests.helpers import (
     Link,
+    agent_command,
     deep_path,
     fs_job,
     make_tree,
@@ -353,7 +354,58 @@ def test_a_full_target_stops_the_restore_with_one_clear_message(agent, tmp_path,
 
 
 
-def test_a_dump_target_under_a_file_is_a_clear_error(agent, tmp_path):
+def _many_files(count: int) -> dict:
+    """A release of `count` small class files in 40 directories, and the startup script."""
+    spec = {f"tomcat/webapps/app/d{number % 40}/C{number}.class": f"class {number};" * (1 + number % 30)
+            for number in range(count)}
+    return {**spec, "tomcat/bin/startup.sh": "#!/bin/sh\n"}
+
+
+def test_a_full_target_stops_a_restore_by_writer_processes_with_one_message(agent, tmp_path, small_filesystem):
+    """Every writer process meets the full disk: the first to meet it halts the others, and the restore
+    says once that it stopped, counting what all of them left out; no later name of a hard link is then
+    written as a copy, no temp file stays."""
+    from agent.restorer.fanout import FAN_OUT_FILES
+
+    src = _backed_up(agent, tmp_path, _many_files(FAN_OUT_FILES + 200))
+    os.link(os.path.join(src, "tomcat/webapps/app/d0/C0.class"), os.path.join(src, "tomcat/second-name"))
+    agent.backup()
+    result = agent.run("restore", "api:latest", "--target", str(small_filesystem / "out"), "--json")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    document = json.loads(result.stdout)
+    stopped = [error for error in document["errors"] if error.startswith("restore stopped")]
+    assert len(stopped) == 1 and "No space left on device" in stopped[0], document["errors"]
+    failed = [error for error in document["errors"] if not error.startswith("restore stopped")]
+    assert 1 <= len(failed) <= os.cpu_count() and all("No space left on device" in error for error in failed)
+    written = sum(len(names) for _, _, names in os.walk(small_filesystem / "out"))
+    left = int(stopped[0].split("; ")[1].split()[0])
+    assert written + len(failed) + left == FAN_OUT_FILES + 200 + 2  # every file written, failed or counted
+    leftovers = [name for _, _, names in os.walk(small_filesystem) for name in names if name.startswith(".restore")]
+    assert leftovers == []
+
+
+def test_two_restores_at_once_into_one_target_leave_no_temp_names(agent, tmp_path):
+    """Each later name of a hard link may already be linked by the other restore when this one renames its
+    own link onto it (rename(2) then does nothing): no temp name stays."""
+    from agent.restorer.fanout import FAN_OUT_FILES
+
+    src = _backed_up(agent, tmp_path, _many_files(FAN_OUT_FILES + 200))
+    for number in range(0, 3000, 100):
+        os.link(os.path.join(src, f"tomcat/webapps/app/d{number % 40}/C{number}.class"),
+                os.path.join(src, f"tomcat/link-{number}"))
+    agent.backup()
+    out = str(tmp_path / "out")
+    agent.run("restore", "api:latest", "--target", out)
+    both = [subprocess.Popen([*agent_command(), "--config", agent.config, "restore", "api:latest", "--target", out,
+                              "--overwrite", "always"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for restore in both:
+        _, err = restore.communicate(timeout=300)
+        assert restore.returncode == 0 and "Traceback" not in err, err
+    leftovers = [name for _, _, names in os.walk(out) for name in names if name.startswith(".restore")]
+    assert leftovers == []
+    assert read_tree(out) == read_tree(src)
+
     agent.write_jobs('[jobs.cmd]\ntype = "command"\nargv = ["echo", "hello"]\nevery = "24h"\n')
     agent.backup()
     existing = tmp_path / "a-file"

@@ -55,7 +55,7 @@ def test_writers_only_for_many_files_and_never_more_than_the_cores():
 def test_each_part_runs_in_a_process_of_its_own_and_its_result_comes_back_in_order():
     told = _Told()
 
-    def work(part: int, progress) -> Tuple[int, int]:
+    def work(part: int, progress, halt) -> Tuple[int, int]:
         for _ in range(part + 1):
             progress.advance(files=1, bytes=10)
         return part, os.getpid()
@@ -68,7 +68,7 @@ def test_each_part_runs_in_a_process_of_its_own_and_its_result_comes_back_in_ord
 
 
 def test_a_part_that_raises_or_whose_process_dies_is_named_and_the_others_come_back():
-    def work(part: int, progress) -> str:
+    def work(part: int, progress, halt) -> str:
         if part == 1:
             raise OSError(28, "No space left on device")
         if part == 2:
@@ -78,6 +78,8 @@ def test_a_part_that_raises_or_whose_process_dies_is_named_and_the_others_come_b
     done = fanout.in_processes(4, work, None)
     assert done[0] == "part 0" and done[3] == "part 3"
     assert done[1] == fanout.PartFailed("OSError: [Errno 28] No space left on device")
+    assert fanout.in_processes(2, lambda part, progress, halt: (_ for _ in ()).throw(KeyboardInterrupt) if part
+                               else "part 0", None) == ["part 0", fanout.PartFailed("interrupted")]
     assert done[2] == fanout.PartFailed("its writer process ended (killed by signal 9)")
 
 
@@ -86,7 +88,7 @@ def test_an_interrupted_restore_interrupts_its_writers_which_clean_up_before_it_
     not end in time is killed. Nothing is left running."""
     started = multiprocessing.get_context("fork").Queue()
 
-    def work(part: int, progress) -> None:
+    def work(part: int, progress, halt) -> None:
         if part == 0:
             writers = [started.get(timeout=10) for _ in range(3)]
             started.put(writers)
@@ -118,7 +120,7 @@ def test_writers_die_with_a_restore_killed_by_sigkill(tmp_path):
     script = textwrap.dedent(f"""
         import os, time
         from agent.restorer import fanout
-        def work(part, progress):
+        def work(part, progress, halt):
             with open({str(pids)!r}, "a") as handle:
                 handle.write(f"{{os.getpid()}}\\n")
             time.sleep(120)
@@ -151,3 +153,47 @@ def _alive(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_part_that_halts_stops_the_others_wherever_they_run():
+    def work(part: int, progress, halt) -> str:
+        if part == 2:
+            halt.set()
+            return "halted the others"
+        deadline = time.monotonic() + 30
+        while not halt.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return f"part {part} saw the halt" if halt.is_set() else f"part {part} never saw it"
+
+    assert fanout.in_processes(4, work, None) == ["part 0 saw the halt", "part 1 saw the halt",
+                                                  "halted the others", "part 3 saw the halt"]
+
+
+def test_a_part_whose_process_cannot_be_started_is_written_here(monkeypatch):
+    """fork(2) failing (EAGAIN at a process limit, ENOMEM) cannot be had on demand: the start is refused."""
+    def refused(self) -> None:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(multiprocessing.get_context("fork").Process, "start", refused)
+    told = _Told()
+
+    def work(part: int, progress, halt) -> Tuple[int, int]:
+        progress.advance(files=1)
+        return part, os.getpid()
+
+    assert fanout.in_processes(3, work, told) == [(0, os.getpid()), (1, os.getpid()), (2, os.getpid())]
+    assert told.files == 3
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a mount namespace needs root")
+def test_writers_need_no_shared_memory_filesystem(tmp_path):
+    """Shared state lives in anonymous shared memory: a read-only /dev/shm (a hardened host) changes nothing."""
+    script = textwrap.dedent("""
+        import os
+        from agent.restorer import fanout
+        print(fanout.in_processes(2, lambda part, progress, halt: part, None))
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run(["unshare", "-m", "sh", "-c", 'mount -t tmpfs -o ro,size=4k tmpfs /dev/shm && exec "$@"',
+                             "sh", sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout.strip()) == (0, "[0, 1]"), result.stderr

@@ -584,6 +584,12 @@ def test_a_user_without_override_restores_unreadable_and_read_only_directories_a
         assert sorted(os.listdir(os.path.join(out, "locked"))) == ["inner", "kept"]
         assert stat.S_IMODE(os.stat(os.path.join(out, "locked")).st_mode) == 0o000
         assert stat.S_IMODE(os.stat(os.path.join(out, "ro")).st_mode) == 0o555
+
+        # every file rewritten, those in the 0000 directory too: a file this user cannot look at yet is
+        # not taken for a directory holding entries
+        always = as_nobody(lambda: restore_snapshot(repo, snap, out, overwrite="always", keep=keep))
+        assert always.errors == [] and sorted(always.replaced) == ["locked/inner", "locked/inner/f", "ro/x"]
+        assert always.unchanged == 3  # the directories it could look at
     finally:
         shutil.rmtree(out)
 
@@ -699,3 +705,57 @@ def test_a_directory_with_entries_is_never_replaced_by_a_file_without_delete(tmp
     deleted = restore_snapshot(repo, snap, str(out), overwrite="if-changed", delete=True)
     assert deleted.errors == [] and len(deleted.warnings) == 2
     assert (out / "lib/a.jar").read_bytes() == b"jar" * 100 and os.readlink(out / "current") == "lib"
+
+
+def test_a_dry_run_of_always_counts_what_always_rewrites(tmp_path):
+    repo, snap = _snapshot(tmp_path, [("a", "file", b"a" * 100), ("d", "dir", None), ("d/c", "file", b"c" * 300),
+                                      ("l", "symlink", "a"), ("h", "file", b"a" * 100)], hardlinks={"h": "a"})
+    out = tmp_path / "out"
+    restore_snapshot(repo, snap, str(out))
+    (out / "d/c").write_bytes(b"changed")
+    dry = restore_snapshot(repo, snap, str(out), overwrite="always", dry_run=True)
+    done = restore_snapshot(repo, snap, str(out), overwrite="always")
+    assert (sorted(dry.replaced), dry.unchanged, dry.created) == (sorted(done.replaced), done.unchanged, done.created)
+    assert sorted(done.replaced) == ["a", "d/c", "h", "l"] and done.unchanged == 2  # "." and "d"
+
+
+def test_a_later_name_another_restore_linked_meanwhile_leaves_no_temp_name(tmp_path):
+    """rename(2) does nothing when both names are links to one inode: two restores into one target, the
+    other one having just linked the name to the same first name."""
+    from agent.restorer.plan import Step
+    from agent.restorer.writer import RestoreResult, Writer
+
+    repo, snap = _snapshot(tmp_path, [("a", "file", b"a" * 100), ("b", "file", b"a" * 100)], hardlinks={"b": "a"})
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").write_bytes(b"a" * 100)
+    os.link(out / "a", out / "b")  # what the other restore did after this one's plan found b different
+    entries = {entry.path: entry for entry in _entries(repo, snap)}
+    target = Target(str(out), create=False)
+    try:
+        writer = Writer(repo, target, always=False, owner=False, result=RestoreResult())
+        writer.good["a"] = ("a",)
+        writer.step(Step(("b",), entries["b"], REPLACE))
+    finally:
+        target.close()
+    assert sorted(os.listdir(out)) == ["a", "b"] and os.stat(out / "b").st_ino == os.stat(out / "a").st_ino
+
+
+def test_an_interrupt_just_after_a_file_is_renamed_into_place_is_not_lost(tmp_path, monkeypatch):
+    """A KeyboardInterrupt between the rename and the next step: removing the temp name (gone already)
+    must not replace the interrupt with an error of its own. The instant cannot be had on demand: the
+    rename is followed by the interrupt."""
+    repo, snap = _snapshot(tmp_path, [("a", "file", b"new content")])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").write_bytes(b"old")
+    rename = os.rename
+
+    def rename_then_interrupt(*args, **kwargs):
+        rename(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("agent.restorer.writer.os.rename", rename_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        restore_snapshot(repo, snap, str(out), overwrite="always")
+    assert os.listdir(out) == ["a"] and (out / "a").read_bytes() == b"new content"
