@@ -98,6 +98,7 @@ def in_processes(parts: int, work: Work, progress: Optional[Progress]) -> List[U
     stop = threading.Event()
     relay = threading.Thread(target=_relay, args=(shared, parts, progress, stop), name="restore-progress",
                              daemon=True)
+    interrupted = True
     try:
         with warnings.catch_warnings():
             # forked with threads alive: the parts touch none of their locks (see the S3 backend's at-fork reset)
@@ -122,12 +123,13 @@ def in_processes(parts: int, work: Work, progress: Optional[Progress]) -> List[U
             done[part] = _here(work, part, progress, halt)
         for part, process, reading in writers:
             done[part] = _outcome(process, reading)
+        interrupted = False
         return [done[part] for part in range(parts)]
     finally:
         _WORK, _SHARED = None, None
         # this process's own part was interrupted (KeyboardInterrupt): theirs end with it, each first told as
         # it was (its file being written is removed, not left cut short), then killed if it does not end
-        running = [process for _, process, _ in writers if process.exitcode is None]
+        running = [process for _, process, _ in writers if interrupted and process.exitcode is None]
         for process in running:
             _interrupt(process.pid)
         for _, process, reading in writers:
