@@ -144,7 +144,7 @@ class Target:
             try:
                 fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
             except FileNotFoundError:
-                os.mkdir(name, 0o700, dir_fd=parent)
+                _make_dir(parent, name)
                 fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
             except PermissionError:
                 _open_up(parent, name, self.euid)
@@ -153,7 +153,7 @@ class Target:
                 if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise
                 self.remove(parent, name)
-                os.mkdir(name, 0o700, dir_fd=parent)
+                _make_dir(parent, name)
                 fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
             fd = self._remember(parts, fd)
             self._missing.clear()  # it, and maybe what was missing below it, exist now
@@ -194,6 +194,15 @@ class Target:
         root = self._fds.pop((), None)
         if root is not None:
             os.close(root)
+
+
+def _make_dir(parent: int, name: str) -> None:
+    """A new private directory (its recorded mode comes last); one made meanwhile by another restore into
+    the same target is as good (the open that follows refuses anything but a directory)."""
+    try:
+        os.mkdir(name, 0o700, dir_fd=parent)
+    except FileExistsError:
+        pass
 
 
 def remove_tree(parent: int, name: str) -> None:

@@ -75,13 +75,13 @@ class Writer:
             result.unchanged += 1
             os.utime(parts[-1], ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent, follow_symlinks=False)
         elif entry.type == "file" and entry.hardlink in self.good:
-            self._link(parent, parts[-1], self.good[entry.hardlink], action)
+            self._link(parts, self.good[entry.hardlink], action)
         elif entry.type == "file":
             self._file(parent, parts[-1], entry, action)
             result.files += 1
             result.bytes += entry.size
         else:
-            self._symlink(parent, parts[-1], entry)
+            self._symlink(parent, parts[-1], entry, action)
         if action != SAME or self.always:
             (result.created if action == CREATE else result.replaced).append(show(parts))
         if entry.type == "file" and not entry.hardlink:
@@ -139,12 +139,18 @@ class Writer:
             remove_quietly(name, dir_fd=parent)
             raise
 
-    def _link(self, parent: int, name: str, first: Parts, action: str) -> None:
-        """Another name of an inode already restored: a hard link, made under its name where nothing was,
-        else put in place by a rename."""
-        source = self.dest.dir_fd(first[:-1])
-        made, _ = self._new(parent, name, action, lambda new: os.link(
-            first[-1], new, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False))
+    def _link(self, parts: Parts, first: Parts, action: str) -> None:
+        """Another name (`parts`) of an inode already restored (at `first`): a hard link, made under its
+        name where nothing was, else put in place by a rename."""
+        # Two directories at once: the target's descriptor cache may close one while opening the other
+        # (a later name comes long after its first name's directory was used), so the first is duplicated.
+        source = os.dup(self.dest.dir_fd(first[:-1]))
+        try:
+            parent, name = self.dest.dir_fd(parts[:-1]), parts[-1]
+            made, _ = self._new(parent, name, action, lambda new: os.link(
+                first[-1], new, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False))
+        finally:
+            os.close(source)
         if made != name:
             self._into_place(parent, made, name, action)
             # rename(2) does nothing when both names are links to one inode (another restore into the same
@@ -183,17 +189,21 @@ class Writer:
             remove_quietly(tmp, dir_fd=parent)
             raise
 
-    def _symlink(self, parent: int, name: str, entry: Entry) -> None:
+    def _symlink(self, parent: int, name: str, entry: Entry, action: str) -> None:
+        """A symlink with its owner, attributes and times, made under its name where nothing was, else
+        under a temp name and renamed into place (what is there is replaced at once, never missing)."""
+        made, _ = self._new(parent, name, action, lambda new: os.symlink(entry.target, new, dir_fd=parent))
         try:
-            self.dest.remove(parent, name)
-        except FileNotFoundError:
-            pass
-        os.symlink(entry.target, name, dir_fd=parent)
-        if self.owner:
-            os.chown(name, entry.uid, entry.gid, dir_fd=parent, follow_symlinks=False)
-        if entry.xattrs:
-            apply_xattrs(reach(parent, name), entry.xattrs, entry.path, self.result.warnings)
-        os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent, follow_symlinks=False)
+            if self.owner:
+                os.chown(made, entry.uid, entry.gid, dir_fd=parent, follow_symlinks=False)
+            if entry.xattrs:
+                apply_xattrs(reach(parent, made), entry.xattrs, entry.path, self.result.warnings)
+            os.utime(made, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent, follow_symlinks=False)
+        except BaseException:
+            remove_quietly(made, dir_fd=parent)
+            raise
+        if made != name:
+            self._into_place(parent, made, name, action)
 
 
 class Unreadable(Exception):

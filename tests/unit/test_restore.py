@@ -759,3 +759,28 @@ def test_an_interrupt_just_after_a_file_is_renamed_into_place_is_not_lost(tmp_pa
     with pytest.raises(KeyboardInterrupt):
         restore_snapshot(repo, snap, str(out), overwrite="always")
     assert os.listdir(out) == ["a"] and (out / "a").read_bytes() == b"new content"
+
+
+def test_a_directory_another_restore_makes_between_look_and_mkdir_is_used(tmp_path, monkeypatch):
+    """Two restores into one new target: the other one makes the directory after this one found it
+    missing and before its mkdir. The instant cannot be had on demand: the first open makes it, then
+    reports it missing."""
+    out = tmp_path / "out"
+    out.mkdir()
+    real_open = os.open
+    raced: List[str] = []
+
+    def open_after_the_other_restore(path, flags, mode=0o777, *, dir_fd=None):
+        if path == "conf" and not raced:
+            raced.append(path)
+            os.mkdir(path, 0o755, dir_fd=dir_fd)  # the other restore, just now
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    target = Target(str(out), create=False)
+    try:
+        monkeypatch.setattr("agent.restorer.target.os.open", open_after_the_other_restore)
+        fd = target.dir_fd(("conf",))
+        assert raced and os.path.samestat(os.fstat(fd), os.stat(out / "conf"))
+    finally:
+        target.close()

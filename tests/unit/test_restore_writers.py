@@ -138,3 +138,28 @@ def test_restore_all_from_object_storage_in_writer_processes(tmp_path, s3_server
         assert restored.failure is None and restored.result is not None
         assert restored.result.errors == [] and restored.result.files == one.files
     assert _tree(tmp_path / "s3" / "a") == _tree(tmp_path / "local") == _tree(tmp_path / "s3" / "b")
+
+
+@pytest.mark.parametrize("cached", [7, 8])
+def test_later_names_linked_after_hundreds_of_directories_link_in_the_right_place(tmp_path, three_writers,
+                                                                                  monkeypatch, cached):
+    """Later names are linked after the writers, long after their first names' directories were used: the
+    target's descriptor cache starts over meanwhile (past 256; 7 or 8 here, so that it does all the time,
+    on either of the two directories a link needs) and must not close the directory a link is being made
+    in (EBADF, or a link made in whatever directory reused that number)."""
+    monkeypatch.setattr("agent.restorer.target._CACHED_FDS", cached)
+    entries: List[Tuple[str, str, object]] = []
+    contents: Dict[str, bytes] = {}
+    for number in range(400):
+        entries.append((f"d{number:03}", "dir", None))
+        contents[f"d{number:03}/f"] = os.urandom(50) + bytes([number % 256])
+        entries.append((f"d{number:03}/f", "file", contents[f"d{number:03}/f"]))
+    hardlinks = {f"d{(number + 200) % 400:03}/link-{number}": f"d{number:03}/f" for number in range(0, 400, 7)}
+    entries += [(later, "file", contents[first]) for later, first in hardlinks.items()]
+    repo, snap = _snapshot(tmp_path, entries, hardlinks=hardlinks)
+    out = tmp_path / "out"
+    result = restore_snapshot(repo, snap, str(out), fork_writers=True)
+    assert result.errors == []
+    for later, first in hardlinks.items():
+        assert os.stat(out / later).st_ino == os.stat(out / first).st_ino, later
+    assert sorted(str(path.relative_to(out)) for path in out.rglob("link-*")) == sorted(hardlinks)
