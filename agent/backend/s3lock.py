@@ -39,6 +39,9 @@ from agent.backend.base import BackendError, Buffer, LockTimeout, _print_wait
 REFRESH_S = 5 * 60.0
 STALE_S = 30 * 60.0
 _POLL_S = (0.5, 5.0)  # first and longest pause between two looks while waiting
+# an interrupted command waits this long for its lock's end to be written: against a server that does not
+# answer, the client's retries would hold the operator's Ctrl-C for minutes; the lock goes stale by itself
+_INTERRUPTED_RELEASE_S = 10.0
 
 
 class Listed(NamedTuple):
@@ -164,8 +167,21 @@ class S3Lock:
             self.acquire()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    def __exit__(self, kind: Optional[type], *exc: object) -> None:
+        if kind is None or not issubclass(kind, KeyboardInterrupt):
+            self.release()
+            return
+        # the operator stopped the command: its lock's end is written if the storage answers soon
+        if not self._held:
+            return
+        self._held = False
+        ending = threading.Thread(target=self._end_own, name="repository-lock-release", daemon=True)
+        ending.start()
+        ending.join(_INTERRUPTED_RELEASE_S)
+        if ending.is_alive():
+            print(f"backup-agent: warning: releasing the repository lock: no answer within "
+                  f"{_INTERRUPTED_RELEASE_S:g} s; it goes stale by itself in {STALE_S / 60:g} minutes",
+                  file=sys.stderr)
 
     # --- our own lock object --------------------------------------------------------------------------
 

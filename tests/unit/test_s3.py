@@ -541,3 +541,37 @@ def test_a_pack_blob_list_is_read_by_range_never_whole(tmp_path, s3_server, s3_p
     listed = reader.pack_blobs(pack, size)
     assert sorted(blob_id for blob_id, _ in listed) == sorted(blobs)
     assert 2 <= s3_proxy.counts["GET"] <= 3 and s3_proxy.counts["GET bytes"] < size // 10
+
+
+def test_an_interrupted_command_lets_go_of_its_lock_at_once_when_the_storage_does_not_answer(
+        tmp_path, s3_server, s3_proxy, monkeypatch, capsys):
+    """Ctrl-C against a server that stopped answering: the lock's end is written if it answers within a
+    moment (here 1 s, 10 s in use), else the lock is left to go stale, named in a warning; the client's
+    retries (minutes) do not hold the operator's interrupt."""
+    import time
+
+    from tests.fixtures.s3 import s3_location
+
+    monkeypatch.setattr("agent.backend.s3lock._INTERRUPTED_RELEASE_S", 0.5)
+    location, settings = s3_location(s3_server, str(tmp_path), s3_proxy)
+    backend = open_backend(location, settings)
+    backend.create()
+    began = None
+    with pytest.raises(KeyboardInterrupt), backend.lock(False, "restore"):
+        s3_proxy.faults.latency = 8.0  # the server answers nothing for a while from here on
+        began = time.monotonic()
+        raise KeyboardInterrupt
+    assert began is not None and time.monotonic() - began < 4
+    assert "releasing the repository lock: no answer within 0.5 s; it goes stale by itself" in \
+        capsys.readouterr().err
+    s3_proxy.faults.latency = 0.0
+    for thread in threading.enumerate():  # the end is written once the server answers, in the background
+        if thread.name == "repository-lock-release":
+            thread.join(60)
+
+    # a server that answers: the lock's end is written as always
+    with pytest.raises(KeyboardInterrupt), backend.lock(False, "restore"):
+        raise KeyboardInterrupt
+    assert "releasing" not in capsys.readouterr().err
+    keys = [item.key for item in backend.list_keys(backend.key_under("locks/"))[0]]
+    assert len([key for key in keys if key.endswith(".end")]) == 2  # the first's too, once the server answered
