@@ -60,6 +60,7 @@ SCHEME = "s3:"
 _ATTEMPTS = 8           # botocore's standard mode: backoff min(2^n * random, 20 s) between attempts
 _CONNECT_TIMEOUT = 10.0
 _READ_TIMEOUT = 60.0
+_BODY_ATTEMPTS = 3  # reads of a GET's body (see get)
 POOL_SIZE = 16          # connections: parallel pack uploads and restore reads
 
 
@@ -269,14 +270,20 @@ class S3Backend:
         if offset or length > 0:
             params["Range"] = f"bytes={offset}-" + (str(offset + length - 1) if length > 0 else "")
         from botocore.exceptions import BotoCoreError
+        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
         try:
-            answer = self._call("get_object", what, **params)
-            return answer["Body"].read()
+            # the client retries a request, not the reading of its body: a body cut short or stalled past the
+            # read timeout (a 16 MiB pack) is asked for again, or every file of that pack would fail
+            for attempt in Retrying(retry=retry_if_exception_type(BotoCoreError), reraise=True,
+                                    stop=stop_after_attempt(_BODY_ATTEMPTS), wait=wait_exponential(max=10)):
+                with attempt:
+                    return self._call("get_object", what, **params)["Body"].read()
         except _PastTheEnd:  # a range wholly past the end of an existing object
             return b""
-        except BotoCoreError as exc:  # the body cut short while read (retries were for the request)
+        except BotoCoreError as exc:
             raise BackendError(f"{what}: {self._name_error(exc)} (endpoint {self.where.endpoint})") from None
+        raise AssertionError("unreachable: Retrying returns or raises")
 
     def stat(self, handle: Handle) -> FileInfo:
         answer = self._call("head_object", self.describe(handle), Key=self.key(handle))

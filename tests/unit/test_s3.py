@@ -575,3 +575,26 @@ def test_an_interrupted_command_lets_go_of_its_lock_at_once_when_the_storage_doe
     assert "releasing" not in capsys.readouterr().err
     keys = [item.key for item in backend.list_keys(backend.key_under("locks/"))[0]]
     assert len([key for key in keys if key.endswith(".end")]) == 2  # the first's too, once the server answered
+
+
+def test_a_body_cut_short_is_asked_for_again_and_named_when_it_stays_cut(tmp_path, s3_server, s3_proxy):
+    """The client retries a request, not the reading of its body: a pack whose body stops half way (a
+    connection reset, a stall past the read timeout) is fetched again, up to three times in all."""
+    from agent.backend import BackendError
+    from tests.fixtures.s3 import s3_location
+
+    location, settings = s3_location(s3_server, str(tmp_path), s3_proxy)
+    backend = open_backend(location, settings)
+    backend.create()
+    data = os.urandom(3 << 20)
+    key = backend.key_under("data/ab/cut-test")
+    backend.put(key, [data], "the test object")
+    s3_proxy.faults.cut_body = 2
+    s3_proxy.reset_counts()
+    assert backend.get(key, "the test object") == data
+    assert s3_proxy.counts["GET"] == 3
+    s3_proxy.faults.cut_body = 3
+    with pytest.raises(BackendError) as failed:
+        backend.get(key, "the test object")
+    assert str(failed.value).startswith("the test object: ") and "after retrying" in str(failed.value)
+    assert settings.credentials_file not in str(failed.value)
