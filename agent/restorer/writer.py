@@ -117,6 +117,10 @@ class Writer:
             self._fill(fd, entry, parent, made)
             if made != name:
                 self._into_place(parent, made, name, action)
+        except BaseException:
+            if made != name:  # a temp name is this restore's alone (gone already once renamed into place)
+                remove_quietly(made, dir_fd=parent)
+            raise
         finally:
             os.close(fd)
 
@@ -172,6 +176,10 @@ class Writer:
                 return tmp, make(tmp)
             except FileExistsError:
                 continue
+            except BaseException:
+                # an interrupt is raised as the call that made it returns: the temp name is ours alone
+                remove_quietly(tmp, dir_fd=parent)
+                raise
 
     def _temp_name(self) -> str:
         """A name no other restore uses: one random part a restore, a counter a file (a random part a

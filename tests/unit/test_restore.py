@@ -784,3 +784,33 @@ def test_a_directory_another_restore_makes_between_look_and_mkdir_is_used(tmp_pa
         assert raced and os.path.samestat(os.fstat(fd), os.stat(out / "conf"))
     finally:
         target.close()
+
+
+@pytest.mark.parametrize("instant", ["made", "held"])
+def test_an_interrupt_as_a_temp_file_is_made_leaves_no_temp_file(tmp_path, monkeypatch, instant):
+    """A KeyboardInterrupt is raised as the call that created the temp file returns (the kernel's file
+    creation is most of a restore's time, so that is where an interrupt most often lands), or while the file
+    is being locked: the temp file goes with the restore. The instants cannot be had on demand."""
+    repo, snap = _snapshot(tmp_path, [("a", "file", b"new content")])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").write_bytes(b"old")
+    real_open = os.open
+
+    def open_then_interrupt(path, flags, mode=0o777, *, dir_fd=None):
+        fd = real_open(path, flags, mode, dir_fd=dir_fd)
+        if str(path).startswith(".restore-"):
+            os.close(fd)
+            raise KeyboardInterrupt
+        return fd
+
+    def interrupt(fd):
+        raise KeyboardInterrupt
+
+    if instant == "made":
+        monkeypatch.setattr("agent.restorer.writer.os.open", open_then_interrupt)
+    else:
+        monkeypatch.setattr("agent.restorer.writer.hold", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        restore_snapshot(repo, snap, str(out), overwrite="always")
+    assert os.listdir(out) == ["a"] and (out / "a").read_bytes() == b"old"
