@@ -363,7 +363,16 @@ def _write_all(repo: Repository, jobs: Sequence[_Job], items: Sequence[_Item], p
         # not linked: their first names may be among what was left out, and copies would meet the same stop
         stops.append(_Stop("", "", -1, _left(later)))
     else:
-        stops.append(_write(repo, later, progress))
+        # a later name whose first name was in a part that ended is left out: it would be written as a copy
+        # of its own, the inode split (the next restore links it)
+        lost = {(item.job, item.step.entry.path) for part, outcome in zip(parts, outcomes)
+                if isinstance(outcome, fanout.PartFailed) for item in part}
+        orphaned = [(item.job, item.step.entry.hardlink) in lost and item.step.entry.hardlink not in
+                    item.job.writer.good for item in later]
+        for job, count in Counter(item.job for item, orphan in zip(later, orphaned) if orphan).items():
+            job.result.errors.append(f"{count} later names of hard links not restored: their first names were "
+                                     "written by the part that ended")
+        stops.append(_write(repo, [item for item, orphan in zip(later, orphaned) if not orphan], progress))
     _say_stopped(jobs, stops)
 
 

@@ -163,3 +163,28 @@ def test_later_names_linked_after_hundreds_of_directories_link_in_the_right_plac
     for later, first in hardlinks.items():
         assert os.stat(out / later).st_ino == os.stat(out / first).st_ino, later
     assert sorted(str(path.relative_to(out)) for path in out.rglob("link-*")) == sorted(hardlinks)
+
+
+def test_a_writer_that_dies_is_named_and_no_later_name_becomes_a_copy_of_its_own(tmp_path, monkeypatch):
+    """The last part's process dies (as a kill -9 would end it): the restore names it; later names whose
+    first name was in that part are left out and counted, never written as copies (the inode split)."""
+    real = fanout.in_processes
+
+    def last_part_dies(parts, work, progress):
+        return real(parts, lambda number, counted, halt: os._exit(9) if number == parts - 1
+                    else work(number, counted, halt), progress)
+
+    monkeypatch.setattr(fanout, "writers_for", lambda files: 3)
+    monkeypatch.setattr(fanout, "in_processes", last_part_dies)
+    entries, hardlinks = _entries_of_many(60)
+    repo, snap = _snapshot(tmp_path, entries, hardlinks=hardlinks)
+    out = tmp_path / "out"
+    result = restore_snapshot(repo, snap, str(out), fork_writers=True)
+    assert any(error.startswith("restore stopped: its writer process ended (exit status 9); up to ")
+               for error in result.errors), result.errors
+    for later, first in hardlinks.items():
+        if (out / later).exists():
+            assert os.stat(out / later).st_ino == os.stat(out / first).st_ino, later
+    missing = [later for later in hardlinks if not (out / later).exists()]
+    assert missing and f"{len(missing)} later names of hard links not restored: their first names were written " \
+        "by the part that ended" in result.errors
