@@ -45,6 +45,7 @@ _BYTES_A_FILE = 32 * 1024
 
 # errors after which every further write would fail the same way: stop with one message, not 100k
 _FATAL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+_ROOT = "\0target\0"  # in a stop's reason, where each request's message names its own target
 
 __all__ = ["OVERWRITE_MODES", "PathError", "RestoreRequest", "RestoreResult", "Restored", "TargetError",
            "restore_snapshot", "restore_snapshots", "safe_parts"]
@@ -446,7 +447,7 @@ def _write(repo: Repository, items: Sequence[_Item], progress: Optional[Progress
         except OSError as exc:
             result.errors.append(f"{show(step.parts)}: {exc.strerror or exc}")
             if exc.errno in _FATAL:
-                why = f"{exc.strerror} in {job.dest.root}"
+                why = f"{exc.strerror} in {_ROOT}"  # each request names its own target
         if why:
             if halt is not None:
                 halt.set()
@@ -483,8 +484,8 @@ def _say_stopped(jobs: Sequence[_Job], stops: Sequence[Optional[_Stop]]) -> None
         if job.number in left or job.number == first.job:  # the job it stopped at is named even with none left
             alone = sum(1 for stop in stops if stop is not None) == 1  # one pass: "after" says where
             where = f"after {first.at} " if job.number == first.job and alone else ""
-            job.result.errors.append(f"restore stopped: {first.why}; {left[job.number]} entries {where}"
-                                     "were not restored")
+            why = first.why.replace(_ROOT, job.dest.root)
+            job.result.errors.append(f"restore stopped: {why}; {left[job.number]} entries {where}were not restored")
 
 
 def _delete(dest: Target, paths: Iterable[Parts], result: RestoreResult) -> None:

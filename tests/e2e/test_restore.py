@@ -514,3 +514,18 @@ def test_riak_paths_absolute_and_delete_only_within_the_jobs_paths(agent, tmp_pa
     assert document["deleted"] == 1 and not (inside / "stale.tmp").exists()
     assert (target / "home/operator/notes.txt").read_text() == "not riak's"
     assert read_tree(str(inside)) == read_tree(data)
+
+
+def test_restore_all_onto_a_full_disk_names_each_jobs_own_target(agent, tmp_path, small_filesystem):
+    api, km = str(tmp_path / "api"), str(tmp_path / "km")
+    make_tree(api, {f"lib/a{number}.jar": os.urandom(200_000) for number in range(8)})
+    make_tree(km, {f"lib/k{number}.jar": os.urandom(200_000) for number in range(8)})
+    agent.write_jobs(fs_job("api", api) + fs_job("km", km))
+    agent.backup()
+    target = str(small_filesystem / "out")
+    result = agent.run("restore", "--all", "--target", target, "--json")
+    documents = {document["job"]: document for document in json.loads(result.stdout)}
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    for job in ("api", "km"):
+        stopped = [error for error in documents[job]["errors"] if error.startswith("restore stopped")]
+        assert len(stopped) == 1 and f"No space left on device in {target}/{job};" in stopped[0], stopped
