@@ -9,10 +9,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 from agent.drill.proof import Proof
-from agent.restorer import restore_snapshot, safe_parts
+from agent.restorer import fanout, restore_snapshot, safe_parts
 from agent.restorer.target import Target, open_up
 from agent.store import Repository, Snapshot
 from agent.store.manifest import Entry
@@ -22,6 +22,7 @@ from agent.text import plural
 _TYPES = {"file": stat.S_ISREG, "dir": stat.S_ISDIR, "symlink": stat.S_ISLNK}
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_BYTES_A_FILE = 64 * 1024  # the bytes hashed in the time a file is opened and looked at: parts of equal work
 
 
 def prove_tree(repo: Repository, snapshot: Snapshot, directory: str, fork_writers: bool = False) -> Proof:
@@ -32,22 +33,47 @@ def prove_tree(repo: Repository, snapshot: Snapshot, directory: str, fork_writer
     restored = restore_snapshot(repo, snapshot, directory, entries=manifest, fork_writers=fork_writers)
     errors: List[str] = list(restored.errors)
     named = {error.split(": ", 1)[0] for error in restored.errors}
-    expected_files = 0
-    with _Checker(repo, directory) as checker:
-        for entry in manifest:
-            if entry.type == "file":
-                expected_files += 1
-            parts = safe_parts(entry.path)
-            if parts is None or entry.path in named:
-                continue  # the restorer already named it (unsafe, or its content could not be read)
-            problem = checker.check(parts, entry)
-            if problem:
-                errors.append(f"{entry.path}: {problem}")
+    expected_files = sum(1 for entry in manifest if entry.type == "file")
+    checks: List[_Check] = []
+    for entry in manifest:
+        parts = safe_parts(entry.path)
+        if parts is not None and entry.path not in named:  # else the restorer named it (unsafe, unreadable)
+            checks.append(_Check(parts, entry))
+    writers = fanout.writers_for(len(checks)) if fork_writers else 1
+    if writers == 1:
+        errors.extend(_checked(repo, directory, checks))
+    else:  # as the restore: hashing 100k files is work for every core; parts in manifest order
+        # directories first, here: each one's mode is compared before a part opens it up (a 0000 one)
+        errors.extend(_checked(repo, directory, [check for check in checks if check.entry.type == "dir"]))
+        others = [check for check in checks if check.entry.type != "dir"]
+        slices = fanout.split(others, writers, lambda check: 1 + check.entry.size / _BYTES_A_FILE)
+        for outcome in fanout.in_processes(len(slices), lambda number, progress, halt: _checked(
+                repo, directory, slices[number]), None):
+            if isinstance(outcome, fanout.PartFailed):
+                errors.append(f"the check of a part of the tree ended: {outcome.why}")
+            else:
+                errors.extend(outcome)
     found = _count_files(directory)
     if found != expected_files:
         errors.append(f"the restored tree holds {plural(found, 'file')}, the manifest {expected_files}")
     return Proof(errors=tuple(errors), warnings=tuple(restored.warnings), files=expected_files,
                  bytes=restored.bytes)
+
+
+class _Check(NamedTuple):
+    parts: Tuple[str, ...]
+    entry: Entry
+
+
+def _checked(repo: Repository, directory: str, checks: Sequence[_Check]) -> List[str]:
+    """Every problem `checks` find in the restored tree, in their order (one process's part)."""
+    problems: List[str] = []
+    with _Checker(repo, directory) as checker:
+        for parts, entry in checks:
+            problem = checker.check(parts, entry)
+            if problem:
+                problems.append(f"{entry.path}: {problem}")
+    return problems
 
 
 class _Checker:

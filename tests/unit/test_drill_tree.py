@@ -97,3 +97,39 @@ def test_an_unreadable_file_is_read_only_as_the_drills_own_copy_and_after_its_mo
         assert after == {"mine": 0o400, "wonly": 0o600, "wrong": 0o000, "theirs": 0o000, "dir": 0o700}
     finally:
         shutil.rmtree(out)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user in a child")
+def test_a_drill_checked_by_several_processes_compares_each_directorys_mode_before_a_part_opens_it(monkeypatch):
+    """With the check in parts (a drill command of a large tree), a part opens up a 0000 directory to
+    check the files in it: every directory's mode is compared first, so none is found changed; what
+    differs is still named, from whichever process found it."""
+    from agent.drill.tree import prove_tree
+    from agent.restorer import fanout
+
+    monkeypatch.setattr(fanout, "writers_for", lambda files: 3)
+    # the modules a fork needs, loaded here: this interpreter's library is not readable by the child's user
+    assert fanout.in_processes(2, lambda number, progress, halt: number, None) == [0, 1]
+    repo = Repository.open(MemBackend(), create=True)
+    writer = repo.writer()
+    entries = [Entry(".", "dir", 0o755, NOBODY, NOBODY, 0)]
+
+    def file(path: str, data: bytes) -> Entry:
+        return Entry(path, "file", 0o644, NOBODY, NOBODY, 0, len(data), tuple(
+            writer.save(piece)[0] for piece in repo.chunker.split(data)))
+
+    # weighed so that the first part ends with the 0000 directory, after hashing 12 MiB, while the other
+    # parts begin with the files in it
+    entries += [Entry("big", "dir", 0o755, NOBODY, NOBODY, 0)] + [
+        file(f"big/f{name}", os.urandom(4 << 20)) for name in range(3)]
+    entries += [Entry("locked", "dir", 0o000, NOBODY, NOBODY, 0)] + [
+        file(f"locked/f{name}", os.urandom(4 << 20)) for name in range(6)] + [
+        file(f"locked/small{name}", b"s") for name in range(4)]
+    snap = snapshot_of(repo, writer, entries)
+    out = tempfile.mkdtemp(prefix="drill-parts-as-nobody-")
+    try:
+        os.chown(out, NOBODY, NOBODY)
+        proof = as_nobody(lambda: prove_tree(repo, snap, os.path.join(out, "scratch"), fork_writers=True))
+        assert proof.errors == () and proof.files == 13
+    finally:
+        shutil.rmtree(out)
