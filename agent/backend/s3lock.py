@@ -156,11 +156,21 @@ class S3Lock:
             self._end_own()
             raise
 
-    def release(self) -> None:
+    def release(self, within: Optional[float] = None) -> None:
+        """Write the lock's end (and, exclusive, remove its objects). `within`: wait at most that many
+        seconds for the storage, then leave the lock to go stale by itself, named in a warning."""
         if not self._held:
             return
         self._held = False
-        self._end_own()
+        if within is None:
+            self._end_own()
+            return
+        ending = threading.Thread(target=self._end_own, name="repository-lock-release", daemon=True)
+        ending.start()
+        ending.join(within)
+        if ending.is_alive():
+            print(f"backup-agent: warning: releasing the repository lock: no answer within {within:g} s; it goes "
+                  f"stale by itself in {STALE_S / 60:g} minutes", file=sys.stderr)
 
     def __enter__(self) -> S3Lock:
         if not self._held:
@@ -168,20 +178,9 @@ class S3Lock:
         return self
 
     def __exit__(self, kind: Optional[type], *exc: object) -> None:
-        if kind is None or not issubclass(kind, KeyboardInterrupt):
-            self.release()
-            return
         # the operator stopped the command: its lock's end is written if the storage answers soon
-        if not self._held:
-            return
-        self._held = False
-        ending = threading.Thread(target=self._end_own, name="repository-lock-release", daemon=True)
-        ending.start()
-        ending.join(_INTERRUPTED_RELEASE_S)
-        if ending.is_alive():
-            print(f"backup-agent: warning: releasing the repository lock: no answer within "
-                  f"{_INTERRUPTED_RELEASE_S:g} s; it goes stale by itself in {STALE_S / 60:g} minutes",
-                  file=sys.stderr)
+        interrupted = kind is not None and issubclass(kind, KeyboardInterrupt)
+        self.release(within=_INTERRUPTED_RELEASE_S if interrupted else None)
 
     # --- our own lock object --------------------------------------------------------------------------
 
