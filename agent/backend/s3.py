@@ -193,8 +193,10 @@ class S3Backend:
         kind = type(exc).__name__
         if kind == "SSLError":
             return "TLS verification failed (a private CA goes in [s3] ca_file)"
-        if kind in ("EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError"):
+        if kind in ("EndpointConnectionError", "ConnectTimeoutError"):
             return "cannot connect, after retrying"
+        if kind == "ConnectionClosedError":  # connected, then the connection ended before an answer
+            return "the connection was closed before an answer, after retrying"
         if kind == "ReadTimeoutError":
             return "no answer in time, after retrying"
         return f"{kind}, after retrying"

@@ -590,3 +590,4 @@ def test_a_snapshot_document_whose_connection_drops_is_named_as_unreadable(tmp_p
     listed = agent.run("snapshots", "--json", check=1)
     assert [row["id"] for row in json.loads(listed.stdout)] == [ids["many"]]
     assert f"snapshot {ids['bulk']} cannot be read" in listed.stderr and "Traceback" not in listed.stderr
+    assert "the connection was closed before an answer, after retrying" in listed.stderr  # not "cannot connect"
