@@ -104,7 +104,7 @@ class Daemon:
 
     def start(self) -> None:
         self.config = load_config(self.config_path)
-        for warning in self.config.warnings:
+        for warning in (*self.config.warnings, *self.config.advice):
             log.warning("%s", warning)
         make_private_dirs(self.config.state_dir)
         self.state = StateDir(self.config.state_dir)

@@ -156,12 +156,18 @@ _COLLECTOR_KEYS = {"url": _string, "token_file": _abspath, "ca_file": _abspath, 
 class _Problems:
     errors: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
+    advice: List[str] = field(default_factory=list)
 
     def error(self, source: str, where: str, message: str) -> None:
         self.errors.append(f"{source}: {where}: {message}")
 
     def warn(self, source: str, where: str, message: str) -> None:
         self.warnings.append(f"{source}: {where}: {message}")
+
+    def advise(self, source: str, where: str, message: str) -> None:
+        """A warning about a setting chosen knowingly: said by check-config and the daemon's start, not
+        by every command (a cron'd backup would mail it every night)."""
+        self.advice.append(f"{source}: {where}: {message}")
 
 
 def _read_toml(path: str, problems: _Problems) -> Optional[Dict[str, Any]]:
@@ -370,7 +376,7 @@ def _repository(value: Any, table: Any, source: str, problems: _Problems) -> Tup
         problems.error(source, "repository", str(exc))
         return "", None
     if not where.secure:
-        problems.warn(source, "repository", "plain http: the keys' signatures and all data cross the network "
+        problems.advise(source, "repository", "plain http: the keys' signatures and all data cross the network "
                                             "unencrypted (use https outside a trusted network)")
     if not isinstance(table, dict):
         problems.error(source, "s3", "an s3 repository needs an [s3] table with credentials_file")
@@ -497,4 +503,5 @@ def load_config(path: Optional[str] = None) -> Config:
     return Config(path=path, host=host, repository=repository, state_dir=state_dir, jobs_dir=jobs_dir,
                   retention=retention, jobs=tuple(jobs), collector=collector, s3=s3,
                   max_concurrent_runs=max_runs, poll_interval=poll_interval, drill_every=drill_every,
-                  prune_every=prune_every, warnings=tuple(problems.warnings), encryption=encryption)
+                  prune_every=prune_every, warnings=tuple(problems.warnings), advice=tuple(problems.advice),
+                  encryption=encryption)

@@ -104,7 +104,8 @@ class Config:
     poll_interval: float = 30.0
     drill_every: float = DEFAULT_DRILL_EVERY  # the default of jobs that set none
     prune_every: float = DEFAULT_PRUNE_EVERY
-    warnings: Tuple[str, ...] = ()
+    warnings: Tuple[str, ...] = ()  # said by every command that loads the configuration
+    advice: Tuple[str, ...] = ()  # said by check-config and the daemon's start only (a setting chosen knowingly)
     encryption: EncryptionSettings = field(default_factory=EncryptionSettings)
 
     def drill_every_of(self, job: Job) -> float:

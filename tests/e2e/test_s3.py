@@ -55,6 +55,7 @@ def test_backups_of_files_and_dumps_restore_verify_and_prune(tmp_path, s3_server
                    f'"cat {stamp}; seq 1 200000"]\nevery = "24h"\nretention = {{ keep_last = 1 }}\n')
     checked = agent.run("check-config", check=0)
     assert "plain http" in checked.stderr  # s3:http:// is allowed, with a warning
+    assert "plain http" not in agent.run("snapshots", check=0).stderr  # said by check-config, not every command
     reports = {report["job"]: report for report in agent.backup()}
     assert reports["services-api"]["status"] == "ok" and reports["dump"]["status"] == "ok"
     assert reports["services-api"]["new_bytes"] > 0

@@ -24,6 +24,8 @@ def check_encryption(config) -> None:
 
 
 def check_config(config, as_json: bool = False) -> int:
+    for text in config.advice:  # the other warnings were said as the configuration was loaded
+        warning(text)
     check_encryption(config)
     if as_json:
         print_json({"config": config.path, "host": config.host, "repository": config.repository,
