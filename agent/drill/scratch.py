@@ -32,7 +32,7 @@ import signal
 import stat
 import tempfile
 import time
-from typing import List, NamedTuple, Tuple
+from typing import Callable, List, NamedTuple, Tuple
 
 from agent.durable import make_private_dirs
 from agent.restorer.target import remove_tree
@@ -139,25 +139,26 @@ def _new_run(root: int) -> _Run:
 
 def _new_dir(root: int, prefix: str) -> str:
     """A new private directory `prefix` + hex digits in the open directory `root` (as mkdtemp)."""
-    while True:
-        name = f"{prefix}{secrets.token_hex(4)}"
-        try:
-            os.mkdir(name, 0o700, dir_fd=root)
-            return name
-        except FileExistsError:
-            continue
+    return _free_name(prefix, lambda name: os.mkdir(name, 0o700, dir_fd=root), (errno.EEXIST,))
 
 
 def _rename_to_run(root: int, staging: str) -> str:
     """`staging` renamed to a free `run-*` name in the open directory `root`; that name."""
+    # never onto a live drill's: it is not empty (its lock); an empty `run-*` is nobody's
+    return _free_name(RUN, lambda name: os.rename(staging, name, src_dir_fd=root, dst_dir_fd=root),
+                      (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR))
+
+
+def _free_name(prefix: str, make: Callable[[str], None], taken: Tuple[int, ...]) -> str:
+    """The first name `prefix` + hex digits that `make(name)` succeeds with; an OSError whose errno is in
+    `taken` (the name is in use) tries another, any other is raised."""
     while True:
-        name = f"{RUN}{secrets.token_hex(4)}"
+        name = f"{prefix}{secrets.token_hex(4)}"
         try:
-            # never onto a live drill's: it is not empty (its lock); an empty `run-*` is nobody's
-            os.rename(staging, name, src_dir_fd=root, dst_dir_fd=root)
+            make(name)
             return name
         except OSError as exc:
-            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+            if exc.errno not in taken:
                 raise
 
 

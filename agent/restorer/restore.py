@@ -339,10 +339,13 @@ def _write_all(repo: Repository, jobs: Sequence[_Job], items: Sequence[_Item], p
         with repo.read_ahead(_chunks(items)):
             _say_stopped(jobs, [_write(repo, items, progress)])
         return
-    later = [item for item in items if item.step.entry.type == "file" and item.step.entry.hardlink]
-    rest = [item for item in items if item.step.entry.type != "dir" and not
-            (item.step.entry.type == "file" and item.step.entry.hardlink)]
-    stop = _write(repo, [item for item in items if item.step.entry.type == "dir"], progress)
+    dirs: List[_Item] = []
+    rest: List[_Item] = []
+    later: List[_Item] = []  # later names of hard links
+    for item in items:
+        entry = item.step.entry
+        (dirs if entry.type == "dir" else later if entry.type == "file" and entry.hardlink else rest).append(item)
+    stop = _write(repo, dirs, progress)
     if stop is not None:  # no directory could be made: nothing else could be written
         _say_stopped(jobs, [stop._replace(left=dict(Counter(stop.left) + Counter(_left([*rest, *later]))))])
         return
