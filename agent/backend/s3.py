@@ -159,7 +159,6 @@ class S3Backend:
         self._options = options
         self._client: Any = None
         self._client_lock = threading.Lock()
-        self._pid = 0
         self._packs = RecentPacks()
         _backends.add(self)
 
@@ -168,11 +167,8 @@ class S3Backend:
     @property
     def client(self) -> Any:
         with self._client_lock:
-            # a forked child (verify's workers) must not share the parent's pooled connections: two
-            # processes reading answers from one socket get each other's bytes
-            if self._client is None or self._pid != os.getpid():
+            if self._client is None:  # a forked child starts with none (_forked)
                 self._client = _client_for(self.where.endpoint, self._options)
-                self._pid = os.getpid()
             return self._client
 
     def _call(self, operation: str, what: str, **params: Any) -> Any:
@@ -357,19 +353,22 @@ class S3Backend:
         self._packs.clear()  # the client's connection pool is reused by the next call
 
 
-_clients: Dict[Tuple[int, str, Optional[str], Optional[str], Keys], Any] = {}
+_clients: Dict[Tuple[str, Optional[str], Optional[str], Keys], Any] = {}
 _clients_lock = threading.Lock()
 _backends: weakref.WeakSet[S3Backend] = weakref.WeakSet()
 
 
 def _forked() -> None:
-    """In a forked child (verify's workers, a restore's writers), the locks another thread of the parent
-    held at the fork (a lock's refresher asking for the client) would stay held: each starts afresh, and
-    no pack read ahead by the parent is shared."""
+    """In a forked child (verify's workers, a restore's writers): no client of the parent is used (two
+    processes reading answers from one pooled socket get each other's bytes), the locks another thread of
+    the parent held at the fork (a lock's refresher asking for the client) would stay held, so each starts
+    afresh, and no pack read ahead by the parent is shared."""
     global _clients_lock
     _clients_lock = threading.Lock()
+    _clients.clear()
     for backend in list(_backends):
         backend._client_lock = threading.Lock()
+        backend._client = None
         backend._packs = RecentPacks()
 
 
@@ -379,9 +378,9 @@ os.register_at_fork(after_in_child=_forked)
 def _client_for(endpoint: str, options: S3Options) -> Any:
     """The botocore S3 client for `endpoint` with these settings and keys: made once per process (a client
     costs ~70 ms of service-model loading and keeps the connection pool), shared by every S3Backend of the
-    process (botocore clients are thread-safe). Keyed by pid too: a forked child makes its own."""
+    process (botocore clients are thread-safe); a forked child makes its own (_forked)."""
     keys = read_credentials(str(options.credentials_file))
-    key = (os.getpid(), endpoint, options.region, options.ca_file, keys)
+    key = (endpoint, options.region, options.ca_file, keys)
     with _clients_lock:
         client = _clients.get(key)
     if client is None:  # made outside the lock: a process forked meanwhile (verify's workers) finds it free
