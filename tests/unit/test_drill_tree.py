@@ -133,3 +133,35 @@ def test_a_drill_checked_by_several_processes_compares_each_directorys_mode_befo
         assert proof.errors == () and proof.files == 13
     finally:
         shutil.rmtree(out)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user in a child")
+def test_a_non_root_drill_of_a_0000_file_with_two_names_passes_and_a_split_inode_is_named():
+    """The first name of a 0000 inode is made readable (0400) once its mode is compared: its later name is
+    checked as that same inode, not by the mode the drill gave it. A later name restored as a copy of its
+    own is not the file the manifest says."""
+    from agent.drill.tree import prove_tree
+
+    repo = Repository.open(MemBackend(), create=True)
+    writer = repo.writer()
+    blob = writer.save(b"secret\n")[0]
+    entries = [Entry(".", "dir", 0o755, NOBODY, NOBODY, 0), Entry("a", "dir", 0o755, NOBODY, NOBODY, 0),
+               Entry("a/f", "file", 0o000, NOBODY, NOBODY, 0, 7, (blob,)),
+               Entry("b", "dir", 0o755, NOBODY, NOBODY, 0),
+               Entry("b/g", "file", 0o000, NOBODY, NOBODY, 0, 7, (blob,), hardlink="a/f")]
+    snap = snapshot_of(repo, writer, entries)
+    out = tempfile.mkdtemp(prefix="drill-links-as-nobody-")
+    try:
+        os.chown(out, NOBODY, NOBODY)
+        proof = as_nobody(lambda: prove_tree(repo, snap, os.path.join(out, "scratch")))
+        assert proof.errors == () and proof.files == 2
+
+        split = os.path.join(out, "split")
+        assert restore_snapshot(repo, snap, split).errors == []
+        os.unlink(os.path.join(split, "b/g"))
+        with open(os.path.join(split, "b/g"), "wb") as handle:
+            handle.write(b"secret\n")
+        os.chmod(os.path.join(split, "b/g"), 0o000)
+        assert _problems(repo, snap, split)["b/g"] == "not the same file as a/f, as the manifest says (a hard link)"
+    finally:
+        shutil.rmtree(out)
