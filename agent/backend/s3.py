@@ -212,8 +212,10 @@ class S3Backend:
             hint = {"InvalidAccessKeyId": "the access key is not known to the server",
                     "SignatureDoesNotMatch": "the secret key does not match the access key"}.get(
                         code, "access denied")
-            return AccessDenied(f"{what}: {where}: {hint} (HTTP 403 {code}; the keys are in [s3] credentials_file)")
-        return BackendError(f"{what}: {where}: HTTP {status} {code}".rstrip())
+            # a HEAD answer has no body to name the cause: its code is the status itself
+            cause = f"HTTP 403 {code}" if code and code != "403" else "HTTP 403, a HEAD request names no cause"
+            return AccessDenied(f"{what}: {where}: {hint} ({cause}; the keys are in [s3] credentials_file)")
+        return BackendError(f"{what}: {where}: HTTP {status} {code if code != str(status) else ''}".rstrip())
 
     # --- names --------------------------------------------------------------------------------------
 

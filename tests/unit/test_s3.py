@@ -598,3 +598,28 @@ def test_a_body_cut_short_is_asked_for_again_and_named_when_it_stays_cut(tmp_pat
         backend.get(key, "the test object")
     assert str(failed.value).startswith("the test object: ") and "after retrying" in str(failed.value)
     assert settings.credentials_file not in str(failed.value)
+
+
+def test_a_refused_head_request_says_it_names_no_cause(tmp_path):
+    """A HEAD answer has no body: botocore gives its status as the error code. The message must not read
+    "HTTP 403 403"; a refused GET names its code."""
+    from botocore.exceptions import ClientError
+
+    from agent.backend.s3 import AccessDenied, S3Backend
+    from agent.config.model import S3Settings
+
+    credentials = tmp_path / "s3.credentials"
+    credentials.write_text("[default]\naws_access_key_id = AKEXAMPLE\naws_secret_access_key = not-shown\n")
+    backend = S3Backend("s3:http://127.0.0.1:9/bucket/prefix", S3Settings(credentials_file=str(credentials)))
+    head = ClientError({"Error": {"Code": "403", "Message": "Forbidden"},
+                        "ResponseMetadata": {"HTTPStatusCode": 403}}, "HeadObject")
+    refused = backend._client_error(head, "the config")
+    assert isinstance(refused, AccessDenied) and "403 403" not in str(refused)
+    assert "access denied (HTTP 403, a HEAD request names no cause; the keys are in [s3] credentials_file)" \
+        in str(refused)
+    get = ClientError({"Error": {"Code": "SignatureDoesNotMatch"}, "ResponseMetadata": {"HTTPStatusCode": 403}},
+                      "GetObject")
+    assert "the secret key does not match the access key (HTTP 403 SignatureDoesNotMatch;" in \
+        str(backend._client_error(get, "the config"))
+    teapot = ClientError({"Error": {"Code": "418"}, "ResponseMetadata": {"HTTPStatusCode": 418}}, "HeadObject")
+    assert str(backend._client_error(teapot, "the config")).endswith("HTTP 418")
